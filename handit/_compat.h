@@ -1,0 +1,103 @@
+/* Version- and platform-specific pieces of the compiled engine, behind one small C interface. */
+#ifndef HANDIT_COMPAT_H
+#define HANDIT_COMPAT_H
+
+#include <Python.h>
+#include <frameobject.h>
+#include <stdint.h>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <x86intrin.h>
+#endif
+#include <time.h>
+
+/* Raw clock: the TSC on x86-64 (~7 ns to read; calibrated against the monotonic clock
+   in the drain), CLOCK_MONOTONIC elsewhere. */
+static inline uint64_t handit_ticks(void) {
+#if defined(__x86_64__) || defined(_M_X64)
+    return (uint64_t)__rdtsc();
+#else
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+#endif
+}
+
+static inline int handit_ticks_are_ns(void) {
+#if defined(__x86_64__) || defined(_M_X64)
+    return 0;
+#else
+    return 1;
+#endif
+}
+
+/* One pointer of per-thread engine state (a C thread-local: no dict lookup). */
+static __thread void *handit_tls_state = NULL;
+static inline void *handit_get_tls(void) { return handit_tls_state; }
+static inline void handit_set_tls(void *p) { handit_tls_state = p; }
+
+/* Per-code-object slot for the engine's decision (co_extra). */
+#if PY_VERSION_HEX >= 0x030C0000  /* PY312+ */
+#define handit_request_code_extra_index(f) PyUnstable_Eval_RequestCodeExtraIndex(f)
+#define handit_code_get_extra(c, i, p) PyUnstable_Code_GetExtra((c), (i), (p))
+#define handit_code_set_extra(c, i, p) PyUnstable_Code_SetExtra((c), (i), (p))
+#else
+#define handit_request_code_extra_index(f) _PyEval_RequestCodeExtraIndex(f)
+#define handit_code_get_extra(c, i, p) _PyCode_GetExtra((c), (i), (p))
+#define handit_code_set_extra(c, i, p) _PyCode_SetExtra((c), (i), (p))
+#endif
+
+/* The frame's last instruction, in 2-byte code units (-1 before the first). */
+static inline int handit_frame_lasti_units(PyFrameObject *f) {
+#if PY_VERSION_HEX >= 0x030B0000  /* PY311+ */
+    int lasti = PyFrame_GetLasti(f);
+    return lasti < 0 ? -1 : lasti / 2;
+#else
+    return f->f_lasti;
+#endif
+}
+
+/* Borrowed code object of a frame. */
+static inline PyObject *handit_frame_code(PyFrameObject *f) {
+#if PY_VERSION_HEX >= 0x030B0000
+    PyCodeObject *c = PyFrame_GetCode(f);  /* new reference; the frame keeps it alive */
+    Py_DECREF(c);
+    return (PyObject *)c;
+#else
+    return (PyObject *)f->f_code;
+#endif
+}
+
+/* Argument number i (named `name`) of a running frame: a new reference, or NULL. */
+static inline PyObject *handit_frame_arg(PyFrameObject *f, int i, PyObject *name) {
+#if PY_VERSION_HEX >= 0x030C0000  /* PY312+: reads the fast local without a locals dict */
+    PyObject *v = PyFrame_GetVar(f, name);
+    if (v == NULL) PyErr_Clear();
+    return v;
+#elif PY_VERSION_HEX >= 0x030B0000  /* PY311: no per-variable API; the locals dict */
+    PyObject *locals = PyObject_GetAttrString((PyObject *)f, "f_locals");
+    if (locals == NULL) { PyErr_Clear(); return NULL; }
+    PyObject *v = PyMapping_GetItemString(locals, PyUnicode_AsUTF8(name));
+    Py_DECREF(locals);
+    if (v == NULL) PyErr_Clear();
+    return v;
+#else  /* PY310: fast locals are public */
+    PyObject *v = f->f_localsplus[i];
+    Py_XINCREF(v);
+    return v;
+#endif
+}
+
+/* Profile function on every thread that exists now. */
+static inline void handit_set_profile_all(Py_tracefunc func) {
+#if PY_VERSION_HEX >= 0x030C0000
+    PyEval_SetProfileAllThreads(func, NULL);
+#else
+    PyThreadState *me = PyThreadState_Get();
+    PyThreadState *t = PyInterpreterState_ThreadHead(me->interp);
+    for (; t != NULL; t = PyThreadState_Next(t)) {
+        _PyEval_SetProfile(t, func, NULL);
+    }
+#endif
+}
+
+#endif

@@ -1,0 +1,77 @@
+"""Engine choice: the one place that picks compiled or fallback, sysmon or setprofile, and says why."""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from types import ModuleType
+from typing import NamedTuple
+
+from .errors import ConfigError, HanditError
+
+PY312 = sys.version_info >= (3, 12)
+
+
+class EngineChoice(NamedTuple):
+    """The engine module in use, its name, the event source and the reason."""
+
+    module: ModuleType
+    engine: str
+    source: str
+    reason: str
+
+
+_warned_fallback = False
+
+
+def _import_compiled() -> tuple[ModuleType | None, str]:
+    try:
+        from . import _tracer
+    except ImportError as exc:
+        return None, f"the compiled extension is not built ({exc})"
+    return _tracer, "the compiled extension is built"
+
+
+def choose(engine: str = "auto", source: str = "auto", require_compiled: bool = False) -> EngineChoice:
+    """Pick the engine and the event source.
+
+    Args:
+        engine: "auto", "compiled" or "fallback" (HANDIT_ENGINE).
+        source: "auto", "sysmon" or "setprofile" (HANDIT_SOURCE).
+        require_compiled: a missing extension is an error (HANDIT_REQUIRE_COMPILED).
+    Returns:
+        the choice, with the reason in words.
+    Raises:
+        ConfigError: an unknown name, or sysmon before Python 3.12.
+        HanditError: the compiled engine is required but not built.
+    """
+    global _warned_fallback
+    require_compiled = require_compiled or os.environ.get("HANDIT_REQUIRE_COMPILED", "") in ("1", "true", "yes", "on")
+    if source == "auto":
+        source = "sysmon" if PY312 else "setprofile"
+        source_reason = "sys.monitoring on Python 3.12+" if PY312 else "profile function before Python 3.12"
+    elif source == "sysmon" and not PY312:
+        raise ConfigError("HANDIT_SOURCE", source, "needs Python 3.12 or newer (sys.monitoring)")
+    elif source in ("sysmon", "setprofile"):
+        source_reason = "HANDIT_SOURCE=" + source
+    else:
+        raise ConfigError("HANDIT_SOURCE", source, "is not one of auto, sysmon, setprofile")
+    if engine == "fallback":
+        if require_compiled:
+            raise HanditError("HANDIT_ENGINE=fallback contradicts HANDIT_REQUIRE_COMPILED=1")
+        from . import _fallback
+
+        return EngineChoice(_fallback, "fallback", source, f"HANDIT_ENGINE=fallback; {source_reason}")
+    if engine not in ("auto", "compiled"):
+        raise ConfigError("HANDIT_ENGINE", engine, "is not one of auto, compiled, fallback")
+    module, why = _import_compiled()
+    if module is not None:
+        return EngineChoice(module, "compiled", source, f"{why}; {source_reason}")
+    if engine == "compiled" or require_compiled:
+        raise HanditError(f"the compiled engine is required but {why}")
+    if not _warned_fallback:
+        _warned_fallback = True
+        warnings.warn(f"handit uses the pure-Python engine: {why}", RuntimeWarning, stacklevel=3)
+    from . import _fallback
+
+    return EngineChoice(_fallback, "fallback", source, f"{why}, so the pure-Python engine; {source_reason}")

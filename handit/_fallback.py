@@ -1,0 +1,556 @@
+"""Capture stage, pure Python: sys.monitoring or profile-function callbacks -> per-thread record lists.
+
+The twin of the compiled ``_tracer`` module: same names, same records, same
+errors. It is used when the extension is not built or ``HANDIT_ENGINE=fallback``.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import warnings
+from contextvars import ContextVar
+from time import perf_counter_ns
+from typing import Any
+
+from ._policy import ARGS, EXIT_RETURN, EXIT_YIELD, CodeInfo, Policy, exit_kinds, first_yield_unit, module_of
+from .preview import is_scalar
+from .records import CALL, NO_VALUE, RESUME, RETURN, THROW, UNWIND, YIELD, Rendered
+
+ENGINE = "fallback"
+PY312 = sys.version_info >= (3, 12)
+REDACTED_ARG = Rendered("<redacted>")
+
+session_var: ContextVar[int] = ContextVar("handit_session", default=0)
+"""The session slot of the running thread or task (0: none)."""
+
+_active: set[int] = set()
+_tls = threading.local()
+_buffers: list[_ThreadBuffer] = []
+_buffers_lock = threading.Lock()
+_codes: list[CodeInfo] = []
+_code_map: dict[int, tuple[Any, CodeInfo | None, int, bytes, int]] = {}
+_policy: Policy | None = None
+_generation = 0
+_source: str | None = None
+_tool_id: int | None = None
+_local_codes: list[Any] = []
+_failed = False
+
+
+class _ThreadBuffer:
+    """One thread's records, in order, waiting for the drain."""
+
+    __slots__ = ("ident", "records", "busy", "last_exc", "last_exc_text")
+
+    def __init__(self) -> None:
+        self.ident = threading.get_ident()
+        self.records: list[tuple[int, int, int, int, Any, int]] = []
+        self.busy = False
+        self.last_exc: Any = None
+        self.last_exc_text: tuple[str, str] = ("", "")
+
+
+def read_ticks() -> int:
+    """The raw clock the records use (nanoseconds here)."""
+    return perf_counter_ns()
+
+
+TICKS_ARE_NS = True
+
+
+def _buffer() -> _ThreadBuffer:
+    try:
+        return _tls.buffer  # type: ignore[no-any-return]
+    except AttributeError:
+        buf = _tls.buffer = _ThreadBuffer()
+        with _buffers_lock:
+            _buffers.append(buf)
+        return buf
+
+
+def _fail(exc: BaseException) -> None:
+    """An internal error: warn once and stop tracing; nothing reaches user code."""
+    global _failed
+    if _failed:
+        return
+    _failed = True
+    try:
+        uninstall()
+    finally:
+        warnings.warn(f"handit stopped tracing after an internal error: {exc!r}", RuntimeWarning, stacklevel=2)
+
+
+# ---- per-code decisions -------------------------------------------------------------------
+
+
+def _lookup(code: Any, frame: Any) -> tuple[Any, CodeInfo | None, int, bytes, int]:
+    entry = _code_map.get(id(code))
+    if entry is not None and entry[0] is code and entry[2] == _generation:
+        return entry
+    assert _policy is not None
+    info = _policy.decide(code, module_of(frame) if frame is not None else None, len(_codes))
+    kinds = b""
+    first_yield = 0
+    if info is not None:
+        _codes.append(info)
+        if _source == "setprofile":
+            kinds = exit_kinds(code)
+            first_yield = first_yield_unit(kinds)
+        elif _tool_id is not None:
+            mon = sys.monitoring
+            events = mon.events.PY_RETURN
+            if info.suspendable:
+                events |= mon.events.PY_YIELD | mon.events.PY_RESUME
+            mon.set_local_events(_tool_id, code, events)
+            _local_codes.append(code)
+    entry = (code, info, _generation, kinds, first_yield)
+    _code_map[id(code)] = entry
+    return entry
+
+
+def _arg_values(info: CodeInfo, frame: Any) -> tuple[Any, ...] | None:
+    if _policy is None or _policy.capture < ARGS or not info.argnames:
+        return None
+    previewer = _policy.previewer
+    f_locals = frame.f_locals
+    out = []
+    for name, secret in zip(info.argnames, info.secret_args):
+        if secret:
+            out.append(REDACTED_ARG)
+            continue
+        value = f_locals.get(name, NO_VALUE)
+        out.append(value if is_scalar(value) else Rendered(previewer.preview(value)))
+    return tuple(out)
+
+
+def _value(value: Any) -> Any:
+    if _policy is None or _policy.capture < ARGS:
+        return NO_VALUE
+    previewer = _policy.previewer
+    return value if is_scalar(value) else Rendered(previewer.preview(value))
+
+
+def _exception_text(buf: _ThreadBuffer, exc: Any) -> tuple[str, str]:
+    if exc is buf.last_exc:
+        return buf.last_exc_text
+    text = (type(exc).__qualname__, _policy.previewer.exception_message(exc) if _policy else "")
+    buf.last_exc = exc
+    buf.last_exc_text = text
+    return text
+
+
+# ---- shared record path --------------------------------------------------------------------
+
+
+def _on_call(buf: _ThreadBuffer, slot: int, info: CodeInfo, frame: Any, kind: int, key: int) -> None:
+    ts = perf_counter_ns()
+    if kind == CALL:
+        buf.busy = True
+        try:
+            args = _arg_values(info, frame)
+        finally:
+            buf.busy = False
+        buf.records.append((CALL, slot, info.index, ts, args, key))
+    else:
+        buf.records.append((kind, slot, info.index, ts, None, key))
+
+
+def _on_return(buf: _ThreadBuffer, slot: int, info: CodeInfo, kind: int, value: Any, key: int) -> None:
+    ts = perf_counter_ns()
+    if kind == RETURN:
+        buf.busy = True
+        try:
+            aux = _value(value)
+        finally:
+            buf.busy = False
+        buf.records.append((RETURN, slot, info.index, ts, aux, 0))
+    else:
+        buf.records.append((kind, slot, info.index, ts, None, key))
+
+
+def _on_unwind(buf: _ThreadBuffer, slot: int, info: CodeInfo, exc: Any) -> None:
+    ts = perf_counter_ns()
+    buf.busy = True
+    try:
+        text = _exception_text(buf, exc) if exc is not None else ("<unknown>", "")
+    finally:
+        buf.busy = False
+    buf.records.append((UNWIND, slot, info.index, ts, text, 0))
+
+
+def _current(code: Any) -> tuple[_ThreadBuffer, int] | None:
+    slot = session_var.get()
+    if not slot or slot not in _active:
+        return None
+    buf = _buffer()
+    if buf.busy:
+        return None
+    return buf, slot
+
+
+# ---- sys.monitoring source (PY312+) --------------------------------------------------------
+
+
+def sysmon_py_start(code: Any, offset: int) -> Any:
+    """PY_START: decide the code once; record a call (DISABLE for excluded code)."""
+    try:
+        cur = _current(code)
+        if cur is None:
+            return None
+        frame = sys._getframe(1)
+        info = _lookup(code, frame)[1]
+        if info is None:
+            return sys.monitoring.DISABLE
+        _on_call(cur[0], cur[1], info, frame, CALL, id(frame) if info.suspendable else 0)
+    except RecursionError:
+        return None
+    except Exception as exc:  # never reaches user code
+        _fail(exc)
+    return None
+
+
+def _traced(code: Any) -> tuple[_ThreadBuffer, int, CodeInfo] | None:
+    cur = _current(code)
+    if cur is None:
+        return None
+    entry = _code_map.get(id(code))
+    if entry is None or entry[0] is not code or entry[1] is None or entry[2] != _generation:
+        return None
+    return cur[0], cur[1], entry[1]
+
+
+def sysmon_py_return(code: Any, offset: int, retval: Any) -> Any:
+    """PY_RETURN: the call ends with a value."""
+    try:
+        t = _traced(code)
+        if t is not None:
+            _on_return(t[0], t[1], t[2], RETURN, retval, 0)
+    except Exception as exc:
+        _fail(exc)
+    return None
+
+
+def sysmon_py_yield(code: Any, offset: int, retval: Any) -> Any:
+    """PY_YIELD: a generator or coroutine is suspended."""
+    try:
+        t = _traced(code)
+        if t is not None:
+            _on_return(t[0], t[1], t[2], YIELD, None, id(sys._getframe(1)))
+    except Exception as exc:
+        _fail(exc)
+    return None
+
+
+def sysmon_py_resume(code: Any, offset: int) -> Any:
+    """PY_RESUME: a suspended generator or coroutine continues."""
+    try:
+        t = _traced(code)
+        if t is not None:
+            _on_call(t[0], t[1], t[2], None, RESUME, id(sys._getframe(1)))
+    except Exception as exc:
+        _fail(exc)
+    return None
+
+
+def sysmon_py_throw(code: Any, offset: int, exc: Any) -> Any:
+    """PY_THROW: a suspended generator continues with an exception thrown in."""
+    try:
+        t = _traced(code)
+        if t is not None:
+            _on_call(t[0], t[1], t[2], None, THROW, id(sys._getframe(1)))
+    except Exception as exc2:
+        _fail(exc2)
+    return None
+
+
+def sysmon_py_unwind(code: Any, offset: int, exc: Any) -> Any:
+    """PY_UNWIND: the call ends with an exception."""
+    try:
+        t = _traced(code)
+        if t is not None:
+            _on_unwind(t[0], t[1], t[2], exc)
+    except Exception as exc2:
+        _fail(exc2)
+    return None
+
+
+# ---- profile-function source ---------------------------------------------------------------
+
+
+def profile_callback(frame: Any, event: str, arg: Any) -> None:
+    """The profile function: "call" and "return" events of Python frames."""
+    try:
+        if event == "call":
+            cur = _current(None)
+            if cur is None:
+                return
+            code = frame.f_code
+            entry = _lookup(code, frame)
+            info = entry[1]
+            if info is None:
+                return
+            if info.suspendable:
+                key = id(frame)
+                if frame.f_lasti // 2 >= entry[4]:
+                    _on_call(cur[0], cur[1], info, frame, RESUME, key)
+                else:
+                    _on_call(cur[0], cur[1], info, frame, CALL, key)
+            else:
+                _on_call(cur[0], cur[1], info, frame, CALL, 0)
+        elif event == "return":
+            code = frame.f_code
+            t = _traced(code)
+            if t is None:
+                return
+            buf, slot, info = t
+            kinds = _code_map[id(code)][3]
+            unit = frame.f_lasti // 2
+            how = kinds[unit] if 0 <= unit < len(kinds) else 0
+            if how == EXIT_RETURN:
+                _on_return(buf, slot, info, RETURN, arg, 0)
+            elif how == EXIT_YIELD:
+                _on_return(buf, slot, info, YIELD, None, id(frame))
+            else:
+                _on_unwind(buf, slot, info, None)
+    except RecursionError:
+        return
+    except Exception as exc:
+        _fail(exc)
+
+
+# ---- install / uninstall -------------------------------------------------------------------
+
+
+def _free_tool_id() -> int:
+    mon = sys.monitoring
+    holders = {}
+    for tool in (4, 3, 5, 2, 1, 0):  # ids with no standard owner first
+        name = mon.get_tool(tool)
+        if name is None:
+            return tool
+        holders[tool] = name
+    from .errors import HanditError
+
+    raise HanditError(f"no free sys.monitoring tool id; held by {holders}")
+
+
+def install(source: str, policy: Policy) -> None:
+    """Start delivering events for active sessions.
+
+    Args:
+        source: "sysmon" (3.12+) or "setprofile".
+        policy: the filter and capture rules.
+    Raises:
+        HanditError: no sys.monitoring tool id is free.
+    """
+    global _source, _tool_id, _failed
+    set_policy(policy)
+    _failed = False
+    if source == "sysmon":
+        mon = sys.monitoring
+        tool = _free_tool_id()
+        mon.use_tool_id(tool, "handit")
+        ev = mon.events
+        for event, fn in (
+            (ev.PY_START, sysmon_py_start),
+            (ev.PY_RETURN, sysmon_py_return),
+            (ev.PY_YIELD, sysmon_py_yield),
+            (ev.PY_RESUME, sysmon_py_resume),
+            (ev.PY_THROW, sysmon_py_throw),
+            (ev.PY_UNWIND, sysmon_py_unwind),
+        ):
+            mon.register_callback(tool, event, fn)
+        _tool_id = tool
+        _source = source
+        mon.set_events(tool, ev.PY_START | ev.PY_UNWIND | ev.PY_THROW)
+    else:
+        _source = source
+        if PY312:
+            threading.setprofile_all_threads(profile_callback)
+        else:
+            # The pure-Python engine can reach only the current thread and threads
+            # started from now on; the compiled engine reaches every thread.
+            threading.setprofile(profile_callback)
+            sys.setprofile(profile_callback)
+
+
+def uninstall() -> None:
+    """Stop delivering events; leave no callback, local event or disabled location behind."""
+    global _source, _tool_id
+    if _source == "sysmon" and _tool_id is not None:
+        mon = sys.monitoring
+        tool = _tool_id
+        mon.set_events(tool, 0)
+        for code in _local_codes:
+            try:
+                mon.set_local_events(tool, code, 0)
+            except ValueError:
+                pass
+        _local_codes.clear()
+        for event in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768):
+            try:
+                mon.register_callback(tool, event, None)
+            except ValueError:
+                pass
+        # DISABLE marks stay on code objects for this tool id after it is freed
+        # (python/cpython#111963); clear them so the next session sees all code.
+        mon.restart_events()
+        mon.free_tool_id(tool)
+    elif _source == "setprofile":
+        if PY312:
+            threading.setprofile_all_threads(None)
+        else:
+            threading.setprofile(None)  # type: ignore[arg-type]
+            sys.setprofile(None)
+    _tool_id = None
+    _source = None
+    _code_map.clear()
+
+
+def set_policy(policy: Policy) -> None:
+    """Use new filter rules; every code object is decided again."""
+    global _policy, _generation
+    _policy = policy
+    _generation += 1
+    _code_map.clear()
+    if _tool_id is not None:
+        sys.monitoring.restart_events()
+
+
+def activate(slot: int) -> None:
+    """Let records for ``slot`` through."""
+    _active.add(slot)
+
+
+def deactivate(slot: int) -> None:
+    """Drop records for ``slot`` from now on (work outliving its session)."""
+    _active.discard(slot)
+
+
+def mark_internal_thread() -> None:
+    """The calling thread is handit's own: never record it."""
+    _buffer().busy = True
+    session_var.set(0)
+
+
+def collect() -> list[tuple[int, list[tuple[int, int, int, int, Any, int]]]]:
+    """Take every thread's pending records, oldest first per thread."""
+    out = []
+    with _buffers_lock:
+        buffers = list(_buffers)
+    for buf in buffers:
+        records = buf.records
+        if records:
+            buf.records = []
+            out.append((buf.ident, records))
+    return out
+
+
+def code_info(index: int) -> CodeInfo:
+    """The CodeInfo stored under ``index``."""
+    return _codes[index]
+
+
+def codes_since(start: int) -> list[CodeInfo]:
+    """Code infos added at or after ``start``."""
+    return _codes[start:]
+
+
+def source() -> str | None:
+    """The installed event source, or None."""
+    return _source
+
+
+def tool_id() -> int | None:
+    """The sys.monitoring tool id in use, or None."""
+    return _tool_id
+
+
+def after_fork_in_child() -> None:
+    """Start clean after fork(): no pending records, no active session."""
+    global _buffers
+    _active.clear()
+    _buffers = []
+    _tls.__dict__.clear()
+
+
+# ---- drain: records -> encoded blocks ------------------------------------------------------
+
+
+def _varint(out: bytearray, n: int) -> None:
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+
+
+def _string(out: bytearray, s: str) -> None:
+    data = s.encode("utf-8", "backslashreplace")
+    _varint(out, len(data))
+    out += data
+
+
+def _text(previewer: Any, value: Any) -> str:
+    if type(value) is Rendered:
+        return value
+    return previewer.preview(value)  # type: ignore[no-any-return]
+
+
+def drain(calibration: Any, previewer: Any) -> list[tuple[int, bytes]]:
+    """Turn every pending record into encoded blocks, one per (session slot, thread).
+
+    Args:
+        calibration: a :class:`handit.clock.Calibration` for this engine's clock.
+        previewer: turns kept values into redacted preview strings.
+    Returns:
+        ``(slot, block)`` pairs in the block format of :mod:`handit.records`.
+    """
+    out: list[tuple[int, bytes]] = []
+    calibration.refine()
+    to_ns = calibration.to_epoch_ns
+    for ident, records in collect():
+        blocks: dict[int, tuple[bytearray, list[int]]] = {}
+        for kind, slot, code, ts, aux, key in records:
+            t = to_ns(ts)
+            block = blocks.get(slot)
+            if block is None:
+                buf = bytearray()
+                _varint(buf, ident)
+                _varint(buf, t)
+                block = blocks[slot] = (buf, [t])
+            buf, last = block
+            dts = t - last[0]
+            last[0] = t
+            tag = kind
+            if kind == CALL:
+                if aux is not None:
+                    tag |= 0x80
+                if key:
+                    tag |= 0x40
+                buf.append(tag)
+                _varint(buf, code)
+                _varint(buf, (dts << 1) ^ (dts >> 63))
+                if key:
+                    _varint(buf, key)
+                if aux is not None:
+                    _varint(buf, len(aux))
+                    for value in aux:
+                        _string(buf, "" if value is NO_VALUE else _text(previewer, value))
+            elif kind == RETURN:
+                has = aux is not NO_VALUE
+                buf.append(tag | 0x80 if has else tag)
+                _varint(buf, (dts << 1) ^ (dts >> 63))
+                if has:
+                    _string(buf, _text(previewer, aux))
+            elif kind == UNWIND:
+                buf.append(tag)
+                _varint(buf, (dts << 1) ^ (dts >> 63))
+                _string(buf, aux[0])
+                _string(buf, aux[1])
+            else:
+                buf.append(tag)
+                _varint(buf, (dts << 1) ^ (dts >> 63))
+                _varint(buf, key)
+        for slot, (buf, _) in blocks.items():
+            out.append((slot, bytes(buf)))
+    return out

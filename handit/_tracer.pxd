@@ -1,0 +1,47 @@
+# The compiled engine's C-level interface: the record layout (mirrors handit/records.py).
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from cpython.object cimport PyObject
+
+cdef enum:
+    K_CALL = 1
+    K_RETURN = 2
+    K_UNWIND = 3
+    K_YIELD = 4
+    K_RESUME = 5
+    K_THROW = 6
+
+cdef enum:
+    CHUNK_RECORDS = 8192
+
+ctypedef struct Record:
+    uint64_t ts       # raw clock ticks
+    uint32_t code     # index in the code table
+    uint8_t kind      # K_*
+    uint8_t pad
+    uint16_t slot     # session slot
+    PyObject* aux     # owned reference or NULL
+    uint64_t key      # generator/coroutine identity
+
+ctypedef struct Chunk:
+    Chunk* next
+    int n
+    Record recs[CHUNK_RECORDS]
+
+ctypedef struct TState:
+    unsigned long ident
+    Chunk* head       # oldest chunk waiting for the drain
+    Chunk* tail       # chunk being written
+    int busy          # handit's own work or an internal thread: record nothing
+    TState* next_all
+    PyObject* last_exc
+    PyObject* last_exc_text
+
+ctypedef struct CInfo:
+    uint32_t index
+    uint32_t generation
+    uint8_t traced
+    uint8_t suspendable
+    uint16_t nargs
+    uint32_t first_yield   # code unit of the first yield (profile source)
+    PyObject* info         # the CodeInfo tuple (owned)
+    PyObject* exit_kinds   # bytes, per code unit (owned; profile source)

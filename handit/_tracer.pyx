@@ -1,0 +1,836 @@
+# cython: language_level=3, binding=False, boundscheck=False, wraparound=False, cdivision=True
+"""Capture stage, compiled: sys.monitoring and profile-function callbacks -> per-thread record chunks.
+
+Both event sources funnel into the same record path (``_record``), written into
+per-thread chunks of fixed-size records with no lock (the GIL orders writers and
+the drain). ``drain()`` turns chunks into encoded blocks per session, in C.
+The pure-Python twin is ``handit._fallback``; both keep the same names.
+"""
+cimport cython
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_DECREF, Py_XDECREF
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdlib cimport malloc, calloc, free, realloc
+from libc.string cimport memcpy
+
+import sys
+import threading
+import warnings
+from contextvars import ContextVar
+
+from ._policy import ARGS, exit_kinds, first_yield_unit, module_of
+from .records import NO_VALUE, Rendered
+
+cdef extern from "Python.h":
+    ctypedef struct PyFrameObject:
+        pass
+    ctypedef int (*handit_tracefunc)(PyObject*, PyFrameObject*, int, PyObject*) noexcept
+    int PyTrace_CALL
+    int PyTrace_RETURN
+    int PyContextVar_Get(PyObject* var, PyObject* default_value, PyObject** value)
+    PyFrameObject* PyEval_GetFrame()
+    void PyEval_SetProfile(handit_tracefunc func, PyObject* obj)
+    unsigned long PyThread_get_thread_ident()
+    long PyLong_AsLong(PyObject*)
+    PyObject* PyTuple_New(Py_ssize_t)
+    void PyTuple_SET_ITEM(PyObject*, Py_ssize_t, PyObject*)
+    PyObject* PyTuple_GET_ITEM(PyObject*, Py_ssize_t)
+    Py_ssize_t PyTuple_GET_SIZE(PyObject*)
+    char* PyBytes_AS_STRING(PyObject*)
+    Py_ssize_t PyBytes_GET_SIZE(PyObject*)
+    object PyBytes_FromStringAndSize(const char*, Py_ssize_t)
+    void PyErr_Clear()
+    PyObject* PyErr_Occurred()
+    bint PyUnicode_CheckExact(PyObject*)
+    bint PyLong_CheckExact(PyObject*)
+    bint PyFloat_CheckExact(PyObject*)
+    bint PyBytes_CheckExact(PyObject*)
+    bint PyComplex_CheckExact(PyObject*)
+    bint PyBool_Check(PyObject*)
+    PyObject* Py_None
+    void* Py_TYPE(PyObject*)
+
+cdef extern from "_compat.h":
+    uint64_t handit_ticks() nogil
+    int handit_ticks_are_ns()
+    void* handit_get_tls()
+    void handit_set_tls(void*)
+    Py_ssize_t handit_request_code_extra_index(void (*)(void*) noexcept)
+    int handit_code_get_extra(PyObject*, Py_ssize_t, void**)
+    int handit_code_set_extra(PyObject*, Py_ssize_t, void*)
+    int handit_frame_lasti_units(PyFrameObject*)
+    PyObject* handit_frame_code(PyFrameObject*)
+    PyObject* handit_frame_arg(PyFrameObject*, int, PyObject*)
+    void handit_set_profile_all(handit_tracefunc)
+
+ENGINE = "compiled"
+TICKS_ARE_NS = bool(handit_ticks_are_ns())
+PY312 = sys.version_info >= (3, 12)
+
+session_var = ContextVar("handit_session", default=0)
+"""The session slot of the running thread or task (0: none)."""
+
+REDACTED_ARG = Rendered("<redacted>")
+
+cdef PyObject* _session_var = <PyObject*>session_var
+cdef unsigned char _active[65536]
+cdef TState* _all_states = NULL
+cdef Chunk* _free_chunks = NULL
+cdef int _n_free_chunks = 0
+cdef Py_ssize_t _extra_index = -1
+cdef uint32_t _generation = 1
+cdef int _capture = 0
+cdef int _source_kind = 0          # 0 none, 1 sysmon, 2 setprofile
+cdef object _policy = None
+cdef object _previewer = None
+cdef object _is_scalar_py = None
+cdef object _DISABLE = None
+cdef list _codes = []
+cdef list _local_codes = []
+cdef object _tool_id = None
+cdef bint _failed = False
+
+
+cdef void _free_cinfo(void* p) noexcept:
+    # co_extra free function: runs when a code object dies (GIL held).
+    cdef CInfo* ci = <CInfo*>p
+    if ci != NULL:
+        Py_XDECREF(ci.info)
+        Py_XDECREF(ci.exit_kinds)
+        free(ci)
+
+
+_extra_index = handit_request_code_extra_index(_free_cinfo)
+
+
+def read_ticks():
+    """The raw clock the records use (TSC ticks on x86-64)."""
+    return handit_ticks()
+
+
+# ---- per-thread state and records ----------------------------------------------------------
+
+cdef TState* _new_tstate() noexcept:
+    # never raises into user code; returns NULL when out of memory
+    global _all_states
+    cdef TState* ts = <TState*>calloc(1, sizeof(TState))
+    if ts == NULL:
+        return NULL
+    ts.ident = PyThread_get_thread_ident()
+    ts.next_all = _all_states
+    _all_states = ts
+    handit_set_tls(ts)
+    return ts
+
+
+cdef inline TState* _tstate() noexcept:
+    cdef TState* ts = <TState*>handit_get_tls()
+    if ts == NULL:
+        ts = _new_tstate()
+    return ts
+
+
+cdef Chunk* _new_chunk() noexcept:
+    # never raises; returns NULL when out of memory
+    global _free_chunks, _n_free_chunks
+    cdef Chunk* c = _free_chunks
+    if c != NULL:
+        _free_chunks = c.next
+        _n_free_chunks -= 1
+    else:
+        c = <Chunk*>malloc(sizeof(Chunk))
+        if c == NULL:
+            return NULL
+    c.next = NULL
+    c.n = 0
+    return c
+
+
+cdef void _release_chunk(Chunk* c) noexcept:
+    global _free_chunks, _n_free_chunks
+    if _n_free_chunks < 64:  # keep a few warm chunks: no page faults on the hot path
+        c.next = _free_chunks
+        _free_chunks = c
+        _n_free_chunks += 1
+    else:
+        free(c)
+
+
+cdef inline void _record(TState* ts, uint8_t kind, int slot, uint32_t code, PyObject* aux, uint64_t key) noexcept:
+    # never raises; steals the reference to aux (dropped if memory runs out)
+    cdef Chunk* c = ts.tail
+    cdef Record* r
+    if c == NULL or c.n == CHUNK_RECORDS:
+        c = _new_chunk()
+        if c == NULL:
+            Py_XDECREF(aux)
+            return
+        if ts.tail == NULL:
+            ts.head = c
+        else:
+            ts.tail.next = c
+        ts.tail = c
+    r = &c.recs[c.n]
+    r.ts = handit_ticks()
+    r.code = code
+    r.kind = kind
+    r.slot = <uint16_t>slot
+    r.aux = aux
+    r.key = key
+    c.n += 1
+
+
+cdef inline int _current_slot() noexcept:
+    # never raises; 0 when no session is active here
+    cdef PyObject* val = NULL
+    cdef long slot
+    if PyContextVar_Get(_session_var, NULL, &val) < 0:
+        PyErr_Clear()
+        return 0
+    if val == NULL:
+        return 0
+    slot = PyLong_AsLong(val)
+    Py_DECREF(<object>val)
+    if slot <= 0 or slot > 65535 or not _active[slot]:
+        return 0
+    return <int>slot
+
+
+cdef inline CInfo* _cinfo(PyObject* code) noexcept:
+    cdef void* extra = NULL
+    if handit_code_get_extra(code, _extra_index, &extra) < 0:
+        PyErr_Clear()
+        return NULL
+    return <CInfo*>extra
+
+
+# ---- slow paths: decisions and previews (Python allowed, errors contained) -----------------
+
+cdef void _fail(exc) noexcept:
+    global _failed
+    if _failed:
+        return
+    _failed = True
+    try:
+        uninstall()
+    except BaseException:
+        pass
+    try:
+        warnings.warn(f"handit stopped tracing after an internal error: {exc!r}", RuntimeWarning)
+    except BaseException:
+        PyErr_Clear()
+
+
+cdef CInfo* _decide(PyObject* code, PyFrameObject* frame) noexcept:
+    # never raises into user code; returns NULL on failure (after _fail) or RecursionError
+    cdef CInfo* ci
+    cdef object ocode = <object>code
+    try:
+        module = module_of(<object>frame) if frame != NULL else None
+        info = _policy.decide(ocode, module, len(_codes))
+        ci = <CInfo*>calloc(1, sizeof(CInfo))
+        if ci == NULL:
+            return NULL
+        ci.generation = _generation
+        if info is not None:
+            _codes.append(info)
+            ci.traced = 1
+            ci.index = info.index
+            ci.suspendable = info.suspendable
+            ci.nargs = len(info.argnames)
+            Py_INCREF(info)
+            ci.info = <PyObject*>info
+            if _source_kind == 2:
+                kinds = exit_kinds(ocode)
+                Py_INCREF(kinds)
+                ci.exit_kinds = <PyObject*>kinds
+                ci.first_yield = first_yield_unit(kinds)
+            elif _source_kind == 1:
+                ev = sys.monitoring.events
+                events = ev.PY_RETURN
+                if info.suspendable:
+                    events |= ev.PY_YIELD | ev.PY_RESUME
+                sys.monitoring.set_local_events(_tool_id, ocode, events)
+                _local_codes.append(ocode)
+        if handit_code_set_extra(code, _extra_index, ci) < 0:
+            _free_cinfo(ci)
+            PyErr_Clear()
+            return NULL
+        return ci
+    except RecursionError:
+        return NULL
+    except BaseException as exc:
+        _fail(exc)
+        return NULL
+
+
+cdef PyObject* _keep(TState* ts, PyObject* value) noexcept:
+    # a value to preview later: scalars by reference, anything else rendered now.
+    # never raises; returns a new reference or NULL
+    if (value == Py_None or PyUnicode_CheckExact(value) or PyLong_CheckExact(value) or PyFloat_CheckExact(value)
+            or PyBool_Check(value) or PyBytes_CheckExact(value) or PyComplex_CheckExact(value)):
+        Py_INCREF(<object>value)
+        return value
+    ts.busy = 1
+    try:
+        text = Rendered(_previewer.preview(<object>value))
+    except BaseException:
+        text = Rendered("<unpreviewable>")
+    ts.busy = 0
+    Py_INCREF(text)
+    return <PyObject*>text
+
+
+cdef PyObject* _args(TState* ts, CInfo* ci, PyFrameObject* frame) noexcept:
+    # tuple of argument values (new reference) or NULL; never raises
+    cdef Py_ssize_t i, n = ci.nargs
+    cdef PyObject* names = PyTuple_GET_ITEM(ci.info, 6)
+    cdef PyObject* secret = PyTuple_GET_ITEM(ci.info, 7)
+    cdef PyObject* tup = PyTuple_New(n)
+    cdef PyObject* v
+    cdef PyObject* kept
+    if tup == NULL:
+        PyErr_Clear()
+        return NULL
+    for i in range(n):
+        if PyTuple_GET_ITEM(secret, i) != Py_None and <object>PyTuple_GET_ITEM(secret, i) is True:
+            Py_INCREF(REDACTED_ARG)
+            PyTuple_SET_ITEM(tup, i, <PyObject*>REDACTED_ARG)
+            continue
+        v = handit_frame_arg(frame, <int>i, PyTuple_GET_ITEM(names, i))
+        if v == NULL:
+            Py_INCREF(NO_VALUE)
+            PyTuple_SET_ITEM(tup, i, <PyObject*>NO_VALUE)
+            continue
+        kept = _keep(ts, v)
+        Py_DECREF(<object>v)
+        if kept == NULL:
+            Py_INCREF(NO_VALUE)
+            kept = <PyObject*>NO_VALUE
+        PyTuple_SET_ITEM(tup, i, kept)
+    return tup
+
+
+cdef PyObject* _exception_text(TState* ts, PyObject* exc) noexcept:
+    # (type_name, message) for an exception, cached for the exception unwinding through
+    # several frames; never raises; new reference or NULL
+    if exc != NULL and exc == ts.last_exc and ts.last_exc_text != NULL:
+        Py_INCREF(<object>ts.last_exc_text)
+        return ts.last_exc_text
+    ts.busy = 1
+    try:
+        if exc == NULL:
+            text = ("<unknown>", "")
+        else:
+            text = (type(<object>exc).__qualname__, _previewer.exception_message(<object>exc))
+    except BaseException:
+        text = ("<unknown>", "")
+    ts.busy = 0
+    if exc != NULL:
+        Py_XDECREF(ts.last_exc)
+        Py_XDECREF(ts.last_exc_text)
+        Py_INCREF(<object>exc)
+        ts.last_exc = exc
+        Py_INCREF(text)
+        ts.last_exc_text = <PyObject*>text
+    Py_INCREF(text)
+    return <PyObject*>text
+
+
+# ---- shared record path ----------------------------------------------------------------------
+
+cdef inline void _on_call(TState* ts, int slot, CInfo* ci, PyFrameObject* frame, uint8_t kind) noexcept:
+    # never raises; frame may be NULL until needed
+    cdef uint64_t key = 0
+    cdef PyObject* aux = NULL
+    if ci.suspendable:
+        if frame == NULL:
+            frame = PyEval_GetFrame()
+        key = <uint64_t>frame
+    if kind == K_CALL and _capture and ci.nargs:
+        if frame == NULL:
+            frame = PyEval_GetFrame()
+        if frame != NULL:
+            aux = _args(ts, ci, frame)
+    _record(ts, kind, slot, ci.index, aux, key)
+
+
+cdef inline void _on_return(TState* ts, int slot, CInfo* ci, PyObject* value) noexcept:
+    # never raises
+    cdef PyObject* aux = NULL
+    if _capture:
+        aux = _keep(ts, value if value != NULL else Py_None)
+    _record(ts, K_RETURN, slot, ci.index, aux, 0)
+
+
+cdef inline void _on_unwind(TState* ts, int slot, CInfo* ci, PyObject* exc) noexcept:
+    # never raises
+    _record(ts, K_UNWIND, slot, ci.index, _exception_text(ts, exc), 0)
+
+
+cdef inline CInfo* _traced(PyObject* code) noexcept:
+    cdef CInfo* ci = _cinfo(code)
+    if ci == NULL or not ci.traced or ci.generation != _generation:
+        return NULL
+    return ci
+
+
+# ---- sys.monitoring source (PY312+) -----------------------------------------------------------
+
+def sysmon_py_start(code, offset):
+    """PY_START: decide the code once; record a call (DISABLE for excluded code)."""
+    cdef TState* ts = _tstate()
+    cdef int slot
+    cdef CInfo* ci
+    cdef PyFrameObject* frame = NULL
+    if ts == NULL or ts.busy:
+        return None
+    slot = _current_slot()
+    if slot == 0:
+        return None
+    ci = _cinfo(<PyObject*>code)
+    if ci == NULL or ci.generation != _generation:
+        frame = PyEval_GetFrame()
+        ci = _decide(<PyObject*>code, frame)
+        if ci == NULL:
+            return None
+    if not ci.traced:
+        return _DISABLE
+    _on_call(ts, slot, ci, frame, K_CALL)
+    return None
+
+
+def sysmon_py_return(code, offset, retval):
+    """PY_RETURN: the call ends with a value."""
+    cdef TState* ts = _tstate()
+    cdef int slot
+    cdef CInfo* ci
+    if ts == NULL or ts.busy:
+        return None
+    slot = _current_slot()
+    if slot == 0:
+        return None
+    ci = _traced(<PyObject*>code)
+    if ci != NULL:
+        _on_return(ts, slot, ci, <PyObject*>retval)
+    return None
+
+
+cdef inline object _suspend_event(code, uint8_t kind):
+    cdef TState* ts = _tstate()
+    cdef int slot
+    cdef CInfo* ci
+    if ts == NULL or ts.busy:
+        return None
+    slot = _current_slot()
+    if slot == 0:
+        return None
+    ci = _traced(<PyObject*>code)
+    if ci != NULL:
+        _record(ts, kind, slot, ci.index, NULL, <uint64_t>PyEval_GetFrame())
+    return None
+
+
+def sysmon_py_yield(code, offset, retval):
+    """PY_YIELD: a generator or coroutine is suspended."""
+    return _suspend_event(code, K_YIELD)
+
+
+def sysmon_py_resume(code, offset):
+    """PY_RESUME: a suspended generator or coroutine continues."""
+    return _suspend_event(code, K_RESUME)
+
+
+def sysmon_py_throw(code, offset, exc):
+    """PY_THROW: a suspended generator continues with an exception thrown in."""
+    return _suspend_event(code, K_THROW)
+
+
+def sysmon_py_unwind(code, offset, exc):
+    """PY_UNWIND: the call ends with an exception."""
+    cdef TState* ts = _tstate()
+    cdef int slot
+    cdef CInfo* ci
+    if ts == NULL or ts.busy:
+        return None
+    slot = _current_slot()
+    if slot == 0:
+        return None
+    ci = _traced(<PyObject*>code)
+    if ci != NULL:
+        _on_unwind(ts, slot, ci, <PyObject*>exc)
+    return None
+
+
+# ---- profile-function source ------------------------------------------------------------------
+
+cdef int profile_call(PyObject* obj, PyFrameObject* frame, int what, PyObject* arg) noexcept:
+    # the C profile function; never raises into user code; always returns 0
+    cdef TState* ts
+    cdef int slot, unit
+    cdef CInfo* ci
+    cdef PyObject* code
+    cdef unsigned char how
+    if what != PyTrace_CALL and what != PyTrace_RETURN:
+        return 0
+    ts = _tstate()
+    if ts == NULL or ts.busy:
+        return 0
+    slot = _current_slot()
+    if slot == 0:
+        return 0
+    code = handit_frame_code(frame)
+    if what == PyTrace_CALL:
+        ci = _cinfo(code)
+        if ci == NULL or ci.generation != _generation:
+            ci = _decide(code, frame)
+            if ci == NULL:
+                return 0
+        if not ci.traced:
+            return 0
+        if ci.suspendable and handit_frame_lasti_units(frame) >= <int>ci.first_yield:
+            _on_call(ts, slot, ci, frame, K_RESUME)
+        else:
+            _on_call(ts, slot, ci, frame, K_CALL)
+        return 0
+    ci = _traced(code)
+    if ci == NULL or ci.exit_kinds == NULL:
+        return 0
+    unit = handit_frame_lasti_units(frame)
+    how = 0
+    if 0 <= unit < PyBytes_GET_SIZE(ci.exit_kinds):
+        how = <unsigned char>PyBytes_AS_STRING(ci.exit_kinds)[unit]
+    if how == 1:
+        _on_return(ts, slot, ci, arg)
+    elif how == 2:
+        _record(ts, K_YIELD, slot, ci.index, NULL, <uint64_t>frame)
+    else:
+        _on_unwind(ts, slot, ci, NULL)
+    return 0
+
+
+def profile_callback(frame, event, arg):
+    """Installed through threading.setprofile: swaps the C profile function into a new thread."""
+    PyEval_SetProfile(profile_call, NULL)
+    if event == "call":
+        profile_call(NULL, <PyFrameObject*>frame, PyTrace_CALL, NULL)
+
+
+# ---- install / uninstall ----------------------------------------------------------------------
+
+def _free_tool_id():
+    mon = sys.monitoring
+    holders = {}
+    for tool in (4, 3, 5, 2, 1, 0):  # ids with no standard owner first
+        name = mon.get_tool(tool)
+        if name is None:
+            return tool
+        holders[tool] = name
+    from .errors import HanditError
+
+    raise HanditError(f"no free sys.monitoring tool id; held by {holders}")
+
+
+_SYSMON_CALLBACKS = (
+    ("PY_START", sysmon_py_start),
+    ("PY_RETURN", sysmon_py_return),
+    ("PY_YIELD", sysmon_py_yield),
+    ("PY_RESUME", sysmon_py_resume),
+    ("PY_THROW", sysmon_py_throw),
+    ("PY_UNWIND", sysmon_py_unwind),
+)
+
+
+def install(source, policy):
+    """Start delivering events for active sessions.
+
+    Args:
+        source: "sysmon" (3.12+) or "setprofile".
+        policy: the filter and capture rules.
+    Raises:
+        HanditError: no sys.monitoring tool id is free.
+    """
+    global _source_kind, _tool_id, _failed, _DISABLE
+    set_policy(policy)
+    _failed = False
+    if source == "sysmon":
+        mon = sys.monitoring
+        tool = _free_tool_id()
+        mon.use_tool_id(tool, "handit")
+        _DISABLE = mon.DISABLE
+        for name, fn in _SYSMON_CALLBACKS:
+            mon.register_callback(tool, getattr(mon.events, name), fn)
+        _tool_id = tool
+        _source_kind = 1
+        ev = mon.events
+        mon.set_events(tool, ev.PY_START | ev.PY_UNWIND | ev.PY_THROW)
+    else:
+        _source_kind = 2
+        threading.setprofile(profile_callback)
+        handit_set_profile_all(profile_call)
+
+
+def uninstall():
+    """Stop delivering events; leave no callback, local event or disabled location behind."""
+    global _source_kind, _tool_id
+    if _source_kind == 1 and _tool_id is not None:
+        mon = sys.monitoring
+        tool = _tool_id
+        mon.set_events(tool, 0)
+        for code in _local_codes:
+            try:
+                mon.set_local_events(tool, code, 0)
+            except ValueError:
+                pass
+        _local_codes.clear()
+        for name, fn in _SYSMON_CALLBACKS:
+            mon.register_callback(tool, getattr(mon.events, name), None)
+        # DISABLE marks stay on code objects for this tool id after it is freed
+        # (python/cpython#111963); clear them so the next session sees all code.
+        mon.restart_events()
+        mon.free_tool_id(tool)
+    elif _source_kind == 2:
+        threading.setprofile(None)
+        handit_set_profile_all(NULL)
+    _tool_id = None
+    _source_kind = 0
+
+
+def set_policy(policy):
+    """Use new filter rules; every code object is decided again."""
+    global _policy, _previewer, _generation, _capture
+    _policy = policy
+    _previewer = policy.previewer
+    _capture = 1 if policy.capture >= ARGS else 0
+    _generation += 1
+    if _tool_id is not None:
+        sys.monitoring.restart_events()
+
+
+def activate(int slot):
+    """Let records for ``slot`` through."""
+    _active[slot] = 1
+
+
+def deactivate(int slot):
+    """Drop records for ``slot`` from now on (work outliving its session)."""
+    _active[slot] = 0
+
+
+def mark_internal_thread():
+    """The calling thread is handit's own: never record it."""
+    cdef TState* ts = _tstate()
+    if ts != NULL:
+        ts.busy = 1
+    session_var.set(0)
+
+
+def code_info(index):
+    """The CodeInfo stored under ``index``."""
+    return _codes[index]
+
+
+def codes_since(start):
+    """Code infos added at or after ``start``."""
+    return _codes[start:]
+
+
+def source():
+    """The installed event source, or None."""
+    return {1: "sysmon", 2: "setprofile"}.get(_source_kind)
+
+
+def tool_id():
+    """The sys.monitoring tool id in use, or None."""
+    return _tool_id
+
+
+def after_fork_in_child():
+    """Start clean after fork(): no pending records, no active session."""
+    cdef TState* ts = _all_states
+    cdef int i
+    for i in range(65536):
+        _active[i] = 0
+    while ts != NULL:
+        ts.head = NULL  # the parent's records (and their references) stay the parent's
+        ts.tail = NULL
+        ts = ts.next_all
+
+
+# ---- drain: records -> encoded blocks (block format: handit/records.py, handit/reader.py) ------
+
+ctypedef struct OutBuf:
+    char* data
+    size_t len
+    size_t cap
+    int64_t last
+    int slot
+
+
+cdef int _reserve(OutBuf* b, size_t extra) noexcept:
+    cdef size_t cap
+    cdef char* p
+    if b.len + extra <= b.cap:
+        return 0
+    cap = b.cap * 2 if b.cap else 4096
+    while cap < b.len + extra:
+        cap *= 2
+    p = <char*>realloc(b.data, cap)
+    if p == NULL:
+        return -1
+    b.data = p
+    b.cap = cap
+    return 0
+
+
+cdef inline void _put_varint(OutBuf* b, uint64_t n) noexcept:
+    # caller reserved 10 bytes
+    while n > 0x7F:
+        b.data[b.len] = <char>((n & 0x7F) | 0x80)
+        b.len += 1
+        n >>= 7
+    b.data[b.len] = <char>n
+    b.len += 1
+
+
+cdef inline uint64_t _zigzag(int64_t v) noexcept:
+    return <uint64_t>((v << 1) ^ (v >> 63))
+
+
+cdef int _put_string(OutBuf* b, object text) except -1:
+    cdef bytes data = text.encode("utf-8", "backslashreplace")
+    cdef Py_ssize_t n = len(data)
+    if _reserve(b, n + 10) < 0:
+        raise MemoryError
+    _put_varint(b, n)
+    memcpy(b.data + b.len, <char*>data, n)
+    b.len += n
+    return 0
+
+
+cdef object _text(object previewer, object value):
+    if type(value) is Rendered:
+        return value
+    return previewer.preview(value)
+
+
+def drain(calibration, previewer):
+    """Turn every pending record into encoded blocks, one per (session slot, thread).
+
+    Args:
+        calibration: a :class:`handit.clock.Calibration` for this engine's clock.
+        previewer: turns kept values into redacted preview strings.
+    Returns:
+        ``(slot, block)`` pairs in the block format of :mod:`handit.records`.
+    """
+    cdef TState* ts = _all_states
+    cdef Chunk* chunk
+    cdef Chunk* nxt
+    cdef Record* r
+    cdef int i, j, nbufs
+    cdef OutBuf bufs[64]
+    cdef OutBuf* b
+    cdef int64_t t, dts
+    cdef double inv
+    cdef int64_t ticks0, epoch0
+    cdef uint8_t tag
+    cdef object aux
+    cdef list out = []
+    calibration.refine()
+    inv = 1.0 / calibration.scale
+    ticks0 = calibration.ticks0
+    epoch0 = calibration.epoch0
+    while ts != NULL:
+        chunk = ts.head
+        ts.head = NULL
+        ts.tail = NULL
+        Py_XDECREF(ts.last_exc)
+        Py_XDECREF(ts.last_exc_text)
+        ts.last_exc = NULL
+        ts.last_exc_text = NULL
+        nbufs = 0
+        while chunk != NULL:
+            for i in range(chunk.n):
+                r = &chunk.recs[i]
+                t = epoch0 + <int64_t>((<int64_t>(r.ts - <uint64_t>ticks0)) * inv)
+                b = NULL
+                for j in range(nbufs):
+                    if bufs[j].slot == r.slot:
+                        b = &bufs[j]
+                        break
+                if b == NULL:
+                    if nbufs == 64:  # more live sessions on one thread than fit: flush one
+                        _flush_buf(&bufs[63], out)
+                        nbufs = 63
+                    b = &bufs[nbufs]
+                    nbufs += 1
+                    b.data = NULL
+                    b.len = 0
+                    b.cap = 0
+                    b.slot = r.slot
+                    b.last = t
+                    _reserve(b, 32)
+                    _put_varint(b, ts.ident)
+                    _put_varint(b, <uint64_t>t)
+                if _reserve(b, 40) < 0:
+                    Py_XDECREF(r.aux)
+                    continue
+                dts = t - b.last
+                b.last = t
+                tag = r.kind
+                if r.kind == K_CALL:
+                    if r.aux != NULL:
+                        tag |= 0x80
+                    if r.key:
+                        tag |= 0x40
+                    b.data[b.len] = <char>tag
+                    b.len += 1
+                    _put_varint(b, r.code)
+                    _put_varint(b, _zigzag(dts))
+                    if r.key:
+                        _put_varint(b, r.key)
+                    if r.aux != NULL:
+                        aux = <object>r.aux
+                        Py_DECREF(aux)  # drop the record's reference; `aux` holds one
+                        _put_varint(b, len(aux))
+                        for value in aux:
+                            _put_string(b, "" if value is NO_VALUE else _text(previewer, value))
+                elif r.kind == K_RETURN:
+                    if r.aux != NULL:
+                        tag |= 0x80
+                    b.data[b.len] = <char>tag
+                    b.len += 1
+                    _put_varint(b, _zigzag(dts))
+                    if r.aux != NULL:
+                        aux = <object>r.aux
+                        Py_DECREF(aux)
+                        _put_string(b, _text(previewer, aux))
+                elif r.kind == K_UNWIND:
+                    b.data[b.len] = <char>tag
+                    b.len += 1
+                    _put_varint(b, _zigzag(dts))
+                    aux = <object>r.aux
+                    Py_DECREF(aux)
+                    _put_string(b, aux[0])
+                    _put_string(b, aux[1])
+                else:
+                    b.data[b.len] = <char>tag
+                    b.len += 1
+                    _put_varint(b, _zigzag(dts))
+                    _put_varint(b, r.key)
+            nxt = chunk.next
+            _release_chunk(chunk)
+            chunk = nxt
+        for j in range(nbufs):
+            _flush_buf(&bufs[j], out)
+        ts = ts.next_all
+    return out
+
+
+cdef void _flush_buf(OutBuf* b, list out) noexcept:
+    try:
+        out.append((b.slot, PyBytes_FromStringAndSize(b.data, b.len)))
+    except BaseException:
+        PyErr_Clear()
+    free(b.data)
+    b.data = NULL

@@ -1,0 +1,1 @@
+"""Exporters stage: finished events -> files, an HTTP ingest endpoint, OpenTelemetry, memory."""

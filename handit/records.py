@@ -1,0 +1,50 @@
+"""Record layout, declared once: what the capture engines write into per-thread rings.
+
+A record is ``(kind, slot, code, ts, aux, key)``:
+
+- ``kind``: one of the constants below;
+- ``slot``: the session slot active in the recording thread or task;
+- ``code``: index of the code object in the engine's code table;
+- ``ts``: raw clock ticks (see :mod:`handit.clock`);
+- ``aux``: CALL: tuple of argument values or None; RETURN: the return value or
+  :data:`NO_VALUE`; UNWIND: ``(type_name, message)``; otherwise None;
+- ``key``: generator/coroutine identity for YIELD, RESUME and THROW (0 otherwise).
+
+The compiled engine stores the same fields in a C struct (``_tracer.pxd``, 32 bytes);
+``tests/test_records.py`` checks that both declare the same kinds.
+"""
+from __future__ import annotations
+
+CALL = 1
+RETURN = 2
+UNWIND = 3
+YIELD = 4
+RESUME = 5
+THROW = 6
+
+KIND_NAMES = {CALL: "call", RETURN: "return", UNWIND: "unwind", YIELD: "yield", RESUME: "resume", THROW: "throw"}
+
+# code-object flags (CPython's CO_* values) that make a call suspendable
+CO_GENERATOR = 0x20
+CO_COROUTINE = 0x80
+CO_ITERABLE_COROUTINE = 0x100
+CO_ASYNC_GENERATOR = 0x200
+SUSPENDABLE = CO_GENERATOR | CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR
+
+
+class _NoValue:
+    """Marker for "no value recorded" (timing-only capture)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NO_VALUE"
+
+
+NO_VALUE = _NoValue()
+
+
+class Rendered(str):
+    """A preview string made at capture time (for values that may change later)."""
+
+    __slots__ = ()

@@ -1,0 +1,519 @@
+"""Session stage: start/stop, context propagation, the drain, and the sinks each session writes to."""
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import tempfile
+import threading
+import time
+import uuid
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator
+
+from . import _engine, _internal
+from ._policy import Policy
+from .config import Config, get_config, on_change
+from .drain import Drain
+from .errors import HanditError
+
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+_lock = threading.RLock()
+_by_slot: dict[int, Session] = {}
+_by_id: dict[str, Session] = {}
+_next_slot = 0
+_state: dict[str, Any] = {"choice": None, "drain": None, "policy": None, "patched": None}
+
+
+class SessionWarning(UserWarning):
+    """Something about a session went wrong without stopping the program (data kept or counted)."""
+
+
+def parse_traceparent(value: str | None) -> tuple[str, str | None, bool]:
+    """Parse a W3C ``traceparent``; an invalid one warns and starts a new trace.
+
+    Args:
+        value: the header value, or None.
+    Returns:
+        ``(trace_id, parent_span_id or None, valid)``.
+    """
+    if value:
+        m = _TRACEPARENT.match(value.strip().lower())
+        if m and m.group(1) != "ff" and set(m.group(2)) != {"0"} and set(m.group(3)) != {"0"}:
+            return m.group(2), m.group(3), True
+        warnings.warn(f"traceparent {value[:80]!r} is not a valid W3C traceparent; starting a new trace", SessionWarning, stacklevel=4)
+    return uuid.uuid4().hex, None, not value
+
+
+class Session:
+    """One recorded unit of work: its identity, its events, and where they go.
+
+    Created by :func:`handit.session`, :func:`handit.start` or the decorator;
+    not instantiated directly.
+    """
+
+    def __init__(self, tag: str | None, attrs: dict[str, str] | None, traceparent: str | None, config: Config) -> None:
+        self.id = str(uuid.uuid4())
+        self.tag = tag
+        self.attrs = {str(k): str(v) for k, v in (attrs or {}).items()}
+        self.trace_id, self.parent_span_id, _ = parse_traceparent(traceparent)
+        self.span_id = uuid.uuid4().hex[:16]
+        self.config = config
+        self.parent: Session | None = None
+        self.slot = 0
+        self.t0_ns = time.time_ns()
+        self.t1_ns: int | None = None
+        self.stats: dict[str, int] = {"calls": 0, "exceptions": 0, "dropped": 0, "blocks": 0, "bytes": 0}
+        self._blocks: list[bytes] = []
+        self._mem = 0
+        self._spill: Any = None
+        self._spill_index: list[tuple[int, int]] = []
+        self._extra: list[dict[str, Any]] = []
+        self._sinks: list[Any] = []
+        self._builder: Any = None
+        self._events: list[dict[str, Any]] | None = None
+        self._token: Any = None
+        self.engine = ""
+        self.source = ""
+
+    def __repr__(self) -> str:
+        state = "finished" if self.t1_ns else "active"
+        return f"<handit.Session {self.tag!r} id={self.id} {state} engine={self.engine} source={self.source}>"
+
+    # -- context manager --------------------------------------------------------------------
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        stop(self)
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        stop(self)
+
+    # -- data in ---------------------------------------------------------------------------
+    def _add_block(self, block: bytes) -> None:
+        self.stats["blocks"] += 1
+        self.stats["bytes"] += len(block)
+        if self._spill is None and self._mem + len(block) > self.config.max_session_memory:
+            self._spill = tempfile.TemporaryFile(prefix="handit-spill-")  # created 0600
+        if self._spill is not None:
+            off = self._spill.seek(0, os.SEEK_END)
+            self._spill.write(block)
+            self._spill_index.append((off, len(block)))
+        else:
+            self._blocks.append(block)
+            self._mem += len(block)
+        for sink in self._sinks:
+            sink.block(self, block)
+
+    def add_events(self, events: list[dict[str, Any]]) -> None:
+        """Add events made outside the engine (HTTP calls, the low-level API)."""
+        self._extra.extend(events)
+        for sink in self._sinks:
+            sink.events(self, events)
+
+    def _iter_blocks(self) -> Iterator[bytes]:
+        yield from self._blocks
+        if self._spill is not None:
+            for off, size in self._spill_index:
+                self._spill.seek(off)
+                yield self._spill.read(size)
+
+    # -- data out --------------------------------------------------------------------------
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Every event of the session in the JSONL schema (decoded on first use)."""
+        if self._events is None or self.t1_ns is None:
+            from .reader import TraceBuilder
+
+            from . import _engine as eng
+
+            choice = _state["choice"]
+            lookup = choice.module.code_info if choice else eng.choose("fallback").module.code_info
+            builder = TraceBuilder(self.id, lookup)
+            out = [self.start_event()]
+            for block in self._iter_blocks():
+                out.extend(builder.feed(block))
+            out.extend(builder.finish(self.t1_ns or time.time_ns()))
+            out.extend(self._extra)
+            if self.t1_ns is not None:
+                out.append(self.end_event())
+            self._events = out
+        return self._events
+
+    def start_event(self) -> dict[str, Any]:
+        """The ``session_start`` event."""
+        import platform
+
+        return {
+            "type": "session_start",
+            "session_id": self.id,
+            "tag": self.tag,
+            "ts_ns": self.t0_ns,
+            "attrs": self.attrs,
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "parent_span_id": self.parent_span_id,
+            "parent_session_id": self.parent.id if self.parent else None,
+            "runtime": {"language": "python", "version": platform.python_version()},
+        }
+
+    def end_event(self) -> dict[str, Any]:
+        """The ``session_end`` event, with statistics."""
+        return {
+            "type": "session_end",
+            "session_id": self.id,
+            "ts_ns": self.t1_ns,
+            "duration_ns": (self.t1_ns or 0) - self.t0_ns,
+            "stats": dict(self.stats),
+        }
+
+    def calls(self) -> list[dict[str, Any]]:
+        """Call events only."""
+        return [e for e in self.events if e["type"] == "call"]
+
+    def summary(self, top: int = 10) -> str:
+        """A short text summary: calls, exceptions, the busiest functions."""
+        from .renderers.summary import render_summary
+
+        return render_summary(self.events, top=top)
+
+
+class _FileSink:
+    """Writes a session's blocks to a compact trace file, or its events to JSONL."""
+
+    _writers: dict[str, Any] = {}
+
+    def __init__(self, path: str, fmt: str) -> None:
+        self.path = path
+        self.fmt = fmt
+        self.builders: dict[str, Any] = {}
+        key = f"{fmt}:{os.path.abspath(path)}"
+        writer = self._writers.get(key)
+        if writer is None:
+            if fmt == "jsonl":
+                from .exporters.jsonl import JsonlExporter
+
+                writer = JsonlExporter(path)
+            else:
+                from .tracefile import TraceFileWriter
+
+                writer = TraceFileWriter(path)
+            self._writers[key] = writer
+        self.writer = writer
+
+    def start(self, session: Session) -> None:
+        if self.fmt == "jsonl":
+            self.writer.write_events([session.start_event()])
+        else:
+            self.writer.session_start(session.start_event())
+
+    def block(self, session: Session, block: bytes) -> None:
+        choice = _state["choice"]
+        if self.fmt == "jsonl":
+            builder = self.builders.get(session.id)
+            if builder is None:
+                from .reader import TraceBuilder
+
+                builder = self.builders[session.id] = TraceBuilder(session.id, choice.module.code_info)
+            self.writer.write_events(builder.feed(block))
+        else:
+            self.writer.codes(choice.module.codes_since(0))
+            self.writer.block(session.id, block)
+
+    def events(self, session: Session, events: list[dict[str, Any]]) -> None:
+        if self.fmt == "jsonl":
+            self.writer.write_events(events)
+        else:
+            self.writer.events(events)
+
+    def end(self, session: Session) -> None:
+        if self.fmt == "jsonl":
+            builder = self.builders.pop(session.id, None)
+            if builder is not None:
+                self.writer.write_events(builder.finish(session.t1_ns))
+            self.writer.write_events([session.end_event()])
+        else:
+            self.writer.session_end(session.end_event())
+        self.writer.flush()
+
+    @classmethod
+    def flush_all(cls) -> None:
+        for writer in cls._writers.values():
+            try:
+                writer.flush()
+            except Exception:
+                pass
+
+
+# ---- engine lifetime ---------------------------------------------------------------------------
+
+
+def _route(slot: int, block: bytes) -> None:
+    session = _by_slot.get(slot)
+    if session is not None:
+        try:
+            session._add_block(block)
+        except Exception as exc:  # a sink failing never loses the in-memory copy
+            session.stats["sink_errors"] = session.stats.get("sink_errors", 0) + 1
+            _warn_once(f"handit could not write session {session.id}: {exc!r}")
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, SessionWarning, stacklevel=3)
+
+
+def _install(config: Config) -> None:
+    choice = _engine.choose(config.engine, config.source, config.require_compiled)
+    policy = Policy(config, generation=0)
+    drain = Drain(choice.module, _route)
+    drain.previewer = policy.previewer
+    choice.module.install(choice.source, policy)
+    _state.update(choice=choice, drain=drain, policy=policy, config=config)
+    _internal._hooks[:] = [choice.module.mark_internal_thread]
+    _patch_threads(choice.module)
+    drain.start()
+
+
+def _uninstall() -> None:
+    choice, drain = _state["choice"], _state["drain"]
+    if choice is None:
+        return
+    drain.stop()
+    drain.run_once()
+    choice.module.uninstall()
+    _unpatch_threads()
+    _state.update(drain=None, policy=None)
+
+
+def _patch_threads(engine: Any) -> None:
+    """Threads and executor tasks started inside a session join it."""
+    var = engine.session_var
+    orig_start = threading.Thread.start
+    orig_submit = ThreadPoolExecutor.submit
+
+    def start(self: threading.Thread) -> None:
+        slot = var.get()
+        if slot:
+            run = self.run
+
+            def run_in_session() -> None:
+                var.set(slot)
+                run()
+
+            self.run = run_in_session  # type: ignore[method-assign]
+        orig_start(self)
+
+    def submit(self: ThreadPoolExecutor, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        slot = var.get()
+        if slot:
+            return orig_submit(self, _run_in_slot, var, slot, fn, *args, **kwargs)
+        return orig_submit(self, fn, *args, **kwargs)
+
+    threading.Thread.start = start  # type: ignore[method-assign]
+    ThreadPoolExecutor.submit = submit  # type: ignore[method-assign]
+    _state["patched"] = (orig_start, start, orig_submit, submit)
+
+
+def _run_in_slot(var: Any, slot: int, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    token = var.set(slot)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        var.reset(token)
+
+
+def _unpatch_threads() -> None:
+    patched = _state["patched"]
+    if patched is None:
+        return
+    orig_start, start, orig_submit, submit = patched
+    if threading.Thread.start is start:
+        threading.Thread.start = orig_start  # type: ignore[method-assign]
+    if ThreadPoolExecutor.submit is submit:
+        ThreadPoolExecutor.submit = orig_submit  # type: ignore[method-assign]
+    _state["patched"] = None
+
+
+def _policy_changed(config: Config) -> None:
+    """configure() between or during sessions: new filters take effect for new decisions."""
+    with _lock:
+        choice = _state["choice"]
+        if choice is not None and _by_slot:
+            policy = Policy(config, generation=0)
+            choice.module.set_policy(policy)
+            _state["policy"] = policy
+            _state["drain"].previewer = policy.previewer
+
+
+on_change(_policy_changed)
+
+
+# ---- start / stop ------------------------------------------------------------------------------
+
+
+def start(tag: str | None = None, *, attrs: dict[str, str] | None = None, traceparent: str | None = None) -> Session:
+    """Start a session in the current thread or task.
+
+    Args:
+        tag: a name for the session (the original's ``agent``).
+        attrs: string attributes stored with the session.
+        traceparent: a W3C traceparent to join a distributed trace.
+    Returns:
+        the running :class:`Session`; pass it to :func:`stop`.
+    Raises:
+        HanditError: the engine cannot start (e.g. no free sys.monitoring tool id).
+    """
+    global _next_slot
+    config = get_config()
+    session = Session(tag, attrs, traceparent, config)
+    with _lock:
+        if not _by_slot:
+            _install(config)
+        choice = _state["choice"]
+        var = choice.module.session_var
+        parent_slot = var.get()
+        session.parent = _by_slot.get(parent_slot)
+        _next_slot = _next_slot % 0xFFFF + 1
+        while _next_slot in _by_slot:
+            _next_slot = _next_slot % 0xFFFF + 1
+        session.slot = _next_slot
+        session.engine, session.source = choice.engine, choice.source
+        _by_slot[session.slot] = session
+        _by_id[session.id] = session
+        if _session_sampled(session, config):
+            _open_sinks(session, config)
+            choice.module.activate(session.slot)
+        session._token = var.set(session.slot)
+    return session
+
+
+def _session_sampled(session: Session, config: Config) -> bool:
+    rate = config.session_sample_rate
+    if rate >= 1.0:
+        return True
+    # decided on the trace id, so every process of a distributed trace agrees
+    return int(session.trace_id[-16:], 16) < rate * 2**64
+
+
+def _open_sinks(session: Session, config: Config) -> None:
+    if config.output_file:
+        try:
+            sink = _FileSink(config.output_file, config.resolved_output_format())
+            sink.start(session)
+            session._sinks.append(sink)
+        except OSError as exc:
+            _warn_once(f"HANDIT_OUTPUT_FILE={config.output_file!r} cannot be written ({exc}); the trace stays in memory only")
+
+
+def stop(session: Session | None = None) -> Session | None:
+    """End a session: drain its records, write its end, release the engine if it was the last.
+
+    Args:
+        session: the session to stop (default: the current one).
+    Returns:
+        the stopped session, or None if there was none.
+    """
+    with _lock:
+        choice = _state["choice"]
+        if choice is None:
+            return None
+        var = choice.module.session_var
+        if session is None:
+            session = _by_slot.get(var.get())
+            if session is None:
+                return None
+        if session.t1_ns is not None:
+            return session
+        if var.get() == session.slot and session._token is not None:
+            try:
+                var.reset(session._token)
+            except ValueError:  # stopped from another context
+                var.set(session.parent.slot if session.parent else 0)
+        choice.module.deactivate(session.slot)
+        session.t1_ns = time.time_ns()
+        try:
+            _state["drain"].run_once()
+        finally:
+            del _by_slot[session.slot]
+            _by_id.pop(session.id, None)
+            for sink in session._sinks:
+                try:
+                    sink.end(session)
+                except Exception as exc:
+                    _warn_once(f"handit could not finish writing session {session.id}: {exc!r}")
+            if not _by_slot:
+                _uninstall()
+    return session
+
+
+def current() -> Session | None:
+    """The session active in this thread or task, or None."""
+    choice = _state["choice"]
+    if choice is None:
+        return None
+    return _by_slot.get(choice.module.session_var.get())
+
+
+def by_id(session_id: str) -> Session | None:
+    """An active session by its id."""
+    return _by_id.get(session_id)
+
+
+def active_sessions() -> list[Session]:
+    """Every active session."""
+    return list(_by_slot.values())
+
+
+def engine_info() -> tuple[str, str, str] | None:
+    """``(engine, source, reason)`` of the installed engine, or None."""
+    choice = _state["choice"]
+    return (choice.engine, choice.source, choice.reason) if choice else None
+
+
+def _at_exit() -> None:
+    # Interpreter shutdown with sessions open: stop them so nothing buffered is lost.
+    # No thread is started here (CPython 3.12.0-3.12.2 fail to start threads at exit).
+    for session in list(_by_slot.values()):
+        try:
+            stop(session)
+        except Exception:
+            pass
+    _FileSink.flush_all()
+
+
+def _after_fork_in_child() -> None:
+    # The child starts clean: the parent's sessions and records are the parent's.
+    choice = _state["choice"]
+    _by_slot.clear()
+    _by_id.clear()
+    if choice is not None:
+        choice.module.after_fork_in_child()
+        try:
+            choice.module.uninstall()
+        except Exception:
+            pass
+        _unpatch_threads()
+    _state.update(choice=None, drain=None, policy=None)
+    _FileSink._writers.clear()
+
+
+atexit.register(_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def require_no_sessions() -> None:
+    """Raise HanditError if a session is active (for tests and tools)."""
+    if _by_slot:
+        raise HanditError(f"{len(_by_slot)} handit session(s) still active")
