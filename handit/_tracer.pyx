@@ -62,6 +62,11 @@ cdef extern from "_compat.h":
     PyObject* handit_frame_code(PyFrameObject*)
     PyObject* handit_frame_arg(PyFrameObject*, int, PyObject*)
     void handit_set_profile_all(handit_tracefunc)
+    void* handit_code_extra_fast(PyObject*, Py_ssize_t)
+    ctypedef struct PyMethodDef:
+        pass
+    ctypedef PyObject* (*handit_fastcall)(PyObject*, PyObject**, Py_ssize_t) noexcept
+    object handit_make_fastcall(PyMethodDef*, handit_fastcall, const char*, const char*)
 
 ENGINE = "compiled"
 TICKS_ARE_NS = bool(handit_ticks_are_ns())
@@ -148,7 +153,7 @@ cdef Chunk* _new_chunk() noexcept:
 
 cdef void _release_chunk(Chunk* c) noexcept:
     global _free_chunks, _n_free_chunks
-    if _n_free_chunks < 64:  # keep a few warm chunks: no page faults on the hot path
+    if _n_free_chunks < 256:  # keep warm chunks (64 MiB at most): no page faults on the hot path
         c.next = _free_chunks
         _free_chunks = c
         _n_free_chunks += 1
@@ -197,11 +202,7 @@ cdef inline int _current_slot() noexcept:
 
 
 cdef inline CInfo* _cinfo(PyObject* code) noexcept:
-    cdef void* extra = NULL
-    if handit_code_get_extra(code, _extra_index, &extra) < 0:
-        PyErr_Clear()
-        return NULL
-    return <CInfo*>extra
+    return <CInfo*>handit_code_extra_fast(code, _extra_index)
 
 
 # ---- slow paths: decisions and previews (Python allowed, errors contained) -----------------
@@ -377,89 +378,110 @@ cdef inline CInfo* _traced(PyObject* code) noexcept:
 
 # ---- sys.monitoring source (PY312+) -----------------------------------------------------------
 
-def sysmon_py_start(code, offset):
-    """PY_START: decide the code once; record a call (DISABLE for excluded code)."""
+cdef PyObject* _none() noexcept:
+    Py_INCREF(None)
+    return <PyObject*>None
+
+
+cdef PyObject* _c_py_start(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
+    # PY_START(code, offset): decide the code once; record a call (DISABLE for excluded code)
     cdef TState* ts = _tstate()
     cdef int slot
     cdef CInfo* ci
     cdef PyFrameObject* frame = NULL
+    cdef PyObject* code = args[0]
     if ts == NULL or ts.busy:
-        return None
+        return _none()
     slot = _current_slot()
     if slot == 0:
-        return None
-    ci = _cinfo(<PyObject*>code)
+        return _none()
+    ci = _cinfo(code)
     if ci == NULL or ci.generation != _generation:
         frame = PyEval_GetFrame()
-        ci = _decide(<PyObject*>code, frame)
+        ci = _decide(code, frame)
         if ci == NULL:
-            return None
+            return _none()
     if not ci.traced:
-        return _DISABLE
+        Py_INCREF(_DISABLE)
+        return <PyObject*>_DISABLE
     _on_call(ts, slot, ci, frame, K_CALL)
-    return None
+    return _none()
 
 
-def sysmon_py_return(code, offset, retval):
-    """PY_RETURN: the call ends with a value."""
+cdef PyObject* _c_py_return(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
+    # PY_RETURN(code, offset, retval): the call ends with a value
     cdef TState* ts = _tstate()
     cdef int slot
     cdef CInfo* ci
     if ts == NULL or ts.busy:
-        return None
+        return _none()
     slot = _current_slot()
     if slot == 0:
-        return None
-    ci = _traced(<PyObject*>code)
+        return _none()
+    ci = _traced(args[0])
     if ci != NULL:
-        _on_return(ts, slot, ci, <PyObject*>retval)
-    return None
+        _on_return(ts, slot, ci, args[2])
+    return _none()
 
 
-cdef inline object _suspend_event(code, uint8_t kind):
+cdef inline PyObject* _suspend_event(PyObject* code, uint8_t kind) noexcept:
     cdef TState* ts = _tstate()
     cdef int slot
     cdef CInfo* ci
     if ts == NULL or ts.busy:
-        return None
+        return _none()
     slot = _current_slot()
     if slot == 0:
-        return None
-    ci = _traced(<PyObject*>code)
+        return _none()
+    ci = _traced(code)
     if ci != NULL:
         _record(ts, kind, slot, ci.index, NULL, <uint64_t>PyEval_GetFrame())
-    return None
+    return _none()
 
 
-def sysmon_py_yield(code, offset, retval):
-    """PY_YIELD: a generator or coroutine is suspended."""
-    return _suspend_event(code, K_YIELD)
+cdef PyObject* _c_py_yield(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
+    # PY_YIELD(code, offset, value): a generator or coroutine is suspended
+    return _suspend_event(args[0], K_YIELD)
 
 
-def sysmon_py_resume(code, offset):
-    """PY_RESUME: a suspended generator or coroutine continues."""
-    return _suspend_event(code, K_RESUME)
+cdef PyObject* _c_py_resume(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
+    # PY_RESUME(code, offset): a suspended generator or coroutine continues
+    return _suspend_event(args[0], K_RESUME)
 
 
-def sysmon_py_throw(code, offset, exc):
-    """PY_THROW: a suspended generator continues with an exception thrown in."""
-    return _suspend_event(code, K_THROW)
+cdef PyObject* _c_py_throw(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
+    # PY_THROW(code, offset, exc): a suspended generator continues with an exception
+    return _suspend_event(args[0], K_THROW)
 
 
-def sysmon_py_unwind(code, offset, exc):
-    """PY_UNWIND: the call ends with an exception."""
+cdef PyObject* _c_py_unwind(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
+    # PY_UNWIND(code, offset, exc): the call ends with an exception
     cdef TState* ts = _tstate()
     cdef int slot
     cdef CInfo* ci
     if ts == NULL or ts.busy:
-        return None
+        return _none()
     slot = _current_slot()
     if slot == 0:
-        return None
-    ci = _traced(<PyObject*>code)
+        return _none()
+    ci = _traced(args[0])
     if ci != NULL:
-        _on_unwind(ts, slot, ci, <PyObject*>exc)
-    return None
+        _on_unwind(ts, slot, ci, args[2])
+    return _none()
+
+
+cdef PyObject* _c_noop(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
+    return _none()
+
+
+cdef PyMethodDef _defs[7]
+sysmon_py_start = handit_make_fastcall(&_defs[0], _c_py_start, "sysmon_py_start", "PY_START callback")
+sysmon_py_return = handit_make_fastcall(&_defs[1], _c_py_return, "sysmon_py_return", "PY_RETURN callback")
+sysmon_py_yield = handit_make_fastcall(&_defs[2], _c_py_yield, "sysmon_py_yield", "PY_YIELD callback")
+sysmon_py_resume = handit_make_fastcall(&_defs[3], _c_py_resume, "sysmon_py_resume", "PY_RESUME callback")
+sysmon_py_throw = handit_make_fastcall(&_defs[4], _c_py_throw, "sysmon_py_throw", "PY_THROW callback")
+sysmon_py_unwind = handit_make_fastcall(&_defs[5], _c_py_unwind, "sysmon_py_unwind", "PY_UNWIND callback")
+noop_callback = handit_make_fastcall(&_defs[6], _c_noop, "noop_callback", "A callback that does nothing: the benchmark floor")
 
 
 # ---- profile-function source ------------------------------------------------------------------
@@ -834,3 +856,17 @@ cdef void _flush_buf(OutBuf* b, list out) noexcept:
         PyErr_Clear()
     free(b.data)
     b.data = NULL
+
+
+# ---- the floor benchmarks compare against: callbacks that do nothing ------------------------
+
+cdef int _noop_profile(PyObject* obj, PyFrameObject* frame, int what, PyObject* arg) noexcept:
+    return 0
+
+
+def set_noop_profile(bint on):
+    """Install (or remove) a C profile function that does nothing, on this thread (benchmark floor)."""
+    if on:
+        PyEval_SetProfile(_noop_profile, NULL)
+    else:
+        PyEval_SetProfile(NULL, NULL)

@@ -5,6 +5,9 @@ import time
 from typing import Callable
 
 
+_scales: dict = {}  # per clock: the scale measured by the first calibration in this process
+
+
 class Calibration:
     """Maps raw ticks to epoch nanoseconds with two reference points.
 
@@ -24,12 +27,15 @@ class Calibration:
         self.ticks0 = read_ticks()
         self.epoch0 = time.time_ns()
         self.scale = 1.0
-        if not exact:
+        if not exact and read_ticks in _scales:
+            self.scale = _scales[read_ticks]
+        elif not exact:
             # A 2 ms baseline gives the scale to ~1e-4 before the first drain;
             # every later drain refines it over a longer baseline.
             while time.perf_counter_ns() - self.mono0 < 2_000_000:
                 pass
             self.refine()
+            _scales[read_ticks] = self.scale
 
     def refine(self) -> None:
         """Update the ticks-per-nanosecond scale from a fresh reading."""
@@ -37,7 +43,7 @@ class Calibration:
             return
         ticks = self.read_ticks()
         dt = time.perf_counter_ns() - self.mono0
-        if dt > 0 and ticks > self.ticks0:
+        if dt > 10_000_000 and ticks > self.ticks0:  # a short baseline would only add noise
             self.scale = (ticks - self.ticks0) / dt
 
     def to_epoch_ns(self, ticks: int) -> int:
