@@ -409,7 +409,7 @@ def _session_sampled(session: Session, config: Config) -> bool:
 def _open_sinks(session: Session, config: Config) -> None:
     if config.output_file:
         try:
-            sink = _FileSink(config.output_file, config.resolved_output_format())
+            sink = _FileSink(config.output_file, config.resolved_output_format)
             sink.start(session)
             session._sinks.append(sink)
         except OSError as exc:

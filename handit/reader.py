@@ -1,0 +1,435 @@
+"""Reading stage: encoded blocks and trace files -> events in the JSONL schema, streamed.
+
+A block is what one drain produced for one session from one thread (see
+``docs/trace-format.md`` and :func:`handit._fallback.drain`, the encoder):
+
+    varint thread_ident, varint base_ts, then events up to the end of the block
+
+Each event is a tag byte (``kind = tag & 0x0F``; ``0x80`` "has aux", ``0x40``
+"has key", CALL only) followed by fields; ``dts`` is a zigzag varint delta from
+the previous event's time (the first event's from ``base_ts``):
+
+    CALL    varint code_index, dts, [varint key], [varint n, n strings]
+    RETURN  dts, [string]
+    UNWIND  dts, string type_name, string message
+    YIELD / RESUME / THROW   dts, varint key
+
+:class:`TraceBuilder` turns blocks into ``call`` / ``return`` / ``exception``
+events, keeping call stacks and suspended generators across blocks.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+from .records import CALL, RESUME, RETURN, THROW, UNWIND, YIELD
+
+__all__ = ["BlockEncoder", "CorruptBlockError", "TraceBuilder", "read_uvarint"]
+
+# A stack entry is a list: [call_id, func, t0_ns, key, suspended_ns].
+# call_id None marks a phantom: a generator resumed in the session but started
+# before it; it emits nothing and only keeps later pops balanced.
+_ID, _FUNC, _T0, _KEY, _SUSP = range(5)
+
+
+class CorruptBlockError(ValueError):
+    """A block does not follow the block format (bad kind byte or cut short)."""
+
+
+def read_uvarint(data: bytes, pos: int) -> tuple[int, int]:
+    """Decode an unsigned LEB128 varint.
+
+    Args:
+        data: the buffer.
+        pos: offset of the varint's first byte.
+    Returns:
+        ``(value, offset after the varint)``.
+    Raises:
+        IndexError: the buffer ends inside the varint.
+    """
+    result = 0
+    shift = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _unknown_code(index: int) -> tuple[str, str, str, int, tuple[str, ...]]:
+    return (f"<unknown code {index}>", "?", "?", 0, ())
+
+
+def _arg_names(names: tuple[str, ...], n: int) -> tuple[str, ...]:
+    """Names for ``n`` previews when the code table has a different count (``argN`` past the end)."""
+    return tuple(names[i] if i < len(names) else f"arg{i}" for i in range(n))
+
+
+class TraceBuilder:
+    """Decodes one session's blocks into events, keeping state across blocks.
+
+    Per thread a call stack; per session a stash of suspended generator and
+    coroutine calls keyed by their key (the frame's identity). Events come out
+    in block order; ``call_id`` counts from 1 per session.
+
+    Args:
+        session_id: written into every event.
+        code_lookup: maps a code index to an object with ``qualname``,
+            ``module``, ``file``, ``line`` and ``argnames`` (a
+            :class:`handit._policy.CodeInfo` or alike); may raise for an
+            unknown index (the call is then named ``<unknown code N>``).
+
+    Attributes:
+        stats: ``calls``, ``returns``, ``exceptions``, ``max_depth``, and the
+            ``incomplete``, ``abandoned`` and ``corrupt_blocks`` counts.
+        first_ts: base time of the first block fed (0 before any).
+        last_ts: latest event time seen (0 before any).
+    """
+
+    def __init__(self, session_id: str, code_lookup: Callable[[int], Any]) -> None:
+        self.session_id = session_id
+        self._lookup = code_lookup
+        self._codes: dict[int, tuple[str, str, str, int, tuple[str, ...]]] = {}
+        self._stacks: dict[int, list[list[Any]]] = {}
+        self._stash: dict[int, tuple[list[Any], int]] = {}
+        self._next_id = 1
+        self.first_ts = 0
+        self.last_ts = 0
+        self.stats: dict[str, int] = {
+            "calls": 0, "returns": 0, "exceptions": 0, "max_depth": 0,
+            "incomplete": 0, "abandoned": 0, "corrupt_blocks": 0,
+        }
+
+    def _code(self, index: int) -> tuple[str, str, str, int, tuple[str, ...]]:
+        """Look a code index up once; unknown indices are not cached (a later table may add them)."""
+        try:
+            info = self._lookup(index)
+            entry = (str(info.qualname), str(info.module), str(info.file), int(info.line), tuple(info.argnames))
+        except Exception:
+            return _unknown_code(index)
+        self._codes[index] = entry
+        return entry
+
+    def _closing(self, entry: list[Any], t1: int, flag: str) -> dict[str, Any]:
+        """The ``return`` event of a call that never returned (``incomplete`` or ``abandoned``)."""
+        self.stats["returns"] += 1
+        self.stats[flag] += 1
+        t1 = max(t1, entry[_T0])
+        event: dict[str, Any] = {
+            "type": "return", "session_id": self.session_id, "func": entry[_FUNC], "t1_ns": t1,
+            "dt_ns": t1 - entry[_T0], "locals_preview": {}, "call_id": entry[_ID], flag: True,
+        }
+        if entry[_KEY]:
+            event["suspended_ns"] = entry[_SUSP]
+        return event
+
+    def feed(self, block: bytes) -> list[dict[str, Any]]:
+        """Decode one block.
+
+        Args:
+            block: one encoded block (bytes or bytearray).
+        Returns:
+            the events it finishes, in order. A corrupt block yields the events
+            decoded before the damage and is counted in ``stats["corrupt_blocks"]``.
+        """
+        return list(self.iter_feed(block))
+
+    def iter_feed(self, block: bytes) -> Iterator[dict[str, Any]]:
+        """Decode one block lazily (bounded memory for large blocks); consume it fully.
+
+        Args:
+            block: one encoded block.
+        Yields:
+            events in the JSONL schema.
+        """
+        data = bytes(block) if not isinstance(block, bytes) else block
+        end = len(data)
+        if not end:
+            return
+        sid = self.session_id
+        codes = self._codes
+        code_of = self._code
+        stash = self._stash
+        stats = self.stats
+        try:
+            ident, pos = read_uvarint(data, 0)
+            ts, pos = read_uvarint(data, pos)
+        except IndexError:
+            stats["corrupt_blocks"] += 1
+            return
+        if not self.first_ts:
+            self.first_ts = ts
+        stack = self._stacks.get(ident)
+        if stack is None:
+            stack = self._stacks[ident] = []
+        push = stack.append
+        pop = stack.pop
+        next_id = self._next_id
+        n_calls = n_returns = n_exc = 0
+        max_depth = stats["max_depth"]
+        # kinds are literals below: constants beat global lookups in this loop
+        try:
+            while pos < end:
+                tag = data[pos]
+                pos += 1
+                kind = tag & 0x0F
+                # dts follows the tag for every kind but CALL (code index first)
+                if kind == 1:  # CALL
+                    v = data[pos]
+                    pos += 1
+                    if v & 0x80:
+                        v, pos = read_uvarint(data, pos - 1)
+                    code = codes.get(v) or code_of(v)
+                z = data[pos]
+                pos += 1
+                if z > 0x7F:  # deltas of 64 ns to 8 us take two bytes: inline them too
+                    b = data[pos]
+                    if b < 0x80:
+                        z = (z & 0x7F) | (b << 7)
+                        pos += 1
+                    else:
+                        z, pos = read_uvarint(data, pos - 1)
+                ts += (z >> 1) ^ -(z & 1)
+
+                if kind == 1:  # CALL
+                    key = 0
+                    if tag & 0x40:
+                        key = data[pos]
+                        pos += 1
+                        if key & 0x80:
+                            key, pos = read_uvarint(data, pos - 1)
+                    if tag & 0x80:
+                        n = data[pos]
+                        pos += 1
+                        if n & 0x80:
+                            n, pos = read_uvarint(data, pos - 1)
+                        names = code[4]
+                        if len(names) != n:
+                            names = _arg_names(names, n)
+                        args = {}  # filled in place: 2-3x faster than dict(zip(...))
+                        for name in names:
+                            size = data[pos]
+                            pos += 1
+                            if size & 0x80:
+                                size, pos = read_uvarint(data, pos - 1)
+                            args[name] = data[pos : pos + size].decode("utf-8", "replace")
+                            pos += size
+                        if pos > end:
+                            raise CorruptBlockError("block ends inside an argument preview")
+                    else:
+                        args = {}
+                    parent = stack[-1][0] if stack else None
+                    cid = next_id
+                    next_id += 1
+                    push([cid, code[0], ts, key, 0])
+                    if len(stack) > max_depth:
+                        max_depth = len(stack)
+                    n_calls += 1
+                    yield {
+                        "type": "call", "session_id": sid, "func": code[0], "module": code[1],
+                        "file": code[2], "line": code[3], "t0_ns": ts, "args_preview": args,
+                        "call_id": cid, "parent_id": parent, "thread": ident,
+                    }
+                elif kind == 2:  # RETURN
+                    if tag & 0x80:
+                        size = data[pos]
+                        pos += 1
+                        if size & 0x80:
+                            size, pos = read_uvarint(data, pos - 1)
+                        ret = {"return": data[pos : pos + size].decode("utf-8", "replace")}
+                        pos += size
+                        if pos > end:
+                            raise CorruptBlockError("block ends inside a return preview")
+                    else:
+                        ret = {}
+                    if stack:
+                        entry = pop()
+                        if entry[0] is not None:
+                            n_returns += 1
+                            event = {
+                                "type": "return", "session_id": sid, "func": entry[1], "t1_ns": ts,
+                                "dt_ns": ts - entry[2], "locals_preview": ret, "call_id": entry[0],
+                            }
+                            if entry[3]:
+                                event["suspended_ns"] = entry[4]
+                            yield event
+                elif kind == 3:  # UNWIND
+                    size, pos = read_uvarint(data, pos)
+                    type_name = data[pos : pos + size].decode("utf-8", "replace")
+                    pos += size
+                    size, pos = read_uvarint(data, pos)
+                    message = data[pos : pos + size].decode("utf-8", "replace")
+                    pos += size
+                    if pos > end:
+                        raise CorruptBlockError("block ends inside an exception message")
+                    if stack:
+                        entry = pop()
+                        if entry[0] is not None:
+                            n_exc += 1
+                            n_returns += 1
+                            yield {
+                                "type": "exception", "session_id": sid, "func": entry[1], "ts_ns": ts,
+                                "type_name": type_name, "message": message, "call_id": entry[0],
+                            }
+                            event = {
+                                "type": "return", "session_id": sid, "func": entry[1], "t1_ns": ts,
+                                "dt_ns": ts - entry[2], "locals_preview": {}, "call_id": entry[0], "raised": True,
+                            }
+                            if entry[3]:
+                                event["suspended_ns"] = entry[4]
+                            yield event
+                elif 4 <= kind <= 6:  # YIELD, RESUME, THROW
+                    key = data[pos]
+                    pos += 1
+                    if key & 0x80:
+                        key, pos = read_uvarint(data, pos - 1)
+                    if kind == 4:
+                        if stack and stack[-1][3] == key:
+                            entry = pop()
+                            stale = stash.get(key)
+                            if stale is not None and stale[0][0] is not None:
+                                # the key (a frame address) was reused: the old generator is gone
+                                yield self._closing(stale[0], stale[1], "abandoned")
+                            stash[key] = (entry, ts)
+                    else:  # RESUME, THROW: the generator may continue on another thread
+                        got = stash.pop(key, None)
+                        if got is None:
+                            entry = [None, None, ts, key, 0]
+                        else:
+                            entry = got[0]
+                            entry[4] += ts - got[1]
+                        push(entry)
+                        if len(stack) > max_depth:
+                            max_depth = len(stack)
+                else:
+                    raise CorruptBlockError(f"unknown event kind {kind} at offset {pos}")
+        except (IndexError, CorruptBlockError):
+            stats["corrupt_blocks"] += 1
+        finally:
+            self._next_id = next_id
+            stats["calls"] += n_calls
+            stats["returns"] += n_returns
+            stats["exceptions"] += n_exc
+            stats["max_depth"] = max_depth
+            if ts > self.last_ts:
+                self.last_ts = ts
+
+    def finish(self, end_ts: int) -> list[dict[str, Any]]:
+        """Close every call still open.
+
+        Calls still on a stack get a ``return`` with ``"incomplete": true`` at
+        ``end_ts`` (innermost first). Suspended generators and coroutines that
+        never finished get a ``return`` with ``"abandoned": true`` at the time
+        they were last suspended (the last moment they ran).
+
+        Args:
+            end_ts: the session's end, epoch nanoseconds.
+        Returns:
+            the closing events.
+        """
+        out = []
+        for stack in self._stacks.values():
+            while stack:
+                entry = stack.pop()
+                if entry[0] is not None:
+                    out.append(self._closing(entry, end_ts, "incomplete"))
+        self._stacks.clear()
+        for entry, t_suspended in self._stash.values():
+            if entry[0] is not None:
+                out.append(self._closing(entry, t_suspended, "abandoned"))
+        self._stash.clear()
+        return out
+
+    def open_calls(self) -> int:
+        """How many calls are on a stack or suspended right now (phantoms excluded)."""
+        on_stacks = sum(1 for s in self._stacks.values() for e in s if e[0] is not None)
+        return on_stacks + sum(1 for e, _ in self._stash.values() if e[0] is not None)
+
+
+def _varint(out: bytearray, n: int) -> None:
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+
+
+def _string(out: bytearray, s: str) -> None:
+    data = s.encode("utf-8", "backslashreplace")
+    _varint(out, len(data))
+    out += data
+
+
+class BlockEncoder:
+    """Builds one block by hand: a reference encoder for tests, benchmarks and generated traces.
+
+    The engines' drain is the production encoder; this one writes the same
+    format from explicit events. Every method returns ``self``.
+
+    Args:
+        thread: the thread ident written in the block header.
+        base_ts: the block's base time, epoch nanoseconds.
+    """
+
+    def __init__(self, thread: int, base_ts: int) -> None:
+        self._out = bytearray()
+        self._last = base_ts
+        _varint(self._out, thread)
+        _varint(self._out, base_ts)
+
+    def _head(self, tag: int, ts: int) -> None:
+        dts = ts - self._last
+        self._last = ts
+        self._out.append(tag)
+        self._dts = (dts << 1) ^ (dts >> 63)
+
+    def call(self, code: int, ts: int, *, key: int = 0, args: list[str] | None = None) -> BlockEncoder:
+        """A CALL of code index ``code`` (``key`` for a generator/coroutine; argument previews)."""
+        self._head(CALL | (0x80 if args is not None else 0) | (0x40 if key else 0), ts)
+        _varint(self._out, code)
+        _varint(self._out, self._dts)
+        if key:
+            _varint(self._out, key)
+        if args is not None:
+            _varint(self._out, len(args))
+            for arg in args:
+                _string(self._out, arg)
+        return self
+
+    def ret(self, ts: int, preview: str | None = None) -> BlockEncoder:
+        """A RETURN, with the return value's preview or none."""
+        self._head(RETURN | (0x80 if preview is not None else 0), ts)
+        _varint(self._out, self._dts)
+        if preview is not None:
+            _string(self._out, preview)
+        return self
+
+    def unwind(self, ts: int, type_name: str, message: str) -> BlockEncoder:
+        """An UNWIND: the call ends with an exception."""
+        self._head(UNWIND, ts)
+        _varint(self._out, self._dts)
+        _string(self._out, type_name)
+        _string(self._out, message)
+        return self
+
+    def _keyed(self, kind: int, ts: int, key: int) -> BlockEncoder:
+        self._head(kind, ts)
+        _varint(self._out, self._dts)
+        _varint(self._out, key)
+        return self
+
+    def yield_(self, ts: int, key: int) -> BlockEncoder:
+        """A YIELD: the generator with ``key`` is suspended."""
+        return self._keyed(YIELD, ts, key)
+
+    def resume(self, ts: int, key: int) -> BlockEncoder:
+        """A RESUME: the generator with ``key`` continues."""
+        return self._keyed(RESUME, ts, key)
+
+    def throw(self, ts: int, key: int) -> BlockEncoder:
+        """A THROW: the generator with ``key`` continues with an exception thrown in."""
+        return self._keyed(THROW, ts, key)
+
+    def to_bytes(self) -> bytes:
+        """The encoded block."""
+        return bytes(self._out)

@@ -1,0 +1,487 @@
+"""Trace file stage: sessions' encoded blocks -> the compact .handit file, and back.
+
+A file is the magic ``b"HANDIT\\x01\\n"`` followed by frames::
+
+    1 byte type | 4 bytes payload length (little-endian) | 8 bytes stream id | payload
+
+``S`` session start (JSON object), ``E`` session end (JSON object), ``C`` code
+table entries (JSON list of ``[index, module, qualname, file, line, argnames]``),
+``B`` a block (16-byte session UUID + the encoded block, see
+:mod:`handit.reader`), ``J`` extra events (JSON list of event dicts). The stream
+id is random per writer (process and file), so several processes can append to
+one file without their code tables colliding. Every frame reaches the file in
+one ``write`` on an ``O_APPEND`` descriptor, so appenders never interleave
+inside a frame, and a crash leaves at worst a cut last frame, which readers skip.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+import uuid
+import warnings
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
+
+from .errors import HanditError
+from .reader import TraceBuilder
+
+__all__ = [
+    "MAGIC", "StoredCode", "TraceFileWarning", "TraceFileWriter", "TraceFormatError",
+    "detect_format", "iter_events", "iter_frames", "iter_trace", "open_append",
+    "read_trace", "write_all",
+]
+
+MAGIC = b"HANDIT\x01\n"
+_HEADER = struct.Struct("<cI8s")  # type, payload length, stream id: 13 bytes
+HEADER_SIZE = _HEADER.size
+FRAME_TYPES = frozenset((b"S", b"E", b"C", b"B", b"J"))
+MAX_PAYLOAD = 0xFFFFFFFF
+BUFFER_BYTES = 256 * 1024  # small frames gathered into one write; a drain's blocks are ~KB each
+READ_BUFFER = 1 << 20
+PROGRESS_STEP = 4 << 20  # call progress() about every 4 MB read
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+
+
+def _json_bytes(obj: Any) -> bytes:
+    # backslashreplace turns a lone surrogate into the JSON escape \udcXX, which reads back as itself
+    return _dumps(obj).encode("utf-8", "backslashreplace")
+
+
+class TraceFormatError(HanditError, ValueError):
+    """A file is not a handit trace file."""
+
+
+class TraceFileWarning(UserWarning):
+    """A trace file is damaged past a point; what came before it was read."""
+
+
+class StoredCode(NamedTuple):
+    """One code table entry read from a trace file (what a TraceBuilder looks up by index)."""
+
+    module: str
+    qualname: str
+    file: str
+    line: int
+    argnames: tuple[str, ...]
+
+
+def open_append(path: str) -> int:
+    """Open ``path`` for appending, creating it readable by the owner only.
+
+    Args:
+        path: the file.
+    Returns:
+        a file descriptor opened ``O_WRONLY | O_APPEND``.
+    Raises:
+        OSError: the file cannot be opened or created.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # the umask may have taken bits away; never adds any, but be exact
+    except (AttributeError, OSError):  # no fchmod on Windows before 3.13
+        pass
+    return fd
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write ``data`` with one ``os.write``; loop on a short write only as a fallback (disk full, signal)."""
+    done = os.write(fd, data)
+    if done < len(data):
+        view = memoryview(data)
+        while done < len(data):
+            done += os.write(fd, view[done:])
+
+
+class TraceFileWriter:
+    """Appends sessions' records to a .handit trace file.
+
+    Small frames are gathered in memory (up to ``buffer_bytes``) and written
+    together; every ``os.write`` holds whole frames only. Thread-safe. After
+    ``fork()`` the child writes under a new stream id and drops what the
+    parent had buffered (the parent writes that).
+
+    Args:
+        path: the trace file; created with mode 0600, appended to if it exists.
+        buffer_bytes: how much to gather before writing.
+    Raises:
+        OSError: the file cannot be opened or created.
+
+    Attributes:
+        bytes_written: bytes that reached the file.
+        frames_written: frames that reached the file.
+        lost_bytes: bytes dropped because a write failed.
+    """
+
+    def __init__(self, path: str, *, buffer_bytes: int = BUFFER_BYTES) -> None:
+        self.path = path
+        self._fd: int | None = open_append(path)
+        self._limit = buffer_bytes
+        self._lock = threading.Lock()
+        self._buf: list[bytes] = []
+        self._size = 0
+        self._frames = 0
+        self.bytes_written = 0
+        self.frames_written = 0
+        self.lost_bytes = 0
+        self._pid = os.getpid()
+        self.stream_id = os.urandom(8)
+        self._written_codes: set[int] = set()
+        try:
+            if os.fstat(self._fd).st_size == 0:
+                # Two processes may both see an empty file and both write the magic;
+                # readers skip a magic found where a frame should start.
+                write_all(self._fd, MAGIC)
+                self.bytes_written += len(MAGIC)
+        except OSError:
+            os.close(self._fd)
+            raise
+
+    def __repr__(self) -> str:
+        return f"<TraceFileWriter {self.path!r} stream={self.stream_id.hex()} written={self.bytes_written}>"
+
+    def __enter__(self) -> TraceFileWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _after_fork(self) -> None:
+        self._pid = os.getpid()
+        self._buf.clear()
+        self._size = 0
+        self._frames = 0
+        self.stream_id = os.urandom(8)
+        self._written_codes = set()
+
+    def _frame(self, ftype: bytes, *parts: bytes) -> None:
+        with self._lock:
+            self._append_locked(ftype, parts)
+
+    def _append_locked(self, ftype: bytes, parts: tuple[bytes, ...]) -> None:
+        size = sum(map(len, parts))
+        if size > MAX_PAYLOAD:
+            raise ValueError(f"a {ftype.decode()} frame of {size} bytes exceeds the 4 GiB frame limit")
+        if self._fd is None:
+            raise ValueError(f"trace file writer for {self.path!r} is closed")
+        if os.getpid() != self._pid:
+            self._after_fork()
+        total = HEADER_SIZE + size
+        if self._buf and self._size + total > self._limit:
+            self._flush_locked()
+        self._buf.append(_HEADER.pack(ftype, size, self.stream_id))
+        self._buf.extend(parts)
+        self._size += total
+        self._frames += 1
+        if self._size >= self._limit:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if not self._buf or self._fd is None:
+            return
+        data = b"".join(self._buf)
+        frames = self._frames
+        self._buf.clear()
+        self._size = 0
+        self._frames = 0
+        try:
+            write_all(self._fd, data)
+        except OSError:
+            self.lost_bytes += len(data)
+            self._written_codes = set()  # a lost C frame: send the whole table again
+            raise
+        self.bytes_written += len(data)
+        self.frames_written += frames
+
+    def session_start(self, event: dict[str, Any]) -> None:
+        """Write a ``session_start`` event (an S frame)."""
+        self._frame(b"S", _json_bytes(event))
+
+    def session_end(self, event: dict[str, Any]) -> None:
+        """Write a ``session_end`` event (an E frame)."""
+        self._frame(b"E", _json_bytes(event))
+
+    def codes(self, infos: Iterable[Any]) -> None:
+        """Write the code table entries this writer has not written yet (a C frame).
+
+        Args:
+            infos: objects with ``index``, ``module``, ``qualname``, ``file``,
+                ``line`` and ``argnames`` (e.g. the engine's CodeInfo list).
+        """
+        with self._lock:  # marking and queueing together: no block can overtake its codes
+            if os.getpid() != self._pid:
+                self._after_fork()
+            written = self._written_codes
+            new = [i for i in infos if i.index not in written]
+            if not new:
+                return
+            rows = [[i.index, i.module, i.qualname, i.file, i.line, list(i.argnames)] for i in new]
+            self._append_locked(b"C", (_json_bytes(rows),))
+            written.update(i.index for i in new)
+
+    def block(self, session_id: str, block: bytes) -> None:
+        """Write one encoded block of session ``session_id`` (a B frame).
+
+        Raises:
+            ValueError: ``session_id`` is not a UUID.
+        """
+        self._frame(b"B", uuid.UUID(session_id).bytes, block)
+
+    def events(self, events: list[dict[str, Any]]) -> None:
+        """Write events made outside the engine (HTTP calls, the low-level API) as J frames."""
+        if not events:
+            return
+        data = _json_bytes(events)
+        if len(data) > MAX_PAYLOAD and len(events) > 1:
+            half = len(events) // 2
+            self.events(events[:half])
+            self.events(events[half:])
+            return
+        self._frame(b"J", data)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Write what is buffered.
+
+        Raises:
+            OSError: the write failed; the buffered frames are dropped and
+                counted in :attr:`lost_bytes`.
+        """
+        with self._lock:
+            if os.getpid() != self._pid:
+                self._after_fork()
+            self._flush_locked()
+
+    def close(self) -> None:
+        """Flush and close the file; later writes raise ValueError."""
+        with self._lock:
+            if self._fd is None:
+                return
+            try:
+                if os.getpid() == self._pid:
+                    self._flush_locked()
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+
+# ---- reading ---------------------------------------------------------------------------------
+
+
+def iter_frames(
+    path: str, *, progress: Callable[[int, int], None] | None = None
+) -> Iterator[tuple[bytes, bytes, bytes]]:
+    """Stream the frames of a .handit file, reading it in chunks.
+
+    Stops quietly at a cut last frame (a crash mid-write); a magic where a frame
+    should start (appenders racing to create the file) is skipped; anything
+    else that is not a frame warns :class:`TraceFileWarning` and stops.
+
+    Args:
+        path: the trace file.
+        progress: called with ``(bytes_read, total_bytes)`` every few MB and at the end.
+    Yields:
+        ``(type, stream_id, payload)``; types outside S/E/C/B/J too (readers skip them).
+    Raises:
+        TraceFormatError: the file does not start with the magic.
+    """
+    with open(path, "rb", buffering=READ_BUFFER) as f:
+        fd = f.fileno()
+        total = os.fstat(fd).st_size
+        if f.read(len(MAGIC)) != MAGIC:
+            raise TraceFormatError(f"{path} is not a handit trace file (no {MAGIC!r} at the start)")
+        pos = len(MAGIC)
+        next_report = PROGRESS_STEP
+        read = f.read
+        unpack = _HEADER.unpack
+        while True:
+            header = read(HEADER_SIZE)
+            while header[:8] == MAGIC:
+                header = header[8:] + read(8)
+                pos += 8
+            if len(header) < HEADER_SIZE:
+                break  # end of file, or a cut header
+            ftype, length, stream = unpack(header)
+            if not (0x41 <= ftype[0] <= 0x5A):  # frame types are capital letters
+                warnings.warn(f"{path}: no frame at offset {pos} (byte {ftype!r}); the rest is not read", TraceFileWarning, stacklevel=2)
+                break
+            if length > total - pos - HEADER_SIZE:
+                total = os.fstat(fd).st_size  # another process may still be appending
+                if length > total - pos - HEADER_SIZE:
+                    break  # a cut last frame: never allocate more than the file holds
+            payload = read(length)
+            if len(payload) < length:
+                break
+            pos += HEADER_SIZE + length
+            yield ftype, stream, payload
+            if progress is not None and pos >= next_report:
+                progress(pos, max(total, pos))
+                next_report = pos + PROGRESS_STEP
+        if progress is not None:
+            progress(pos, max(total, pos))
+
+
+class _Open:
+    """A session seen in the file whose end has not been read yet."""
+
+    __slots__ = ("builder", "t0", "raw")
+
+    def __init__(self, builder: TraceBuilder, t0: int | None, raw: bytes | None) -> None:
+        self.builder = builder
+        self.t0 = t0
+        self.raw = raw
+
+
+def _session_raw(session_id: str) -> bytes | None:
+    try:
+        return uuid.UUID(session_id).bytes
+    except (ValueError, AttributeError, TypeError):
+        return None  # not a UUID: it has no blocks
+
+
+def iter_trace(path: str, *, progress: Callable[[int, int], None] | None = None) -> Iterator[dict[str, Any]]:
+    """Stream the events of a .handit file in the JSONL schema, in file order.
+
+    Per session: its ``session_start``; ``call`` / ``return`` / ``exception``
+    events decoded through one :class:`~handit.reader.TraceBuilder`; extra
+    events as stored; its ``session_end``, preceded by the returns of calls
+    still open. A session without an end frame (the process crashed) is
+    finished at its last seen timestamp and gets a synthetic ``session_end``
+    with ``"incomplete": true``. Memory stays bounded: the file is read in
+    chunks, and only open sessions' stacks and code tables are kept.
+
+    Args:
+        path: the trace file.
+        progress: called with ``(bytes_read, total_bytes)`` now and then.
+    Yields:
+        event dicts.
+    Raises:
+        TraceFormatError: the file is not a handit trace file.
+    """
+    tables: dict[bytes, dict[int, StoredCode]] = {}
+    sessions: dict[str, _Open] = {}
+    by_raw: dict[bytes, str] = {}
+    loads = json.loads
+
+    def open_session(sid: str, stream: bytes, t0: int | None, raw: bytes | None) -> _Open:
+        table = tables.setdefault(stream, {})
+        state = sessions[sid] = _Open(TraceBuilder(sid, table.__getitem__), t0, raw)
+        if raw is not None:
+            by_raw[raw] = sid
+        return state
+
+    damaged = 0
+    for ftype, stream, payload in iter_frames(path, progress=progress):
+        if ftype == b"B":
+            raw = payload[:16]
+            sid = by_raw.get(raw)
+            state = sessions.get(sid) if sid is not None else None
+            if state is None:  # blocks without a start frame: decode them anyway
+                if len(raw) < 16:
+                    damaged += 1
+                    continue
+                sid = str(uuid.UUID(bytes=raw))
+                state = open_session(sid, stream, None, raw)
+            yield from state.builder.iter_feed(payload[16:])
+            continue
+        if ftype not in FRAME_TYPES:
+            continue  # a later format's frame type
+        try:
+            obj = loads(payload)
+            if ftype == b"C":
+                table = tables.setdefault(stream, {})
+                for index, module, qualname, file, line, argnames in obj:
+                    table[index] = StoredCode(module, qualname, file, line, tuple(argnames))
+                continue
+            if not isinstance(obj, list if ftype == b"J" else dict):
+                raise ValueError(f"unexpected {type(obj).__name__}")
+        except (ValueError, TypeError):
+            damaged += 1
+            continue
+        if ftype == b"J":
+            yield from obj
+        elif ftype == b"S":
+            sid = str(obj.get("session_id"))
+            if sid not in sessions:
+                open_session(sid, stream, obj.get("ts_ns"), _session_raw(sid))
+            yield obj
+        else:  # E
+            state = sessions.pop(str(obj.get("session_id")), None)
+            if state is not None:
+                if state.raw is not None:
+                    by_raw.pop(state.raw, None)
+                yield from state.builder.finish(obj.get("ts_ns") or state.builder.last_ts)
+            yield obj
+    for sid, state in sessions.items():
+        builder = state.builder
+        t0 = state.t0 if state.t0 is not None else builder.first_ts
+        end = max(builder.last_ts, t0 or 0)
+        yield from builder.finish(end)
+        yield {
+            "type": "session_end", "session_id": sid, "ts_ns": end, "duration_ns": end - (t0 or end),
+            "stats": dict(builder.stats), "incomplete": True,
+        }
+    if damaged:
+        warnings.warn(f"{path}: skipped {damaged} damaged frame(s)", TraceFileWarning, stacklevel=2)
+
+
+def detect_format(path: str) -> str:
+    """``"handit"`` if the file starts with the handit magic, else ``"jsonl"``.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    with open(path, "rb") as f:
+        return "handit" if f.read(len(MAGIC)) == MAGIC else "jsonl"
+
+
+def _iter_jsonl(path: str, progress: Callable[[int, int], None] | None) -> Iterator[dict[str, Any]]:
+    loads = json.loads
+    bad = 0
+    with open(path, "rb", buffering=READ_BUFFER) as f:
+        total = os.fstat(f.fileno()).st_size
+        pos = 0
+        next_report = PROGRESS_STEP
+        for line in f:
+            pos += len(line)
+            if line.strip():
+                try:
+                    event = loads(line)
+                except ValueError:
+                    if line.endswith(b"\n"):
+                        bad += 1
+                    # else: a cut last line (a crash mid-write) — skipped quietly
+                else:
+                    yield event
+            if progress is not None and pos >= next_report:
+                progress(pos, max(total, pos))
+                next_report = pos + PROGRESS_STEP
+        if progress is not None:
+            progress(pos, max(total, pos))
+    if bad:
+        warnings.warn(f"{path}: skipped {bad} line(s) that are not JSON", TraceFileWarning, stacklevel=2)
+
+
+def iter_events(path: str, *, progress: Callable[[int, int], None] | None = None) -> Iterator[dict[str, Any]]:
+    """Stream the events of a trace file in either format (.handit or JSONL).
+
+    Args:
+        path: the trace file.
+        progress: called with ``(bytes_read, total_bytes)`` now and then.
+    Yields:
+        event dicts in the JSONL schema.
+    Raises:
+        OSError: the file cannot be read.
+    """
+    if detect_format(path) == "handit":
+        return iter_trace(path, progress=progress)
+    return _iter_jsonl(path, progress)
+
+
+def read_trace(path: str) -> list[dict[str, Any]]:
+    """Every event of a trace file (either format) in a list; for small files and tests."""
+    return list(iter_events(path))
