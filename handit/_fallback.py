@@ -279,6 +279,10 @@ def sysmon_py_unwind(code: Any, offset: int, exc: Any) -> Any:
 
 def profile_callback(frame: Any, event: str, arg: Any) -> None:
     """The profile function: "call" and "return" events of Python frames."""
+    if _source != "setprofile":
+        # left behind on a thread uninstall() could not reach (before 3.12): remove itself
+        sys.setprofile(None)
+        return
     try:
         if event == "call":
             cur = _current(None)
@@ -374,6 +378,12 @@ def install(source: str, policy: Policy) -> None:
             sys.setprofile(profile_callback)
 
 
+def ensure_thread() -> None:
+    """Make sure the calling thread delivers events (a thread that existed before install)."""
+    if _source == "setprofile" and sys.getprofile() is not profile_callback:
+        sys.setprofile(profile_callback)
+
+
 def uninstall() -> None:
     """Stop delivering events; leave no callback, local event or disabled location behind."""
     global _source, _tool_id
@@ -420,6 +430,15 @@ def set_policy(policy: Policy) -> None:
 def activate(slot: int) -> None:
     """Let records for ``slot`` through."""
     _active.add(slot)
+
+
+_counts: dict[int, list[int]] = {}
+
+
+def take_counts(slot: int) -> tuple[int, int]:
+    """``(calls, exceptions)`` drained for ``slot`` since the last call; resets them."""
+    calls, excs = _counts.pop(slot, (0, 0))
+    return calls, excs
 
 
 def deactivate(slot: int) -> None:
@@ -522,7 +541,11 @@ def drain(calibration: Any, previewer: Any) -> list[tuple[int, bytes]]:
             dts = t - last[0]
             last[0] = t
             tag = kind
+            counts = _counts.get(slot)
+            if counts is None:
+                counts = _counts[slot] = [0, 0]
             if kind == CALL:
+                counts[0] += 1
                 if aux is not None:
                     tag |= 0x80
                 if key:
@@ -543,6 +566,7 @@ def drain(calibration: Any, previewer: Any) -> list[tuple[int, bytes]]:
                 if has:
                     _string(buf, _text(previewer, aux))
             elif kind == UNWIND:
+                counts[1] += 1
                 buf.append(tag)
                 _varint(buf, (dts << 1) ^ (dts >> 63))
                 _string(buf, aux[0])

@@ -130,6 +130,7 @@ PY312 = sys.version_info >= (3, 12)
 
 _RETURN_OPS = {op for name, op in __import__("dis").opmap.items() if name in ("RETURN_VALUE", "RETURN_CONST")}
 _YIELD_OPS = {op for name, op in __import__("dis").opmap.items() if name in ("YIELD_VALUE", "YIELD_FROM")}
+_YIELD_FROM = __import__("dis").opmap.get("YIELD_FROM", -1)
 EXIT_OTHER, EXIT_RETURN, EXIT_YIELD = 0, 1, 2
 
 
@@ -149,6 +150,10 @@ def exit_kinds(code: Any) -> bytes:
             out[i // 2] = EXIT_RETURN
         elif op in _YIELD_OPS:
             out[i // 2] = EXIT_YIELD
+            if op == _YIELD_FROM and i >= 2:
+                # PY310: YIELD_FROM steps f_lasti back one unit (onto its LOAD_CONST None)
+                # to run again on resume, so the frame is seen suspended there.
+                out[i // 2 - 1] = EXIT_YIELD
     return bytes(out)
 
 

@@ -79,6 +79,8 @@ REDACTED_ARG = Rendered("<redacted>")
 
 cdef PyObject* _session_var = <PyObject*>session_var
 cdef unsigned char _active[65536]
+cdef uint64_t _n_calls[65536]
+cdef uint64_t _n_exceptions[65536]
 cdef TState* _all_states = NULL
 cdef Chunk* _free_chunks = NULL
 cdef int _n_free_chunks = 0
@@ -592,6 +594,10 @@ def install(source, policy):
         handit_set_profile_all(profile_call)
 
 
+def ensure_thread():
+    """Make sure the calling thread delivers events (every thread already does here)."""
+
+
 def uninstall():
     """Stop delivering events; leave no callback, local event or disabled location behind."""
     global _source_kind, _tool_id
@@ -632,6 +638,14 @@ def set_policy(policy):
 def activate(int slot):
     """Let records for ``slot`` through."""
     _active[slot] = 1
+
+
+def take_counts(int slot):
+    """``(calls, exceptions)`` drained for ``slot`` since the last call; resets them."""
+    out = (_n_calls[slot], _n_exceptions[slot])
+    _n_calls[slot] = 0
+    _n_exceptions[slot] = 0
+    return out
 
 
 def deactivate(int slot):
@@ -801,6 +815,7 @@ def drain(calibration, previewer):
                 b.last = t
                 tag = r.kind
                 if r.kind == K_CALL:
+                    _n_calls[r.slot] += 1
                     if r.aux != NULL:
                         tag |= 0x80
                     if r.key:
@@ -828,6 +843,7 @@ def drain(calibration, previewer):
                         Py_DECREF(aux)
                         _put_string(b, _text(previewer, aux))
                 elif r.kind == K_UNWIND:
+                    _n_exceptions[r.slot] += 1
                     b.data[b.len] = <char>tag
                     b.len += 1
                     _put_varint(b, _zigzag(dts))

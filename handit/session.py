@@ -75,6 +75,7 @@ class Session:
         self._builder: Any = None
         self._events: list[dict[str, Any]] | None = None
         self._token: Any = None
+        self._codes: Any = None
         self.engine = ""
         self.source = ""
 
@@ -131,11 +132,7 @@ class Session:
         if self._events is None or self.t1_ns is None:
             from .reader import TraceBuilder
 
-            from . import _engine as eng
-
-            choice = _state["choice"]
-            lookup = choice.module.code_info if choice else eng.choose("fallback").module.code_info
-            builder = TraceBuilder(self.id, lookup)
+            builder = TraceBuilder(self.id, self._codes.code_info)
             out = [self.start_event()]
             for block in self._iter_blocks():
                 out.extend(builder.feed(block))
@@ -389,12 +386,15 @@ def start(tag: str | None = None, *, attrs: dict[str, str] | None = None, tracep
             _next_slot = _next_slot % 0xFFFF + 1
         session.slot = _next_slot
         session.engine, session.source = choice.engine, choice.source
+        session._codes = choice.module
+        choice.module.take_counts(session.slot)  # a reused slot starts from zero
         _by_slot[session.slot] = session
         _by_id[session.id] = session
         if _session_sampled(session, config):
             _open_sinks(session, config)
             choice.module.activate(session.slot)
         session._token = var.set(session.slot)
+        choice.module.ensure_thread()
     return session
 
 
@@ -445,6 +445,9 @@ def stop(session: Session | None = None) -> Session | None:
         try:
             _state["drain"].run_once()
         finally:
+            calls, exceptions = choice.module.take_counts(session.slot)
+            session.stats["calls"] += calls
+            session.stats["exceptions"] += exceptions
             del _by_slot[session.slot]
             _by_id.pop(session.id, None)
             for sink in session._sinks:

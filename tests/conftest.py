@@ -1,0 +1,76 @@
+"""Shared fixtures: the engine × source matrix and a check that nothing is left installed."""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import pytest
+
+import handit
+import importlib
+
+session_mod = importlib.import_module("handit.session")
+
+PY312 = sys.version_info >= (3, 12)
+
+
+def _compiled_available() -> bool:
+    try:
+        from handit import _tracer  # noqa: F401
+    except ImportError:
+        if os.environ.get("HANDIT_REQUIRE_COMPILED") == "1":
+            raise
+        return False
+    return True
+
+
+def engine_params() -> list:
+    """``(engine, source)`` pairs this run covers; HANDIT_ENGINE=fallback keeps only the pure twin."""
+    forced = os.environ.get("HANDIT_ENGINE", "auto")
+    engines = ["compiled", "fallback"]
+    if forced == "fallback" or not _compiled_available():
+        engines = ["fallback"]
+    elif forced == "compiled":
+        engines = ["compiled"]
+    sources = ["sysmon", "setprofile"] if PY312 else ["setprofile"]
+    return [pytest.param((e, s), id=f"{e}-{s}") for e in engines for s in sources]
+
+
+ENGINE_PARAMS = engine_params()
+
+
+@pytest.fixture(params=ENGINE_PARAMS)
+def engine(request: pytest.FixtureRequest):
+    """Configure handit for one engine and source; yields ``(engine, source)``."""
+    eng, src = request.param
+    handit.configure(engine=eng, source=src)
+    yield eng, src
+    handit.reset_config()
+
+
+def _monitoring_tools() -> dict[int, str]:
+    if not PY312:
+        return {}
+    return {i: sys.monitoring.get_tool(i) for i in range(6) if sys.monitoring.get_tool(i)}
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind():
+    """Fail any test that leaves a session, a profile function or a monitoring tool installed."""
+    before_tools = _monitoring_tools()
+    before_profile = sys.getprofile()
+    yield
+    leftover = session_mod.active_sessions()
+    for s in leftover:
+        handit.stop(s)
+    assert not leftover, f"sessions left active: {leftover}"
+    assert sys.getprofile() is before_profile, f"profile function left: {sys.getprofile()!r}"
+    assert getattr(threading, "_profile_hook", None) is None, "threading profile hook left"
+    assert _monitoring_tools() == before_tools, f"monitoring tools left: {_monitoring_tools()}"
+    handit.reset_config()
+
+
+def calls_of(events: list[dict], func: str | None = None) -> list[dict]:
+    """Call events (of one function)."""
+    return [e for e in events if e["type"] == "call" and (func is None or e["func"].endswith(func))]
