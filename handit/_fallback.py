@@ -13,7 +13,7 @@ from time import perf_counter_ns
 from typing import Any
 
 from ._policy import ARGS, EXIT_RETURN, EXIT_YIELD, CodeInfo, Policy, exit_kinds, first_yield_unit, module_of
-from .preview import is_scalar
+from .preview import _type_name as type_name, is_scalar
 from .records import CALL, NO_VALUE, RESUME, RETURN, THROW, UNWIND, YIELD, Rendered
 
 ENGINE = "fallback"
@@ -133,7 +133,7 @@ def _value(value: Any) -> Any:
 def _exception_text(buf: _ThreadBuffer, exc: Any) -> tuple[str, str]:
     if exc is buf.last_exc:
         return buf.last_exc_text
-    text = (type(exc).__qualname__, _policy.previewer.exception_message(exc) if _policy else "")
+    text = (type_name(type(exc)), _policy.previewer.exception_message(exc) if _policy else "")
     buf.last_exc = exc
     buf.last_exc_text = text
     return text
@@ -468,6 +468,11 @@ def collect() -> list[tuple[int, list[tuple[int, int, int, int, Any, int]]]]:
 def code_info(index: int) -> CodeInfo:
     """The CodeInfo stored under ``index``."""
     return _codes[index]
+
+
+def code_count() -> int:
+    """How many code infos the table holds."""
+    return len(_codes)
 
 
 def codes_since(start: int) -> list[CodeInfo]:

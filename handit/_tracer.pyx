@@ -19,6 +19,7 @@ import warnings
 from contextvars import ContextVar
 
 from ._policy import ARGS, exit_kinds, first_yield_unit, module_of
+from .preview import _type_name as type_name
 from .records import NO_VALUE, Rendered
 
 cdef extern from "Python.h":
@@ -325,7 +326,7 @@ cdef PyObject* _exception_text(TState* ts, PyObject* exc) noexcept:
         if exc == NULL:
             text = ("<unknown>", "")
         else:
-            text = (type(<object>exc).__qualname__, _previewer.exception_message(<object>exc))
+            text = (type_name(type(<object>exc)), _previewer.exception_message(<object>exc))
     except BaseException:
         text = ("<unknown>", "")
     ts.busy = 0
@@ -664,6 +665,11 @@ def mark_internal_thread():
 def code_info(index):
     """The CodeInfo stored under ``index``."""
     return _codes[index]
+
+
+def code_count():
+    """How many code infos the table holds."""
+    return len(_codes)
 
 
 def codes_since(start):

@@ -6,8 +6,8 @@ import functools
 import inspect
 from typing import Any, Callable, Iterator, TypeVar, overload
 
-from . import session as _session
-from .session import Session
+from . import sessions as _session
+from .sessions import Session
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -10,7 +10,7 @@ import pytest
 import handit
 import importlib
 
-session_mod = importlib.import_module("handit.session")
+session_mod = importlib.import_module("handit.sessions")
 
 PY312 = sys.version_info >= (3, 12)
 

@@ -12,7 +12,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
-from . import _engine, _internal
+from . import _engine, _internal, sinks
 from ._policy import Policy
 from .config import Config, get_config, on_change
 from .drain import Drain
@@ -181,73 +181,6 @@ class Session:
         return render_summary(self.events, top=top)
 
 
-class _FileSink:
-    """Writes a session's blocks to a compact trace file, or its events to JSONL."""
-
-    _writers: dict[str, Any] = {}
-
-    def __init__(self, path: str, fmt: str) -> None:
-        self.path = path
-        self.fmt = fmt
-        self.builders: dict[str, Any] = {}
-        key = f"{fmt}:{os.path.abspath(path)}"
-        writer = self._writers.get(key)
-        if writer is None:
-            if fmt == "jsonl":
-                from .exporters.jsonl import JsonlExporter
-
-                writer = JsonlExporter(path)
-            else:
-                from .tracefile import TraceFileWriter
-
-                writer = TraceFileWriter(path)
-            self._writers[key] = writer
-        self.writer = writer
-
-    def start(self, session: Session) -> None:
-        if self.fmt == "jsonl":
-            self.writer.write_events([session.start_event()])
-        else:
-            self.writer.session_start(session.start_event())
-
-    def block(self, session: Session, block: bytes) -> None:
-        choice = _state["choice"]
-        if self.fmt == "jsonl":
-            builder = self.builders.get(session.id)
-            if builder is None:
-                from .reader import TraceBuilder
-
-                builder = self.builders[session.id] = TraceBuilder(session.id, choice.module.code_info)
-            self.writer.write_events(builder.feed(block))
-        else:
-            self.writer.codes(choice.module.codes_since(0))
-            self.writer.block(session.id, block)
-
-    def events(self, session: Session, events: list[dict[str, Any]]) -> None:
-        if self.fmt == "jsonl":
-            self.writer.write_events(events)
-        else:
-            self.writer.events(events)
-
-    def end(self, session: Session) -> None:
-        if self.fmt == "jsonl":
-            builder = self.builders.pop(session.id, None)
-            if builder is not None:
-                self.writer.write_events(builder.finish(session.t1_ns))
-            self.writer.write_events([session.end_event()])
-        else:
-            self.writer.session_end(session.end_event())
-        self.writer.flush()
-
-    @classmethod
-    def flush_all(cls) -> None:
-        for writer in cls._writers.values():
-            try:
-                writer.flush()
-            except Exception:
-                pass
-
-
 # ---- engine lifetime ---------------------------------------------------------------------------
 
 
@@ -409,11 +342,19 @@ def _session_sampled(session: Session, config: Config) -> bool:
 def _open_sinks(session: Session, config: Config) -> None:
     if config.output_file:
         try:
-            sink = _FileSink(config.output_file, config.resolved_output_format)
+            sink = sinks.FileSink(config.output_file, config.resolved_output_format)
             sink.start(session)
             session._sinks.append(sink)
         except OSError as exc:
             _warn_once(f"HANDIT_OUTPUT_FILE={config.output_file!r} cannot be written ({exc}); the trace stays in memory only")
+    if config.endpoint:
+        sink = sinks.EventSink(sinks.webhook_exporter(config))
+        # the webhook registers its own exit handler; ours must run first so the
+        # sessions' last events are sent (atexit runs handlers last-in, first-out)
+        atexit.unregister(_at_exit)
+        atexit.register(_at_exit)
+        sink.start(session)
+        session._sinks.append(sink)
 
 
 def stop(session: Session | None = None) -> Session | None:
@@ -492,7 +433,7 @@ def _at_exit() -> None:
             stop(session)
         except Exception:
             pass
-    _FileSink.flush_all()
+    sinks.flush_all()
 
 
 def _after_fork_in_child() -> None:
@@ -508,7 +449,7 @@ def _after_fork_in_child() -> None:
             pass
         _unpatch_threads()
     _state.update(choice=None, drain=None, policy=None)
-    _FileSink._writers.clear()
+    sinks.forget_all()
 
 
 atexit.register(_at_exit)

@@ -1,0 +1,397 @@
+"""Summary view: a stream of events -> per-function, per-session, error and HTTP statistics, and their tables.
+
+:class:`Stats` consumes events one at a time and keeps only aggregates and the
+calls currently open, so any trace can be summarised in bounded memory.
+
+Times follow cProfile's conventions: a function's *total* time counts only its
+outermost active call (recursion is not counted twice); its *own* time is its
+running time minus the running time of the calls it made. A generator or
+coroutine runs for ``dt_ns - suspended_ns``; its total is the wall time from
+first start to final exit.
+"""
+from __future__ import annotations
+
+import re
+from collections import deque
+from typing import Any, Callable, Iterable
+from urllib.parse import urlsplit
+
+from . import Lines, Table, fmt_ns, plain_text, shorten
+
+__all__ = ["ErrorStats", "FuncStats", "HttpStats", "SessionInfo", "Stats", "func_matcher", "render_summary", "summary_blocks"]
+
+FuncFilter = Callable[[str, str], bool]
+
+
+class FuncStats:
+    """Aggregates of one function (``module``, ``func``): calls, total, own time, calls that raised."""
+
+    __slots__ = ("module", "func", "file", "line", "calls", "total_ns", "own_ns", "raised")
+
+    def __init__(self, module: str, func: str, file: str, line: int) -> None:
+        self.module, self.func, self.file, self.line = module, func, file, line
+        self.calls = 0
+        self.total_ns = 0
+        self.own_ns = 0
+        self.raised = 0
+
+    @property
+    def name(self) -> str:
+        """``module.func``, or just ``func`` for the ``__main__`` module."""
+        return _display(self.module, self.func)
+
+
+class SessionInfo:
+    """One session as seen in the events: tag, times, counts and end flags."""
+
+    __slots__ = ("id", "tag", "t0_ns", "last_ns", "duration_ns", "calls", "exceptions", "dropped", "ended", "incomplete")
+
+    def __init__(self, session_id: str, tag: str | None, t0_ns: int | None) -> None:
+        self.id, self.tag, self.t0_ns = session_id, tag, t0_ns
+        self.last_ns = t0_ns or 0
+        self.duration_ns: int | None = None
+        self.calls = 0
+        self.exceptions = 0
+        self.dropped = 0
+        self.ended = False
+        self.incomplete = False
+
+
+class ErrorStats:
+    """One kind of exception: type, message, the function it was raised in, how often, where it passed."""
+
+    __slots__ = ("type_name", "message", "module", "func", "count", "through")
+
+    def __init__(self, type_name: str, message: str, module: str, func: str) -> None:
+        self.type_name, self.message, self.module, self.func = type_name, message, module, func
+        self.count = 0
+        self.through: list[str] = []
+
+    @property
+    def name(self) -> str:
+        """Where it was raised: ``module.func``, or just ``func`` for ``__main__``."""
+        return _display(self.module, self.func)
+
+
+class HttpStats:
+    """HTTP calls to one method and URL (query dropped): count, errors, statuses, times."""
+
+    __slots__ = ("method", "url", "count", "errors", "statuses", "total_ns", "max_ns")
+
+    def __init__(self, method: str, url: str) -> None:
+        self.method, self.url = method, url
+        self.count = 0
+        self.errors = 0
+        self.statuses: dict[str, int] = {}
+        self.total_ns = 0
+        self.max_ns = 0
+
+
+def _display(module: str, func: str) -> str:
+    return func if module in ("__main__", "?", "") else f"{module}.{func}"
+
+
+def _url_key(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    return f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.scheme else url
+
+
+def func_matcher(pattern: str | None) -> FuncFilter | None:
+    """A ``(module, func) -> bool`` test: the regex searched in ``func`` or in ``module.func``.
+
+    Raises:
+        re.error: ``pattern`` is not a valid regex.
+    """
+    if not pattern:
+        return None
+    rx = re.compile(pattern)
+    return lambda module, func: bool(rx.search(func) or rx.search(f"{module}.{func}"))
+
+
+class Stats:
+    """Aggregates a stream of events in bounded memory.
+
+    Feed events with :meth:`add` (or :meth:`feed`); read the attributes and
+    :meth:`top` afterwards. Only open calls, per-function aggregates and capped
+    lists of sessions, errors and HTTP targets are kept.
+
+    Args:
+        max_sessions: sessions described individually; later ones are only counted.
+        max_errors: distinct exceptions kept; later ones are counted in ``errors_omitted``.
+        max_http: distinct HTTP targets kept.
+
+    Attributes:
+        functions: ``(module, func)`` -> :class:`FuncStats`.
+        sessions: session id -> :class:`SessionInfo`, in order of appearance.
+        errors: ``(type, message, function)`` -> :class:`ErrorStats` (exceptions by where they were raised).
+        http: ``(method, url)`` -> :class:`HttpStats`.
+        events, calls, exceptions, raised, http_calls, incomplete, abandoned, dropped,
+        corrupt_blocks, session_count: counts.
+    """
+
+    def __init__(self, *, max_sessions: int = 10_000, max_errors: int = 1_000, max_http: int = 1_000) -> None:
+        self.max_sessions, self.max_errors, self.max_http = max_sessions, max_errors, max_http
+        self.functions: dict[tuple[str, str], FuncStats] = {}
+        self.sessions: dict[str, SessionInfo] = {}
+        self.errors: dict[tuple[str, str, str], ErrorStats] = {}
+        self.http: dict[tuple[str, str], HttpStats] = {}
+        self.events = self.calls = self.exceptions = self.raised = self.http_calls = 0
+        self.incomplete = self.abandoned = self.dropped = self.corrupt_blocks = 0
+        self.session_count = self.errors_omitted = self.http_omitted = 0
+        # (session, call_id) -> [FuncStats, child_ns, (session, parent_id) | None, outermost, active key]
+        self._open: dict[tuple[Any, Any], list[Any]] = {}
+        self._active: dict[tuple[Any, Any, tuple[str, str]], int] = {}
+        self._last_exc: dict[Any, tuple[Any, str, str, ErrorStats | None, bool]] = {}
+        self._pending_http: dict[Any, deque[dict[str, Any]]] = {}
+        self._dispatch: dict[str, Callable[[dict[str, Any]], None]] = {
+            "call": self._call, "return": self._return, "exception": self._exception,
+            "session_start": self._session_start, "session_end": self._session_end,
+            "http_request": self._http_request, "http_response": self._http_response,
+        }
+
+    def feed(self, events: Iterable[dict[str, Any]]) -> Stats:
+        """Add every event of ``events``; returns ``self``."""
+        add = self.add
+        for event in events:
+            add(event)
+        return self
+
+    def add(self, event: dict[str, Any]) -> None:
+        """Add one event in the JSONL schema (unknown types are counted and ignored)."""
+        self.events += 1
+        handler = self._dispatch.get(event.get("type"))  # type: ignore[arg-type]
+        if handler is not None:
+            handler(event)
+
+    def _session(self, sid: Any) -> SessionInfo | None:
+        return self.sessions.get(sid)
+
+    def _call(self, e: dict[str, Any]) -> None:
+        self.calls += 1
+        sid = e.get("session_id")
+        key = (str(e.get("module") or "?"), str(e.get("func") or "?"))
+        fs = self.functions.get(key)
+        if fs is None:
+            fs = self.functions[key] = FuncStats(key[0], key[1], str(e.get("file") or "?"), int(e.get("line") or 0))
+        fs.calls += 1
+        info = self.sessions.get(sid)
+        if info is not None:
+            info.calls += 1
+        akey = (sid, e.get("thread"), key)
+        depth = self._active.get(akey, 0)
+        self._active[akey] = depth + 1
+        pid = e.get("parent_id")
+        self._open[(sid, e.get("call_id"))] = [fs, 0, (sid, pid) if pid is not None else None, depth == 0, akey]
+
+    def _return(self, e: dict[str, Any]) -> None:
+        sid = e.get("session_id")
+        if e.get("incomplete"):
+            self.incomplete += 1
+        if e.get("abandoned"):
+            self.abandoned += 1
+        entry = self._open.pop((sid, e.get("call_id")), None)
+        if entry is None:
+            return
+        fs, child_ns, parent_key, outermost, akey = entry
+        dt = int(e.get("dt_ns") or 0)
+        running = max(dt - int(e.get("suspended_ns") or 0), 0)
+        fs.own_ns += max(running - child_ns, 0)
+        if outermost:
+            fs.total_ns += dt
+        left = self._active.get(akey, 1) - 1
+        if left > 0:
+            self._active[akey] = left
+        else:
+            self._active.pop(akey, None)
+        if parent_key is not None:
+            parent = self._open.get(parent_key)
+            if parent is not None:
+                parent[1] += running
+        info = self.sessions.get(sid)
+        if info is not None:
+            t1 = e.get("t1_ns")
+            if isinstance(t1, int) and t1 > info.last_ns:
+                info.last_ns = t1
+
+    def _exception(self, e: dict[str, Any]) -> None:
+        self.exceptions += 1
+        sid = e.get("session_id")
+        cid = e.get("call_id")
+        entry = self._open.get((sid, cid))
+        module = entry[0].module if entry is not None else "?"
+        if entry is not None:
+            entry[0].raised += 1
+        parent = entry[2][1] if entry is not None and entry[2] is not None else None
+        type_name, message = str(e.get("type_name") or "?"), str(e.get("message") or "")
+        func = str(e.get("func") or "?")
+        name = _display(module, func)
+        prev = self._last_exc.get(sid)
+        if prev is not None and cid is not None and prev[0] == cid and prev[1] == type_name and prev[2] == message:
+            err, first = prev[3], prev[4]  # the same exception leaving the caller
+            if err is not None and first and len(err.through) < 6:
+                err.through.append(name)
+            self._last_exc[sid] = (parent, type_name, message, err, first)
+            return
+        self.raised += 1
+        info = self.sessions.get(sid)
+        if info is not None:
+            info.exceptions += 1
+        key = (type_name, message, name)
+        err = self.errors.get(key)
+        if err is None and len(self.errors) < self.max_errors:
+            err = self.errors[key] = ErrorStats(type_name, message, module, func)
+        if err is None:
+            self.errors_omitted += 1
+        else:
+            err.count += 1
+        self._last_exc[sid] = (parent, type_name, message, err, err is not None and err.count == 1)
+
+    def _session_start(self, e: dict[str, Any]) -> None:
+        self.session_count += 1
+        sid = e.get("session_id")
+        if sid not in self.sessions and len(self.sessions) < self.max_sessions:
+            self.sessions[sid] = SessionInfo(str(sid), e.get("tag"), e.get("ts_ns"))
+
+    def _session_end(self, e: dict[str, Any]) -> None:
+        sid = e.get("session_id")
+        stats = e.get("stats") or {}
+        dropped = int(stats.get("dropped") or 0)
+        self.dropped += dropped
+        self.corrupt_blocks += int(stats.get("corrupt_blocks") or 0)
+        info = self.sessions.get(sid)
+        if info is None and sid not in self.sessions and len(self.sessions) < self.max_sessions:
+            info = self.sessions[sid] = SessionInfo(str(sid), None, None)  # an end without its start
+            self.session_count += 1
+        if info is not None:
+            info.ended = True
+            info.incomplete = bool(e.get("incomplete"))
+            info.dropped = dropped
+            info.duration_ns = e.get("duration_ns")
+        self._last_exc.pop(sid, None)
+        for request in self._pending_http.pop(sid, ()):
+            self._record_http(request, None)
+
+    def _http_request(self, e: dict[str, Any]) -> None:
+        self._pending_http.setdefault(e.get("session_id"), deque()).append(
+            {"method": e.get("method"), "url": e.get("url"), "request_id": e.get("request_id")})
+
+    def _http_response(self, e: dict[str, Any]) -> None:
+        queue = self._pending_http.get(e.get("session_id"))
+        request: dict[str, Any] = {}
+        if queue:
+            rid = e.get("request_id")
+            match = next((r for r in queue if rid is not None and r.get("request_id") == rid), None)
+            request = match if match is not None else queue[0]
+            queue.remove(request)
+        self._record_http(request, e)
+
+    def _record_http(self, request: dict[str, Any], response: dict[str, Any] | None) -> None:
+        self.http_calls += 1
+        key = (str(request.get("method") or "?"), _url_key(str(request.get("url") or "?")))
+        hs = self.http.get(key)
+        if hs is None:
+            if len(self.http) >= self.max_http:
+                self.http_omitted += 1
+                return
+            hs = self.http[key] = HttpStats(*key)
+        hs.count += 1
+        status = response.get("status") if response is not None else None
+        error = response.get("error") if response is not None else "no response"
+        label = str(status) if status is not None else "error"
+        hs.statuses[label] = hs.statuses.get(label, 0) + 1
+        if error or not isinstance(status, int) or status >= 400:
+            hs.errors += 1
+        dt = int((response or {}).get("dt_ns") or 0)
+        hs.total_ns += dt
+        hs.max_ns = max(hs.max_ns, dt)
+
+    def top(self, n: int, by: str = "total", func_filter: FuncFilter | None = None) -> list[FuncStats]:
+        """The ``n`` functions with the most ``total``, ``own`` time or ``calls``.
+
+        Args:
+            n: how many.
+            by: ``"total"``, ``"own"`` or ``"calls"``.
+            func_filter: keep only functions it accepts (``(module, func) -> bool``).
+        """
+        attr = {"total": "total_ns", "own": "own_ns", "calls": "calls"}[by]
+        funcs = [f for f in self.functions.values() if func_filter is None or func_filter(f.module, f.func)]
+        funcs.sort(key=lambda f: (getattr(f, attr), f.calls), reverse=True)
+        return funcs[:n]
+
+
+def _func_rows(funcs: list[FuncStats]) -> list[list[Any]]:
+    return [[[(shorten(f.name, 60), "bold")], f"{f.calls:,}", fmt_ns(f.total_ns), fmt_ns(f.own_ns),
+             [(str(f.raised), "red")] if f.raised else "0"] for f in funcs]
+
+
+def summary_blocks(stats: Stats, *, top: int = 10, func_filter: FuncFilter | None = None,
+                   sessions: bool = True, max_sessions: int = 20) -> list[Table | Lines]:
+    """The summary as blocks for :func:`handit.renderers.emit`: sessions, busiest functions, errors, HTTP, totals.
+
+    Args:
+        stats: the aggregates.
+        top: rows in the function tables.
+        func_filter: only functions it accepts are listed.
+        sessions: include the sessions table.
+        max_sessions: rows in the sessions table.
+    """
+    blocks: list[Table | Lines] = []
+    if sessions and stats.sessions:
+        rows = []
+        for info in list(stats.sessions.values())[:max_sessions]:
+            duration = info.duration_ns if info.duration_ns is not None else max(info.last_ns - (info.t0_ns or info.last_ns), 0)
+            notes = []
+            if info.incomplete or not info.ended:
+                notes.append(("incomplete ", "yellow"))
+            if info.dropped:
+                notes.append((f"{info.dropped:,} dropped", "red"))
+            rows.append([[(str(info.tag) if info.tag is not None else "-", "bold cyan")], info.id[:8], fmt_ns(duration),
+                         f"{info.calls:,}", str(info.exceptions), notes or ""])
+        more = stats.session_count - len(rows)
+        blocks.append(Table("Sessions", ["tag", "session", ">duration", ">calls", ">exceptions", "notes"], rows,
+                            note=f"… and {more:,} more sessions (filter with --session or --tag)" if more > 0 else ""))
+    by_total = stats.top(top, "total", func_filter)
+    if by_total:
+        cols = ["function", ">calls", ">total", ">own", ">raised"]
+        blocks.append(Table("Busiest functions (total time)", cols, _func_rows(by_total)))
+        blocks.append(Table("Most own time (total minus the calls they made)", cols, _func_rows(stats.top(top, "own", func_filter))))
+    errors = [e for e in stats.errors.values() if func_filter is None or func_filter(e.module, e.func)]
+    if errors:
+        errors.sort(key=lambda e: e.count, reverse=True)
+        rows = [[[(e.type_name, "bold red")], shorten(e.message, 50), e.name, shorten(" → ".join(e.through), 50) or "-", f"{e.count:,}"]
+                for e in errors[:top]]
+        more = len(errors) - len(rows) + stats.errors_omitted
+        blocks.append(Table("Errors (by where they were raised)", ["exception", "message", "raised in", "passed through", ">count"],
+                            rows, note=f"… and {more:,} more" if more > 0 else ""))
+    if stats.http:
+        https = sorted(stats.http.values(), key=lambda h: h.total_ns, reverse=True)
+        rows = [[h.method, shorten(h.url, 60), f"{h.count:,}", ", ".join(f"{k}×{v}" if v > 1 else k for k, v in sorted(h.statuses.items())),
+                 [(str(h.errors), "red")] if h.errors else "0", fmt_ns(h.total_ns), fmt_ns(h.max_ns)] for h in https[:top]]
+        more = len(https) - len(rows) + stats.http_omitted
+        blocks.append(Table("HTTP calls", ["method", "url", ">calls", "status", ">errors", ">total", ">slowest"], rows,
+                            note=f"… and {more:,} more" if more > 0 else ""))
+    totals: list[tuple[str, str]] = [
+        (f"{stats.session_count:,} session{'s' if stats.session_count != 1 else ''} · {stats.calls:,} calls · "
+         f"{stats.raised:,} exceptions · {stats.http_calls:,} HTTP calls", ""),
+    ]
+    losses = [(n, what) for n, what in ((stats.dropped, "records dropped"), (stats.incomplete, "calls unfinished"),
+                                         (stats.abandoned, "generators abandoned"), (stats.corrupt_blocks, "corrupt blocks")) if n]
+    if losses:
+        totals.append((" · " + " · ".join(f"{n:,} {what}" for n, what in losses), "yellow"))
+    blocks.append(Lines("", [totals]))
+    return blocks
+
+
+def render_summary(events: Iterable[dict[str, Any]], top: int = 10) -> str:
+    """A short plain-text summary of events: sessions, the busiest functions, errors, HTTP calls.
+
+    Args:
+        events: events in the JSONL schema (a list or any iterable; consumed once).
+        top: rows in the function tables.
+    Returns:
+        the summary text.
+    """
+    return plain_text(summary_blocks(Stats().feed(events), top=top))

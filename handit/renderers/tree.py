@@ -1,0 +1,266 @@
+"""Tree view: a stream of call / return / exception events -> a bounded call tree with repeats folded, as lines.
+
+:class:`TreeBuilder` keeps at most ``max_nodes`` nodes, whatever the size of
+the trace: per session the first root calls and their subtrees, to
+``max_depth`` levels and ``max_children`` distinct children a node. A call that
+finishes exactly like an earlier sibling (same function, arguments, result and
+subtree shape) is folded into it (``fib(n=3) → 2  ×12``) and its nodes are given
+back to the budget. Calls past the limits are counted: by function under their
+parent ("… 988 more: step ×988"), or as deeper calls.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from . import Lines, Segment, fmt_args, fmt_ns, shorten
+
+__all__ = ["Node", "SessionRoot", "TreeBuilder"]
+
+_KEPT, _DEEPER, _OTHER, _INSIDE = 0, 1, 2, 3  # how an open call is accounted for
+_MAX_OTHER_FUNCS = 8
+
+
+class _Parent:
+    """What a node and a session root share: children, folded-away counts, and a fold index while open."""
+
+    __slots__ = ("children", "others", "hidden", "index")
+
+    def __init__(self) -> None:
+        self.children: list[Node] = []
+        self.others: dict[str, list[int]] = {}  # func -> [calls, total ns] of children past the limits
+        self.hidden = 0  # calls below the depth limit
+        self.index: dict[int, Node] | None = None  # shape key -> the finished child with that shape
+
+    def _count_other(self, func: str) -> str:
+        if func not in self.others and len(self.others) >= _MAX_OTHER_FUNCS:
+            func = "…"
+        slot = self.others.setdefault(func, [0, 0])
+        slot[0] += 1
+        return func
+
+
+class Node(_Parent):
+    """One call (or ``count`` identical calls folded together) in the tree."""
+
+    __slots__ = ("func", "module", "args", "ret", "exc", "flag", "dt_ns", "count", "size", "key")
+
+    def __init__(self, func: str, module: str, args: dict[str, Any] | None) -> None:
+        super().__init__()
+        self.func, self.module, self.args = func, module, args or {}
+        self.ret: str | None = None
+        self.exc: tuple[str, str] | None = None
+        self.flag = ""  # "", "incomplete", "abandoned", "open" (no return seen)
+        self.dt_ns: int | None = None
+        self.count = 1
+        self.size = 1
+        self.key = 0
+
+    def _close(self) -> None:
+        """Fix the node's size and shape key once it and its children have finished."""
+        self.index = None
+        self.size = 1 + sum(c.size for c in self.children)
+        self.key = hash((
+            self.func, self.module, tuple(self.args.items()), self.ret, self.exc, self.flag,
+            tuple((c.key, c.count) for c in self.children), self.hidden,
+            tuple((name, slot[0]) for name, slot in self.others.items()),
+        ))
+
+
+class SessionRoot(_Parent):
+    """A session at the top of the tree; its children are the session's root calls."""
+
+    __slots__ = ("session_id", "tag")
+
+    def __init__(self, session_id: str, tag: str | None) -> None:
+        super().__init__()
+        self.session_id, self.tag = session_id, tag
+        self.index = {}
+
+
+class TreeBuilder:
+    """Builds a bounded call tree from events, one at a time.
+
+    Args:
+        max_nodes: the most nodes kept (session roots included).
+        max_depth: calls deeper than this (roots are depth 0) are only counted.
+        max_children: distinct children kept per node and root calls per session.
+        root_filter: if given, ``(module, func) -> bool``; only calls it accepts,
+            and what they call, are shown, each outermost match as a root.
+
+    Attributes:
+        roots: session id -> :class:`SessionRoot`, in order of appearance.
+        sessions_omitted: sessions left out because the budget was spent.
+    """
+
+    def __init__(self, *, max_nodes: int = 200, max_depth: int = 8, max_children: int = 12,
+                 root_filter: Callable[[str, str], bool] | None = None) -> None:
+        self.max_nodes, self.max_depth, self.max_children = max_nodes, max_depth, max_children
+        self.root_filter = root_filter
+        self.roots: dict[str, SessionRoot] = {}
+        self.sessions_omitted = 0
+        self.used = 0
+        self._tags: dict[Any, Any] = {}
+        # (session, call_id) -> (node or None, depth, container, mode, func counted in container.others)
+        self._open: dict[tuple[Any, Any], tuple[Node | None, int, _Parent | None, int, str]] = {}
+
+    def feed(self, events: Any) -> TreeBuilder:
+        """Add every event of an iterable; returns ``self``."""
+        for event in events:
+            self.add(event)
+        return self
+
+    def add(self, event: dict[str, Any]) -> None:
+        """Add one event (only ``call``, ``return``, ``exception`` and session events matter)."""
+        kind = event.get("type")
+        if kind == "call":
+            self._call(event)
+        elif kind == "return":
+            self._return(event)
+        elif kind == "exception":
+            entry = self._open.get((event.get("session_id"), event.get("call_id")))
+            if entry is not None and entry[0] is not None:
+                entry[0].exc = (str(event.get("type_name") or "?"), str(event.get("message") or ""))
+        elif kind == "session_start":
+            self._tags[event.get("session_id")] = event.get("tag")
+            if self.used >= self.max_nodes:
+                self.sessions_omitted += 1
+        elif kind == "session_end":
+            self._tags.pop(event.get("session_id"), None)
+
+    def _root(self, sid: Any) -> SessionRoot | None:
+        root = self.roots.get(sid)
+        if root is None and self.used < self.max_nodes:
+            root = self.roots[sid] = SessionRoot(str(sid), self._tags.get(sid))
+            self.used += 1
+        return root
+
+    def _call(self, e: dict[str, Any]) -> None:
+        sid = e.get("session_id")
+        pid = e.get("parent_id")
+        func, module = str(e.get("func") or "?"), str(e.get("module") or "?")
+        parent = self._open.get((sid, pid)) if pid is not None else None
+        key = (sid, e.get("call_id"))
+        if self.root_filter is not None and (parent is None or parent[1] < 0):
+            if not self.root_filter(module, func):
+                self._open[key] = (None, -1, None, _INSIDE, "")  # outside every match
+                return
+            parent = None
+        if parent is None:
+            depth, container = 0, self._root(sid)
+            if container is None:
+                self._open[key] = (None, 0, None, _INSIDE, "")
+                return
+        else:
+            node, pdepth, pcontainer, pmode, _ = parent
+            depth = pdepth + 1
+            if node is None:  # below a call that is only counted
+                if pmode == _DEEPER and pcontainer is not None:
+                    pcontainer.hidden += 1
+                    self._open[key] = (None, depth, pcontainer, _DEEPER, "")
+                else:
+                    self._open[key] = (None, depth, None, _INSIDE, "")
+                return
+            container = node
+        if depth > self.max_depth:
+            container.hidden += 1
+            self._open[key] = (None, depth, container, _DEEPER, "")
+        elif self.used >= self.max_nodes or len(container.children) >= self.max_children:
+            self._open[key] = (None, depth, container, _OTHER, container._count_other(func))
+        else:
+            node = Node(func, module, e.get("args_preview"))
+            node.flag = "open"
+            container.children.append(node)
+            self.used += 1
+            self._open[key] = (node, depth, container, _KEPT, "")
+
+    def _return(self, e: dict[str, Any]) -> None:
+        entry = self._open.pop((e.get("session_id"), e.get("call_id")), None)
+        if entry is None:
+            return
+        node, _, container, mode, other = entry
+        dt = int(e.get("dt_ns") or 0)
+        if mode == _OTHER and container is not None:
+            container.others[other][1] += dt
+        if node is None or container is None:
+            return
+        node.dt_ns = dt
+        ret = (e.get("locals_preview") or {}).get("return")
+        node.ret = None if ret is None else str(ret)
+        node.flag = "incomplete" if e.get("incomplete") else "abandoned" if e.get("abandoned") else ""
+        node._close()
+        index = container.index
+        if index is None:
+            index = container.index = {}
+        same = index.get(node.key)
+        if same is None:
+            index[node.key] = node
+            return
+        same.count += node.count
+        same.dt_ns = (same.dt_ns or 0) + dt
+        children = container.children
+        if children and children[-1] is node:
+            children.pop()
+        else:
+            children.remove(node)
+        self.used -= node.size
+
+    # -- rendering -------------------------------------------------------------------------
+    def lines(self, width: int = 120) -> list[list[Segment]]:
+        """The tree as lines of styled segments, sessions first, then their calls with guides.
+
+        Args:
+            width: labels are cut to about this many characters.
+        """
+        out: list[list[Segment]] = []
+        for root in self.roots.values():
+            if not root.children and not root.others:
+                continue
+            tag = root.tag if root.tag is not None else "session"
+            out.append([("● ", "cyan"), (str(tag), "bold cyan"), (f"  {root.session_id[:8]}", "dim")])
+            self._render_children(root, "", out, width)
+        if self.sessions_omitted:
+            out.append([(f"… {self.sessions_omitted:,} more sessions not shown (filter with --session or --tag)", "dim")])
+        return out
+
+    def block(self, title: str = "Call tree", width: int = 120) -> Lines:
+        """The tree as a titled block for :func:`handit.renderers.emit`."""
+        return Lines(title, self.lines(width))
+
+    def _render_children(self, parent: _Parent, prefix: str, out: list[list[Segment]], width: int) -> None:
+        extra: list[list[Segment]] = []
+        if parent.others:
+            calls = sum(slot[0] for slot in parent.others.values())
+            total = sum(slot[1] for slot in parent.others.values())
+            top = sorted(parent.others.items(), key=lambda kv: kv[1][0], reverse=True)[:4]
+            names = ", ".join(f"{name} ×{slot[0]:,}" for name, slot in top)
+            extra.append([(f"… {calls:,} more: {names}", "dim"), (f"  {fmt_ns(total)}", "dim")])
+        if parent.hidden:
+            extra.append([(f"… {parent.hidden:,} deeper calls (raise --depth to see them)", "dim")])
+        items: list[Node | list[Segment]] = [*parent.children, *extra]
+        for n, item in enumerate(items):
+            last = n == len(items) - 1
+            guide = ("└─ " if last else "├─ ", "dim")
+            if isinstance(item, Node):
+                out.append([(prefix, "dim"), guide, *self._label(item, width - len(prefix))])
+                self._render_children(item, prefix + ("   " if last else "│  "), out, width)
+            else:
+                out.append([(prefix, "dim"), guide, *item])
+
+    @staticmethod
+    def _label(node: Node, width: int) -> list[Segment]:
+        width = max(width, 40)
+        args = fmt_args(node.args, width=max(width - len(node.func) - 20, 20))
+        parts: list[Segment] = [(node.func, "bold"), ("(", ""), (args, "yellow"), (")", "")]
+        if node.exc is not None:
+            parts.append((f" ✗ {node.exc[0]}: {shorten(node.exc[1], 40)}", "bold red"))
+        elif node.ret is not None:
+            parts.append((f" → {shorten(node.ret, 40)}", "green"))
+        if node.count > 1:
+            parts.append((f"  ×{node.count:,}", "bold magenta"))
+        if node.dt_ns is not None:
+            parts.append((f"  {fmt_ns(node.dt_ns)}" + (" total" if node.count > 1 else ""), "dim"))
+        if node.flag:
+            label = {"open": "no return recorded", "incomplete": "unfinished at session end",
+                     "abandoned": "never resumed"}[node.flag]
+            parts.append((f"  ({label})", "yellow"))
+        return parts

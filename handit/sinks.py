@@ -1,0 +1,130 @@
+"""Sinks: what a session's blocks and events are written to while it runs (files, exporters)."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .reader import TraceBuilder
+
+_writers: dict[str, Any] = {}  # one writer per output file in this process
+_written_codes: dict[str, dict[Any, int]] = {}  # per writer: code-table entries already written
+_exporters: dict[str, Any] = {}  # one HTTP exporter per endpoint
+
+
+class FileSink:
+    """Writes a session's blocks to a compact trace file, or its events to JSONL."""
+
+    def __init__(self, path: str, fmt: str) -> None:
+        self.path = path
+        self.fmt = fmt
+        self.builders: dict[str, Any] = {}
+        key = f"{fmt}:{os.path.abspath(path)}"
+        writer = _writers.get(key)
+        if writer is None:
+            if fmt == "jsonl":
+                from .exporters.jsonl import JsonlExporter
+
+                writer = JsonlExporter(path)
+            else:
+                from .tracefile import TraceFileWriter
+
+                writer = TraceFileWriter(path)
+            _writers[key] = writer
+        self.writer = writer
+        self.writer_codes = _written_codes.setdefault(key, {})
+
+    def start(self, session: Session) -> None:
+        if self.fmt == "jsonl":
+            self.writer.write_events([session.start_event()])
+        else:
+            self.writer.session_start(session.start_event())
+
+    def block(self, session: Session, block: bytes) -> None:
+        if self.fmt == "jsonl":
+            builder = self.builders.get(session.id)
+            if builder is None:
+                builder = self.builders[session.id] = TraceBuilder(session.id, session._codes.code_info)
+            self.writer.write_events(builder.feed(block))
+        else:
+            codes = session._codes
+            self.writer.codes(codes.codes_since(self.writer_codes.get(codes, 0)))
+            self.writer_codes[codes] = codes.code_count()
+            self.writer.block(session.id, block)
+
+    def events(self, session: Session, events: list[dict[str, Any]]) -> None:
+        if self.fmt == "jsonl":
+            self.writer.write_events(events)
+        else:
+            self.writer.events(events)
+
+    def end(self, session: Session) -> None:
+        if self.fmt == "jsonl":
+            builder = self.builders.pop(session.id, None)
+            if builder is not None:
+                self.writer.write_events(builder.finish(session.t1_ns))
+            self.writer.write_events([session.end_event()])
+        else:
+            self.writer.session_end(session.end_event())
+        self.writer.flush()
+
+
+class EventSink:
+    """Feeds a session's events (decoded from its blocks) to an exporter."""
+
+    def __init__(self, exporter: Any) -> None:
+        self.exporter = exporter
+        self.builders: dict[str, TraceBuilder] = {}
+
+    def start(self, session: Any) -> None:
+        self.exporter.write_events([session.start_event()])
+
+    def block(self, session: Any, block: bytes) -> None:
+        builder = self.builders.get(session.id)
+        if builder is None:
+            builder = self.builders[session.id] = TraceBuilder(session.id, session._codes.code_info)
+        self.exporter.write_events(builder.feed(block))
+
+    def events(self, session: Any, events: list[dict[str, Any]]) -> None:
+        self.exporter.write_events(events)
+
+    def end(self, session: Any) -> None:
+        builder = self.builders.pop(session.id, None)
+        if builder is not None:
+            self.exporter.write_events(builder.finish(session.t1_ns))
+        self.exporter.write_events([session.end_event()])
+
+
+def webhook_exporter(config: Any) -> Any:
+    """The process's exporter for HANDIT_ENDPOINT (created once per endpoint)."""
+    exporter = _exporters.get(config.endpoint)
+    if exporter is None:
+        from .exporters.webhook import WebhookExporter
+
+        exporter = WebhookExporter(
+            config.endpoint,
+            config.api_key,
+            spool_dir=config.spool_dir,
+            timeout=config.http_timeout,
+            max_spool_bytes=config.max_spool_bytes,
+            max_queue_bytes=config.max_buffer_bytes,
+            allow_insecure_http=config.allow_insecure_http,
+            flush_interval=config.flush_every_ms / 1000,
+        )
+        _exporters[config.endpoint] = exporter
+    return exporter
+
+
+def flush_all() -> None:
+    """Flush every file writer and exporter (at exit; never raises)."""
+    for sink in list(_writers.values()) + list(_exporters.values()):
+        try:
+            sink.flush()
+        except Exception:
+            pass
+
+
+def forget_all() -> None:
+    """Drop every writer and exporter without writing (a forked child)."""
+    _writers.clear()
+    _written_codes.clear()
+    _exporters.clear()
