@@ -144,7 +144,7 @@ _BRANCHES = [
     r"_(?<=whsec_)(?<![A-Za-z0-9_]whsec_)[A-Za-z0-9+/=]{20,}(?P<stripe_wh>)",
     r"_(?<=hf_)(?<![A-Za-z0-9_]hf_)(?=[A-Za-z0-9]*[A-Z])(?=[A-Za-z0-9]*[a-z])"
     r"[A-Za-z0-9]{20,}(?P<hf>)",
-    r"A(?<![A-Za-z0-9]A)[KS]IA(?:[A-Z0-9]{16}(?![A-Za-z0-9])|[A-Z0-9]{8,15}\Z)(?P<aws>)",
+    r"A(?<![A-Za-z0-9]A)[KS]IA(?:[A-Z0-9]{16}|[A-Z0-9]{8,15}\Z)(?P<aws>)",
     rf"A(?<!{_T}A)Iza[0-9A-Za-z_\-]{{20,}}(?P<google>)",
     r"_(?<=gh[pousr]_)(?<![A-Za-z0-9_]gh[pousr]_)[A-Za-z0-9]{20,}(?P<github>)",
     r"_(?<=github_)(?<![A-Za-z0-9_]github_)pat_[A-Za-z0-9_]{20,}(?P<github_pat>)",

@@ -1,0 +1,130 @@
+"""Secrets traced through every exporter: none appears in any output byte; look-alikes stay visible."""
+from __future__ import annotations
+
+import gzip
+import importlib
+import io
+import json
+import sys
+
+import pytest
+
+import handit
+from conftest import calls_of
+from secrets_corpus import HARMLESS, SECRETS, leaked
+
+sinks = importlib.import_module("handit.sinks")
+
+
+def takes(api_key_value, note, payload):
+    return payload
+
+
+def returns(value):
+    return {"result": [value]}
+
+
+def raises(value):
+    raise RuntimeError(f"request failed with {value}")
+
+
+def long_arg(text):
+    return len(text)
+
+
+def workload():
+    for _, secret in SECRETS:
+        takes(secret, f"see {secret} here", {"nested": [secret], "auth": {"inner": secret}})
+        returns(secret)
+        try:
+            raises(secret)
+        except RuntimeError:
+            pass
+        long_arg("x" * 300 + secret)  # cut by HANDIT_MAX_STR
+        long_arg(secret + "y" * 300)
+
+
+def check(blob: str) -> None:
+    for _, secret in SECRETS:
+        piece = leaked(blob, secret)
+        assert piece is None, f"{secret[:6]}… leaked as {piece!r}"
+
+
+def test_no_secret_in_any_output(engine, tmp_path):
+    from ingest_server import IngestServer
+
+    with IngestServer() as server:
+        outputs = []
+        for name in ("t.handit", "t.jsonl"):
+            handit.configure(
+                output_file=str(tmp_path / name),
+                endpoint=server.url if name == "t.jsonl" else None,
+                spool_dir=str(tmp_path / "spool"),
+                capture="args",
+            )
+            with handit.session("secrets") as s:
+                workload()
+            outputs.append((tmp_path / name).read_bytes().decode("utf-8", "replace"))
+            outputs.append(json.dumps(s.events, ensure_ascii=False))
+            assert len(calls_of(s.events, "takes")) == len(SECRETS)
+        exporter = sinks._exporters.pop(server.url)
+        exporter.flush(10)
+        exporter.close()
+        outputs.append(json.dumps(server.events, ensure_ascii=False))
+        assert server.events
+    # the compact file stores previews as UTF-8 text: decoding it above exposes every string
+    for blob in outputs:
+        check(blob)
+
+
+@pytest.mark.parametrize("value", HARMLESS)
+def test_look_alikes_stay_visible(value):
+    from handit._policy import Policy
+
+    previewer = Policy(handit.get_config()).previewer
+    assert "<redacted>" not in previewer.preview(value)
+
+
+class Hostile:
+    calls = 0
+
+    def __repr__(self):
+        Hostile.calls += 1
+        raise RuntimeError("repr must not be called")
+
+    def __str__(self):
+        Hostile.calls += 1
+        return "x"
+
+    @property  # type: ignore[misc]
+    def __class__(self):
+        Hostile.calls += 1
+        return int
+
+
+def hostile_program(out):
+    rec = [1]
+    rec.append(rec)
+    d = {}
+    d["self"] = d
+    values = [Hostile(), rec, d, b"\xff\xfe invalid", "lone \udcff surrogate", list(range(100000)), 10**5000 if sys.version_info < (3, 11) else 7]
+
+    def f(*args, **kwargs):
+        return args[0]
+
+    for v in values:
+        out.write(type(f(v, key=v)).__name__ + "\n")
+    return len(values)
+
+
+def test_hostile_objects_change_nothing(engine):
+    plain = io.StringIO()
+    hostile_program(plain)
+    traced = io.StringIO()
+    Hostile.calls = 0
+    with handit.session("hostile") as s:
+        hostile_program(traced)
+    assert traced.getvalue() == plain.getvalue()
+    assert Hostile.calls == 0
+    json.dumps(s.events).encode("utf-8")  # every preview is valid UTF-8
+    assert len(calls_of(s.events, "f")) == 7
