@@ -10,6 +10,8 @@
 #endif
 #include <time.h>
 
+typedef Py_tracefunc handit_tracefunc;
+
 /* Raw clock: the TSC on x86-64 (~7 ns to read; calibrated against the monotonic clock
    in the drain), CLOCK_MONOTONIC elsewhere. */
 static inline uint64_t handit_ticks(void) {
@@ -107,17 +109,55 @@ static inline PyObject *handit_frame_arg(PyFrameObject *f, int i, PyObject *name
 #endif
 }
 
-/* Profile function on every thread that exists now. */
+/* Profile function on every thread that exists now.
+   PY310/PY311: cProfile and other profilers also use the one profile-function slot, so a
+   profile function already installed on a thread is remembered and called first by ours
+   (handit_prev_profile), and put back when handit stops. On 3.12+ cProfile uses
+   sys.monitoring and the slot is free. */
+typedef struct { unsigned long ident; Py_tracefunc func; PyObject *obj; } handit_prev_entry;
+#define HANDIT_MAX_PREV 64
+static handit_prev_entry handit_prev[HANDIT_MAX_PREV];
+static int handit_nprev = 0;
+
 static inline void handit_set_profile_all(Py_tracefunc func) {
 #if PY_VERSION_HEX >= 0x030C0000
-    PyEval_SetProfileAllThreads(func, NULL);
+    if (func != NULL) { PyEval_SetProfileAllThreads(func, NULL); return; }
+    PyEval_SetProfileAllThreads(NULL, NULL);
 #else
     PyThreadState *me = PyThreadState_Get();
     PyThreadState *t = PyInterpreterState_ThreadHead(me->interp);
     for (; t != NULL; t = PyThreadState_Next(t)) {
-        _PyEval_SetProfile(t, func, NULL);
+        if (func != NULL) {
+            if (t->c_profilefunc != NULL && t->c_profilefunc != func && handit_nprev < HANDIT_MAX_PREV) {
+                handit_prev_entry *e = &handit_prev[handit_nprev++];
+                e->ident = t->thread_id;
+                e->func = t->c_profilefunc;
+                e->obj = t->c_profileobj;
+                Py_XINCREF(e->obj);
+            }
+            _PyEval_SetProfile(t, func, NULL);
+        } else {
+            Py_tracefunc restore = NULL;
+            PyObject *obj = NULL;
+            for (int i = 0; i < handit_nprev; i++) {
+                if (handit_prev[i].ident == t->thread_id) { restore = handit_prev[i].func; obj = handit_prev[i].obj; }
+            }
+            _PyEval_SetProfile(t, restore, obj);
+        }
+    }
+    if (func == NULL) {
+        for (int i = 0; i < handit_nprev; i++) Py_XDECREF(handit_prev[i].obj);
+        handit_nprev = 0;
     }
 #endif
+}
+
+/* The profile function this thread had before handit's (PY310/PY311), or NULL. */
+static inline Py_tracefunc handit_prev_profile(unsigned long ident, PyObject **obj) {
+    for (int i = 0; i < handit_nprev; i++) {
+        if (handit_prev[i].ident == ident) { *obj = handit_prev[i].obj; return handit_prev[i].func; }
+    }
+    return NULL;
 }
 
 #endif

@@ -57,8 +57,9 @@ def choose(engine: str = "auto", source: str = "auto", require_compiled: bool = 
     else:
         raise ConfigError("HANDIT_SOURCE", source, "is not one of auto, sysmon, setprofile")
     if engine == "fallback":
-        if require_compiled:
-            raise HanditError("HANDIT_ENGINE=fallback contradicts HANDIT_REQUIRE_COMPILED=1")
+        if require_compiled and _import_compiled()[0] is None:
+            # the pure twin was asked for, but the build must still be complete
+            raise HanditError(f"the compiled engine is required but {_import_compiled()[1]}")
         from . import _fallback
 
         return EngineChoice(_fallback, "fallback", source, f"HANDIT_ENGINE=fallback; {source_reason}")

@@ -375,12 +375,22 @@ def install(source: str, policy: Policy) -> None:
             # The pure-Python engine can reach only the current thread and threads
             # started from now on; the compiled engine reaches every thread.
             threading.setprofile(profile_callback)
-            sys.setprofile(profile_callback)
+            ensure_thread()
 
 
 def ensure_thread() -> None:
     """Make sure the calling thread delivers events (a thread that existed before install)."""
-    if _source == "setprofile" and sys.getprofile() is not profile_callback:
+    current = sys.getprofile()
+    if _source == "setprofile" and current is not profile_callback:
+        if current is not None and not PY312:
+            # another profiler (cProfile) holds this thread's one profile slot; a Python
+            # function cannot chain to it, so it keeps the slot (the compiled engine chains)
+            warnings.warn(
+                "handit (pure-Python engine) records nothing on this thread while another profiler is installed",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return
         sys.setprofile(profile_callback)
 
 
@@ -411,7 +421,8 @@ def uninstall() -> None:
             threading.setprofile_all_threads(None)
         else:
             threading.setprofile(None)  # type: ignore[arg-type]
-            sys.setprofile(None)
+            if sys.getprofile() is profile_callback:
+                sys.setprofile(None)
     _tool_id = None
     _source = None
     _code_map.clear()

@@ -35,6 +35,9 @@ ctypedef struct TState:
     TState* next_all
     PyObject* last_exc
     PyObject* last_exc_text
+    uint32_t prev_generation  # install generation prev_profile was looked up for
+    void* prev_profile        # the profile function this thread had before ours (PY310/PY311)
+    PyObject* prev_profile_obj
 
 ctypedef struct CInfo:
     uint32_t index

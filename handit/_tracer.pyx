@@ -63,6 +63,7 @@ cdef extern from "_compat.h":
     PyObject* handit_frame_code(PyFrameObject*)
     PyObject* handit_frame_arg(PyFrameObject*, int, PyObject*)
     void handit_set_profile_all(handit_tracefunc)
+    handit_tracefunc handit_prev_profile(unsigned long, PyObject**)
     void* handit_code_extra_fast(PyObject*, Py_ssize_t)
     ctypedef struct PyMethodDef:
         pass
@@ -87,6 +88,7 @@ cdef Chunk* _free_chunks = NULL
 cdef int _n_free_chunks = 0
 cdef Py_ssize_t _extra_index = -1
 cdef uint32_t _generation = 1
+cdef uint32_t _install_generation = 1
 cdef int _capture = 0
 cdef int _source_kind = 0          # 0 none, 1 sysmon, 2 setprofile
 cdef object _policy = None
@@ -496,10 +498,15 @@ cdef int profile_call(PyObject* obj, PyFrameObject* frame, int what, PyObject* a
     cdef CInfo* ci
     cdef PyObject* code
     cdef unsigned char how
-    if what != PyTrace_CALL and what != PyTrace_RETURN:
-        return 0
     ts = _tstate()
-    if ts == NULL or ts.busy:
+    if ts == NULL:
+        return 0
+    if ts.prev_generation != _install_generation:
+        ts.prev_generation = _install_generation
+        ts.prev_profile = <void*>handit_prev_profile(ts.ident, &ts.prev_profile_obj)
+    if ts.prev_profile != NULL:  # another profiler (cProfile) was here first: it keeps its events
+        (<handit_tracefunc>ts.prev_profile)(ts.prev_profile_obj, frame, what, arg)
+    if (what != PyTrace_CALL and what != PyTrace_RETURN) or ts.busy:
         return 0
     slot = _current_slot()
     if slot == 0:
@@ -575,7 +582,7 @@ def install(source, policy):
     Raises:
         HanditError: no sys.monitoring tool id is free.
     """
-    global _source_kind, _tool_id, _failed, _DISABLE
+    global _source_kind, _tool_id, _failed, _DISABLE, _install_generation
     set_policy(policy)
     _failed = False
     if source == "sysmon":
@@ -590,6 +597,8 @@ def install(source, policy):
         ev = mon.events
         mon.set_events(tool, ev.PY_START | ev.PY_UNWIND | ev.PY_THROW)
     else:
+
+        _install_generation += 1
         _source_kind = 2
         threading.setprofile(profile_callback)
         handit_set_profile_all(profile_call)

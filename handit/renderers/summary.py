@@ -166,9 +166,6 @@ class Stats:
         if handler is not None:
             handler(event)
 
-    def _session(self, sid: Any) -> SessionInfo | None:
-        return self.sessions.get(sid)
-
     def _call(self, e: dict[str, Any]) -> None:
         self.calls += 1
         sid = e.get("session_id")
@@ -327,8 +324,8 @@ def _func_rows(funcs: list[FuncStats]) -> list[list[Any]]:
              [(str(f.raised), "red")] if f.raised else "0"] for f in funcs]
 
 
-def summary_blocks(stats: Stats, *, top: int = 10, func_filter: FuncFilter | None = None,
-                   sessions: bool = True, max_sessions: int = 20) -> list[Table | Lines]:
+def summary_blocks(stats: Stats, *, top: int = 10, func_filter: FuncFilter | None = None, sessions: bool = True,
+                   max_sessions: int = 20, insert: Iterable[Table | Lines] = ()) -> list[Table | Lines]:
     """The summary as blocks for :func:`handit.renderers.emit`: sessions, busiest functions, errors, HTTP, totals.
 
     Args:
@@ -337,6 +334,7 @@ def summary_blocks(stats: Stats, *, top: int = 10, func_filter: FuncFilter | Non
         func_filter: only functions it accepts are listed.
         sessions: include the sessions table.
         max_sessions: rows in the sessions table.
+        insert: blocks placed after the sessions table (the call tree).
     """
     blocks: list[Table | Lines] = []
     if sessions and stats.sessions:
@@ -353,6 +351,7 @@ def summary_blocks(stats: Stats, *, top: int = 10, func_filter: FuncFilter | Non
         more = stats.session_count - len(rows)
         blocks.append(Table("Sessions", ["tag", "session", ">duration", ">calls", ">exceptions", "notes"], rows,
                             note=f"… and {more:,} more sessions (filter with --session or --tag)" if more > 0 else ""))
+    blocks.extend(insert)
     by_total = stats.top(top, "total", func_filter)
     if by_total:
         cols = ["function", ">calls", ">total", ">own", ">raised"]

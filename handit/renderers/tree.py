@@ -42,7 +42,7 @@ class _Parent:
 class Node(_Parent):
     """One call (or ``count`` identical calls folded together) in the tree."""
 
-    __slots__ = ("func", "module", "args", "ret", "exc", "flag", "dt_ns", "count", "size", "key")
+    __slots__ = ("func", "module", "args", "ret", "exc", "flag", "dt_ns", "count", "size", "key", "calls", "same", "thread")
 
     def __init__(self, func: str, module: str, args: dict[str, Any] | None) -> None:
         super().__init__()
@@ -52,29 +52,40 @@ class Node(_Parent):
         self.flag = ""  # "", "incomplete", "abandoned", "open" (no return seen)
         self.dt_ns: int | None = None
         self.count = 1
-        self.size = 1
+        self.size = 1  # nodes in this subtree (the budget unit)
         self.key = 0
+        self.calls = 1  # calls in this subtree, including those only counted
+        self.same = False  # children dropped: an identical subtree is shown above
+        self.thread = 0  # for a root call on another thread than the session's first: that thread's number
 
     def _close(self) -> None:
-        """Fix the node's size and shape key once it and its children have finished."""
+        """Fix the node's size, call count and shape key once it and its children have finished."""
         self.index = None
         self.size = 1 + sum(c.size for c in self.children)
+        self.calls = 1 + sum(c.calls * c.count for c in self.children) + self.hidden + sum(s[0] for s in self.others.values())
         self.key = hash((
-            self.func, self.module, tuple(self.args.items()), self.ret, self.exc, self.flag,
+            self.func, self.module, tuple(self.args.items()), self.ret, self.exc, self.flag, self.thread,
             tuple((c.key, c.count) for c in self.children), self.hidden,
             tuple((name, slot[0]) for name, slot in self.others.items()),
         ))
+
+    def _drop_children(self) -> int:
+        """Forget the subtree below (shown elsewhere); returns the nodes given back."""
+        freed = self.size - 1
+        self.children, self.others, self.hidden, self.size, self.same = [], {}, 0, 1, True
+        return freed
 
 
 class SessionRoot(_Parent):
     """A session at the top of the tree; its children are the session's root calls."""
 
-    __slots__ = ("session_id", "tag")
+    __slots__ = ("session_id", "tag", "threads")
 
     def __init__(self, session_id: str, tag: str | None) -> None:
         super().__init__()
         self.session_id, self.tag = session_id, tag
         self.index = {}
+        self.threads: dict[Any, int] = {}  # thread ident -> 1, 2, ... in order of first root call
 
 
 class TreeBuilder:
@@ -100,6 +111,7 @@ class TreeBuilder:
         self.sessions_omitted = 0
         self.used = 0
         self._tags: dict[Any, Any] = {}
+        self._seen: dict[int, Node] = {}  # shape key -> the first finished subtree with that shape
         # (session, call_id) -> (node or None, depth, container, mode, func counted in container.others)
         self._open: dict[tuple[Any, Any], tuple[Node | None, int, _Parent | None, int, str]] = {}
 
@@ -169,6 +181,10 @@ class TreeBuilder:
         else:
             node = Node(func, module, e.get("args_preview"))
             node.flag = "open"
+            if isinstance(container, SessionRoot):
+                threads = container.threads
+                number = threads.setdefault(e.get("thread"), len(threads) + 1)
+                node.thread = number if number > 1 else 0
             container.children.append(node)
             self.used += 1
             self._open[key] = (node, depth, container, _KEPT, "")
@@ -194,6 +210,13 @@ class TreeBuilder:
         same = index.get(node.key)
         if same is None:
             index[node.key] = node
+            if node.children or node.hidden or node.others:
+                twin = self._seen.get(node.key)
+                if twin is None:
+                    if len(self._seen) < 4 * self.max_nodes:
+                        self._seen[node.key] = node
+                else:  # the same calls already appear above: show them once
+                    self.used -= node._drop_children()
             return
         same.count += node.count
         same.dt_ns = (same.dt_ns or 0) + dt
@@ -259,6 +282,10 @@ class TreeBuilder:
             parts.append((f"  ×{node.count:,}", "bold magenta"))
         if node.dt_ns is not None:
             parts.append((f"  {fmt_ns(node.dt_ns)}" + (" total" if node.count > 1 else ""), "dim"))
+        if node.same:
+            parts.append((f"  ({node.calls - 1:,} calls below, as above)", "cyan"))
+        if node.thread:
+            parts.append((f"  [thread {node.thread}]", "blue"))
         if node.flag:
             label = {"open": "no return recorded", "incomplete": "unfinished at session end",
                      "abandoned": "never resumed"}[node.flag]

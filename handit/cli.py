@@ -1,0 +1,452 @@
+"""Command line: argv -> Config -> Session for ``handit run``, and trace files -> views for ``show`` and ``export``.
+
+``handit run script.py`` works like ``python -m cProfile``: the program keeps
+its argv, stdin, stdout and exit code; the summary goes to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import runpy
+import sys
+import time
+import warnings
+from typing import IO, Any, Iterator
+
+from . import api, config
+from .errors import HanditError
+from .sessions import Session, engine_info
+from .renderers import Lines, Table, emit, fmt_bytes, progress_reporter
+from .tracefile import detect_format, iter_events, open_append
+
+__all__ = ["main"]
+
+USAGE_ERROR = 2  # what argparse and python itself return for a bad command line or a missing file
+
+
+class CliError(HanditError):
+    """A user mistake: reported as one line on stderr, exit status 2."""
+
+
+def _err(message: str) -> None:
+    print(f"handit: error: {message}", file=sys.stderr)
+
+
+# ---- handit run --------------------------------------------------------------------------------
+
+
+def _default_output(fmt: str) -> str:
+    return time.strftime("handit-%Y%m%d-%H%M%S") + (".jsonl" if fmt == "jsonl" else ".handit")
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Map ``handit run`` options onto Config fields; unset options leave the HANDIT_* values in place."""
+    current = config.get_config()
+    out: dict[str, Any] = {}
+    output = args.output or current.output_file
+    if output is None:
+        output = _default_output(current.output_format)
+    out["output_file"] = os.fspath(output)
+    if args.output:
+        out["output_format"] = "jsonl" if out["output_file"].endswith(".jsonl") else (
+            "handit" if current.output_format == "auto" else current.output_format)
+    if args.include:
+        out["include"] = "|".join(f"(?:{p})" for p in args.include)
+    if args.exclude:  # added to the exclusions in force, so handit and the stdlib stay out
+        out["exclude"] = "|".join(f"(?:{p})" for p in ([current.exclude] if current.exclude else []) + args.exclude)
+    for name in ("capture", "preview", "max_str", "sample_rate", "engine", "source"):
+        value = getattr(args, name)
+        if value is not None:
+            out[name] = value
+    if args.only_cwd:
+        out["capture_only_cwd"] = True
+    return out
+
+
+def _check_output(path: str, fmt: str) -> None:
+    """Fail before the program runs if the trace cannot be written or would mix formats."""
+    try:
+        fd = open_append(path)
+    except OSError as exc:
+        raise CliError(f"cannot write the trace to {path}: {exc.strerror or exc}") from None
+    try:
+        if os.fstat(fd).st_size and detect_format(path) != fmt:
+            raise CliError(f"{path} already holds a {detect_format(path)} trace; "
+                           f"choose another -o than appending {fmt} to it")
+    finally:
+        os.close(fd)
+
+
+def _exit_code(exc: SystemExit) -> int:
+    """The status ``sys.exit(code)`` gives: None -> 0, an int as is, anything else printed and 1."""
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _print_uncaught(exc: BaseException) -> None:
+    """Print an uncaught exception as Python would, without handit's and runpy's frames."""
+    tb = exc.__traceback__
+    ours = {os.path.normcase(__file__), os.path.normcase(runpy.__file__)}
+    while tb is not None and os.path.normcase(tb.tb_frame.f_code.co_filename) in ours:
+        tb = tb.tb_next
+    sys.excepthook(type(exc), exc, tb)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    target = list(args.target)
+    if target[:1] == ["--"]:
+        target = target[1:]
+    if not target:
+        raise CliError("handit run needs a script (handit run script.py [args]) or a module (handit run -m module [args])")
+    name, prog_args = target[0], target[1:]
+    if not args.module:
+        if not os.path.isfile(name):
+            raise CliError(f"can't open file {os.path.abspath(name)!r}: no such file")
+    try:
+        settings = _settings(args)
+        cfg = config.get_config().replace(**settings)
+    except HanditError as exc:
+        raise CliError(str(exc)) from None
+    output = settings["output_file"]
+    _check_output(output, cfg.resolved_output_format)
+    config.configure(**settings)
+
+    saved_argv, saved_path0 = sys.argv[:], sys.path[0] if sys.path else None
+    sys.argv[:] = [name, *prog_args]
+    path0 = os.getcwd() if args.module else os.path.dirname(os.path.abspath(name))
+    if sys.path:
+        sys.path[0] = path0
+    else:
+        sys.path.append(path0)
+    tag = args.tag or (name if args.module else os.path.basename(name))
+    try:
+        sess = api.start(tag)
+    except HanditError as exc:
+        sys.argv[:] = saved_argv
+        raise CliError(f"cannot start tracing: {exc}") from None
+    code = 0
+    uncaught: BaseException | None = None
+    try:
+        if args.module:
+            runpy.run_module(name, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(name, run_name="__main__")
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    except KeyboardInterrupt as exc:
+        uncaught, code = exc, 130
+    except BaseException as exc:  # the program's own error: reported like python does, after the trace is saved
+        uncaught, code = exc, 1
+    finally:
+        api.stop(sess)
+        sys.argv[:] = saved_argv
+        if saved_path0 is not None and sys.path:
+            sys.path[0] = saved_path0
+    if uncaught is not None:
+        _print_uncaught(uncaught)
+        uncaught = None
+    if not args.no_summary:
+        try:
+            _run_summary(sess, output, args.top)
+        except BrokenPipeError:
+            pass
+    return code
+
+
+def _run_summary(sess: Session, path: str, top: int) -> None:
+    """Read this run's sessions back from the trace file (streamed) and print the summary to stderr."""
+    from .renderers.summary import Stats, summary_blocks
+
+    stats = Stats()
+    ids = {sess.id}
+    problem = ""
+    progress = progress_reporter("handit: summarising")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for event in iter_events(path, progress=progress):
+                sid = event.get("session_id") if isinstance(event, dict) else None
+                if event.get("type") == "session_start" and event.get("parent_session_id") in ids:  # type: ignore[union-attr]
+                    ids.add(sid)
+                if sid in ids:
+                    stats.add(event)  # type: ignore[arg-type]
+    except (OSError, HanditError, ValueError) as exc:
+        problem = f"the trace file could not be read back ({exc})"
+    finally:
+        progress.close()
+    info = engine_info() or (sess.engine, sess.source, "")
+    duration = ((sess.t1_ns or 0) - sess.t0_ns) / 1e9
+    head = Lines("", [[("handit ", "bold"), (f"{sess.tag}", "bold cyan"),
+                       (f" · {duration:.3g} s · engine={info[0]} source={info[1]}", "dim")]])
+    blocks: list[Table | Lines] = [head, *summary_blocks(stats, top=top, sessions=len(ids) > 1)]
+    notes: list[list[tuple[str, str]]] = []
+    lost = {k: v for k, v in sess.stats.items() if k in ("dropped", "sink_errors") and v}
+    if lost:
+        notes.append([("lost: " + ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in lost.items()), "bold red")])
+    if problem:
+        notes.append([(problem, "yellow")])
+    try:
+        size = fmt_bytes(os.path.getsize(path))
+    except OSError:
+        size = "missing"
+    shown = path if os.path.isabs(path) else os.path.join(".", path)
+    notes.append([("trace: ", "dim"), (shown, "bold"), (f" ({size})", "dim"),
+                  ("  ·  view it with: ", "dim"), (f"handit show {shown}", "bold")])
+    blocks.append(Lines("", notes))
+    sys.stdout.flush()
+    emit(blocks, sys.stderr)
+
+
+# ---- reading trace files -----------------------------------------------------------------------
+
+
+def _check_trace(path: str) -> str:
+    """The file's format (``handit`` or ``jsonl``), or CliError for anything that is not a readable trace."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except FileNotFoundError:
+        raise CliError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CliError(f"{path}: is a directory, not a trace file") from None
+    except OSError as exc:
+        raise CliError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not head:
+        raise CliError(f"{path}: the file is empty, not a trace")
+    fmt = detect_format(path)
+    if fmt == "jsonl":
+        first = head.lstrip().split(b"\n", 1)[0]
+        try:
+            event = json.loads(first)
+        except ValueError:
+            event = None
+        if not isinstance(event, dict) or "type" not in event:
+            raise CliError(f"{path}: not a handit trace (neither the .handit format nor JSONL events)")
+    return fmt
+
+
+def _events(path: str, progress: Any) -> Iterator[dict[str, Any]]:
+    for event in iter_events(path, progress=progress):
+        if isinstance(event, dict):
+            yield event
+
+
+class _Selector:
+    """Which events belong to the sessions chosen with ``--session`` (id prefix) and ``--tag``."""
+
+    def __init__(self, session: str | None, tag: str | None) -> None:
+        self.prefix, self.tag = session, tag
+        self.active = session is not None or tag is not None
+        self.open: set[Any] = set()
+        self.matched = 0
+
+    def __call__(self, event: dict[str, Any]) -> bool:
+        if not self.active:
+            return True
+        sid = event.get("session_id")
+        kind = event.get("type")
+        if kind == "session_start":
+            ok = (self.prefix is None or str(sid).startswith(self.prefix)) and (self.tag is None or event.get("tag") == self.tag)
+            if ok:
+                self.open.add(sid)
+                self.matched += 1
+            return ok
+        if sid in self.open:
+            if kind == "session_end":
+                self.open.discard(sid)
+            return True
+        return False
+
+
+def _read(path: str, selector: _Selector, consumers: list[Any]) -> None:
+    """Stream the trace through ``consumers`` (objects with ``add(event)``), reporting warnings as one line each."""
+    progress = progress_reporter(f"reading {os.path.basename(path)}")
+    adds = [c.add for c in consumers]
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for event in _events(path, progress):
+                if selector(event):
+                    for add in adds:
+                        add(event)
+    except OSError as exc:
+        raise CliError(f"{path}: reading failed ({exc.strerror or exc})") from None
+    finally:
+        progress.close()
+    for w in caught:
+        print(f"handit: warning: {w.message}", file=sys.stderr)
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .renderers.summary import Stats, func_matcher, summary_blocks
+    from .renderers.tree import TreeBuilder
+
+    fmt = _check_trace(args.file)
+    try:
+        func_filter = func_matcher(args.func)
+    except Exception as exc:  # re.error
+        raise CliError(f"--func {args.func!r} is not a valid regular expression ({exc})") from None
+    stats = Stats()
+    consumers: list[Any] = [stats]
+    tree = None
+    if not args.no_tree:
+        tree = TreeBuilder(max_depth=args.depth, max_nodes=args.max_nodes, root_filter=func_filter)
+        consumers.append(tree)
+    selector = _Selector(args.session, args.tag)
+    _read(args.file, selector, consumers)
+    if selector.active and not selector.matched:
+        _err(f"no session in {args.file} matches" + (f" --session {args.session}" if args.session else "") +
+             (f" --tag {args.tag}" if args.tag else ""))
+        return 1
+    size = fmt_bytes(os.path.getsize(args.file))
+    head = Lines("", [[("handit trace ", "bold"), (args.file, "bold"), (f"  ({fmt}, {size})", "dim")]])
+    extra = [tree.block()] if tree is not None and tree.roots else []
+    blocks = [head, *summary_blocks(stats, top=args.top, func_filter=func_filter, insert=extra)]
+    emit(blocks, sys.stdout)
+    return 0
+
+
+def _open_output(path: str) -> IO[bytes]:
+    if path == "-":
+        return os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return os.fdopen(fd, "wb", buffering=1 << 20)
+
+
+class _JsonlOut:
+    """``add(event)`` / ``close()`` writer of the JSONL schema, in batches."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        from .exporters.jsonl import encode_events
+
+        self.out, self.encode, self.batch = out, encode_events, []  # type: list[dict[str, Any]]
+
+    def add(self, event: dict[str, Any]) -> None:
+        self.batch.append(event)
+        if len(self.batch) >= 1000:
+            self.out.write(self.encode(self.batch))
+            self.batch.clear()
+
+    def close(self) -> None:
+        self.out.write(self.encode(self.batch))
+        self.batch.clear()
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .renderers.chrome import ChromeTraceWriter
+    from .renderers.speedscope import SpeedscopeWriter
+
+    _check_trace(args.file)
+    base = os.path.splitext(args.file)[0]
+    output = args.output or base + {"chrome": ".chrome.json", "speedscope": ".speedscope.json", "jsonl": ".jsonl"}[args.format]
+    if output != "-" and os.path.exists(output) and os.path.samefile(output, args.file):
+        raise CliError(f"the output {output} is the input file; choose another -o")
+    out = _open_output(output)
+    ok = False
+    try:
+        name = os.path.basename(args.file)
+        writer: Any = {"chrome": lambda: ChromeTraceWriter(out, name), "speedscope": lambda: SpeedscopeWriter(out, name),
+                       "jsonl": lambda: _JsonlOut(out)}[args.format]()
+        _read(args.file, _Selector(args.session, args.tag), [writer])
+        writer.close()
+        out.flush()
+        ok = True
+    except OSError as exc:
+        raise CliError(f"cannot write {output}: {exc.strerror or exc}") from None
+    finally:
+        out.close()
+        if not ok and output != "-":
+            try:
+                os.unlink(output)  # no half-written file left behind
+            except OSError:
+                pass
+    if output != "-":
+        print(f"handit: wrote {output} ({fmt_bytes(os.path.getsize(output))}, {args.format})", file=sys.stderr)
+    return 0
+
+
+# ---- argv --------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="handit", description="Record what a Python program's functions did, and look at it.")
+    sub = parser.add_subparsers(dest="command", metavar="{run,show,export}")
+    sub.required = True
+
+    run = sub.add_parser("run", help="run a script or module under the tracer",
+                         usage="handit run [options] script.py [args ...]\n       handit run [options] -m module [args ...]")
+    run.add_argument("-m", dest="module", action="store_true", help="run a library module as a script (like python -m)")
+    run.add_argument("-o", "--output", metavar="FILE", help="trace file (default: handit-<timestamp>.handit here; *.jsonl writes JSONL)")
+    run.add_argument("--include", metavar="REGEX", action="append", help="trace only module::qualname matching this (repeatable)")
+    run.add_argument("--exclude", metavar="REGEX", action="append", help="also skip module::qualname matching this (repeatable)")
+    run.add_argument("--capture", choices=("timing", "args", "full"), help="what a call records (default: args)")
+    run.add_argument("--preview", choices=("safe", "repr"), help="safe never runs user __repr__ (default: safe)")
+    run.add_argument("--max-str", type=int, metavar="N", help="characters kept per preview (>= 16)")
+    run.add_argument("--sample-rate", type=float, metavar="R", help="fraction of functions traced, 0-1")
+    run.add_argument("--only-cwd", action="store_true", help="trace only code under the working directory")
+    run.add_argument("--engine", choices=("auto", "compiled", "fallback"), help="capture engine")
+    run.add_argument("--source", choices=("auto", "sysmon", "setprofile"), help="event source")
+    run.add_argument("--tag", help="the session's tag (default: the script's name)")
+    run.add_argument("--top", type=int, default=8, metavar="N", help="functions listed in the summary (default: 8)")
+    run.add_argument("--no-summary", action="store_true", help="print no summary on stderr")
+    run.add_argument("target", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    run.set_defaults(handler=_cmd_run)
+
+    show = sub.add_parser("show", help="show a trace: sessions, call tree, busiest functions, errors, HTTP calls")
+    show.add_argument("file", help="a .handit or .jsonl trace")
+    _session_options(show)
+    show.add_argument("--func", metavar="REGEX", help="only functions matching this (qualname or module.qualname)")
+    show.add_argument("--depth", type=int, default=8, metavar="N", help="call tree depth (default: 8)")
+    show.add_argument("--top", type=int, default=15, metavar="N", help="rows in the function tables (default: 15)")
+    show.add_argument("--max-nodes", type=int, default=200, metavar="N", help="most lines in the call tree (default: 200)")
+    show.add_argument("--no-tree", action="store_true", help="leave out the call tree")
+    show.set_defaults(handler=_cmd_show)
+
+    export = sub.add_parser("export", help="convert a trace for Perfetto / chrome://tracing, speedscope, or to JSONL")
+    export.add_argument("file", help="a .handit or .jsonl trace")
+    export.add_argument("--format", required=True, choices=("chrome", "speedscope", "jsonl"))
+    export.add_argument("-o", "--output", metavar="OUT", help="output file, - for stdout (default: next to FILE)")
+    _session_options(export)
+    export.set_defaults(handler=_cmd_export)
+    return parser
+
+
+def _session_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--session", metavar="ID", help="only the session whose id starts with this")
+    parser.add_argument("--tag", metavar="T", help="only sessions with this tag")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``handit`` command line.
+
+    Args:
+        argv: the arguments after the program name (default: ``sys.argv[1:]``).
+    Returns:
+        the exit status: the traced program's for ``run``; 0 on success, 2 for
+        a usage error, a missing or unreadable file.
+    """
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse has already printed
+        return exc.code if isinstance(exc.code, int) else USAGE_ERROR
+    try:
+        return int(args.handler(args))
+    except CliError as exc:
+        _err(str(exc))
+        return USAGE_ERROR
+    except BrokenPipeError:  # `handit show big.handit | head`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        return 130
