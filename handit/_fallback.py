@@ -16,6 +16,37 @@ from ._policy import ARGS, EXIT_RETURN, EXIT_YIELD, CodeInfo, Policy, exit_kinds
 from .preview import _type_name as type_name, is_scalar
 from .records import CALL, NO_VALUE, RESUME, RETURN, THROW, UNWIND, YIELD, Rendered
 
+__all__ = [
+    "ENGINE",
+    "PY312",
+    "REDACTED_ARG",
+    "TICKS_ARE_NS",
+    "activate",
+    "after_fork_in_child",
+    "code_count",
+    "code_info",
+    "codes_since",
+    "deactivate",
+    "drain",
+    "ensure_thread",
+    "install",
+    "mark_internal_thread",
+    "profile_callback",
+    "read_ticks",
+    "session_var",
+    "set_policy",
+    "source",
+    "sysmon_py_resume",
+    "sysmon_py_return",
+    "sysmon_py_start",
+    "sysmon_py_throw",
+    "sysmon_py_unwind",
+    "sysmon_py_yield",
+    "take_counts",
+    "tool_id",
+    "uninstall",
+]
+
 ENGINE = "fallback"
 PY312 = sys.version_info >= (3, 12)
 REDACTED_ARG = Rendered("<redacted>")
@@ -463,7 +494,7 @@ def mark_internal_thread() -> None:
     session_var.set(0)
 
 
-def collect() -> list[tuple[int, list[tuple[int, int, int, int, Any, int]]]]:
+def _collect() -> list[tuple[int, list[tuple[int, int, int, int, Any, int]]]]:
     """Take every thread's pending records, oldest first per thread."""
     out = []
     with _buffers_lock:
@@ -543,7 +574,7 @@ def drain(calibration: Any, previewer: Any) -> list[tuple[int, bytes]]:
     out: list[tuple[int, bytes]] = []
     calibration.refine()
     to_ns = calibration.to_epoch_ns
-    for ident, records in collect():
+    for ident, records in _collect():
         blocks: dict[int, tuple[bytearray, list[int]]] = {}
         for kind, slot, code, ts, aux, key in records:
             t = to_ns(ts)
