@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import Any, Callable
 
 from ._internal import start_internal_thread
@@ -26,6 +27,7 @@ class Drain:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.errors = 0
 
     def run_once(self) -> int:
         """Drain everything pending now; returns the number of blocks routed."""
@@ -52,5 +54,7 @@ class Drain:
         while not self._stop.wait(DRAIN_INTERVAL_S):
             try:
                 self.run_once()
-            except Exception:  # the drain never takes the program down; session end retries
-                pass
+            except Exception as exc:  # never takes the program down; said once, counted
+                self.errors += 1
+                if self.errors == 1:
+                    warnings.warn(f"handit: draining records failed ({exc!r}); will retry", RuntimeWarning, stacklevel=1)

@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 import warnings
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
@@ -102,6 +103,7 @@ class Session:
         self.stats["bytes"] += len(block)
         if self._spill is None and self._mem + len(block) > self.config.max_session_memory:
             self._spill = tempfile.TemporaryFile(prefix="handit-spill-")  # created 0600
+            weakref.finalize(self, self._spill.close)
         if self._spill is not None:
             off = self._spill.seek(0, os.SEEK_END)
             self._spill.write(block)

@@ -170,3 +170,19 @@ def test_config_errors_name_the_setting():
     ):
         with pytest.raises(handit.ConfigError, match=name):
             handit.configure(**settings)
+
+
+def test_long_session_spills_to_disk(engine):
+    handit.configure(max_session_memory=4096, capture="timing")
+    with handit.session("long") as s:
+        for _ in range(200):
+            rec(20)
+    assert s._spill is not None and s._mem <= 4096
+    assert len(calls_of(s.events, "rec")) == 200 * 21
+    assert s.stats["calls"] == 200 * 21
+
+
+def test_summary_names_the_busiest_function(engine):
+    with handit.session("sum") as s:
+        rec(10)
+    assert "rec" in s.summary()
