@@ -68,6 +68,18 @@ static inline PyObject *handit_make_fastcall(PyMethodDef *def, handit_fastcall f
     return PyCFunction_New(def, NULL);
 }
 
+/* The running thread state, and its context identity: (context object, context_ver)
+   changes whenever the thread switches contexts (asyncio tasks, Context.run). */
+static inline PyThreadState *handit_tstate(void) {
+#if PY_VERSION_HEX >= 0x030D0000  /* PY313+ */
+    return PyThreadState_GetUnchecked();
+#else
+    return _PyThreadState_UncheckedGet();
+#endif
+}
+static inline void *handit_context_ptr(PyThreadState *t) { return (void *)t->context; }
+static inline uint64_t handit_context_ver(PyThreadState *t) { return t->context_ver; }
+
 /* The frame's last instruction, in 2-byte code units (-1 before the first). */
 static inline int handit_frame_lasti_units(PyFrameObject *f) {
 #if PY_VERSION_HEX >= 0x030B0000  /* PY311+ */

@@ -33,8 +33,10 @@ __all__ = [
     "mark_internal_thread",
     "profile_callback",
     "read_ticks",
+    "reset_slot",
     "session_var",
     "set_policy",
+    "set_slot",
     "source",
     "sysmon_py_resume",
     "sysmon_py_return",
@@ -486,6 +488,16 @@ def take_counts(slot: int) -> tuple[int, int]:
 def deactivate(slot: int) -> None:
     """Drop records for ``slot`` from now on (work outliving its session)."""
     _active.discard(slot)
+
+
+def set_slot(slot: int) -> Any:
+    """Make ``slot`` the current thread's or task's session; returns a token for reset_slot."""
+    return session_var.set(slot)
+
+
+def reset_slot(token: Any) -> None:
+    """Undo a set_slot (raises ValueError if made in another context)."""
+    session_var.reset(token)
 
 
 def mark_internal_thread() -> None:

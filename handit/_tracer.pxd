@@ -35,6 +35,9 @@ ctypedef struct TState:
     TState* next_all
     PyObject* last_exc
     PyObject* last_exc_text
+    void* ctx              # the context the cached slot was read in
+    uint64_t ctx_ver
+    int ctx_slot           # the session slot read from handit's ContextVar there
     uint32_t prev_generation  # install generation prev_profile was looked up for
     void* prev_profile        # the profile function this thread had before ours (PY310/PY311)
     PyObject* prev_profile_obj

@@ -65,6 +65,11 @@ cdef extern from "_compat.h":
     void handit_set_profile_all(handit_tracefunc)
     handit_tracefunc handit_prev_profile(unsigned long, PyObject**)
     void* handit_code_extra_fast(PyObject*, Py_ssize_t)
+    ctypedef struct PyThreadState:
+        pass
+    PyThreadState* handit_tstate()
+    void* handit_context_ptr(PyThreadState*)
+    uint64_t handit_context_ver(PyThreadState*)
     ctypedef struct PyMethodDef:
         pass
     ctypedef PyObject* (*handit_fastcall)(PyObject*, PyObject**, Py_ssize_t) noexcept
@@ -190,8 +195,27 @@ cdef inline void _record(TState* ts, uint8_t kind, int slot, uint32_t code, PyOb
     c.n += 1
 
 
-cdef inline int _current_slot() noexcept:
-    # never raises; 0 when no session is active here
+cdef inline int _current_slot(TState* ts) noexcept:
+    # never raises; 0 when no session is active here. The ContextVar is read again only
+    # when the thread has entered another context (asyncio task switch, Context.run) or
+    # handit set the variable (invalidate()); otherwise the cached slot stands.
+    cdef PyThreadState* t = handit_tstate()
+    cdef void* ctx = handit_context_ptr(t)
+    cdef uint64_t ver = handit_context_ver(t)
+    cdef int slot
+    if ctx != ts.ctx or ver != ts.ctx_ver or ctx == NULL:
+        slot = _read_slot()
+        ts.ctx = ctx
+        ts.ctx_ver = ver
+        ts.ctx_slot = slot
+    else:
+        slot = ts.ctx_slot
+    if slot == 0 or not _active[slot]:
+        return 0
+    return slot
+
+
+cdef int _read_slot() noexcept:
     cdef PyObject* val = NULL
     cdef long slot
     if PyContextVar_Get(_session_var, NULL, &val) < 0:
@@ -201,7 +225,7 @@ cdef inline int _current_slot() noexcept:
         return 0
     slot = PyLong_AsLong(val)
     Py_DECREF(<object>val)
-    if slot <= 0 or slot > 65535 or not _active[slot]:
+    if slot <= 0 or slot > 65535:
         return 0
     return <int>slot
 
@@ -397,7 +421,7 @@ cdef PyObject* _c_py_start(PyObject* self, PyObject** args, Py_ssize_t nargs) no
     cdef PyObject* code = args[0]
     if ts == NULL or ts.busy:
         return _none()
-    slot = _current_slot()
+    slot = _current_slot(ts)
     if slot == 0:
         return _none()
     ci = _cinfo(code)
@@ -420,7 +444,7 @@ cdef PyObject* _c_py_return(PyObject* self, PyObject** args, Py_ssize_t nargs) n
     cdef CInfo* ci
     if ts == NULL or ts.busy:
         return _none()
-    slot = _current_slot()
+    slot = _current_slot(ts)
     if slot == 0:
         return _none()
     ci = _traced(args[0])
@@ -435,7 +459,7 @@ cdef inline PyObject* _suspend_event(PyObject* code, uint8_t kind) noexcept:
     cdef CInfo* ci
     if ts == NULL or ts.busy:
         return _none()
-    slot = _current_slot()
+    slot = _current_slot(ts)
     if slot == 0:
         return _none()
     ci = _traced(code)
@@ -466,7 +490,7 @@ cdef PyObject* _c_py_unwind(PyObject* self, PyObject** args, Py_ssize_t nargs) n
     cdef CInfo* ci
     if ts == NULL or ts.busy:
         return _none()
-    slot = _current_slot()
+    slot = _current_slot(ts)
     if slot == 0:
         return _none()
     ci = _traced(args[0])
@@ -508,7 +532,7 @@ cdef int profile_call(PyObject* obj, PyFrameObject* frame, int what, PyObject* a
         (<handit_tracefunc>ts.prev_profile)(ts.prev_profile_obj, frame, what, arg)
     if (what != PyTrace_CALL and what != PyTrace_RETURN) or ts.busy:
         return 0
-    slot = _current_slot()
+    slot = _current_slot(ts)
     if slot == 0:
         return 0
     code = handit_frame_code(frame)
@@ -663,12 +687,34 @@ def deactivate(int slot):
     _active[slot] = 0
 
 
+cdef void _invalidate() noexcept:
+    # handit set its ContextVar in this thread: read it again on the next event
+    cdef TState* ts = <TState*>handit_get_tls()
+    if ts != NULL:
+        ts.ctx = NULL
+
+
+def set_slot(int slot):
+    """Make ``slot`` the current thread's or task's session; returns a token for reset_slot."""
+    token = session_var.set(slot)
+    _invalidate()
+    return token
+
+
+def reset_slot(token):
+    """Undo a set_slot (raises ValueError if made in another context)."""
+    try:
+        session_var.reset(token)
+    finally:
+        _invalidate()
+
+
 def mark_internal_thread():
     """The calling thread is handit's own: never record it."""
     cdef TState* ts = _tstate()
     if ts != NULL:
         ts.busy = 1
-    session_var.set(0)
+    set_slot(0)
 
 
 def code_info(index):

@@ -118,8 +118,8 @@ def suppressed() -> Iterator[None]:
     if choice is None:
         yield
         return
-    token = choice.module.session_var.set(0)
+    token = choice.module.set_slot(0)
     try:
         yield
     finally:
-        choice.module.session_var.reset(token)
+        choice.module.reset_slot(token)

@@ -8,7 +8,7 @@ from typing import Any, Callable
 from ._internal import start_internal_thread
 from .clock import Calibration
 
-DRAIN_INTERVAL_S = 0.05  # bounds raw-record memory: ~50 ms of a busy thread's events
+DRAIN_INTERVAL_S = 0.01  # ~10 ms of records: they are drained while still in cache
 
 
 class Drain:

@@ -133,7 +133,7 @@ def suppress_profiler_enter() -> None:
     """Stop recording in this thread or task until the matching :func:`suppress_profiler_exit`."""
     choice = _session._state["choice"]
     stack = _tls.__dict__.setdefault("tokens", [])
-    stack.append(choice.module.session_var.set(0) if choice else None)
+    stack.append(choice.module.set_slot(0) if choice else None)
 
 
 def suppress_profiler_exit() -> None:
@@ -144,9 +144,9 @@ def suppress_profiler_exit() -> None:
         choice = _session._state["choice"]
         if token is not None and choice is not None:
             try:
-                choice.module.session_var.reset(token)
+                choice.module.reset_slot(token)
             except ValueError:
-                choice.module.session_var.set(0)
+                choice.module.set_slot(0)
 
 
 def flush_events_to_file(path: str) -> int:

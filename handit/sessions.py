@@ -231,6 +231,7 @@ def _uninstall() -> None:
 def _patch_threads(engine: Any) -> None:
     """Threads and executor tasks started inside a session join it."""
     var = engine.session_var
+    set_slot = engine.set_slot
     orig_start = threading.Thread.start
     orig_submit = ThreadPoolExecutor.submit
 
@@ -240,7 +241,7 @@ def _patch_threads(engine: Any) -> None:
             run = self.run
 
             def run_in_session() -> None:
-                var.set(slot)
+                set_slot(slot)
                 run()
 
             self.run = run_in_session  # type: ignore[method-assign]
@@ -249,7 +250,7 @@ def _patch_threads(engine: Any) -> None:
     def submit(self: ThreadPoolExecutor, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
         slot = var.get()
         if slot:
-            return orig_submit(self, _run_in_slot, var, slot, fn, *args, **kwargs)
+            return orig_submit(self, _run_in_slot, engine, slot, fn, *args, **kwargs)
         return orig_submit(self, fn, *args, **kwargs)
 
     threading.Thread.start = start  # type: ignore[method-assign]
@@ -257,12 +258,12 @@ def _patch_threads(engine: Any) -> None:
     _state["patched"] = (orig_start, start, orig_submit, submit)
 
 
-def _run_in_slot(var: Any, slot: int, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    token = var.set(slot)
+def _run_in_slot(engine: Any, slot: int, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    token = engine.set_slot(slot)
     try:
         return fn(*args, **kwargs)
     finally:
-        var.reset(token)
+        engine.reset_slot(token)
 
 
 def _unpatch_threads() -> None:
@@ -328,7 +329,7 @@ def start(tag: str | None = None, *, attrs: dict[str, str] | None = None, tracep
         if _session_sampled(session, config):
             _open_sinks(session, config)
             choice.module.activate(session.slot)
-        session._token = var.set(session.slot)
+        session._token = choice.module.set_slot(session.slot)
         choice.module.ensure_thread()
     return session
 
@@ -380,9 +381,9 @@ def stop(session: Session | None = None) -> Session | None:
             return session
         if var.get() == session.slot and session._token is not None:
             try:
-                var.reset(session._token)
+                choice.module.reset_slot(session._token)
             except ValueError:  # stopped from another context
-                var.set(session.parent.slot if session.parent else 0)
+                choice.module.set_slot(session.parent.slot if session.parent else 0)
         choice.module.deactivate(session.slot)
         session.t1_ns = time.time_ns()
         try:

@@ -344,7 +344,7 @@ def test_the_fallback_drain_writes_what_the_reader_reads(monkeypatch: pytest.Mon
         (UNWIND, slot, 2, 400, ("ValueError", "bad"), 0),
         (RETURN, slot, 1, 500, 42, 0),
     ]
-    monkeypatch.setattr(_fallback, "collect", lambda: [(A, records)])
+    monkeypatch.setattr(_fallback, "_collect", lambda: [(A, records)])
     ((got_slot, block),) = _fallback.drain(_Calibration(), SimpleNamespace(preview=repr))
     assert got_slot == slot
     expected = (
