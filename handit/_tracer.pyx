@@ -11,7 +11,7 @@ from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_DECREF, Py_XDECREF
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, calloc, free, realloc
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy, strlen
 
 import sys
 import threading
@@ -48,7 +48,17 @@ cdef extern from "Python.h":
     bint PyBytes_CheckExact(PyObject*)
     bint PyComplex_CheckExact(PyObject*)
     bint PyBool_Check(PyObject*)
+    long long PyLong_AsLongLongAndOverflow(PyObject*, int*)
+    double PyFloat_AS_DOUBLE(PyObject*)
+    Py_ssize_t PyUnicode_GET_LENGTH(PyObject*)
+    bint PyUnicode_IS_ASCII(PyObject*)
+    void* PyUnicode_DATA(PyObject*)
+    const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*)
+    char* PyOS_double_to_string(double, char, int, int, int*)
+    int Py_DTSF_ADD_DOT_0
+    void PyMem_Free(void*)
     PyObject* Py_None
+    PyObject* Py_True
     void* Py_TYPE(PyObject*)
 
 cdef extern from "_compat.h":
@@ -61,7 +71,8 @@ cdef extern from "_compat.h":
     int handit_code_set_extra(PyObject*, Py_ssize_t, void*)
     int handit_frame_lasti_units(PyFrameObject*)
     PyObject* handit_frame_code(PyFrameObject*)
-    PyObject* handit_frame_arg(PyFrameObject*, int, PyObject*)
+    PyObject* handit_frame_arg(PyFrameObject*, void*, int)
+    void* handit_current_iframe()
     void handit_set_profile_all(handit_tracefunc)
     handit_tracefunc handit_prev_profile(unsigned long, PyObject**)
     void* handit_code_extra_fast(PyObject*, Py_ssize_t)
@@ -311,10 +322,9 @@ cdef PyObject* _keep(TState* ts, PyObject* value) noexcept:
     return <PyObject*>text
 
 
-cdef PyObject* _args(TState* ts, CInfo* ci, PyFrameObject* frame) noexcept:
+cdef PyObject* _args(TState* ts, CInfo* ci, PyFrameObject* frame, void* iframe) noexcept:
     # tuple of argument values (new reference) or NULL; never raises
     cdef Py_ssize_t i, n = ci.nargs
-    cdef PyObject* names = PyTuple_GET_ITEM(ci.info, 6)
     cdef PyObject* secret = PyTuple_GET_ITEM(ci.info, 7)
     cdef PyObject* tup = PyTuple_New(n)
     cdef PyObject* v
@@ -327,7 +337,7 @@ cdef PyObject* _args(TState* ts, CInfo* ci, PyFrameObject* frame) noexcept:
             Py_INCREF(REDACTED_ARG)
             PyTuple_SET_ITEM(tup, i, <PyObject*>REDACTED_ARG)
             continue
-        v = handit_frame_arg(frame, <int>i, PyTuple_GET_ITEM(names, i))
+        v = handit_frame_arg(frame, iframe, <int>i)
         if v == NULL:
             Py_INCREF(NO_VALUE)
             PyTuple_SET_ITEM(tup, i, <PyObject*>NO_VALUE)
@@ -370,18 +380,17 @@ cdef PyObject* _exception_text(TState* ts, PyObject* exc) noexcept:
 # ---- shared record path ----------------------------------------------------------------------
 
 cdef inline void _on_call(TState* ts, int slot, CInfo* ci, PyFrameObject* frame, uint8_t kind) noexcept:
-    # never raises; frame may be NULL until needed
+    # never raises. frame is NULL for sys.monitoring: the interpreter frame running now is
+    # read instead (PY312+), which needs no frame object.
     cdef uint64_t key = 0
     cdef PyObject* aux = NULL
+    cdef void* iframe = NULL
+    if frame == NULL:
+        iframe = handit_current_iframe()
     if ci.suspendable:
-        if frame == NULL:
-            frame = PyEval_GetFrame()
-        key = <uint64_t>frame
+        key = <uint64_t>frame if frame != NULL else <uint64_t>iframe
     if kind == K_CALL and _capture and ci.nargs:
-        if frame == NULL:
-            frame = PyEval_GetFrame()
-        if frame != NULL:
-            aux = _args(ts, ci, frame)
+        aux = _args(ts, ci, frame, iframe)
     _record(ts, kind, slot, ci.index, aux, key)
 
 
@@ -433,7 +442,7 @@ cdef PyObject* _c_py_start(PyObject* self, PyObject** args, Py_ssize_t nargs) no
     if not ci.traced:
         Py_INCREF(_DISABLE)
         return <PyObject*>_DISABLE
-    _on_call(ts, slot, ci, frame, K_CALL)
+    _on_call(ts, slot, ci, NULL, K_CALL)  # keys and arguments from the interpreter frame
     return _none()
 
 
@@ -464,7 +473,7 @@ cdef inline PyObject* _suspend_event(PyObject* code, uint8_t kind) noexcept:
         return _none()
     ci = _traced(code)
     if ci != NULL:
-        _record(ts, kind, slot, ci.index, NULL, <uint64_t>PyEval_GetFrame())
+        _record(ts, kind, slot, ci.index, NULL, <uint64_t>handit_current_iframe())
     return _none()
 
 
@@ -795,20 +804,173 @@ cdef inline uint64_t _zigzag(int64_t v) noexcept:
 
 
 cdef int _put_string(OutBuf* b, object text) except -1:
-    cdef bytes data = text.encode("utf-8", "backslashreplace")
-    cdef Py_ssize_t n = len(data)
+    cdef Py_ssize_t n = 0
+    cdef const char* p = PyUnicode_AsUTF8AndSize(text, &n)  # cached; ASCII: no copy
+    cdef bytes data
+    if p == NULL:  # lone surrogates: escaped, as the fallback does
+        PyErr_Clear()
+        data = text.encode("utf-8", "backslashreplace")
+        p = <const char*>data
+        n = len(data)
     if _reserve(b, n + 10) < 0:
         raise MemoryError
     _put_varint(b, n)
-    memcpy(b.data + b.len, <char*>data, n)
+    memcpy(b.data + b.len, p, n)
     b.len += n
     return 0
 
 
+cdef double _last_float = 0.0
+cdef char _last_float_text[40]
+cdef int _last_float_len = 0
+
+
+cdef inline int _format_int(char* out, long long i) noexcept:
+    # decimal digits of |i| < 10**12, with its sign; returns the length
+    cdef char rev[24]
+    cdef int n = 0, k = 0
+    cdef unsigned long long u = <unsigned long long>(-i) if i < 0 else <unsigned long long>i
+    while True:
+        rev[n] = <char>(48 + u % 10)
+        n += 1
+        u //= 10
+        if u == 0:
+            break
+    if i < 0:
+        out[k] = b'-'
+        k += 1
+    while n > 0:
+        n -= 1
+        out[k] = rev[n]
+        k += 1
+    return k
+
+
+cdef bint _put_fast(OutBuf* b, PyObject* v) noexcept:
+    # The preview of a value no secret can hide in, written straight into the block: None,
+    # bools, ints and floats below 10**12 (a card number has 13+ digits), printable ASCII
+    # strings of up to 7 characters without = or : (tests/test_preview_fast.py checks no
+    # secret fits). Byte for byte what Previewer.preview gives (their repr()); no Python
+    # object is made. Returns False for anything else.
+    global _last_float, _last_float_len
+    cdef char tmp[40]
+    cdef int n = 0, overflow = 0
+    cdef long long i
+    cdef double d
+    cdef char* text
+    cdef Py_ssize_t k, length
+    cdef const unsigned char* data
+    cdef unsigned char c, quote
+    if v == Py_None:
+        memcpy(tmp, b"None", 4)
+        n = 4
+    elif PyBool_Check(v):
+        if v == Py_True:
+            memcpy(tmp, b"True", 4)
+            n = 4
+        else:
+            memcpy(tmp, b"False", 5)
+            n = 5
+    elif PyLong_CheckExact(v):
+        i = PyLong_AsLongLongAndOverflow(v, &overflow)
+        if overflow != 0 or not (-1000000000000 < i < 1000000000000):
+            PyErr_Clear()
+            return False
+        n = _format_int(tmp, i)
+    elif PyFloat_CheckExact(v):
+        d = PyFloat_AS_DOUBLE(v)
+        if not (-1e12 < d < 1e12):
+            return False
+        if memcmp(&d, &_last_float, sizeof(double)) == 0 and _last_float_len > 0:
+            n = _last_float_len  # repeated values (constants) are formatted once
+            memcpy(tmp, _last_float_text, n)
+        else:
+            text = PyOS_double_to_string(d, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)
+            if text == NULL:
+                PyErr_Clear()
+                return False
+            n = <int>strlen(text)
+            if n < 40:
+                memcpy(tmp, text, n)
+                memcpy(_last_float_text, text, n)
+                _last_float = d
+                _last_float_len = n
+            PyMem_Free(text)
+            if n >= 40:
+                return False
+    elif PyUnicode_CheckExact(v) and _short_plain(v):
+        length = PyUnicode_GET_LENGTH(v)
+        data = <const unsigned char*>PyUnicode_DATA(v)
+        quote = 0x27  # ' unless the text has ' and no "
+        for k in range(length):
+            if data[k] == 0x27:
+                quote = 0x22
+            elif data[k] == 0x22:
+                quote = 0x27
+                break
+        tmp[n] = <char>quote
+        n += 1
+        for k in range(length):
+            c = data[k]
+            if c == 0x5C or c == quote:
+                tmp[n] = 0x5C
+                n += 1
+            tmp[n] = <char>c
+            n += 1
+        tmp[n] = <char>quote
+        n += 1
+    else:
+        return False
+    if _reserve(b, n + 10) < 0:
+        return False
+    _put_varint(b, n)
+    memcpy(b.data + b.len, tmp, n)
+    b.len += n
+    return True
+
+
 cdef object _text(object previewer, object value):
+    # Values that no secret format can match and whose preview is their repr() skip the
+    # Python previewer (~0.3-1 us each): None, bools, ints and floats below 10**12 (a card
+    # number has 13+ digits), ASCII strings of up to 7 characters without = or : (tests/test_preview_fast.py
+    # checks that no secret fits in 7). The output is the previewer's, byte for byte.
+    cdef PyObject* v = <PyObject*>value
+    cdef long long n
+    cdef int overflow = 0
+    cdef double d
     if type(value) is Rendered:
-        return value
+        return value  # made at capture time
+    if PyUnicode_CheckExact(v):
+        if _short_plain(v):
+            return repr(value)
+    elif v == Py_None:
+        return "None"
+    elif PyBool_Check(v):
+        return "True" if value is True else "False"
+    elif PyLong_CheckExact(v):
+        n = PyLong_AsLongLongAndOverflow(v, &overflow)
+        if overflow == 0 and -1000000000000 < n < 1000000000000:
+            return repr(value)
+    elif PyFloat_CheckExact(v):
+        d = PyFloat_AS_DOUBLE(v)
+        if -1e12 < d < 1e12:
+            return repr(value)
     return previewer.preview(value)
+
+
+cdef bint _short_plain(PyObject* s) noexcept:
+    # up to 7 printable ASCII characters, none of them = or : (`token=x` is a secret by name)
+    cdef Py_ssize_t i, n = PyUnicode_GET_LENGTH(s)
+    cdef const unsigned char* data
+    cdef unsigned char c
+    if n > 7 or not PyUnicode_IS_ASCII(s):
+        return False
+    data = <const unsigned char*>PyUnicode_DATA(s)
+    for i in range(n):
+        c = data[i]
+        if c < 0x20 or c > 0x7E or c == 0x3D or c == 0x3A:
+            return False
+    return True
 
 
 def drain(calibration, previewer):
@@ -892,7 +1054,8 @@ def drain(calibration, previewer):
                         Py_DECREF(aux)  # drop the record's reference; `aux` holds one
                         _put_varint(b, len(aux))
                         for value in aux:
-                            _put_string(b, "" if value is NO_VALUE else _text(previewer, value))
+                            if not _put_fast(b, <PyObject*>value):
+                                _put_string(b, "" if value is NO_VALUE else _text(previewer, value))
                 elif r.kind == K_RETURN:
                     if r.aux != NULL:
                         tag |= 0x80
@@ -902,7 +1065,8 @@ def drain(calibration, previewer):
                     if r.aux != NULL:
                         aux = <object>r.aux
                         Py_DECREF(aux)
-                        _put_string(b, _text(previewer, aux))
+                        if not _put_fast(b, r.aux):
+                            _put_string(b, _text(previewer, aux))
                 elif r.kind == K_UNWIND:
                     _n_exceptions[r.slot] += 1
                     b.data[b.len] = <char>tag
