@@ -504,6 +504,8 @@ def mark_internal_thread() -> None:
     """The calling thread is handit's own: never record it."""
     _buffer().busy = True
     session_var.set(0)
+    if _source == "setprofile" and sys.getprofile() is profile_callback:
+        sys.setprofile(None)  # not even the profile function's call: never traced
 
 
 def _collect() -> list[tuple[int, list[tuple[int, int, int, int, Any, int]]]]:
@@ -512,6 +514,7 @@ def _collect() -> list[tuple[int, list[tuple[int, int, int, int, Any, int]]]]:
     with _buffers_lock:
         buffers = list(_buffers)
     for buf in buffers:
+        buf.last_exc = None  # the exception-text cache must not keep an exception alive
         records = buf.records
         if records:
             buf.records = []

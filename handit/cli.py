@@ -6,15 +6,21 @@ its argv, stdin, stdout and exit code; the summary goes to stderr.
 from __future__ import annotations
 
 import argparse
+import builtins
+import importlib.machinery
+import io
 import json
 import os
 import runpy
+import shutil
 import sys
 import time
+import types
 import warnings
+import zipfile
 from typing import IO, Any, Iterator
 
-from . import api, config
+from . import __version__, api, config
 from .errors import HanditError
 from .sessions import Session, engine_info
 from .renderers import Lines, Table, emit, fmt_bytes, progress_reporter
@@ -47,7 +53,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     output = args.output or current.output_file
     if output is None:
         output = _default_output(current.output_format)
-    out["output_file"] = os.fspath(output)
+    # absolute: the program may chdir, and the summary reads the file back afterwards
+    out["output_file"] = os.path.abspath(os.fspath(output))
     if args.output:
         out["output_format"] = "jsonl" if out["output_file"].endswith(".jsonl") else (
             "handit" if current.output_format == "auto" else current.output_format)
@@ -89,13 +96,45 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
+def _user_frames(exc: BaseException) -> types.TracebackType | None:
+    """The exception's traceback from the program's first frame on (handit's and runpy's left out)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_globals.get("__name__") in (__name__, "runpy"):
+        tb = tb.tb_next
+    return tb
+
+
 def _print_uncaught(exc: BaseException) -> None:
     """Print an uncaught exception as Python would, without handit's and runpy's frames."""
-    tb = exc.__traceback__
-    ours = {os.path.normcase(__file__), os.path.normcase(runpy.__file__)}
-    while tb is not None and os.path.normcase(tb.tb_frame.f_code.co_filename) in ours:
-        tb = tb.tb_next
-    sys.excepthook(type(exc), exc, tb)
+    tb = _user_frames(exc)
+    # the default hook prints exc.__traceback__ when it is set, whatever tb it is given
+    sys.excepthook(type(exc), exc.with_traceback(tb), tb)
+
+
+def _run_script(path: str) -> None:
+    """Run a script file as ``python path`` does: ``__main__``, ``__file__`` absolute, ``sys.argv[0]`` as given.
+
+    ``runpy.run_path`` would name the code and ``sys.argv[0]`` both after the path
+    it is given; python keeps argv[0] as typed and makes ``__file__`` absolute
+    (3.9+), which is what tracebacks show. Directories and zip files, which have
+    a ``__main__.py`` inside, go through runpy.
+    """
+    if os.path.isdir(path) or zipfile.is_zipfile(path) or path.endswith((".pyc", ".pyo")):
+        runpy.run_path(path, run_name="__main__")
+        return
+    filename = os.path.abspath(path)
+    with io.open_code(filename) as f:
+        code = compile(f.read(), filename, "exec", dont_inherit=True)
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__file__=filename, __cached__=None, __builtins__=builtins,
+                         __loader__=importlib.machinery.SourceFileLoader("__main__", filename))
+    saved = sys.modules.get("__main__")
+    sys.modules["__main__"] = main
+    try:
+        exec(code, main.__dict__)
+    finally:
+        if saved is not None:
+            sys.modules["__main__"] = saved
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -106,7 +145,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise CliError("handit run needs a script (handit run script.py [args]) or a module (handit run -m module [args])")
     name, prog_args = target[0], target[1:]
     if not args.module:
-        if not os.path.isfile(name):
+        if not os.path.exists(name):
             raise CliError(f"can't open file {os.path.abspath(name)!r}: no such file")
     try:
         settings = _settings(args)
@@ -114,12 +153,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except HanditError as exc:
         raise CliError(str(exc)) from None
     output = settings["output_file"]
+    display = os.path.relpath(output) if args.output is None or not os.path.isabs(args.output) else output
     _check_output(output, cfg.resolved_output_format)
     config.configure(**settings)
 
     saved_argv, saved_path0 = sys.argv[:], sys.path[0] if sys.path else None
     sys.argv[:] = [name, *prog_args]
-    path0 = os.getcwd() if args.module else os.path.dirname(os.path.abspath(name))
+    path0 = os.getcwd() if args.module else os.path.dirname(os.path.realpath(name))
     if sys.path:
         sys.path[0] = path0
     else:
@@ -131,35 +171,50 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sys.argv[:] = saved_argv
         raise CliError(f"cannot start tracing: {exc}") from None
     code = 0
-    uncaught: BaseException | None = None
     try:
         if args.module:
             runpy.run_module(name, run_name="__main__", alter_sys=True)
         else:
-            runpy.run_path(name, run_name="__main__")
+            _run_script(name)
     except SystemExit as exc:
         code = _exit_code(exc)
     except KeyboardInterrupt as exc:
-        uncaught, code = exc, 130
-    except BaseException as exc:  # the program's own error: reported like python does, after the trace is saved
-        uncaught, code = exc, 1
+        _print_uncaught(exc)
+        code = 130
+    except BaseException as exc:  # the program's own error: reported as python reports it
+        if args.module and isinstance(exc, ImportError) and _user_frames(exc) is None:
+            _err(str(exc))  # runpy found no such module: nothing of the program ran
+            code, args.no_summary = USAGE_ERROR, True
+        else:
+            _print_uncaught(exc)
+            code = 1
     finally:
-        api.stop(sess)
-        sys.argv[:] = saved_argv
-        if saved_path0 is not None and sys.path:
-            sys.path[0] = saved_path0
-    if uncaught is not None:
-        _print_uncaught(uncaught)
-        uncaught = None
+        try:
+            _join_threads()
+        finally:
+            api.stop(sess)
+            sys.argv[:] = saved_argv
+            if saved_path0 is not None and sys.path:
+                sys.path[0] = saved_path0
     if not args.no_summary:
         try:
-            _run_summary(sess, output, args.top)
+            _run_summary(sess, output, display, args.top)
         except BrokenPipeError:
             pass
     return code
 
 
-def _run_summary(sess: Session, path: str, top: int) -> None:
+def _join_threads() -> None:
+    """Wait for the program's non-daemon threads, as the interpreter would at exit, so their calls are in the trace."""
+    import threading
+
+    current = threading.current_thread()
+    for thread in threading.enumerate():
+        if thread is not current and not thread.daemon and thread is not threading.main_thread():
+            thread.join()
+
+
+def _run_summary(sess: Session, path: str, display: str, top: int) -> None:
     """Read this run's sessions back from the trace file (streamed) and print the summary to stderr."""
     from .renderers.summary import Stats, summary_blocks
 
@@ -170,12 +225,12 @@ def _run_summary(sess: Session, path: str, top: int) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for event in iter_events(path, progress=progress):
-                sid = event.get("session_id") if isinstance(event, dict) else None
-                if event.get("type") == "session_start" and event.get("parent_session_id") in ids:  # type: ignore[union-attr]
-                    ids.add(sid)
+            for event in _events(path, progress):
+                sid = event.get("session_id")
+                if event.get("type") == "session_start" and event.get("parent_session_id") in ids:
+                    ids.add(sid)  # sessions the program started inside the run
                 if sid in ids:
-                    stats.add(event)  # type: ignore[arg-type]
+                    stats.add(event)
     except (OSError, HanditError, ValueError) as exc:
         problem = f"the trace file could not be read back ({exc})"
     finally:
@@ -195,7 +250,7 @@ def _run_summary(sess: Session, path: str, top: int) -> None:
         size = fmt_bytes(os.path.getsize(path))
     except OSError:
         size = "missing"
-    shown = path if os.path.isabs(path) else os.path.join(".", path)
+    shown = display if os.path.isabs(display) or display.startswith("..") else os.path.join(".", display)
     notes.append([("trace: ", "dim"), (shown, "bold"), (f" ({size})", "dim"),
                   ("  ·  view it with: ", "dim"), (f"handit show {shown}", "bold")])
     blocks.append(Lines("", notes))
@@ -221,12 +276,12 @@ def _check_trace(path: str) -> str:
         raise CliError(f"{path}: the file is empty, not a trace")
     fmt = detect_format(path)
     if fmt == "jsonl":
-        first = head.lstrip().split(b"\n", 1)[0]
+        first = head.lstrip().split(b"\n", 1)
         try:
-            event = json.loads(first)
+            event = json.loads(first[0]) if len(first) > 1 or len(head) < 1 << 16 else {"type": first[0][:1] == b"{"}
         except ValueError:
             event = None
-        if not isinstance(event, dict) or "type" not in event:
+        if not isinstance(event, dict) or not event.get("type"):
             raise CliError(f"{path}: not a handit trace (neither the .handit format nor JSONL events)")
     return fmt
 
@@ -287,7 +342,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from .renderers.summary import Stats, func_matcher, summary_blocks
     from .renderers.tree import TreeBuilder
 
-    fmt = _check_trace(args.file)
+    formats = [_check_trace(path) for path in args.file]
     try:
         func_filter = func_matcher(args.func)
     except Exception as exc:  # re.error
@@ -299,20 +354,23 @@ def _cmd_show(args: argparse.Namespace) -> int:
         tree = TreeBuilder(max_depth=args.depth, max_nodes=args.max_nodes, root_filter=func_filter)
         consumers.append(tree)
     selector = _Selector(args.session, args.tag)
-    _read(args.file, selector, consumers)
+    for path in args.file:  # several files make one view (sessions stay apart by id)
+        _read(path, selector, consumers)
     if selector.active and not selector.matched:
-        _err(f"no session in {args.file} matches" + (f" --session {args.session}" if args.session else "") +
+        _err(f"no session in {' '.join(args.file)} matches" + (f" --session {args.session}" if args.session else "") +
              (f" --tag {args.tag}" if args.tag else ""))
         return 1
-    size = fmt_bytes(os.path.getsize(args.file))
-    head = Lines("", [[("handit trace ", "bold"), (args.file, "bold"), (f"  ({fmt}, {size})", "dim")]])
-    extra = [tree.block()] if tree is not None and tree.roots else []
+    head = Lines("", [[("handit trace ", "bold"), (path, "bold"), (f"  ({fmt}, {fmt_bytes(os.path.getsize(path))})", "dim")]
+                      for path, fmt in zip(args.file, formats)])
+    width = shutil.get_terminal_size((120, 24)).columns if sys.stdout.isatty() else 120
+    extra = [tree.block(width=width)] if tree is not None and tree.roots else []
     blocks = [head, *summary_blocks(stats, top=args.top, func_filter=func_filter, insert=extra)]
     emit(blocks, sys.stdout)
     return 0
 
 
 def _open_output(path: str) -> IO[bytes]:
+    """The export's output, created readable by the owner only (a trace holds argument values)."""
     if path == "-":
         return os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     try:
@@ -323,21 +381,20 @@ def _open_output(path: str) -> IO[bytes]:
 
 
 class _JsonlOut:
-    """``add(event)`` / ``close()`` writer of the JSONL schema, in batches."""
+    """``add(event)`` / ``close()`` writer of the JSONL schema, in batches of 1000."""
 
     def __init__(self, out: IO[bytes]) -> None:
-        from .exporters.jsonl import encode_events
-
-        self.out, self.encode, self.batch = out, encode_events, []  # type: list[dict[str, Any]]
+        self.out, self.batch = out, []  # type: IO[bytes], list[dict[str, Any]]
 
     def add(self, event: dict[str, Any]) -> None:
         self.batch.append(event)
         if len(self.batch) >= 1000:
-            self.out.write(self.encode(self.batch))
-            self.batch.clear()
+            self.close()
 
     def close(self) -> None:
-        self.out.write(self.encode(self.batch))
+        from .exporters.jsonl import encode_events
+
+        self.out.write(encode_events(self.batch))
         self.batch.clear()
 
 
@@ -379,6 +436,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="handit", description="Record what a Python program's functions did, and look at it.")
+    parser.add_argument("--version", action="version", version=f"handit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{run,show,export}")
     sub.required = True
 
@@ -402,7 +460,7 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_cmd_run)
 
     show = sub.add_parser("show", help="show a trace: sessions, call tree, busiest functions, errors, HTTP calls")
-    show.add_argument("file", help="a .handit or .jsonl trace")
+    show.add_argument("file", nargs="+", help="a .handit or .jsonl trace (several are shown together)")
     _session_options(show)
     show.add_argument("--func", metavar="REGEX", help="only functions matching this (qualname or module.qualname)")
     show.add_argument("--depth", type=int, default=8, metavar="N", help="call tree depth (default: 8)")

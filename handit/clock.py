@@ -34,16 +34,20 @@ class Calibration:
             # every later drain refines it over a longer baseline.
             while time.perf_counter_ns() - self.mono0 < 2_000_000:
                 pass
-            self.refine()
+            self.refine(min_baseline_ns=1_000_000)
             _scales[read_ticks] = self.scale
 
-    def refine(self) -> None:
-        """Update the ticks-per-nanosecond scale from a fresh reading."""
+    def refine(self, min_baseline_ns: int = 10_000_000) -> None:
+        """Update the ticks-per-nanosecond scale from a fresh reading.
+
+        Args:
+            min_baseline_ns: keep the current scale if the baseline is shorter (noise).
+        """
         if self.exact:
             return
         ticks = self.read_ticks()
         dt = time.perf_counter_ns() - self.mono0
-        if dt > 10_000_000 and ticks > self.ticks0:  # a short baseline would only add noise
+        if dt > min_baseline_ns and ticks > self.ticks0:
             self.scale = (ticks - self.ticks0) / dt
 
     def to_epoch_ns(self, ticks: int) -> int:

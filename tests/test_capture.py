@@ -116,6 +116,23 @@ def test_call_counts_match_cprofile(engine):
     assert got == expected
 
 
+def test_timestamps_are_wall_clock_and_ordered(engine):
+    import time
+
+    before = time.time_ns()
+    with handit.session("clock") as s:
+        rec(3)
+        time.sleep(0.003)
+        rec(1)
+    after = time.time_ns()
+    calls = calls_of(s.events, "rec")
+    returns = {e["call_id"]: e for e in s.events if e["type"] == "return"}
+    assert before <= s.t0_ns <= calls[0]["t0_ns"]
+    assert returns[calls[-1]["call_id"]]["t1_ns"] <= s.t1_ns <= after
+    gap = calls[-1]["t0_ns"] - returns[calls[0]["call_id"]]["t1_ns"]
+    assert 2_500_000 < gap < 500_000_000  # the sleep, measured on the engine's clock
+
+
 def test_exception_event(engine):
     s, _ = run_traced(PROGRAMS["exceptions"])
     excs = [e for e in s.events if e["type"] == "exception"]

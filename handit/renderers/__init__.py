@@ -43,7 +43,9 @@ def use_rich(stream: TextIO) -> bool:
 
 def unicode_ok(stream: TextIO) -> bool:
     """True if ``stream`` can encode the box-drawing and unit characters the views use."""
-    encoding = getattr(stream, "encoding", None) or "ascii"
+    encoding = getattr(stream, "encoding", None)
+    if encoding is None:  # an in-memory text stream: no encoding step
+        return True
     try:
         "µ×→…─│├└✗·".encode(encoding)
     except (UnicodeEncodeError, LookupError):

@@ -44,8 +44,9 @@ class ChromeTraceWriter:
         self._base: int | None = None
         self._last = 0
         self._pids: dict[Any, int] = {}
+        self._next_pid = 0
         self._tags: dict[Any, Any] = {}
-        self._threads: set[tuple[int, Any]] = set()
+        self._threads: dict[int, set[Any]] = {}  # pid -> tids named so far
         self._open: dict[tuple[Any, Any], tuple[str, str, int, Any, dict[str, Any]]] = {}
         self._http: dict[Any, deque[tuple[int, str, int]]] = {}
         self._async_id = 0
@@ -83,7 +84,8 @@ class ChromeTraceWriter:
     def _pid(self, sid: Any) -> int:
         pid = self._pids.get(sid)
         if pid is None:
-            pid = self._pids[sid] = len(self._pids) + 1
+            self._next_pid += 1
+            pid = self._pids[sid] = self._next_pid
             tag = self._tags.get(sid)
             label = f"{tag} ({str(sid)[:8]})" if tag is not None else f"session {str(sid)[:8]}"
             self._emit({"name": "process_name", "ph": "M", "ts": 0, "pid": pid, "tid": 0, "args": {"name": label}})
@@ -92,8 +94,9 @@ class ChromeTraceWriter:
 
     def _tid(self, pid: int, thread: Any, name: str | None = None) -> Any:
         tid = thread if isinstance(thread, int) else 0
-        if (pid, tid) not in self._threads:
-            self._threads.add((pid, tid))
+        named = self._threads.setdefault(pid, set())
+        if tid not in named:
+            named.add(tid)
             label = name or f"thread {tid}"
             self._emit({"name": "thread_name", "ph": "M", "ts": 0, "pid": pid, "tid": tid, "args": {"name": label}})
         return tid
@@ -126,9 +129,11 @@ class ChromeTraceWriter:
             self._us(e.get("ts_ns"))
             self._pid(sid)
         elif kind == "session_end":
-            self._tags.pop(sid, None)
             for request in self._http.pop(sid, ()):
                 self._http_slice(sid, request, None)
+            if not any(key[0] == sid for key in self._open):  # a session's events end with it: forget it
+                self._tags.pop(sid, None)
+                self._threads.pop(self._pids.pop(sid, 0), None)
         elif kind == "http_request":
             self._async_id += 1
             t0 = e.get("t0_ns")

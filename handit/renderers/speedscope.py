@@ -80,9 +80,10 @@ class SpeedscopeWriter:
         return at
 
     def _event(self, profile: _Profile, kind: str, frame: int, at: int) -> None:
-        profile.buf.append(f'{{"type":"{kind}","frame":{frame},"at":{at}}}')
+        text = f'{{"type":"{kind}","frame":{frame},"at":{at}}}'
+        profile.buf.append(text)
         profile.count += 1
-        self._held += 40
+        self._held += len(text) + 65  # the str object and its list slot
         if self._held >= self._spill_limit:
             self._spill_all()
 

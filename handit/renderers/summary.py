@@ -44,11 +44,10 @@ class FuncStats:
 class SessionInfo:
     """One session as seen in the events: tag, times, counts and end flags."""
 
-    __slots__ = ("id", "tag", "t0_ns", "last_ns", "duration_ns", "calls", "exceptions", "dropped", "ended", "incomplete")
+    __slots__ = ("id", "tag", "t0_ns", "duration_ns", "calls", "exceptions", "dropped", "ended", "incomplete")
 
     def __init__(self, session_id: str, tag: str | None, t0_ns: int | None) -> None:
         self.id, self.tag, self.t0_ns = session_id, tag, t0_ns
-        self.last_ns = t0_ns or 0
         self.duration_ns: int | None = None
         self.calls = 0
         self.exceptions = 0
@@ -130,6 +129,7 @@ class Stats:
         http: ``(method, url)`` -> :class:`HttpStats`.
         events, calls, exceptions, raised, http_calls, incomplete, abandoned, dropped,
         corrupt_blocks, session_count: counts.
+        last_ns: the latest return time seen.
     """
 
     def __init__(self, *, max_sessions: int = 10_000, max_errors: int = 1_000, max_http: int = 1_000) -> None:
@@ -141,9 +141,16 @@ class Stats:
         self.events = self.calls = self.exceptions = self.raised = self.http_calls = 0
         self.incomplete = self.abandoned = self.dropped = self.corrupt_blocks = 0
         self.session_count = self.errors_omitted = self.http_omitted = 0
-        # (session, call_id) -> [FuncStats, child_ns, (session, parent_id) | None, outermost, active key]
+        # (session, call_id) -> [FuncStats, child ns, the parent's entry or None, outermost, its thread's active counts]
         self._open: dict[tuple[Any, Any], list[Any]] = {}
-        self._active: dict[tuple[Any, Any, tuple[str, str]], int] = {}
+        # session -> thread -> FuncStats -> calls of it now running there (recursion: total counted once)
+        self._active: dict[Any, dict[Any, dict[FuncStats, int]]] = {}
+        self._last_sid: Any = None
+        self._last_thread: Any = None
+        self._last_info: SessionInfo | None = None
+        self._last_active: dict[FuncStats, int] = {}
+        self.last_ns = 0  # latest return time seen: the end of sessions whose end is missing
+        # session -> (the caller's entry, type, message, its ErrorStats, first of its kind): to follow it up the stack
         self._last_exc: dict[Any, tuple[Any, str, str, ErrorStats | None, bool]] = {}
         self._pending_http: dict[Any, deque[dict[str, Any]]] = {}
         self._dispatch: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -169,49 +176,53 @@ class Stats:
     def _call(self, e: dict[str, Any]) -> None:
         self.calls += 1
         sid = e.get("session_id")
-        key = (str(e.get("module") or "?"), str(e.get("func") or "?"))
+        key = (e.get("module") or "?", e.get("func") or "?")
         fs = self.functions.get(key)
         if fs is None:
-            fs = self.functions[key] = FuncStats(key[0], key[1], str(e.get("file") or "?"), int(e.get("line") or 0))
+            fs = self.functions[key] = FuncStats(str(key[0]), str(key[1]), str(e.get("file") or "?"), int(e.get("line") or 0))
         fs.calls += 1
-        info = self.sessions.get(sid)
-        if info is not None:
-            info.calls += 1
-        akey = (sid, e.get("thread"), key)
-        depth = self._active.get(akey, 0)
-        self._active[akey] = depth + 1
+        thread = e.get("thread")
+        if sid != self._last_sid or thread != self._last_thread:  # events come in runs of one session and thread
+            self._last_sid, self._last_thread = sid, thread
+            self._last_info = self.sessions.get(sid)
+            self._last_active = self._active.setdefault(sid, {}).setdefault(thread, {})
+        if self._last_info is not None:
+            self._last_info.calls += 1
+        active = self._last_active
+        depth = active.get(fs, 0)
+        active[fs] = depth + 1
         pid = e.get("parent_id")
-        self._open[(sid, e.get("call_id"))] = [fs, 0, (sid, pid) if pid is not None else None, depth == 0, akey]
+        parent = self._open.get((sid, pid)) if pid is not None else None
+        self._open[(sid, e.get("call_id"))] = [fs, 0, parent, depth == 0, active]
 
     def _return(self, e: dict[str, Any]) -> None:
-        sid = e.get("session_id")
-        if e.get("incomplete"):
-            self.incomplete += 1
-        if e.get("abandoned"):
-            self.abandoned += 1
-        entry = self._open.pop((sid, e.get("call_id")), None)
+        entry = self._open.pop((e.get("session_id"), e.get("call_id")), None)
+        if len(e) > 7:  # flags are rare: a plain return has exactly 7 fields
+            if e.get("incomplete"):
+                self.incomplete += 1
+            if e.get("abandoned"):
+                self.abandoned += 1
         if entry is None:
             return
-        fs, child_ns, parent_key, outermost, akey = entry
-        dt = int(e.get("dt_ns") or 0)
-        running = max(dt - int(e.get("suspended_ns") or 0), 0)
-        fs.own_ns += max(running - child_ns, 0)
+        fs, child_ns, parent, outermost, active = entry
+        dt = e.get("dt_ns") or 0
+        running = dt - (e.get("suspended_ns") or 0)
+        if running < 0:
+            running = 0
+        if running > child_ns:
+            fs.own_ns += running - child_ns
         if outermost:
             fs.total_ns += dt
-        left = self._active.get(akey, 1) - 1
+        left = active.get(fs, 1) - 1
         if left > 0:
-            self._active[akey] = left
+            active[fs] = left
         else:
-            self._active.pop(akey, None)
-        if parent_key is not None:
-            parent = self._open.get(parent_key)
-            if parent is not None:
-                parent[1] += running
-        info = self.sessions.get(sid)
-        if info is not None:
-            t1 = e.get("t1_ns")
-            if isinstance(t1, int) and t1 > info.last_ns:
-                info.last_ns = t1
+            active.pop(fs, None)
+        if parent is not None:
+            parent[1] += running
+        t1 = e.get("t1_ns")
+        if isinstance(t1, int) and t1 > self.last_ns:
+            self.last_ns = t1
 
     def _exception(self, e: dict[str, Any]) -> None:
         self.exceptions += 1
@@ -221,12 +232,12 @@ class Stats:
         module = entry[0].module if entry is not None else "?"
         if entry is not None:
             entry[0].raised += 1
-        parent = entry[2][1] if entry is not None and entry[2] is not None else None
+        parent = entry[2] if entry is not None else None
         type_name, message = str(e.get("type_name") or "?"), str(e.get("message") or "")
         func = str(e.get("func") or "?")
         name = _display(module, func)
         prev = self._last_exc.get(sid)
-        if prev is not None and cid is not None and prev[0] == cid and prev[1] == type_name and prev[2] == message:
+        if prev is not None and entry is not None and prev[0] is entry and prev[1] == type_name and prev[2] == message:
             err, first = prev[3], prev[4]  # the same exception leaving the caller
             if err is not None and first and len(err.through) < 6:
                 err.through.append(name)
@@ -247,13 +258,16 @@ class Stats:
         self._last_exc[sid] = (parent, type_name, message, err, err is not None and err.count == 1)
 
     def _session_start(self, e: dict[str, Any]) -> None:
+        self._last_sid = self._last_thread = None  # the cached session info may change
         self.session_count += 1
         sid = e.get("session_id")
         if sid not in self.sessions and len(self.sessions) < self.max_sessions:
             self.sessions[sid] = SessionInfo(str(sid), e.get("tag"), e.get("ts_ns"))
 
     def _session_end(self, e: dict[str, Any]) -> None:
+        self._last_sid = self._last_thread = None
         sid = e.get("session_id")
+        self._active.pop(sid, None)
         stats = e.get("stats") or {}
         dropped = int(stats.get("dropped") or 0)
         self.dropped += dropped
@@ -319,8 +333,13 @@ class Stats:
         return funcs[:n]
 
 
+def _left_cut(name: str, width: int) -> str:
+    """Keep a long qualified name's end, where the function's own name is."""
+    return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
 def _func_rows(funcs: list[FuncStats]) -> list[list[Any]]:
-    return [[[(shorten(f.name, 60), "bold")], f"{f.calls:,}", fmt_ns(f.total_ns), fmt_ns(f.own_ns),
+    return [[[(_left_cut(f.name, 60), "bold")], f"{f.calls:,}", fmt_ns(f.total_ns), fmt_ns(f.own_ns),
              [(str(f.raised), "red")] if f.raised else "0"] for f in funcs]
 
 
@@ -340,7 +359,7 @@ def summary_blocks(stats: Stats, *, top: int = 10, func_filter: FuncFilter | Non
     if sessions and stats.sessions:
         rows = []
         for info in list(stats.sessions.values())[:max_sessions]:
-            duration = info.duration_ns if info.duration_ns is not None else max(info.last_ns - (info.t0_ns or info.last_ns), 0)
+            duration = info.duration_ns if info.duration_ns is not None else max(stats.last_ns - (info.t0_ns or stats.last_ns), 0)
             notes = []
             if info.incomplete or not info.ended:
                 notes.append(("incomplete ", "yellow"))
@@ -360,7 +379,7 @@ def summary_blocks(stats: Stats, *, top: int = 10, func_filter: FuncFilter | Non
     errors = [e for e in stats.errors.values() if func_filter is None or func_filter(e.module, e.func)]
     if errors:
         errors.sort(key=lambda e: e.count, reverse=True)
-        rows = [[[(e.type_name, "bold red")], shorten(e.message, 50), e.name, shorten(" → ".join(e.through), 50) or "-", f"{e.count:,}"]
+        rows = [[[(e.type_name, "bold red")], shorten(e.message, 50), _left_cut(e.name, 40), shorten(" → ".join(e.through), 50) or "-", f"{e.count:,}"]
                 for e in errors[:top]]
         more = len(errors) - len(rows) + stats.errors_omitted
         blocks.append(Table("Errors (by where they were raised)", ["exception", "message", "raised in", "passed through", ">count"],

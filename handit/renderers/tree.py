@@ -271,23 +271,29 @@ class TreeBuilder:
 
     @staticmethod
     def _label(node: Node, width: int) -> list[Segment]:
-        width = max(width, 40)
-        args = fmt_args(node.args, width=max(width - len(node.func) - 20, 20))
-        parts: list[Segment] = [(node.func, "bold"), ("(", ""), (args, "yellow"), (")", "")]
-        if node.exc is not None:
-            parts.append((f" ✗ {node.exc[0]}: {shorten(node.exc[1], 40)}", "bold red"))
-        elif node.ret is not None:
-            parts.append((f" → {shorten(node.ret, 40)}", "green"))
+        """``func(args) → result  ×count  time  (notes)``, arguments and result cut so the line fits ``width``."""
+        tail: list[Segment] = []
         if node.count > 1:
-            parts.append((f"  ×{node.count:,}", "bold magenta"))
+            tail.append((f"  ×{node.count:,}", "bold magenta"))
         if node.dt_ns is not None:
-            parts.append((f"  {fmt_ns(node.dt_ns)}" + (" total" if node.count > 1 else ""), "dim"))
+            tail.append((f"  {fmt_ns(node.dt_ns)}" + (" total" if node.count > 1 else ""), "dim"))
         if node.same:
-            parts.append((f"  ({node.calls - 1:,} calls below, as above)", "cyan"))
+            tail.append((f"  ({node.calls - 1:,} calls below, as above)", "cyan"))
         if node.thread:
-            parts.append((f"  [thread {node.thread}]", "blue"))
+            tail.append((f"  [thread {node.thread}]", "blue"))
         if node.flag:
             label = {"open": "no return recorded", "incomplete": "unfinished at session end",
                      "abandoned": "never resumed"}[node.flag]
-            parts.append((f"  ({label})", "yellow"))
-        return parts
+            tail.append((f"  ({label})", "yellow"))
+        if node.exc is not None:
+            result, style = f" ✗ {node.exc[0]}: {node.exc[1]}", "bold red"
+        elif node.ret is not None:
+            result, style = f" → {node.ret}", "green"
+        else:
+            result, style = "", ""
+        room = max(width - 3 - len(node.func) - 2 - sum(len(t) for t, _ in tail), 30)
+        args = fmt_args(node.args, width=room, value_width=32)
+        if len(args) + len(result) > room:  # share the room: the result keeps at least a third
+            result = shorten(result, max(room // 3, room - len(args), 16))
+            args = fmt_args(node.args, width=max(room - len(result), 12), value_width=32)
+        return [(node.func, "bold"), ("(", ""), (args, "yellow"), (")", ""), (result, style), *tail]
