@@ -259,7 +259,7 @@ class Config:
     safe_keys: tuple[str, ...] = _setting((), _Names())
     """Names exempt from name redaction (HANDIT_SAFE_KEYS is comma-separated)."""
     capture: str = _setting("args", _Choice("timing", "args", "full"))
-    """What a call records: ``timing`` only, plus ``args`` previews, or ``full`` (all the engine can)."""
+    """What a call records: ``timing`` only, or ``args`` previews; ``full`` is ``args`` for now (reserved for locals at return)."""
     preview: str = _setting("safe", _Choice("safe", "repr"))
     """How values are previewed: ``safe`` never runs user ``__repr__``; ``repr`` does."""
     output_file: str | None = _setting(None, _Text(optional=True, path=True))
