@@ -826,9 +826,12 @@ cdef int _put_string(OutBuf* b, object text) except -1:
     return 0
 
 
-cdef double _last_float = 0.0
-cdef char _last_float_text[40]
-cdef int _last_float_len = 0
+ctypedef struct FloatText:
+    double value
+    int length
+    char text[32]
+
+cdef FloatText _float_cache[256]  # formatted floats by value: repeated values are formatted once
 
 
 cdef inline int _format_int(char* out, long long i) noexcept:
@@ -858,8 +861,9 @@ cdef bint _put_fast(OutBuf* b, PyObject* v) noexcept:
     # strings of up to 7 characters without = or : (tests/test_preview_fast.py checks no
     # secret fits). Byte for byte what Previewer.preview gives (their repr()); no Python
     # object is made. Returns False for anything else.
-    global _last_float, _last_float_len
     cdef char tmp[40]
+    cdef uint64_t bits
+    cdef FloatText* slot
     cdef int n = 0, overflow = 0
     cdef long long i
     cdef double d
@@ -887,22 +891,24 @@ cdef bint _put_fast(OutBuf* b, PyObject* v) noexcept:
         d = PyFloat_AS_DOUBLE(v)
         if not (-1e12 < d < 1e12):
             return False
-        if memcmp(&d, &_last_float, sizeof(double)) == 0 and _last_float_len > 0:
-            n = _last_float_len  # repeated values (constants) are formatted once
-            memcpy(tmp, _last_float_text, n)
+        memcpy(&bits, &d, sizeof(double))
+        slot = &_float_cache[(bits ^ (bits >> 29) ^ (bits >> 47)) & 255]
+        if slot.length > 0 and memcmp(&d, &slot.value, sizeof(double)) == 0:
+            n = slot.length
+            memcpy(tmp, slot.text, n)
         else:
             text = PyOS_double_to_string(d, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)
             if text == NULL:
                 PyErr_Clear()
                 return False
             n = <int>strlen(text)
-            if n < 40:
+            if n < 32:
                 memcpy(tmp, text, n)
-                memcpy(_last_float_text, text, n)
-                _last_float = d
-                _last_float_len = n
+                memcpy(slot.text, text, n)
+                slot.value = d
+                slot.length = n
             PyMem_Free(text)
-            if n >= 40:
+            if n >= 32:
                 return False
     elif PyUnicode_CheckExact(v) and _short_plain(v):
         length = PyUnicode_GET_LENGTH(v)
@@ -1000,6 +1006,7 @@ def drain(calibration, previewer):
     cdef int64_t ticks0, epoch0
     cdef uint8_t tag
     cdef object aux
+    cdef tuple args
     cdef list out = []
     calibration.refine()
     inv = 1.0 / calibration.scale
@@ -1056,11 +1063,12 @@ def drain(calibration, previewer):
                     if r.key:
                         _put_varint(b, r.key)
                     if r.aux != NULL:
-                        aux = <object>r.aux
-                        Py_DECREF(aux)  # drop the record's reference; `aux` holds one
-                        _put_varint(b, len(aux))
-                        for value in aux:
-                            if not _put_fast(b, <PyObject*>value):
+                        args = <tuple>r.aux
+                        Py_DECREF(args)  # drop the record's reference; `args` holds one
+                        _put_varint(b, PyTuple_GET_SIZE(r.aux))
+                        for j in range(PyTuple_GET_SIZE(r.aux)):
+                            if not _put_fast(b, PyTuple_GET_ITEM(r.aux, j)):
+                                value = <object>PyTuple_GET_ITEM(r.aux, j)
                                 _put_string(b, "" if value is NO_VALUE else _text(previewer, value))
                 elif r.kind == K_RETURN:
                     if r.aux != NULL:
