@@ -11,20 +11,25 @@ cdef enum:
     K_THROW = 6
 
 cdef enum:
-    CHUNK_RECORDS = 8192
+    CHUNK_RECORDS = 16384
 
+# 16 bytes: a timing-only call is two of these (one cache line holds two calls)
 ctypedef struct Record:
     uint64_t ts       # raw clock ticks
     uint32_t code     # index in the code table
     uint8_t kind      # K_*
-    uint8_t pad
+    uint8_t ext       # 1: the next slot is a RecordExt
     uint16_t slot     # session slot
+
+# the value and key of the record before it, when it has either
+ctypedef struct RecordExt:
     PyObject* aux     # owned reference or NULL
     uint64_t key      # generator/coroutine identity
 
 ctypedef struct Chunk:
     Chunk* next
     int n
+    int has_ext       # some record here has a value or key (needs the GIL to drain)
     Record recs[CHUNK_RECORDS]
 
 ctypedef struct TState:

@@ -170,6 +170,7 @@ cdef Chunk* _new_chunk() noexcept:
             return NULL
     c.next = NULL
     c.n = 0
+    c.has_ext = 0
     return c
 
 
@@ -187,7 +188,9 @@ cdef inline void _record(TState* ts, uint8_t kind, int slot, uint32_t code, PyOb
     # never raises; steals the reference to aux (dropped if memory runs out)
     cdef Chunk* c = ts.tail
     cdef Record* r
-    if c == NULL or c.n == CHUNK_RECORDS:
+    cdef RecordExt* e
+    cdef int need = 2 if (aux != NULL or key != 0) else 1
+    if c == NULL or c.n + need > CHUNK_RECORDS:
         c = _new_chunk()
         if c == NULL:
             Py_XDECREF(aux)
@@ -202,9 +205,13 @@ cdef inline void _record(TState* ts, uint8_t kind, int slot, uint32_t code, PyOb
     r.code = code
     r.kind = kind
     r.slot = <uint16_t>slot
-    r.aux = aux
-    r.key = key
-    c.n += 1
+    r.ext = need - 1
+    if need == 2:
+        c.has_ext = 1
+        e = <RecordExt*>&c.recs[c.n + 1]
+        e.aux = aux
+        e.key = key
+    c.n += need
 
 
 cdef inline int _current_slot(TState* ts) noexcept:
@@ -779,7 +786,7 @@ ctypedef struct OutBuf:
     int slot
 
 
-cdef int _reserve(OutBuf* b, size_t extra) noexcept:
+cdef int _reserve(OutBuf* b, size_t extra) noexcept nogil:
     cdef size_t cap
     cdef char* p
     if b.len + extra <= b.cap:
@@ -795,7 +802,7 @@ cdef int _reserve(OutBuf* b, size_t extra) noexcept:
     return 0
 
 
-cdef inline void _put_varint(OutBuf* b, uint64_t n) noexcept:
+cdef inline void _put_varint(OutBuf* b, uint64_t n) noexcept nogil:
     # caller reserved 10 bytes
     while n > 0x7F:
         b.data[b.len] = <char>((n & 0x7F) | 0x80)
@@ -805,7 +812,7 @@ cdef inline void _put_varint(OutBuf* b, uint64_t n) noexcept:
     b.len += 1
 
 
-cdef inline uint64_t _zigzag(int64_t v) noexcept:
+cdef inline uint64_t _zigzag(int64_t v) noexcept nogil:
     return <uint64_t>((v << 1) ^ (v >> 63))
 
 
@@ -985,6 +992,62 @@ cdef bint _short_plain(PyObject* s) noexcept:
     return True
 
 
+cdef inline OutBuf* _buf_for(OutBuf* bufs, int* nbufs, uint16_t slot, int64_t t, unsigned long ident) noexcept nogil:
+    # the block being built for `slot`; NULL when 64 other slots hold every buffer
+    cdef int j
+    cdef OutBuf* b
+    for j in range(nbufs[0]):
+        if bufs[j].slot == slot:
+            return &bufs[j]
+    if nbufs[0] == 64:
+        return NULL
+    b = &bufs[nbufs[0]]
+    nbufs[0] += 1
+    b.data = NULL
+    b.len = 0
+    b.cap = 0
+    b.slot = slot
+    b.last = t
+    if _reserve(b, 32) == 0:
+        _put_varint(b, ident)
+        _put_varint(b, <uint64_t>t)
+    return b
+
+
+cdef inline int64_t _epoch_ns(Record* r, int64_t epoch0, uint64_t ticks0, double inv) noexcept nogil:
+    return epoch0 + <int64_t>((<int64_t>(r.ts - ticks0)) * inv)
+
+
+cdef int _encode_plain(Chunk* chunk, int i, OutBuf* bufs, int* nbufs, int64_t epoch0, uint64_t ticks0,
+                       double inv, unsigned long ident) noexcept nogil:
+    # Encodes records from i on while they carry no value or key (calls and returns of
+    # timing-only capture): pure C, run without the GIL so the drain thread works beside
+    # the traced program. Returns the index it stopped at.
+    cdef Record* r
+    cdef OutBuf* b
+    cdef int64_t t, dts
+    while i < chunk.n:
+        r = &chunk.recs[i]
+        if r.ext:
+            return i
+        t = _epoch_ns(r, epoch0, ticks0, inv)
+        b = _buf_for(bufs, nbufs, r.slot, t, ident)
+        if b == NULL:
+            return i
+        i += 1
+        if _reserve(b, 24) < 0:
+            continue
+        dts = t - b.last
+        b.last = t
+        b.data[b.len] = <char>r.kind
+        b.len += 1
+        if r.kind == K_CALL:
+            _n_calls[r.slot] += 1
+            _put_varint(b, r.code)
+        _put_varint(b, _zigzag(dts))
+    return i
+
+
 def drain(calibration, previewer):
     """Turn every pending record into encoded blocks, one per (session slot, thread).
 
@@ -998,12 +1061,17 @@ def drain(calibration, previewer):
     cdef Chunk* chunk
     cdef Chunk* nxt
     cdef Record* r
+    cdef RecordExt* ext
+    cdef PyObject* raux
+    cdef uint64_t rkey
     cdef int i, j, nbufs
     cdef OutBuf bufs[64]
     cdef OutBuf* b
     cdef int64_t t, dts
     cdef double inv
-    cdef int64_t ticks0, epoch0
+    cdef int64_t epoch0
+    cdef uint64_t ticks0
+    cdef unsigned long ident
     cdef uint8_t tag
     cdef object aux
     cdef tuple args
@@ -1016,85 +1084,89 @@ def drain(calibration, previewer):
         chunk = ts.head
         ts.head = NULL
         ts.tail = NULL
+        ident = ts.ident
         Py_XDECREF(ts.last_exc)
         Py_XDECREF(ts.last_exc_text)
         ts.last_exc = NULL
         ts.last_exc_text = NULL
         nbufs = 0
         while chunk != NULL:
-            for i in range(chunk.n):
+            i = 0
+            while i < chunk.n:
+                if chunk.has_ext:
+                    i = _encode_plain(chunk, i, bufs, &nbufs, epoch0, ticks0, inv, ident)
+                else:
+                    with nogil:
+                        i = _encode_plain(chunk, i, bufs, &nbufs, epoch0, ticks0, inv, ident)
+                if i >= chunk.n:
+                    break
                 r = &chunk.recs[i]
-                t = epoch0 + <int64_t>((<int64_t>(r.ts - <uint64_t>ticks0)) * inv)
-                b = NULL
-                for j in range(nbufs):
-                    if bufs[j].slot == r.slot:
-                        b = &bufs[j]
-                        break
-                if b == NULL:
-                    if nbufs == 64:  # more live sessions on one thread than fit: flush one
-                        _flush_buf(&bufs[63], out)
-                        nbufs = 63
-                    b = &bufs[nbufs]
-                    nbufs += 1
-                    b.data = NULL
-                    b.len = 0
-                    b.cap = 0
-                    b.slot = r.slot
-                    b.last = t
-                    _reserve(b, 32)
-                    _put_varint(b, ts.ident)
-                    _put_varint(b, <uint64_t>t)
+                t = _epoch_ns(r, epoch0, ticks0, inv)
+                b = _buf_for(bufs, &nbufs, r.slot, t, ident)
+                if b == NULL:  # more live sessions on one thread than buffers: flush one
+                    _flush_buf(&bufs[63], out)
+                    nbufs = 63
+                    continue
+                # a record with a value or key: Python objects, so with the GIL
+                ext = <RecordExt*>&chunk.recs[i + 1]
+                raux = ext.aux
+                rkey = ext.key
+                i += 2
                 if _reserve(b, 40) < 0:
-                    Py_XDECREF(r.aux)
+                    Py_XDECREF(raux)
                     continue
                 dts = t - b.last
                 b.last = t
                 tag = r.kind
                 if r.kind == K_CALL:
                     _n_calls[r.slot] += 1
-                    if r.aux != NULL:
+                    if raux != NULL:
                         tag |= 0x80
-                    if r.key:
+                    if rkey:
                         tag |= 0x40
                     b.data[b.len] = <char>tag
                     b.len += 1
                     _put_varint(b, r.code)
                     _put_varint(b, _zigzag(dts))
-                    if r.key:
-                        _put_varint(b, r.key)
-                    if r.aux != NULL:
-                        args = <tuple>r.aux
+                    if rkey:
+                        _put_varint(b, rkey)
+                    if raux != NULL:
+                        args = <tuple>raux
                         Py_DECREF(args)  # drop the record's reference; `args` holds one
-                        _put_varint(b, PyTuple_GET_SIZE(r.aux))
-                        for j in range(PyTuple_GET_SIZE(r.aux)):
-                            if not _put_fast(b, PyTuple_GET_ITEM(r.aux, j)):
-                                value = <object>PyTuple_GET_ITEM(r.aux, j)
+                        _put_varint(b, PyTuple_GET_SIZE(raux))
+                        for j in range(PyTuple_GET_SIZE(raux)):
+                            if not _put_fast(b, PyTuple_GET_ITEM(raux, j)):
+                                value = <object>PyTuple_GET_ITEM(raux, j)
                                 _put_string(b, "" if value is NO_VALUE else _text(previewer, value))
                 elif r.kind == K_RETURN:
-                    if r.aux != NULL:
+                    if raux != NULL:
                         tag |= 0x80
                     b.data[b.len] = <char>tag
                     b.len += 1
                     _put_varint(b, _zigzag(dts))
-                    if r.aux != NULL:
-                        aux = <object>r.aux
+                    if raux != NULL:
+                        aux = <object>raux
                         Py_DECREF(aux)
-                        if not _put_fast(b, r.aux):
+                        if not _put_fast(b, raux):
                             _put_string(b, _text(previewer, aux))
                 elif r.kind == K_UNWIND:
                     _n_exceptions[r.slot] += 1
                     b.data[b.len] = <char>tag
                     b.len += 1
                     _put_varint(b, _zigzag(dts))
-                    aux = <object>r.aux
-                    Py_DECREF(aux)
-                    _put_string(b, aux[0])
-                    _put_string(b, aux[1])
+                    if raux == NULL:
+                        _put_string(b, "<unknown>")
+                        _put_string(b, "")
+                    else:
+                        aux = <object>raux
+                        Py_DECREF(aux)
+                        _put_string(b, aux[0])
+                        _put_string(b, aux[1])
                 else:
                     b.data[b.len] = <char>tag
                     b.len += 1
                     _put_varint(b, _zigzag(dts))
-                    _put_varint(b, r.key)
+                    _put_varint(b, rkey)
             nxt = chunk.next
             _release_chunk(chunk)
             chunk = nxt
