@@ -206,6 +206,8 @@ def _warn_once(message: str) -> None:
 
 
 def _install(config: Config) -> None:
+    if config.bounded_memory:
+        _warn_once("HANDIT_BOUNDED_MEMORY is not implemented yet: record buffers grow and nothing is dropped")
     choice = _engine.choose(config.engine, config.source, config.require_compiled)
     policy = Policy(config, generation=0)
     drain = Drain(choice.module, _route)
