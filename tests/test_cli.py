@@ -30,7 +30,10 @@ S = "FakeAPI." if PY311 else ""
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HANDIT_") and k != "NO_COLOR"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    # the handit these tests imported (installed, or the checkout with its in-place build),
+    # never a checkout without the compiled extension
+    here = str(Path(handit.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([here, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["PYTHONWARNINGS"] = "default"
     env.update(extra)
     return env
