@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
 import os
 import subprocess
@@ -32,7 +33,7 @@ def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HANDIT_") and k != "NO_COLOR"}
     # the handit these tests imported (installed, or the checkout with its in-place build),
     # never a checkout without the compiled extension
-    here = str(Path(handit.__file__).resolve().parent.parent)
+    here = str(Path(importlib.util.find_spec("handit").origin).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([here, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["PYTHONWARNINGS"] = "default"
     env.update(extra)
