@@ -457,32 +457,36 @@ cdef PyObject* _c_py_start(PyObject* self, PyObject** args, Py_ssize_t nargs) no
     return _none()
 
 
-cdef PyObject* _c_py_return(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
-    # PY_RETURN(code, offset, retval): the call ends with a value
+cdef inline CInfo* _traced_event(PyObject* code, TState** ts_out, int* slot_out) noexcept:
+    # the thread state, session slot and code info of an event on traced code, else NULL
     cdef TState* ts = _tstate()
     cdef int slot
     cdef CInfo* ci
     if ts == NULL or ts.busy:
-        return _none()
+        return NULL
     slot = _current_slot(ts)
     if slot == 0:
-        return _none()
-    ci = _traced(args[0])
+        return NULL
+    ci = _traced(code)
+    ts_out[0] = ts
+    slot_out[0] = slot
+    return ci
+
+
+cdef PyObject* _c_py_return(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
+    # PY_RETURN(code, offset, retval): the call ends with a value
+    cdef TState* ts = NULL
+    cdef int slot = 0
+    cdef CInfo* ci = _traced_event(args[0], &ts, &slot)
     if ci != NULL:
         _on_return(ts, slot, ci, args[2])
     return _none()
 
 
 cdef inline PyObject* _suspend_event(PyObject* code, uint8_t kind) noexcept:
-    cdef TState* ts = _tstate()
-    cdef int slot
-    cdef CInfo* ci
-    if ts == NULL or ts.busy:
-        return _none()
-    slot = _current_slot(ts)
-    if slot == 0:
-        return _none()
-    ci = _traced(code)
+    cdef TState* ts = NULL
+    cdef int slot = 0
+    cdef CInfo* ci = _traced_event(code, &ts, &slot)
     if ci != NULL:
         _record(ts, kind, slot, ci.index, NULL, <uint64_t>handit_current_iframe())
     return _none()
@@ -505,15 +509,9 @@ cdef PyObject* _c_py_throw(PyObject* self, PyObject** args, Py_ssize_t nargs) no
 
 cdef PyObject* _c_py_unwind(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
     # PY_UNWIND(code, offset, exc): the call ends with an exception
-    cdef TState* ts = _tstate()
-    cdef int slot
-    cdef CInfo* ci
-    if ts == NULL or ts.busy:
-        return _none()
-    slot = _current_slot(ts)
-    if slot == 0:
-        return _none()
-    ci = _traced(args[0])
+    cdef TState* ts = NULL
+    cdef int slot = 0
+    cdef CInfo* ci = _traced_event(args[0], &ts, &slot)
     if ci != NULL:
         _on_unwind(ts, slot, ci, args[2])
     return _none()
