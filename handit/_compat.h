@@ -141,6 +141,22 @@ static inline PyObject *handit_frame_arg(PyFrameObject *f, void *iframe, int i) 
     return v;
 }
 
+/* The exception being handled in this thread (an except or finally block), new reference or NULL. */
+static inline PyObject *handit_handled_exception(void) {
+#if PY_VERSION_HEX >= 0x030B0000
+    PyObject *exc = PyErr_GetHandledException();
+    if (exc == Py_None) { Py_DECREF(exc); return NULL; }
+    return exc;
+#else
+    PyObject *t, *v, *tb;
+    PyErr_GetExcInfo(&t, &v, &tb);
+    Py_XDECREF(t);
+    Py_XDECREF(tb);
+    if (v == Py_None) { Py_DECREF(v); return NULL; }
+    return v;
+#endif
+}
+
 /* Profile function on every thread that exists now.
    PY310/PY311: cProfile and other profilers also use the one profile-function slot, so a
    profile function already installed on a thread is remembered and called first by ours

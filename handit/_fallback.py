@@ -73,7 +73,7 @@ _failed = False
 class _ThreadBuffer:
     """One thread's records, in order, waiting for the drain."""
 
-    __slots__ = ("ident", "records", "busy", "last_exc", "last_exc_text")
+    __slots__ = ("ident", "records", "busy", "last_exc", "last_exc_text", "pending")
 
     def __init__(self) -> None:
         self.ident = threading.get_ident()
@@ -81,6 +81,8 @@ class _ThreadBuffer:
         self.busy = False
         self.last_exc: Any = None
         self.last_exc_text: tuple[str, str] = ("", "")
+        # profile source: unwinds whose exception is not known yet (see _resolve_unwinds)
+        self.pending: list[tuple[list[Any], int, int]] = []
 
 
 def read_ticks() -> int:
@@ -317,6 +319,9 @@ def profile_callback(frame: Any, event: str, arg: Any) -> None:
         sys.setprofile(None)
         return
     try:
+        buf = getattr(_tls, "buffer", None)
+        if buf is not None and buf.pending and not buf.busy:
+            _resolve_unwinds(buf)
         if event == "call":
             cur = _current(None)
             if cur is None:
@@ -349,10 +354,44 @@ def profile_callback(frame: Any, event: str, arg: Any) -> None:
                 _on_return(buf, slot, info, YIELD, None, id(frame))
             else:
                 _on_unwind(buf, slot, info, None)
+                if len(buf.pending) < 8:
+                    buf.pending.append((buf.records, len(buf.records) - 1, id(frame)))
     except RecursionError:
         return
     except Exception as exc:
         _fail(exc)
+
+
+def _resolve_unwinds(buf: _ThreadBuffer) -> None:
+    """Give pending unwinds the exception now being handled, if its traceback holds their frame.
+
+    A profile function is not told which exception unwinds a frame; the compiled twin
+    does the same as this (``_tracer._resolve_unwinds``).
+    """
+    exc = sys.exc_info()[1]
+    if exc is None:
+        return
+    buf.busy = True
+    try:
+        frames = set()
+        tb = exc.__traceback__
+        while tb is not None:
+            frames.add(id(tb.tb_frame))
+            tb = tb.tb_next
+        text = None
+        kept = []
+        for records, index, frame_id in buf.pending:
+            if frame_id in frames:
+                if records is buf.records:  # not taken by the drain meanwhile
+                    if text is None:
+                        text = (type_name(type(exc)), _policy.previewer.exception_message(exc) if _policy else "")
+                    kind, slot, code, ts, _, key = records[index]
+                    records[index] = (kind, slot, code, ts, text, key)
+            else:
+                kept.append((records, index, frame_id))
+        buf.pending = kept
+    finally:
+        buf.busy = False
 
 
 # ---- install / uninstall -------------------------------------------------------------------
@@ -515,6 +554,7 @@ def _collect() -> list[tuple[int, list[tuple[int, int, int, int, Any, int]]]]:
         buffers = list(_buffers)
     for buf in buffers:
         buf.last_exc = None  # the exception-text cache must not keep an exception alive
+        buf.pending = []
         records = buf.records
         if records:
             buf.records = []

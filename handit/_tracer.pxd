@@ -43,6 +43,9 @@ ctypedef struct TState:
     void* ctx              # the context the cached slot was read in
     uint64_t ctx_ver
     int ctx_slot           # the session slot read from handit's ContextVar there
+    int npending           # profile source: unwinds whose exception is not known yet
+    void* pending_ext[8]   # their RecordExt (filled in when the exception is seen handled)
+    void* pending_frame[8] # the frames they unwound
     uint32_t prev_generation  # install generation prev_profile was looked up for
     void* prev_profile        # the profile function this thread had before ours (PY310/PY311)
     PyObject* prev_profile_obj

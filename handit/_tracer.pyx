@@ -75,6 +75,7 @@ cdef extern from "_compat.h":
     PyObject* handit_frame_arg(PyFrameObject*, void*, int)
     void* handit_current_iframe()
     void handit_set_profile_all(handit_tracefunc)
+    PyObject* handit_handled_exception()
     handit_tracefunc handit_prev_profile(unsigned long, PyObject**)
     void* handit_code_extra_fast(PyObject*, Py_ssize_t)
     ctypedef struct PyThreadState:
@@ -548,6 +549,8 @@ cdef int profile_call(PyObject* obj, PyFrameObject* frame, int what, PyObject* a
         ts.prev_profile = <void*>handit_prev_profile(ts.ident, &ts.prev_profile_obj)
     if ts.prev_profile != NULL:  # another profiler (cProfile) was here first: it keeps its events
         (<handit_tracefunc>ts.prev_profile)(ts.prev_profile_obj, frame, what, arg)
+    if ts.npending and not ts.busy:
+        _resolve_unwinds(ts)
     if (what != PyTrace_CALL and what != PyTrace_RETURN) or ts.busy:
         return 0
     slot = _current_slot(ts)
@@ -580,7 +583,58 @@ cdef int profile_call(PyObject* obj, PyFrameObject* frame, int what, PyObject* a
         _record(ts, K_YIELD, slot, ci.index, NULL, <uint64_t>frame)
     else:
         _on_unwind(ts, slot, ci, NULL)
+        _remember_unwind(ts, frame)
     return 0
+
+
+cdef void _remember_unwind(TState* ts, PyFrameObject* frame) noexcept:
+    # A profile function is not told which exception unwinds a frame (before 3.12 it is
+    # fetched away first). The unwind is kept pending; when a later event of this thread
+    # sees an exception being handled whose traceback holds the frame, the record gets its
+    # type and message (_resolve_unwinds). The drain ends the wait.
+    cdef Chunk* c = ts.tail
+    if c == NULL or c.n < 2 or ts.npending >= 8:
+        return
+    if c.recs[c.n - 2].kind != K_UNWIND or not c.recs[c.n - 2].ext:
+        return
+    ts.pending_ext[ts.npending] = <void*>&c.recs[c.n - 1]
+    ts.pending_frame[ts.npending] = <void*>frame
+    ts.npending += 1
+
+
+cdef void _resolve_unwinds(TState* ts) noexcept:
+    # never raises; see _remember_unwind
+    cdef PyObject* exc = handit_handled_exception()
+    cdef RecordExt* ext
+    cdef int k, kept = 0
+    if exc == NULL:
+        PyErr_Clear()
+        return
+    ts.busy = 1
+    try:
+        frames = set()
+        tb = (<object>exc).__traceback__
+        while tb is not None:
+            frames.add(id(tb.tb_frame))
+            tb = tb.tb_next
+        text = None
+        for k in range(ts.npending):
+            if <size_t>ts.pending_frame[k] in frames:
+                if text is None:
+                    text = (type_name(type(<object>exc)), _previewer.exception_message(<object>exc))
+                ext = <RecordExt*>ts.pending_ext[k]
+                Py_INCREF(text)
+                Py_XDECREF(ext.aux)
+                ext.aux = <PyObject*>text
+            else:
+                ts.pending_ext[kept] = ts.pending_ext[k]
+                ts.pending_frame[kept] = ts.pending_frame[k]
+                kept += 1
+        ts.npending = kept
+    except BaseException:
+        ts.npending = 0
+    ts.busy = 0
+    Py_DECREF(<object>exc)
 
 
 def profile_callback(frame, event, arg):
@@ -1082,6 +1136,7 @@ def drain(calibration, previewer):
         chunk = ts.head
         ts.head = NULL
         ts.tail = NULL
+        ts.npending = 0  # pending unwinds point into the chunks taken here
         ident = ts.ident
         Py_XDECREF(ts.last_exc)
         Py_XDECREF(ts.last_exc_text)

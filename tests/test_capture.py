@@ -144,6 +144,22 @@ def test_exception_event(engine):
     assert s.stats["calls"] == len(calls_of(s.events))
 
 
+def handler_sees_it():
+    try:
+        PROGRAMS["exceptions"].__globals__["_raise"](2)
+    except KeyError as exc:
+        return rec(len(str(exc)) % 3)  # a call inside the handler
+
+
+def test_exception_type_on_every_source(engine):
+    """The profile-function source learns the exception once a handler is running."""
+    s, _ = run_traced(handler_sees_it)
+    excs = [e for e in s.events if e["type"] == "exception"]
+    assert len(excs) == 3
+    assert {e["type_name"] for e in excs} == {"KeyError"}
+    assert {e["message"] for e in excs} == {"'missing 0'"}
+
+
 def test_generator_counts_once(engine):
     s, _ = run_traced(lambda: sum(PROGRAMS["yield_from"]()))
     assert len(calls_of(s.events, "delegator")) == 1
