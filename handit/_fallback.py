@@ -14,7 +14,7 @@ from typing import Any
 
 from ._policy import ARGS, EXIT_RETURN, EXIT_YIELD, CodeInfo, Policy, exit_kinds, first_yield_unit, module_of
 from .preview import _type_name as type_name, is_scalar
-from .records import CALL, NO_VALUE, RESUME, RETURN, THROW, UNWIND, YIELD, Rendered
+from .records import CALL, GAP, NO_VALUE, RESUME, RETURN, THROW, UNWIND, YIELD, Rendered
 
 __all__ = [
     "ENGINE",
@@ -73,7 +73,7 @@ _failed = False
 class _ThreadBuffer:
     """One thread's records, in order, waiting for the drain."""
 
-    __slots__ = ("ident", "records", "busy", "last_exc", "last_exc_text", "pending")
+    __slots__ = ("ident", "records", "busy", "last_exc", "last_exc_text", "pending", "gap", "gap_slot")
 
     def __init__(self) -> None:
         self.ident = threading.get_ident()
@@ -83,6 +83,28 @@ class _ThreadBuffer:
         self.last_exc_text: tuple[str, str] = ("", "")
         # profile source: unwinds whose exception is not known yet (see _resolve_unwinds)
         self.pending: list[tuple[list[Any], int, int]] = []
+        self.gap = 0  # records dropped since the last one written (bounded-memory mode)
+        self.gap_slot = 0
+
+
+_bounded = False
+_max_records = 32 * 16384
+_dropped: dict[int, int] = {}
+
+
+def _put(buf: _ThreadBuffer, record: tuple[int, int, int, int, Any, int]) -> bool:
+    """Append a record; in bounded-memory mode past the cap drop it (counted, gap marked)."""
+    records = buf.records
+    if _bounded and len(records) >= _max_records:
+        buf.gap += 1
+        buf.gap_slot = record[1]
+        _dropped[record[1]] = _dropped.get(record[1], 0) + 1
+        return False
+    if buf.gap:
+        records.append((GAP, buf.gap_slot, 0, perf_counter_ns(), None, buf.gap))
+        buf.gap = 0
+    records.append(record)
+    return True
 
 
 def read_ticks() -> int:
@@ -185,9 +207,9 @@ def _on_call(buf: _ThreadBuffer, slot: int, info: CodeInfo, frame: Any, kind: in
             args = _arg_values(info, frame)
         finally:
             buf.busy = False
-        buf.records.append((CALL, slot, info.index, ts, args, key))
+        _put(buf, (CALL, slot, info.index, ts, args, key))
     else:
-        buf.records.append((kind, slot, info.index, ts, None, key))
+        _put(buf, (kind, slot, info.index, ts, None, key))
 
 
 def _on_return(buf: _ThreadBuffer, slot: int, info: CodeInfo, kind: int, value: Any, key: int) -> None:
@@ -198,19 +220,19 @@ def _on_return(buf: _ThreadBuffer, slot: int, info: CodeInfo, kind: int, value: 
             aux = _value(value)
         finally:
             buf.busy = False
-        buf.records.append((RETURN, slot, info.index, ts, aux, 0))
+        _put(buf, (RETURN, slot, info.index, ts, aux, 0))
     else:
-        buf.records.append((kind, slot, info.index, ts, None, key))
+        _put(buf, (kind, slot, info.index, ts, None, key))
 
 
-def _on_unwind(buf: _ThreadBuffer, slot: int, info: CodeInfo, exc: Any) -> None:
+def _on_unwind(buf: _ThreadBuffer, slot: int, info: CodeInfo, exc: Any) -> bool:
     ts = perf_counter_ns()
     buf.busy = True
     try:
         text = _exception_text(buf, exc) if exc is not None else ("<unknown>", "")
     finally:
         buf.busy = False
-    buf.records.append((UNWIND, slot, info.index, ts, text, 0))
+    return _put(buf, (UNWIND, slot, info.index, ts, text, 0))
 
 
 def _current(code: Any) -> tuple[_ThreadBuffer, int] | None:
@@ -353,8 +375,7 @@ def profile_callback(frame: Any, event: str, arg: Any) -> None:
             elif how == EXIT_YIELD:
                 _on_return(buf, slot, info, YIELD, None, id(frame))
             else:
-                _on_unwind(buf, slot, info, None)
-                if len(buf.pending) < 8:
+                if _on_unwind(buf, slot, info, None) and len(buf.pending) < 8:
                     buf.pending.append((buf.records, len(buf.records) - 1, id(frame)))
     except RecursionError:
         return
@@ -502,7 +523,9 @@ def uninstall() -> None:
 
 def set_policy(policy: Policy) -> None:
     """Use new filter rules; every code object is decided again."""
-    global _policy, _generation
+    global _policy, _generation, _bounded, _max_records
+    _bounded = bool(policy.config.bounded_memory)
+    _max_records = max(2, policy.config.max_buffer_bytes // (16 * 16384)) * 16384  # as the compiled engine
     _policy = policy
     _generation += 1
     _code_map.clear()
@@ -518,10 +541,10 @@ def activate(slot: int) -> None:
 _counts: dict[int, list[int]] = {}
 
 
-def take_counts(slot: int) -> tuple[int, int]:
-    """``(calls, exceptions)`` drained for ``slot`` since the last call; resets them."""
+def take_counts(slot: int) -> tuple[int, int, int]:
+    """``(calls, exceptions, dropped)`` for ``slot`` since the last call; resets them."""
     calls, excs = _counts.pop(slot, (0, 0))
-    return calls, excs
+    return calls, excs, _dropped.pop(slot, 0)
 
 
 def deactivate(slot: int) -> None:
@@ -556,6 +579,9 @@ def _collect() -> list[tuple[int, list[tuple[int, int, int, int, Any, int]]]]:
         buf.last_exc = None  # the exception-text cache must not keep an exception alive
         buf.pending = []
         records = buf.records
+        if buf.gap:  # records dropped after the last one kept: the gap ends the batch
+            records.append((GAP, buf.gap_slot, 0, perf_counter_ns(), None, buf.gap))
+            buf.gap = 0
         if records:
             buf.records = []
             out.append((buf.ident, records))

@@ -9,6 +9,7 @@ cdef enum:
     K_YIELD = 4
     K_RESUME = 5
     K_THROW = 6
+    K_GAP = 7
 
 cdef enum:
     CHUNK_RECORDS = 16384
@@ -43,6 +44,9 @@ ctypedef struct TState:
     void* ctx              # the context the cached slot was read in
     uint64_t ctx_ver
     int ctx_slot           # the session slot read from handit's ContextVar there
+    int nchunks            # chunks waiting for the drain (bounded-memory mode caps it)
+    uint64_t gap_count     # records dropped since the last one written (bounded-memory mode)
+    int gap_slot
     int npending           # profile source: unwinds whose exception is not known yet
     void* pending_ext[8]   # their RecordExt (filled in when the exception is seen handled)
     void* pending_frame[8] # the frames they unwound

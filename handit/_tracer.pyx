@@ -101,6 +101,9 @@ cdef PyObject* _session_var = <PyObject*>session_var
 cdef unsigned char _active[65536]
 cdef uint64_t _n_calls[65536]
 cdef uint64_t _n_exceptions[65536]
+cdef uint64_t _n_dropped[65536]
+cdef bint _bounded = False         # HANDIT_BOUNDED_MEMORY: drop (counted) past _max_chunks
+cdef int _max_chunks = 32
 cdef TState* _all_states = NULL
 cdef Chunk* _free_chunks = NULL
 cdef int _n_free_chunks = 0
@@ -192,6 +195,13 @@ cdef inline void _record(TState* ts, uint8_t kind, int slot, uint32_t code, PyOb
     cdef RecordExt* e
     cdef int need = 2 if (aux != NULL or key != 0) else 1
     if c == NULL or c.n + need > CHUNK_RECORDS:
+        if _bounded and ts.nchunks >= _max_chunks:
+            # bounded-memory mode: the drain is behind; drop, count, and mark the gap
+            Py_XDECREF(aux)
+            ts.gap_count += 1
+            ts.gap_slot = slot
+            _n_dropped[slot] += 1
+            return
         c = _new_chunk()
         if c == NULL:
             Py_XDECREF(aux)
@@ -201,6 +211,20 @@ cdef inline void _record(TState* ts, uint8_t kind, int slot, uint32_t code, PyOb
         else:
             ts.tail.next = c
         ts.tail = c
+        ts.nchunks += 1
+    if ts.gap_count and c.n + need + 2 <= CHUNK_RECORDS:
+        r = &c.recs[c.n]
+        r.ts = handit_ticks()
+        r.code = 0
+        r.kind = K_GAP
+        r.slot = <uint16_t>ts.gap_slot
+        r.ext = 1
+        e = <RecordExt*>&c.recs[c.n + 1]
+        e.aux = NULL
+        e.key = ts.gap_count
+        c.has_ext = 1
+        c.n += 2
+        ts.gap_count = 0
     r = &c.recs[c.n]
     r.ts = handit_ticks()
     r.code = code
@@ -732,7 +756,9 @@ def uninstall():
 
 def set_policy(policy):
     """Use new filter rules; every code object is decided again."""
-    global _policy, _previewer, _generation, _capture
+    global _policy, _previewer, _generation, _capture, _bounded, _max_chunks
+    _bounded = bool(policy.config.bounded_memory)
+    _max_chunks = max(2, <int>(policy.config.max_buffer_bytes // sizeof(Chunk)))
     _policy = policy
     _previewer = policy.previewer
     _capture = 1 if policy.capture >= ARGS else 0
@@ -747,10 +773,11 @@ def activate(int slot):
 
 
 def take_counts(int slot):
-    """``(calls, exceptions)`` drained for ``slot`` since the last call; resets them."""
-    out = (_n_calls[slot], _n_exceptions[slot])
+    """``(calls, exceptions, dropped)`` for ``slot`` since the last call; resets them."""
+    out = (_n_calls[slot], _n_exceptions[slot], _n_dropped[slot])
     _n_calls[slot] = 0
     _n_exceptions[slot] = 0
+    _n_dropped[slot] = 0
     return out
 
 
@@ -1136,6 +1163,7 @@ def drain(calibration, previewer):
         chunk = ts.head
         ts.head = NULL
         ts.tail = NULL
+        ts.nchunks = 0
         ts.npending = 0  # pending unwinds point into the chunks taken here
         ident = ts.ident
         Py_XDECREF(ts.last_exc)
@@ -1223,6 +1251,21 @@ def drain(calibration, previewer):
             nxt = chunk.next
             _release_chunk(chunk)
             chunk = nxt
+        if ts.gap_count:  # records dropped after the last one taken: the gap ends the block
+            t = epoch0 + <int64_t>((<int64_t>(handit_ticks() - ticks0)) * inv)
+            b = _buf_for(bufs, &nbufs, <uint16_t>ts.gap_slot, t, ident)
+            if b == NULL:
+                _flush_buf(&bufs[63], out)
+                nbufs = 63
+                b = _buf_for(bufs, &nbufs, <uint16_t>ts.gap_slot, t, ident)
+            if b != NULL and _reserve(b, 24) == 0:
+                dts = t - b.last
+                b.last = t
+                b.data[b.len] = <char>K_GAP
+                b.len += 1
+                _put_varint(b, _zigzag(dts))
+                _put_varint(b, ts.gap_count)
+            ts.gap_count = 0
         for j in range(nbufs):
             _flush_buf(&bufs[j], out)
         ts = ts.next_all

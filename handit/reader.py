@@ -302,6 +302,17 @@ class TraceBuilder:
                         push(entry)
                         if len(stack) > max_depth:
                             max_depth = len(stack)
+                elif kind == 7:  # GAP: records were dropped here (bounded-memory mode)
+                    n = data[pos]
+                    pos += 1
+                    if n & 0x80:
+                        n, pos = read_uvarint(data, pos - 1)
+                    while stack:  # what was open here can no longer be matched
+                        entry = pop()
+                        if entry[_ID] is not None:
+                            yield self._closing(entry, ts, "incomplete")
+                    stats["dropped"] = stats.get("dropped", 0) + n
+                    yield {"type": "gap", "session_id": self.session_id, "ts_ns": ts, "dropped": n, "thread": ident}
                 else:
                     raise CorruptBlockError(f"unknown event kind {kind} at offset {pos}")
         except (IndexError, CorruptBlockError):

@@ -8,7 +8,8 @@ A record is ``(kind, slot, code, ts, aux, key)``:
 - ``ts``: raw clock ticks (see :mod:`handit.clock`);
 - ``aux``: CALL: tuple of argument values or None; RETURN: the return value or
   :data:`NO_VALUE`; UNWIND: ``(type_name, message)``; otherwise None;
-- ``key``: generator/coroutine identity for YIELD, RESUME and THROW (0 otherwise).
+- ``key``: generator/coroutine identity for YIELD, RESUME and THROW; for GAP the number of
+  records dropped before it (0 otherwise).
 
 The compiled engine stores the same fields in a C struct (``_tracer.pxd``, 32 bytes);
 ``tests/test_records.py`` checks that both declare the same kinds.
@@ -21,8 +22,17 @@ UNWIND = 3
 YIELD = 4
 RESUME = 5
 THROW = 6
+GAP = 7  # bounded-memory mode: records were dropped here; key = how many
 
-KIND_NAMES = {CALL: "call", RETURN: "return", UNWIND: "unwind", YIELD: "yield", RESUME: "resume", THROW: "throw"}
+KIND_NAMES = {
+    CALL: "call",
+    RETURN: "return",
+    UNWIND: "unwind",
+    YIELD: "yield",
+    RESUME: "resume",
+    THROW: "throw",
+    GAP: "gap",
+}
 
 # code-object flags (CPython's CO_* values) that make a call suspendable
 CO_GENERATOR = 0x20

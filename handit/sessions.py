@@ -206,8 +206,6 @@ def _warn_once(message: str) -> None:
 
 
 def _install(config: Config) -> None:
-    if config.bounded_memory:
-        _warn_once("HANDIT_BOUNDED_MEMORY is not implemented yet: record buffers grow and nothing is dropped")
     choice = _engine.choose(config.engine, config.source, config.require_compiled)
     policy = Policy(config, generation=0)
     drain = Drain(choice.module, _route)
@@ -391,9 +389,12 @@ def stop(session: Session | None = None) -> Session | None:
         try:
             _state["drain"].run_once()
         finally:
-            calls, exceptions = choice.module.take_counts(session.slot)
+            calls, exceptions, dropped = choice.module.take_counts(session.slot)
             session.stats["calls"] += calls
             session.stats["exceptions"] += exceptions
+            session.stats["dropped"] += dropped
+            if dropped:
+                _warn_once(f"handit dropped {dropped} records of session {session.id} (HANDIT_BOUNDED_MEMORY); gaps are marked")
             del _by_slot[session.slot]
             _by_id.pop(session.id, None)
             for sink in session._sinks:

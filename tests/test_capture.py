@@ -394,3 +394,20 @@ def test_coexists_with_cprofile(engine):
     assert len(calls_of(s.events, "rec")) == 6
     names = {k[2] for k in pstats.Stats(profiler).stats}  # type: ignore[attr-defined]
     assert "rec" in names
+
+
+def test_bounded_memory_drops_counts_and_marks_the_gap(engine, monkeypatch):
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("handit.drain"), "DRAIN_INTERVAL_S", 1000.0)
+    sessions = importlib.import_module("handit.sessions")
+    handit.configure(bounded_memory=True, max_buffer_bytes=1, capture="timing")
+    with pytest.warns(sessions.SessionWarning, match="dropped"):
+        with handit.session("bounded") as s:
+            for _ in range(1500):
+                rec(40)
+    gaps = [e for e in s.events if e["type"] == "gap"]
+    assert s.stats["dropped"] > 0 and gaps
+    assert sum(e["dropped"] for e in gaps) == s.stats["dropped"]
+    balanced(s.events)
+    assert s.stats["calls"] + s.stats["dropped"] >= 1500 * 41  # calls recorded or counted as lost
