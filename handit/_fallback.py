@@ -418,6 +418,16 @@ def _resolve_unwinds(buf: _ThreadBuffer) -> None:
 # ---- install / uninstall -------------------------------------------------------------------
 
 
+_SYSMON_CALLBACKS = (
+    ("PY_START", sysmon_py_start),
+    ("PY_RETURN", sysmon_py_return),
+    ("PY_YIELD", sysmon_py_yield),
+    ("PY_RESUME", sysmon_py_resume),
+    ("PY_THROW", sysmon_py_throw),
+    ("PY_UNWIND", sysmon_py_unwind),
+)
+
+
 def _free_tool_id() -> int:
     mon = sys.monitoring
     holders = {}
@@ -448,15 +458,8 @@ def install(source: str, policy: Policy) -> None:
         tool = _free_tool_id()
         mon.use_tool_id(tool, "handit")
         ev = mon.events
-        for event, fn in (
-            (ev.PY_START, sysmon_py_start),
-            (ev.PY_RETURN, sysmon_py_return),
-            (ev.PY_YIELD, sysmon_py_yield),
-            (ev.PY_RESUME, sysmon_py_resume),
-            (ev.PY_THROW, sysmon_py_throw),
-            (ev.PY_UNWIND, sysmon_py_unwind),
-        ):
-            mon.register_callback(tool, event, fn)
+        for name, fn in _SYSMON_CALLBACKS:
+            mon.register_callback(tool, getattr(ev, name), fn)
         _tool_id = tool
         _source = source
         mon.set_events(tool, ev.PY_START | ev.PY_UNWIND | ev.PY_THROW)
@@ -500,11 +503,8 @@ def uninstall() -> None:
             except ValueError:
                 pass
         _local_codes.clear()
-        for event in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768):
-            try:
-                mon.register_callback(tool, event, None)
-            except ValueError:
-                pass
+        for name, _ in _SYSMON_CALLBACKS:
+            mon.register_callback(tool, getattr(mon.events, name), None)
         # DISABLE marks stay on code objects for this tool id after it is freed
         # (python/cpython#111963); clear them so the next session sees all code.
         mon.restart_events()

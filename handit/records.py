@@ -11,8 +11,9 @@ A record is ``(kind, slot, code, ts, aux, key)``:
 - ``key``: generator/coroutine identity for YIELD, RESUME and THROW; for GAP the number of
   records dropped before it (0 otherwise).
 
-The compiled engine stores the same fields in a C struct (``_tracer.pxd``, 32 bytes);
-``tests/test_records.py`` checks that both declare the same kinds.
+The compiled engine stores the same fields in C structs (``_tracer.pxd``: a 16-byte record,
+followed by a 16-byte extension only when it has a value or key);
+``tests/test_engine_parity.py`` checks that both declare the same kinds.
 """
 from __future__ import annotations
 
