@@ -421,11 +421,12 @@ cdef inline void _on_call(TState* ts, int slot, CInfo* ci, PyFrameObject* frame,
     cdef uint64_t key = 0
     cdef PyObject* aux = NULL
     cdef void* iframe = NULL
-    if frame == NULL:
+    cdef bint want_args = kind == K_CALL and _capture and ci.nargs
+    if frame == NULL and (ci.suspendable or want_args):  # timing-only calls skip this
         iframe = handit_current_iframe()
     if ci.suspendable:
         key = <uint64_t>frame if frame != NULL else <uint64_t>iframe
-    if kind == K_CALL and _capture and ci.nargs:
+    if want_args:
         aux = _args(ts, ci, frame, iframe)
     _record(ts, kind, slot, ci.index, aux, key)
 
