@@ -24,6 +24,22 @@ class EngineChoice(NamedTuple):
 _warned_fallback = False
 
 
+def free_tool_id() -> int:
+    """A sys.monitoring tool id no tool holds (PY312+); ids with no standard owner first.
+
+    Raises:
+        HanditError: every id is taken; the message names the holders.
+    """
+    mon = sys.monitoring
+    holders = {}
+    for tool in (4, 3, 5, 2, 1, 0):
+        name = mon.get_tool(tool)
+        if name is None:
+            return tool
+        holders[tool] = name
+    raise HanditError(f"no free sys.monitoring tool id; held by {holders}")
+
+
 def _import_compiled() -> tuple[ModuleType | None, str]:
     try:
         from . import _tracer

@@ -12,9 +12,10 @@ from contextvars import ContextVar
 from time import perf_counter_ns
 from typing import Any
 
+from ._engine import free_tool_id
 from ._policy import ARGS, EXIT_RETURN, EXIT_YIELD, CodeInfo, Policy, exit_kinds, first_yield_unit, module_of
 from .preview import _type_name as type_name, is_scalar
-from .records import CALL, GAP, NO_VALUE, RESUME, RETURN, THROW, UNWIND, YIELD, Rendered
+from .records import CALL, GAP, NO_VALUE, RESUME, RETURN, THROW, UNWIND, YIELD, Rendered, put_string, put_varint
 
 __all__ = [
     "ENGINE",
@@ -428,19 +429,6 @@ _SYSMON_CALLBACKS = (
 )
 
 
-def _free_tool_id() -> int:
-    mon = sys.monitoring
-    holders = {}
-    for tool in (4, 3, 5, 2, 1, 0):  # ids with no standard owner first
-        name = mon.get_tool(tool)
-        if name is None:
-            return tool
-        holders[tool] = name
-    from .errors import HanditError
-
-    raise HanditError(f"no free sys.monitoring tool id; held by {holders}")
-
-
 def install(source: str, policy: Policy) -> None:
     """Start delivering events for active sessions.
 
@@ -455,7 +443,7 @@ def install(source: str, policy: Policy) -> None:
     _failed = False
     if source == "sysmon":
         mon = sys.monitoring
-        tool = _free_tool_id()
+        tool = free_tool_id()
         mon.use_tool_id(tool, "handit")
         ev = mon.events
         for name, fn in _SYSMON_CALLBACKS:
@@ -624,19 +612,6 @@ def after_fork_in_child() -> None:
 # ---- drain: records -> encoded blocks ------------------------------------------------------
 
 
-def _varint(out: bytearray, n: int) -> None:
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-
-
-def _string(out: bytearray, s: str) -> None:
-    data = s.encode("utf-8", "backslashreplace")
-    _varint(out, len(data))
-    out += data
-
-
 def _text(previewer: Any, value: Any) -> str:
     if type(value) is Rendered:
         return value
@@ -662,8 +637,8 @@ def drain(calibration: Any, previewer: Any) -> list[tuple[int, bytes]]:
             block = blocks.get(slot)
             if block is None:
                 buf = bytearray()
-                _varint(buf, ident)
-                _varint(buf, t)
+                put_varint(buf, ident)
+                put_varint(buf, t)
                 block = blocks[slot] = (buf, [t])
             buf, last = block
             dts = t - last[0]
@@ -679,30 +654,30 @@ def drain(calibration: Any, previewer: Any) -> list[tuple[int, bytes]]:
                 if key:
                     tag |= 0x40
                 buf.append(tag)
-                _varint(buf, code)
-                _varint(buf, (dts << 1) ^ (dts >> 63))
+                put_varint(buf, code)
+                put_varint(buf, (dts << 1) ^ (dts >> 63))
                 if key:
-                    _varint(buf, key)
+                    put_varint(buf, key)
                 if aux is not None:
-                    _varint(buf, len(aux))
+                    put_varint(buf, len(aux))
                     for value in aux:
-                        _string(buf, "" if value is NO_VALUE else _text(previewer, value))
+                        put_string(buf, "" if value is NO_VALUE else _text(previewer, value))
             elif kind == RETURN:
                 has = aux is not NO_VALUE
                 buf.append(tag | 0x80 if has else tag)
-                _varint(buf, (dts << 1) ^ (dts >> 63))
+                put_varint(buf, (dts << 1) ^ (dts >> 63))
                 if has:
-                    _string(buf, _text(previewer, aux))
+                    put_string(buf, _text(previewer, aux))
             elif kind == UNWIND:
                 counts[1] += 1
                 buf.append(tag)
-                _varint(buf, (dts << 1) ^ (dts >> 63))
-                _string(buf, aux[0])
-                _string(buf, aux[1])
+                put_varint(buf, (dts << 1) ^ (dts >> 63))
+                put_string(buf, aux[0])
+                put_string(buf, aux[1])
             else:
                 buf.append(tag)
-                _varint(buf, (dts << 1) ^ (dts >> 63))
-                _varint(buf, key)
+                put_varint(buf, (dts << 1) ^ (dts >> 63))
+                put_varint(buf, key)
         for slot, (buf, _) in blocks.items():
             out.append((slot, bytes(buf)))
     return out

@@ -18,6 +18,7 @@ import threading
 import warnings
 from contextvars import ContextVar
 
+from ._engine import free_tool_id
 from ._policy import ARGS, exit_kinds, first_yield_unit, module_of
 from .preview import _type_name as type_name
 from .records import NO_VALUE, Rendered
@@ -671,19 +672,6 @@ def profile_callback(frame, event, arg):
 
 # ---- install / uninstall ----------------------------------------------------------------------
 
-def _free_tool_id():
-    mon = sys.monitoring
-    holders = {}
-    for tool in (4, 3, 5, 2, 1, 0):  # ids with no standard owner first
-        name = mon.get_tool(tool)
-        if name is None:
-            return tool
-        holders[tool] = name
-    from .errors import HanditError
-
-    raise HanditError(f"no free sys.monitoring tool id; held by {holders}")
-
-
 _SYSMON_CALLBACKS = (
     ("PY_START", sysmon_py_start),
     ("PY_RETURN", sysmon_py_return),
@@ -708,7 +696,7 @@ def install(source, policy):
     _failed = False
     if source == "sysmon":
         mon = sys.monitoring
-        tool = _free_tool_id()
+        tool = free_tool_id()
         mon.use_tool_id(tool, "handit")
         _DISABLE = mon.DISABLE
         for name, fn in _SYSMON_CALLBACKS:

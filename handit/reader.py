@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
-from .records import CALL, RESUME, RETURN, THROW, UNWIND, YIELD
+from .records import CALL, RESUME, RETURN, THROW, UNWIND, YIELD, put_string, put_varint
 
 __all__ = ["BlockEncoder", "CorruptBlockError", "TraceBuilder", "read_uvarint"]
 
@@ -358,19 +358,6 @@ class TraceBuilder:
         return on_stacks + sum(1 for e, _ in self._stash.values() if e[0] is not None)
 
 
-def _varint(out: bytearray, n: int) -> None:
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-
-
-def _string(out: bytearray, s: str) -> None:
-    data = s.encode("utf-8", "backslashreplace")
-    _varint(out, len(data))
-    out += data
-
-
 class BlockEncoder:
     """Builds one block by hand: a reference encoder for tests, benchmarks and generated traces.
 
@@ -385,8 +372,8 @@ class BlockEncoder:
     def __init__(self, thread: int, base_ts: int) -> None:
         self._out = bytearray()
         self._last = base_ts
-        _varint(self._out, thread)
-        _varint(self._out, base_ts)
+        put_varint(self._out, thread)
+        put_varint(self._out, base_ts)
 
     def _head(self, tag: int, ts: int) -> None:
         dts = ts - self._last
@@ -397,36 +384,36 @@ class BlockEncoder:
     def call(self, code: int, ts: int, *, key: int = 0, args: list[str] | None = None) -> BlockEncoder:
         """A CALL of code index ``code`` (``key`` for a generator/coroutine; argument previews)."""
         self._head(CALL | (0x80 if args is not None else 0) | (0x40 if key else 0), ts)
-        _varint(self._out, code)
-        _varint(self._out, self._dts)
+        put_varint(self._out, code)
+        put_varint(self._out, self._dts)
         if key:
-            _varint(self._out, key)
+            put_varint(self._out, key)
         if args is not None:
-            _varint(self._out, len(args))
+            put_varint(self._out, len(args))
             for arg in args:
-                _string(self._out, arg)
+                put_string(self._out, arg)
         return self
 
     def ret(self, ts: int, preview: str | None = None) -> BlockEncoder:
         """A RETURN, with the return value's preview or none."""
         self._head(RETURN | (0x80 if preview is not None else 0), ts)
-        _varint(self._out, self._dts)
+        put_varint(self._out, self._dts)
         if preview is not None:
-            _string(self._out, preview)
+            put_string(self._out, preview)
         return self
 
     def unwind(self, ts: int, type_name: str, message: str) -> BlockEncoder:
         """An UNWIND: the call ends with an exception."""
         self._head(UNWIND, ts)
-        _varint(self._out, self._dts)
-        _string(self._out, type_name)
-        _string(self._out, message)
+        put_varint(self._out, self._dts)
+        put_string(self._out, type_name)
+        put_string(self._out, message)
         return self
 
     def _keyed(self, kind: int, ts: int, key: int) -> BlockEncoder:
         self._head(kind, ts)
-        _varint(self._out, self._dts)
-        _varint(self._out, key)
+        put_varint(self._out, self._dts)
+        put_varint(self._out, key)
         return self
 
     def yield_(self, ts: int, key: int) -> BlockEncoder:

@@ -59,3 +59,18 @@ class Rendered(str):
     """A preview string made at capture time (for values that may change later)."""
 
     __slots__ = ()
+
+
+def put_varint(out: bytearray, n: int) -> None:
+    """Append ``n`` as an unsigned LEB128 varint (the block format's integers)."""
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+
+
+def put_string(out: bytearray, s: str) -> None:
+    """Append a block-format string: varint byte length, then UTF-8 (lone surrogates escaped)."""
+    data = s.encode("utf-8", "backslashreplace")
+    put_varint(out, len(data))
+    out += data
