@@ -316,11 +316,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=50.0, help="seconds the whole report aims to take (3 repetitions at least)")
     parser.add_argument("--fallback", action="store_true", help="also measure the pure-Python engine (2 runs each)")
     parser.add_argument("--json", metavar="PATH", help="also write the raw figures as JSON")
+    parser.add_argument("--only", metavar="WORD", action="append", help="measure only figures whose name has WORD (e.g. sysmon, trace0), with the untraced baseline and floors; repeatable")
     args = parser.parse_args(argv)
 
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="handit-bench-") as tmp:
         variants = build_variants(tmp, args.fallback)
+        if args.only:
+            keep = ("untraced", "floor ")
+            variants = {n: v for n, v in variants.items() if n.startswith(keep) or any(w in n for w in args.only)}
         if "trace0" in variants:  # count trace0's events once, in its JSON format
             try:
                 _measure.trace0_run(os.path.join(tmp, "trace0-check.json"), fmt="json", reps=20)

@@ -12,7 +12,7 @@
 
 typedef Py_tracefunc handit_tracefunc;
 
-/* Raw clock: the TSC on x86-64 (~7 ns to read; calibrated against the monotonic clock
+/* Raw clock: the TSC on x86-64 (~7-10 ns to read; calibrated against the monotonic clock
    in the drain), CLOCK_MONOTONIC elsewhere. */
 static inline uint64_t handit_ticks(void) {
 #if defined(__x86_64__) || defined(_M_X64)
@@ -77,6 +77,75 @@ static inline PyThreadState *handit_tstate(void) {
     return _PyThreadState_UncheckedGet();
 #endif
 }
+
+/* PY312+ keeps the running thread state in a thread-local of libpython (_Py_tss_tstate),
+   which the exported getter reaches through __tls_get_addr when libpython is a shared
+   library (~35 instructions, twice a call). It sits in the static TLS block, at one fixed
+   %fs offset in every thread: handit finds that offset once (the one word of libpython's
+   TLS segment that holds the current thread state) and each thread checks it against
+   the getter before using it (handit_tstate_fast_ok); anywhere else the getter is used. */
+#if PY_VERSION_HEX >= 0x030C0000 && defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__)
+#define HANDIT_FAST_TSTATE 1
+#include <link.h>
+#include <string.h>
+static long handit_tstate_off = 0;  /* 0: not found (use the getter) */
+static inline char *handit_fs_base(void) {
+    char *base;
+    __asm__ volatile("movq %%fs:0, %0" : "=r"(base));  /* the TCB points to itself */
+    return base;
+}
+static inline PyThreadState *handit_tstate_tls(void) {
+    PyThreadState *t;
+    __asm__ volatile("movq %%fs:(%1), %0" : "=r"(t) : "r"(handit_tstate_off));
+    return t;
+}
+typedef struct { void *want; char *found; int n; } handit_tls_scan;
+static int handit_tls_scan_one(struct dl_phdr_info *info, size_t size, void *data) {
+    handit_tls_scan *scan = (handit_tls_scan *)data;
+    size_t memsz = 0;
+    (void)size;
+    if (info->dlpi_tls_data == NULL) return 0;
+    for (int i = 0; i < info->dlpi_phnum; i++)
+        if (info->dlpi_phdr[i].p_type == PT_TLS) memsz = info->dlpi_phdr[i].p_memsz;
+    for (size_t off = 0; off + sizeof(void *) <= memsz; off += sizeof(void *)) {
+        void *word;
+        memcpy(&word, (char *)info->dlpi_tls_data + off, sizeof word);
+        if (word == scan->want) { scan->found = (char *)info->dlpi_tls_data + off; scan->n++; }
+    }
+    return 0;
+}
+/* Finds the offset (with the GIL, once); 1 if found. */
+static inline int handit_find_tstate_tls(void) {
+    handit_tls_scan scan = {(void *)handit_tstate(), NULL, 0};
+    if (scan.want == NULL) return 0;
+    dl_iterate_phdr(handit_tls_scan_one, &scan);
+    if (scan.n != 1) return 0;  /* none, or ambiguous: keep the getter */
+    handit_tstate_off = (long)(scan.found - handit_fs_base());
+    return handit_tstate_off != 0;
+}
+#endif
+
+/* 1 if this thread may read the thread state with handit_tstate_tls (checked once a thread). */
+static inline int handit_tstate_fast_ok(void) {
+#ifdef HANDIT_FAST_TSTATE
+    PyThreadState *t = handit_tstate();
+    if (handit_tstate_off == 0 && !handit_find_tstate_tls()) return 0;
+    return t != NULL && handit_tstate_tls() == t;
+#else
+    return 0;
+#endif
+}
+
+/* The running thread state: the fast read where this thread checked it, else the getter. */
+static inline PyThreadState *handit_tstate_for(int fast) {
+#ifdef HANDIT_FAST_TSTATE
+    if (fast) return handit_tstate_tls();
+#else
+    (void)fast;
+#endif
+    return handit_tstate();
+}
+
 static inline void *handit_context_ptr(PyThreadState *t) { return (void *)t->context; }
 static inline uint64_t handit_context_ver(PyThreadState *t) { return t->context_ver; }
 
@@ -90,17 +159,6 @@ static inline int handit_frame_lasti_units(PyFrameObject *f) {
 #endif
 }
 
-/* Borrowed code object of a frame. */
-static inline PyObject *handit_frame_code(PyFrameObject *f) {
-#if PY_VERSION_HEX >= 0x030B0000
-    PyCodeObject *c = PyFrame_GetCode(f);  /* new reference; the frame keeps it alive */
-    Py_DECREF(c);
-    return (PyObject *)c;
-#else
-    return (PyObject *)f->f_code;
-#endif
-}
-
 /* Fast locals of a running frame, read in place: no frame object, no locals dict.
    PY311+: the interpreter frame (_PyInterpreterFrame, Include/internal/pycore_frame.h) starts
    with eight pointers, an int and two small fields before `localsplus` in 3.11, 3.12 and
@@ -111,13 +169,33 @@ typedef struct { void *head[8]; int stacktop; uint16_t small; char owner; PyObje
 typedef struct { PyObject_HEAD PyObject *f_back; handit_iframe *f_frame; } handit_frame_head;
 #endif
 
-/* The interpreter frame running now (PY312+: the callee inside a sys.monitoring callback). */
-static inline void *handit_current_iframe(void) {
-#if PY_VERSION_HEX >= 0x030D0000
-    return (void *)PyThreadState_GetUnchecked()->current_frame;
-#elif PY_VERSION_HEX >= 0x030C0000
-    return (void *)_PyThreadState_UncheckedGet()->cframe->current_frame;
+/* Before 3.12 a C profile function's "return" carries NULL when an exception unwinds the
+   frame (the return value otherwise); 3.12+ emulates profile functions over sys.monitoring
+   and passes None for both, so there the stopped instruction tells them apart. */
+#define HANDIT_UNWIND_ARG_IS_NULL (PY_VERSION_HEX < 0x030C0000)
+
+/* Borrowed code object of a frame, read in place (the interpreter frame's first word on
+   3.12/3.13, its fifth on 3.11): what PyFrame_GetCode returns, without the call and the
+   reference count. */
+static inline PyObject *handit_frame_code_fast(PyFrameObject *f) {
+#if PY_VERSION_HEX >= 0x030C0000
+    return (PyObject *)((handit_frame_head *)f)->f_frame->head[0];
+#elif PY_VERSION_HEX >= 0x030B0000
+    return (PyObject *)((handit_frame_head *)f)->f_frame->head[4];
 #else
+    return (PyObject *)f->f_code;
+#endif
+}
+
+/* The interpreter frame running now in thread state t (PY312+: the callee inside a
+   sys.monitoring callback). */
+static inline void *handit_current_iframe(PyThreadState *t) {
+#if PY_VERSION_HEX >= 0x030D0000
+    return (void *)t->current_frame;
+#elif PY_VERSION_HEX >= 0x030C0000
+    return (void *)t->cframe->current_frame;
+#else
+    (void)t;
     return NULL;
 #endif
 }

@@ -38,6 +38,7 @@ ctypedef struct TState:
     Chunk* head       # oldest chunk waiting for the drain
     Chunk* tail       # chunk being written
     int busy          # handit's own work or an internal thread: record nothing
+    int fast_tstate   # this thread reads CPython's thread state from its TLS slot directly
     TState* next_all
     PyObject* last_exc
     PyObject* last_exc_text

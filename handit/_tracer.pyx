@@ -72,9 +72,10 @@ cdef extern from "_compat.h":
     int handit_code_get_extra(PyObject*, Py_ssize_t, void**)
     int handit_code_set_extra(PyObject*, Py_ssize_t, void*)
     int handit_frame_lasti_units(PyFrameObject*)
-    PyObject* handit_frame_code(PyFrameObject*)
+    PyObject* handit_frame_code_fast(PyFrameObject*)
+    bint HANDIT_UNWIND_ARG_IS_NULL
     PyObject* handit_frame_arg(PyFrameObject*, void*, int)
-    void* handit_current_iframe()
+    void* handit_current_iframe(PyThreadState*)
     void handit_set_profile_all(handit_tracefunc)
     PyObject* handit_handled_exception()
     handit_tracefunc handit_prev_profile(unsigned long, PyObject**)
@@ -82,6 +83,8 @@ cdef extern from "_compat.h":
     ctypedef struct PyThreadState:
         pass
     PyThreadState* handit_tstate()
+    PyThreadState* handit_tstate_for(int fast)
+    int handit_tstate_fast_ok()
     void* handit_context_ptr(PyThreadState*)
     uint64_t handit_context_ver(PyThreadState*)
     ctypedef struct PyMethodDef:
@@ -149,6 +152,7 @@ cdef TState* _new_tstate() noexcept:
     if ts == NULL:
         return NULL
     ts.ident = PyThread_get_thread_ident()
+    ts.fast_tstate = handit_tstate_fast_ok()
     ts.next_all = _all_states
     _all_states = ts
     handit_set_tls(ts)
@@ -189,24 +193,22 @@ cdef void _release_chunk(Chunk* c) noexcept:
         free(c)
 
 
-cdef inline void _record(TState* ts, uint8_t kind, int slot, uint32_t code, PyObject* aux, uint64_t key) noexcept:
-    # never raises; steals the reference to aux (dropped if memory runs out)
+cdef Chunk* _make_room(TState* ts, int slot, int need) noexcept:
+    # _record's slow path: a new chunk, a pending gap mark, or (bounded-memory mode) a drop.
+    # Returns the chunk with room for `need` records, or NULL when the record is dropped.
     cdef Chunk* c = ts.tail
     cdef Record* r
     cdef RecordExt* e
-    cdef int need = 2 if (aux != NULL or key != 0) else 1
     if c == NULL or c.n + need > CHUNK_RECORDS:
         if _bounded and ts.nchunks >= _max_chunks:
             # bounded-memory mode: the drain is behind; drop, count, and mark the gap
-            Py_XDECREF(aux)
             ts.gap_count += 1
             ts.gap_slot = slot
             _n_dropped[slot] += 1
-            return
+            return NULL
         c = _new_chunk()
         if c == NULL:
-            Py_XDECREF(aux)
-            return
+            return NULL
         if ts.tail == NULL:
             ts.head = c
         else:
@@ -226,6 +228,37 @@ cdef inline void _record(TState* ts, uint8_t kind, int slot, uint32_t code, PyOb
         c.has_ext = 1
         c.n += 2
         ts.gap_count = 0
+    return c
+
+
+cdef inline void _record_plain(TState* ts, uint8_t kind, int slot, uint32_t code) noexcept:
+    # a record with no value or key (timing-only calls and returns): the hot path
+    cdef Chunk* c = ts.tail
+    cdef Record* r
+    if c == NULL or c.n >= CHUNK_RECORDS or ts.gap_count:
+        c = _make_room(ts, slot, 1)
+        if c == NULL:
+            return
+    r = &c.recs[c.n]
+    r.ts = handit_ticks()
+    r.code = code
+    r.kind = kind
+    r.ext = 0
+    r.slot = <uint16_t>slot
+    c.n += 1
+
+
+cdef void _record(TState* ts, uint8_t kind, int slot, uint32_t code, PyObject* aux, uint64_t key) noexcept:
+    # never raises; steals the reference to aux (dropped if memory runs out)
+    cdef Chunk* c = ts.tail
+    cdef Record* r
+    cdef RecordExt* e
+    cdef int need = 2 if (aux != NULL or key != 0) else 1
+    if c == NULL or c.n + need > CHUNK_RECORDS or ts.gap_count:
+        c = _make_room(ts, slot, need)
+        if c == NULL:
+            Py_XDECREF(aux)
+            return
     r = &c.recs[c.n]
     r.ts = handit_ticks()
     r.code = code
@@ -240,11 +273,10 @@ cdef inline void _record(TState* ts, uint8_t kind, int slot, uint32_t code, PyOb
     c.n += need
 
 
-cdef inline int _current_slot(TState* ts) noexcept:
+cdef inline int _current_slot(TState* ts, PyThreadState* t) noexcept:
     # never raises; 0 when no session is active here. The ContextVar is read again only
     # when the thread has entered another context (asyncio task switch, Context.run) or
     # handit set the variable (invalidate()); otherwise the cached slot stands.
-    cdef PyThreadState* t = handit_tstate()
     cdef void* ctx = handit_context_ptr(t)
     cdef uint64_t ver = handit_context_ver(t)
     cdef int slot
@@ -416,15 +448,18 @@ cdef PyObject* _exception_text(TState* ts, PyObject* exc) noexcept:
 
 # ---- shared record path ----------------------------------------------------------------------
 
-cdef inline void _on_call(TState* ts, int slot, CInfo* ci, PyFrameObject* frame, uint8_t kind) noexcept:
+cdef inline void _on_call(TState* ts, PyThreadState* t, int slot, CInfo* ci, PyFrameObject* frame, uint8_t kind) noexcept:
     # never raises. frame is NULL for sys.monitoring: the interpreter frame running now is
     # read instead (PY312+), which needs no frame object.
     cdef uint64_t key = 0
     cdef PyObject* aux = NULL
     cdef void* iframe = NULL
     cdef bint want_args = kind == K_CALL and _capture and ci.nargs
-    if frame == NULL and (ci.suspendable or want_args):  # timing-only calls skip this
-        iframe = handit_current_iframe()
+    if not ci.suspendable and not want_args:  # timing only
+        _record_plain(ts, kind, slot, ci.index)
+        return
+    if frame == NULL:
+        iframe = handit_current_iframe(t)
     if ci.suspendable:
         key = <uint64_t>frame if frame != NULL else <uint64_t>iframe
     if want_args:
@@ -434,10 +469,10 @@ cdef inline void _on_call(TState* ts, int slot, CInfo* ci, PyFrameObject* frame,
 
 cdef inline void _on_return(TState* ts, int slot, CInfo* ci, PyObject* value) noexcept:
     # never raises
-    cdef PyObject* aux = NULL
     if _capture:
-        aux = _keep(ts, value if value != NULL else Py_None)
-    _record(ts, K_RETURN, slot, ci.index, aux, 0)
+        _record(ts, K_RETURN, slot, ci.index, _keep(ts, value if value != NULL else Py_None), 0)
+    else:
+        _record_plain(ts, K_RETURN, slot, ci.index)
 
 
 cdef inline void _on_unwind(TState* ts, int slot, CInfo* ci, PyObject* exc) noexcept:
@@ -462,13 +497,15 @@ cdef PyObject* _none() noexcept:
 cdef PyObject* _c_py_start(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
     # PY_START(code, offset): decide the code once; record a call (DISABLE for excluded code)
     cdef TState* ts = _tstate()
+    cdef PyThreadState* t
     cdef int slot
     cdef CInfo* ci
     cdef PyFrameObject* frame = NULL
     cdef PyObject* code = args[0]
     if ts == NULL or ts.busy:
         return _none()
-    slot = _current_slot(ts)
+    t = handit_tstate_for(ts.fast_tstate)
+    slot = _current_slot(ts, t)
     if slot == 0:
         return _none()
     ci = _cinfo(code)
@@ -480,22 +517,25 @@ cdef PyObject* _c_py_start(PyObject* self, PyObject** args, Py_ssize_t nargs) no
     if not ci.traced:
         Py_INCREF(_DISABLE)
         return <PyObject*>_DISABLE
-    _on_call(ts, slot, ci, NULL, K_CALL)  # keys and arguments from the interpreter frame
+    _on_call(ts, t, slot, ci, NULL, K_CALL)  # keys and arguments from the interpreter frame
     return _none()
 
 
-cdef inline CInfo* _traced_event(PyObject* code, TState** ts_out, int* slot_out) noexcept:
-    # the thread state, session slot and code info of an event on traced code, else NULL
+cdef inline CInfo* _traced_event(PyObject* code, TState** ts_out, PyThreadState** t_out, int* slot_out) noexcept:
+    # the thread states, session slot and code info of an event on traced code, else NULL
     cdef TState* ts = _tstate()
+    cdef PyThreadState* t
     cdef int slot
     cdef CInfo* ci
     if ts == NULL or ts.busy:
         return NULL
-    slot = _current_slot(ts)
+    t = handit_tstate_for(ts.fast_tstate)
+    slot = _current_slot(ts, t)
     if slot == 0:
         return NULL
     ci = _traced(code)
     ts_out[0] = ts
+    t_out[0] = t
     slot_out[0] = slot
     return ci
 
@@ -503,8 +543,9 @@ cdef inline CInfo* _traced_event(PyObject* code, TState** ts_out, int* slot_out)
 cdef PyObject* _c_py_return(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
     # PY_RETURN(code, offset, retval): the call ends with a value
     cdef TState* ts = NULL
+    cdef PyThreadState* t = NULL
     cdef int slot = 0
-    cdef CInfo* ci = _traced_event(args[0], &ts, &slot)
+    cdef CInfo* ci = _traced_event(args[0], &ts, &t, &slot)
     if ci != NULL:
         _on_return(ts, slot, ci, args[2])
     return _none()
@@ -512,10 +553,11 @@ cdef PyObject* _c_py_return(PyObject* self, PyObject** args, Py_ssize_t nargs) n
 
 cdef inline PyObject* _suspend_event(PyObject* code, uint8_t kind) noexcept:
     cdef TState* ts = NULL
+    cdef PyThreadState* t = NULL
     cdef int slot = 0
-    cdef CInfo* ci = _traced_event(code, &ts, &slot)
+    cdef CInfo* ci = _traced_event(code, &ts, &t, &slot)
     if ci != NULL:
-        _record(ts, kind, slot, ci.index, NULL, <uint64_t>handit_current_iframe())
+        _record(ts, kind, slot, ci.index, NULL, <uint64_t>handit_current_iframe(t))
     return _none()
 
 
@@ -537,8 +579,9 @@ cdef PyObject* _c_py_throw(PyObject* self, PyObject** args, Py_ssize_t nargs) no
 cdef PyObject* _c_py_unwind(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
     # PY_UNWIND(code, offset, exc): the call ends with an exception
     cdef TState* ts = NULL
+    cdef PyThreadState* t = NULL
     cdef int slot = 0
-    cdef CInfo* ci = _traced_event(args[0], &ts, &slot)
+    cdef CInfo* ci = _traced_event(args[0], &ts, &t, &slot)
     if ci != NULL:
         _on_unwind(ts, slot, ci, args[2])
     return _none()
@@ -579,10 +622,10 @@ cdef int profile_call(PyObject* obj, PyFrameObject* frame, int what, PyObject* a
         _resolve_unwinds(ts)
     if (what != PyTrace_CALL and what != PyTrace_RETURN) or ts.busy:
         return 0
-    slot = _current_slot(ts)
+    slot = _current_slot(ts, handit_tstate_for(ts.fast_tstate))
     if slot == 0:
         return 0
-    code = handit_frame_code(frame)
+    code = handit_frame_code_fast(frame)
     if what == PyTrace_CALL:
         ci = _cinfo(code)
         if ci == NULL or ci.generation != _generation:
@@ -592,12 +635,21 @@ cdef int profile_call(PyObject* obj, PyFrameObject* frame, int what, PyObject* a
         if not ci.traced:
             return 0
         if ci.suspendable and handit_frame_lasti_units(frame) >= <int>ci.first_yield:
-            _on_call(ts, slot, ci, frame, K_RESUME)
+            _on_call(ts, NULL, slot, ci, frame, K_RESUME)
         else:
-            _on_call(ts, slot, ci, frame, K_CALL)
+            _on_call(ts, NULL, slot, ci, frame, K_CALL)
         return 0
     ci = _traced(code)
-    if ci == NULL or ci.exit_kinds == NULL:
+    if ci == NULL:
+        return 0
+    if HANDIT_UNWIND_ARG_IS_NULL and not ci.suspendable:
+        if arg != NULL:
+            _on_return(ts, slot, ci, arg)
+        else:
+            _on_unwind(ts, slot, ci, NULL)
+            _remember_unwind(ts, frame)
+        return 0
+    if ci.exit_kinds == NULL:
         return 0
     unit = handit_frame_lasti_units(frame)
     how = 0
@@ -805,6 +857,12 @@ def mark_internal_thread():
     if _source_kind == 2:  # not even the profile function's call: this thread is never traced
         PyEval_SetProfile(NULL, NULL)
     set_slot(0)
+
+
+def fast_thread_state():
+    """Whether the calling thread reads CPython's thread state straight from its TLS slot."""
+    cdef TState* ts = _tstate()
+    return ts != NULL and ts.fast_tstate != 0
 
 
 def code_info(index):

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import cProfile
+import platform
 import pstats
 import subprocess
 import sys
 import textwrap
+import threading
 import warnings
 
 import pytest
@@ -411,3 +413,15 @@ def test_bounded_memory_drops_counts_and_marks_the_gap(engine, monkeypatch):
     assert sum(e["dropped"] for e in gaps) == s.stats["dropped"]
     balanced(s.events)
     assert s.stats["calls"] + s.stats["dropped"] >= 1500 * 41  # calls recorded or counted as lost
+
+
+@pytest.mark.skipif(not (PY312 and sys.platform == "linux" and platform.machine() == "x86_64"), reason="the in-place read is for 3.12+ on x86-64 Linux")
+def test_thread_state_read_in_place_on_every_thread():
+    """3.12+: the compiled engine reads CPython's thread state from its TLS slot, checked per thread."""
+    tracer = pytest.importorskip("handit._tracer")
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(tracer.fast_thread_state()))
+    worker.start()
+    worker.join()
+    assert tracer.fast_thread_state() is True
+    assert seen == [True]
