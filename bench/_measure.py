@@ -29,7 +29,6 @@ from handit import drain as drain_mod
 
 import _workloads as wl
 
-NO_DRAIN_S = 3600.0  # "never" for the background drain
 
 
 class CheckFailed(AssertionError):
@@ -89,12 +88,12 @@ def check(ok: bool, message: str) -> None:
 @contextlib.contextmanager
 def drain_held() -> Iterator[None]:
     """Hold the background drain off: records stay in the engine until run_once() or stop()."""
-    saved = drain_mod.DRAIN_INTERVAL_S
-    drain_mod.DRAIN_INTERVAL_S = NO_DRAIN_S
+    saved = drain_mod.BACKGROUND
+    drain_mod.BACKGROUND = False
     try:
         yield
     finally:
-        drain_mod.DRAIN_INTERVAL_S = saved
+        drain_mod.BACKGROUND = saved
 
 
 @contextlib.contextmanager

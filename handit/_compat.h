@@ -32,6 +32,43 @@ static inline int handit_ticks_are_ns(void) {
 #endif
 }
 
+/* Hand-off between the threads writing records (GIL held) and the drain thread encoding
+   full chunks without the GIL: handit_q_lock guards the queues of full chunks and the free
+   list (held for a few instructions a chunk); handit_enc_lock lets one encoder at a time
+   write the encoded buffers (the drain thread, or a drain run with the GIL). Neither is
+   ever held while waiting for the GIL. */
+#include <pthread.h>
+static pthread_mutex_t handit_q_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t handit_enc_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t handit_q_cond = PTHREAD_COND_INITIALIZER;
+static inline void handit_q_lock(void) { pthread_mutex_lock(&handit_q_mutex); }
+static inline void handit_q_unlock(void) { pthread_mutex_unlock(&handit_q_mutex); }
+static inline void handit_enc_lock(void) { pthread_mutex_lock(&handit_enc_mutex); }
+static inline void handit_enc_unlock(void) { pthread_mutex_unlock(&handit_enc_mutex); }
+static inline void handit_q_signal(void) { pthread_cond_signal(&handit_q_cond); }
+/* Waits (q lock held) until signalled or `seconds` from now have passed (real-time clock,
+   the condition variable's default); 1 when the time is up. */
+static inline int handit_q_wait(double seconds) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    long long ns = (long long)ts.tv_nsec + (long long)(seconds * 1e9);
+    ts.tv_sec += (time_t)(ns / 1000000000LL);
+    ts.tv_nsec = (long)(ns % 1000000000LL);
+    return pthread_cond_timedwait(&handit_q_cond, &handit_q_mutex, &ts) != 0;
+}
+static inline uint64_t handit_mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+/* After fork() the child has one thread: locks held by another thread of the parent
+   would never be released there. */
+static inline void handit_sync_reinit(void) {
+    pthread_mutex_init(&handit_q_mutex, NULL);
+    pthread_mutex_init(&handit_enc_mutex, NULL);
+    pthread_cond_init(&handit_q_cond, NULL);
+}
+
 /* One pointer of per-thread engine state (a C thread-local: no dict lookup). */
 /* initial-exec: a direct %fs-relative load instead of a __tls_get_addr call (~3 ns a callback). */
 static __thread void *handit_tls_state __attribute__((tls_model("initial-exec"))) = NULL;

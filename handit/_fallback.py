@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 import warnings
 from contextvars import ContextVar
 from time import perf_counter_ns
@@ -29,6 +30,7 @@ __all__ = [
     "codes_since",
     "deactivate",
     "drain",
+    "encode_while_waiting",
     "ensure_thread",
     "install",
     "mark_internal_thread",
@@ -616,6 +618,11 @@ def _text(previewer: Any, value: Any) -> str:
     if type(value) is Rendered:
         return value
     return previewer.preview(value)  # type: ignore[no-any-return]
+
+
+def encode_while_waiting(seconds: float) -> None:
+    """Drain thread: wait ``seconds`` (the pure engine encodes everything in :func:`drain`)."""
+    time.sleep(seconds)
 
 
 def drain(calibration: Any, previewer: Any) -> list[tuple[int, bytes]]:

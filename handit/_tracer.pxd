@@ -1,5 +1,5 @@
 # The compiled engine's C-level interface: the record layout (mirrors handit/records.py).
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from cpython.object cimport PyObject
 
 cdef enum:
@@ -31,12 +31,24 @@ ctypedef struct Chunk:
     Chunk* next
     int n
     int has_ext       # some record here has a value or key (needs the GIL to drain)
+    int start         # records before this one are encoded already
     Record recs[CHUNK_RECORDS]
+
+# a block being encoded for one session slot of one thread
+ctypedef struct OutBuf:
+    char* data
+    size_t len
+    size_t cap
+    int64_t last      # time of the last record written (ns since the epoch)
+    int slot
 
 ctypedef struct TState:
     unsigned long ident
-    Chunk* head       # oldest chunk waiting for the drain
-    Chunk* tail       # chunk being written
+    Chunk* head       # oldest full chunk waiting for the drain (q lock)
+    Chunk* qlast      # newest full chunk waiting for the drain (q lock)
+    Chunk* tail       # chunk being written (its thread only, or a drain holding the GIL)
+    OutBuf* out       # blocks encoded but not yet handed to sessions (enc lock), 64 of them
+    int nout
     int busy          # handit's own work or an internal thread: record nothing
     int fast_tstate   # this thread reads CPython's thread state from its TLS slot directly
     TState* next_all
@@ -45,7 +57,7 @@ ctypedef struct TState:
     void* ctx              # the context the cached slot was read in
     uint64_t ctx_ver
     int ctx_slot           # the session slot read from handit's ContextVar there
-    int nchunks            # chunks waiting for the drain (bounded-memory mode caps it)
+    int nchunks            # full chunks waiting for the drain (q lock; bounded-memory mode caps it)
     uint64_t gap_count     # records dropped since the last one written (bounded-memory mode)
     int gap_slot
     int npending           # profile source: unwinds whose exception is not known yet

@@ -2,8 +2,11 @@
 """Capture stage, compiled: sys.monitoring and profile-function callbacks -> per-thread record chunks.
 
 Both event sources funnel into the same record path (``_record``), written into
-per-thread chunks of fixed-size records with no lock (the GIL orders writers and
-the drain). ``drain()`` turns chunks into encoded blocks per session, in C.
+per-thread chunks of fixed-size records with no lock (each thread writes its own
+chunk while holding the GIL). A full chunk is queued for the drain; the drain
+thread encodes queued timing-only chunks without the GIL, beside the program
+(``encode_while_waiting``), and ``drain()`` (with the GIL) encodes the rest and
+hands every session its blocks, in C.
 The pure-Python twin is ``handit._fallback``; both keep the same names.
 """
 cimport cython
@@ -13,6 +16,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, calloc, free, realloc
 from libc.string cimport memcmp, memcpy, strlen
 
+import os
 import sys
 import threading
 import warnings
@@ -82,6 +86,14 @@ cdef extern from "_compat.h":
     void* handit_code_extra_fast(PyObject*, Py_ssize_t)
     ctypedef struct PyThreadState:
         pass
+    void handit_q_lock() nogil
+    void handit_q_unlock() nogil
+    void handit_enc_lock() nogil
+    void handit_enc_unlock() nogil
+    void handit_q_signal() nogil
+    int handit_q_wait(double) nogil
+    uint64_t handit_mono_ns() nogil
+    void handit_sync_reinit() nogil
     PyThreadState* handit_tstate()
     PyThreadState* handit_tstate_for(int fast)
     int handit_tstate_fast_ok()
@@ -111,6 +123,8 @@ cdef int _max_chunks = 32
 cdef TState* _all_states = NULL
 cdef Chunk* _free_chunks = NULL
 cdef int _n_free_chunks = 0
+cdef uint64_t _n_queued = 0        # chunks ever queued for the drain (q lock)
+cdef uint64_t _n_background = 0    # chunks ever encoded by the drain thread without the GIL (enc lock)
 cdef Py_ssize_t _extra_index = -1
 cdef uint32_t _generation = 1
 cdef uint32_t _install_generation = 1
@@ -153,8 +167,10 @@ cdef TState* _new_tstate() noexcept:
         return NULL
     ts.ident = PyThread_get_thread_ident()
     ts.fast_tstate = handit_tstate_fast_ok()
+    handit_q_lock()  # the drain thread walks the list without the GIL
     ts.next_all = _all_states
     _all_states = ts
+    handit_q_unlock()
     handit_set_tls(ts)
     return ts
 
@@ -166,8 +182,8 @@ cdef inline TState* _tstate() noexcept:
     return ts
 
 
-cdef Chunk* _new_chunk() noexcept:
-    # never raises; returns NULL when out of memory
+cdef Chunk* _new_chunk() noexcept nogil:
+    # never raises; returns NULL when out of memory. Caller holds the q lock.
     global _free_chunks, _n_free_chunks
     cdef Chunk* c = _free_chunks
     if c != NULL:
@@ -180,10 +196,12 @@ cdef Chunk* _new_chunk() noexcept:
     c.next = NULL
     c.n = 0
     c.has_ext = 0
+    c.start = 0
     return c
 
 
-cdef void _release_chunk(Chunk* c) noexcept:
+cdef void _release_chunk(Chunk* c) noexcept nogil:
+    # caller holds the q lock
     global _free_chunks, _n_free_chunks
     if _n_free_chunks < 256:  # keep warm chunks (64 MiB at most): no page faults on the hot path
         c.next = _free_chunks
@@ -194,27 +212,35 @@ cdef void _release_chunk(Chunk* c) noexcept:
 
 
 cdef Chunk* _make_room(TState* ts, int slot, int need) noexcept:
+    global _n_queued
     # _record's slow path: a new chunk, a pending gap mark, or (bounded-memory mode) a drop.
     # Returns the chunk with room for `need` records, or NULL when the record is dropped.
     cdef Chunk* c = ts.tail
     cdef Record* r
     cdef RecordExt* e
     if c == NULL or c.n + need > CHUNK_RECORDS:
-        if _bounded and ts.nchunks >= _max_chunks:
+        handit_q_lock()
+        if _bounded and ts.nchunks + 1 >= _max_chunks:
             # bounded-memory mode: the drain is behind; drop, count, and mark the gap
+            handit_q_unlock()
             ts.gap_count += 1
             ts.gap_slot = slot
             _n_dropped[slot] += 1
             return NULL
+        if c != NULL:  # full: queued for the drain, which may encode it right away
+            if ts.qlast == NULL:
+                ts.head = c
+            else:
+                ts.qlast.next = c
+            ts.qlast = c
+            ts.nchunks += 1
+            _n_queued += 1
         c = _new_chunk()
+        ts.tail = c
+        handit_q_unlock()
+        handit_q_signal()
         if c == NULL:
             return NULL
-        if ts.tail == NULL:
-            ts.head = c
-        else:
-            ts.tail.next = c
-        ts.tail = c
-        ts.nchunks += 1
     if ts.gap_count and c.n + need + 2 <= CHUNK_RECORDS:
         r = &c.recs[c.n]
         r.ts = handit_ticks()
@@ -815,10 +841,13 @@ def activate(int slot):
 
 def take_counts(int slot):
     """``(calls, exceptions, dropped)`` for ``slot`` since the last call; resets them."""
+    with nogil:
+        handit_enc_lock()  # the drain thread counts the calls it encodes
     out = (_n_calls[slot], _n_exceptions[slot], _n_dropped[slot])
     _n_calls[slot] = 0
     _n_exceptions[slot] = 0
     _n_dropped[slot] = 0
+    handit_enc_unlock()
     return out
 
 
@@ -859,6 +888,11 @@ def mark_internal_thread():
     set_slot(0)
 
 
+def background_chunks():
+    """How many full chunks the drain thread has encoded without the GIL so far."""
+    return _n_background
+
+
 def fast_thread_state():
     """Whether the calling thread reads CPython's thread state straight from its TLS slot."""
     cdef TState* ts = _tstate()
@@ -890,6 +924,15 @@ def tool_id():
     return _tool_id
 
 
+def _reinit_sync_in_child():
+    # the drain thread may have held a lock at fork(), with or without a session open
+    handit_sync_reinit()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_sync_in_child)
+
+
 def after_fork_in_child():
     """Start clean after fork(): no pending records, no active session."""
     cdef TState* ts = _all_states
@@ -898,19 +941,16 @@ def after_fork_in_child():
         _active[i] = 0
     while ts != NULL:
         ts.head = NULL  # the parent's records (and their references) stay the parent's
+        ts.qlast = NULL
         ts.tail = NULL
+        ts.nchunks = 0
+        for i in range(ts.nout):
+            free(ts.out[i].data)
+        ts.nout = 0
         ts = ts.next_all
 
 
 # ---- drain: records -> encoded blocks (block format: handit/records.py, handit/reader.py) ------
-
-ctypedef struct OutBuf:
-    char* data
-    size_t len
-    size_t cap
-    int64_t last
-    int slot
-
 
 cdef int _reserve(OutBuf* b, size_t extra) noexcept nogil:
     cdef size_t cap
@@ -1144,34 +1184,135 @@ cdef inline int64_t _epoch_ns(Record* r, int64_t epoch0, uint64_t ticks0, double
     return epoch0 + <int64_t>((<int64_t>(r.ts - ticks0)) * inv)
 
 
+cdef inline char* _put_varint_at(char* p, uint64_t n) noexcept nogil:
+    while n > 0x7F:
+        p[0] = <char>((n & 0x7F) | 0x80)
+        p += 1
+        n >>= 7
+    p[0] = <char>n
+    return p + 1
+
+
 cdef int _encode_plain(Chunk* chunk, int i, OutBuf* bufs, int* nbufs, int64_t epoch0, uint64_t ticks0,
                        double inv, unsigned long ident) noexcept nogil:
     # Encodes records from i on while they carry no value or key (calls and returns of
     # timing-only capture): pure C, run without the GIL so the drain thread works beside
     # the traced program. Returns the index it stopped at.
     cdef Record* r
-    cdef OutBuf* b
-    cdef int64_t t, dts
-    while i < chunk.n:
+    cdef OutBuf* b = NULL
+    cdef int64_t t
+    cdef char* p
+    cdef int n = chunk.n
+    while i < n:
         r = &chunk.recs[i]
         if r.ext:
             return i
         t = _epoch_ns(r, epoch0, ticks0, inv)
-        b = _buf_for(bufs, nbufs, r.slot, t, ident)
-        if b == NULL:
-            return i
+        if b == NULL or b.slot != r.slot:
+            b = _buf_for(bufs, nbufs, r.slot, t, ident)
+            if b == NULL:
+                return i
         i += 1
-        if _reserve(b, 24) < 0:
+        if b.len + 24 > b.cap and _reserve(b, 24) < 0:
             continue
-        dts = t - b.last
-        b.last = t
-        b.data[b.len] = <char>r.kind
-        b.len += 1
+        p = b.data + b.len
+        p[0] = <char>r.kind
+        p += 1
         if r.kind == K_CALL:
             _n_calls[r.slot] += 1
-            _put_varint(b, r.code)
-        _put_varint(b, _zigzag(dts))
+            p = _put_varint_at(p, r.code)
+        p = _put_varint_at(p, _zigzag(t - b.last))
+        b.last = t
+        b.len = p - b.data
     return i
+
+
+cdef int64_t _cal_epoch0 = 0      # the calibration the drain thread encodes with (enc lock);
+cdef uint64_t _cal_ticks0 = 0     # set by every drain() run
+cdef double _cal_inv = 0.0
+
+
+cdef bint _out_ready(TState* ts) noexcept nogil:
+    # the thread's encoded-block buffers exist (enc lock held)
+    if ts.out == NULL:
+        ts.out = <OutBuf*>calloc(64, sizeof(OutBuf))
+    return ts.out != NULL
+
+
+cdef Chunk* _take_plain(TState* ts) noexcept nogil:
+    # the oldest queued chunk if it holds only timing records, else NULL (takes the q lock)
+    cdef Chunk* c
+    handit_q_lock()
+    c = ts.head
+    if c != NULL and not c.has_ext:
+        ts.head = c.next
+        if ts.head == NULL:
+            ts.qlast = NULL
+        ts.nchunks -= 1
+    else:
+        c = NULL
+    handit_q_unlock()
+    return c
+
+
+cdef void _encode_queued_plain() noexcept nogil:
+    global _n_background
+    # Drain thread, no GIL: encode every thread's queued timing-only chunks into its
+    # buffers (handed to sessions by the next drain()). Stops at a chunk with values.
+    cdef TState* ts
+    cdef Chunk* c
+    cdef int i
+    handit_enc_lock()
+    if _cal_inv != 0.0:
+        handit_q_lock()
+        ts = _all_states
+        handit_q_unlock()
+        while ts != NULL:
+            while _out_ready(ts):
+                c = _take_plain(ts)
+                if c == NULL:
+                    break
+                i = _encode_plain(c, c.start, ts.out, &ts.nout, _cal_epoch0, _cal_ticks0, _cal_inv, ts.ident)
+                handit_q_lock()
+                if i < c.n:  # 64 sessions hold every buffer: the rest waits for drain()
+                    c.start = i
+                    c.next = ts.head
+                    ts.head = c
+                    if ts.qlast == NULL:
+                        ts.qlast = c
+                    ts.nchunks += 1
+                    handit_q_unlock()
+                    break
+                _release_chunk(c)
+                handit_q_unlock()
+                _n_background += 1
+            ts = ts.next_all
+    handit_enc_unlock()
+
+
+def encode_while_waiting(double seconds):
+    """Drain thread: for ``seconds``, encode full timing-only chunks as they are queued.
+
+    Runs without the GIL, beside the traced program; what it encodes reaches the
+    sessions with the next :func:`drain`.
+    """
+    cdef uint64_t deadline = handit_mono_ns() + <uint64_t>(seconds * 1e9)
+    cdef uint64_t seen = _n_queued - 1
+    cdef uint64_t now
+    with nogil:
+        handit_q_lock()
+        while True:
+            now = handit_mono_ns()
+            if now >= deadline:
+                break
+            if _n_queued == seen:  # nothing new: sleep until a chunk is queued or time is up
+                handit_q_wait(<double>(deadline - now) / 1e9)
+                continue
+            seen = _n_queued
+            handit_q_unlock()
+            _encode_queued_plain()
+            handit_q_lock()
+        handit_q_unlock()
 
 
 def drain(calibration, previewer):
@@ -1183,15 +1324,17 @@ def drain(calibration, previewer):
     Returns:
         ``(slot, block)`` pairs in the block format of :mod:`handit.records`.
     """
-    cdef TState* ts = _all_states
+    global _cal_epoch0, _cal_ticks0, _cal_inv
+    cdef TState* ts
     cdef Chunk* chunk
     cdef Chunk* nxt
+    cdef Chunk* cur
     cdef Record* r
     cdef RecordExt* ext
     cdef PyObject* raux
     cdef uint64_t rkey
-    cdef int i, j, nbufs
-    cdef OutBuf bufs[64]
+    cdef int i, j
+    cdef OutBuf* bufs
     cdef OutBuf* b
     cdef int64_t t, dts
     cdef double inv
@@ -1206,116 +1349,140 @@ def drain(calibration, previewer):
     inv = 1.0 / calibration.scale
     ticks0 = calibration.ticks0
     epoch0 = calibration.epoch0
-    while ts != NULL:
-        chunk = ts.head
-        ts.head = NULL
-        ts.tail = NULL
-        ts.nchunks = 0
-        ts.npending = 0  # pending unwinds point into the chunks taken here
-        ident = ts.ident
-        Py_XDECREF(ts.last_exc)
-        Py_XDECREF(ts.last_exc_text)
-        ts.last_exc = NULL
-        ts.last_exc_text = NULL
-        nbufs = 0
-        while chunk != NULL:
-            i = 0
-            while i < chunk.n:
-                if chunk.has_ext:
-                    i = _encode_plain(chunk, i, bufs, &nbufs, epoch0, ticks0, inv, ident)
-                else:
-                    with nogil:
-                        i = _encode_plain(chunk, i, bufs, &nbufs, epoch0, ticks0, inv, ident)
-                if i >= chunk.n:
-                    break
-                r = &chunk.recs[i]
-                t = _epoch_ns(r, epoch0, ticks0, inv)
-                b = _buf_for(bufs, &nbufs, r.slot, t, ident)
-                if b == NULL:  # more live sessions on one thread than buffers: flush one
-                    _flush_buf(&bufs[63], out)
-                    nbufs = 63
-                    continue
-                # a record with a value or key: Python objects, so with the GIL
-                ext = <RecordExt*>&chunk.recs[i + 1]
-                raux = ext.aux
-                rkey = ext.key
-                i += 2
-                if _reserve(b, 40) < 0:
-                    Py_XDECREF(raux)
-                    continue
-                dts = t - b.last
-                b.last = t
-                tag = r.kind
-                if r.kind == K_CALL:
-                    _n_calls[r.slot] += 1
-                    if raux != NULL:
-                        tag |= 0x80
-                    if rkey:
-                        tag |= 0x40
-                    b.data[b.len] = <char>tag
-                    b.len += 1
-                    _put_varint(b, r.code)
-                    _put_varint(b, _zigzag(dts))
-                    if rkey:
-                        _put_varint(b, rkey)
-                    if raux != NULL:
-                        args = <tuple>raux
-                        Py_DECREF(args)  # drop the record's reference; `args` holds one
-                        _put_varint(b, PyTuple_GET_SIZE(raux))
-                        for j in range(PyTuple_GET_SIZE(raux)):
-                            if not _put_fast(b, PyTuple_GET_ITEM(raux, j)):
-                                value = <object>PyTuple_GET_ITEM(raux, j)
-                                _put_string(b, "" if value is NO_VALUE else _text(previewer, value))
-                elif r.kind == K_RETURN:
-                    if raux != NULL:
-                        tag |= 0x80
-                    b.data[b.len] = <char>tag
-                    b.len += 1
-                    _put_varint(b, _zigzag(dts))
-                    if raux != NULL:
-                        aux = <object>raux
-                        Py_DECREF(aux)
-                        if not _put_fast(b, raux):
-                            _put_string(b, _text(previewer, aux))
-                elif r.kind == K_UNWIND:
-                    _n_exceptions[r.slot] += 1
-                    b.data[b.len] = <char>tag
-                    b.len += 1
-                    _put_varint(b, _zigzag(dts))
-                    if raux == NULL:
-                        _put_string(b, "<unknown>")
-                        _put_string(b, "")
+    with nogil:
+        handit_enc_lock()  # the drain thread may be encoding a chunk: wait for it
+    try:
+        _cal_epoch0, _cal_ticks0, _cal_inv = epoch0, ticks0, inv
+        handit_q_lock()
+        ts = _all_states
+        handit_q_unlock()
+        while ts != NULL:
+            if not _out_ready(ts):
+                raise MemoryError
+            handit_q_lock()
+            chunk = ts.head  # the queued chunks, then the one being written (the GIL holds its writer)
+            cur = ts.tail
+            if chunk == NULL:
+                chunk = cur
+            elif cur != NULL:
+                ts.qlast.next = cur
+            ts.head = NULL
+            ts.qlast = NULL
+            ts.tail = NULL
+            ts.nchunks = 0
+            handit_q_unlock()
+            ts.npending = 0  # pending unwinds point into the chunks taken here
+            ident = ts.ident
+            Py_XDECREF(ts.last_exc)
+            Py_XDECREF(ts.last_exc_text)
+            ts.last_exc = NULL
+            ts.last_exc_text = NULL
+            bufs = ts.out
+            while chunk != NULL:
+                i = chunk.start
+                while i < chunk.n:
+                    if chunk.has_ext:
+                        i = _encode_plain(chunk, i, bufs, &ts.nout, epoch0, ticks0, inv, ident)
                     else:
-                        aux = <object>raux
-                        Py_DECREF(aux)
-                        _put_string(b, aux[0])
-                        _put_string(b, aux[1])
-                else:
-                    b.data[b.len] = <char>tag
+                        with nogil:
+                            i = _encode_plain(chunk, i, bufs, &ts.nout, epoch0, ticks0, inv, ident)
+                    if i >= chunk.n:
+                        break
+                    r = &chunk.recs[i]
+                    t = _epoch_ns(r, epoch0, ticks0, inv)
+                    b = _buf_for(bufs, &ts.nout, r.slot, t, ident)
+                    if b == NULL:  # more live sessions on one thread than buffers: flush one
+                        _flush_buf(&bufs[63], out)
+                        ts.nout = 63
+                        continue
+                    if not r.ext:  # a plain record after a flush: _encode_plain takes it
+                        continue
+                    # a record with a value or key: Python objects, so with the GIL
+                    ext = <RecordExt*>&chunk.recs[i + 1]
+                    raux = ext.aux
+                    rkey = ext.key
+                    i += 2
+                    if _reserve(b, 40) < 0:
+                        Py_XDECREF(raux)
+                        continue
+                    dts = t - b.last
+                    b.last = t
+                    tag = r.kind
+                    if r.kind == K_CALL:
+                        _n_calls[r.slot] += 1
+                        if raux != NULL:
+                            tag |= 0x80
+                        if rkey:
+                            tag |= 0x40
+                        b.data[b.len] = <char>tag
+                        b.len += 1
+                        _put_varint(b, r.code)
+                        _put_varint(b, _zigzag(dts))
+                        if rkey:
+                            _put_varint(b, rkey)
+                        if raux != NULL:
+                            args = <tuple>raux
+                            Py_DECREF(args)  # drop the record's reference; `args` holds one
+                            _put_varint(b, PyTuple_GET_SIZE(raux))
+                            for j in range(PyTuple_GET_SIZE(raux)):
+                                if not _put_fast(b, PyTuple_GET_ITEM(raux, j)):
+                                    value = <object>PyTuple_GET_ITEM(raux, j)
+                                    _put_string(b, "" if value is NO_VALUE else _text(previewer, value))
+                    elif r.kind == K_RETURN:
+                        if raux != NULL:
+                            tag |= 0x80
+                        b.data[b.len] = <char>tag
+                        b.len += 1
+                        _put_varint(b, _zigzag(dts))
+                        if raux != NULL:
+                            aux = <object>raux
+                            Py_DECREF(aux)
+                            if not _put_fast(b, raux):
+                                _put_string(b, _text(previewer, aux))
+                    elif r.kind == K_UNWIND:
+                        _n_exceptions[r.slot] += 1
+                        b.data[b.len] = <char>tag
+                        b.len += 1
+                        _put_varint(b, _zigzag(dts))
+                        if raux == NULL:
+                            _put_string(b, "<unknown>")
+                            _put_string(b, "")
+                        else:
+                            aux = <object>raux
+                            Py_DECREF(aux)
+                            _put_string(b, aux[0])
+                            _put_string(b, aux[1])
+                    else:
+                        b.data[b.len] = <char>tag
+                        b.len += 1
+                        _put_varint(b, _zigzag(dts))
+                        _put_varint(b, rkey)
+                nxt = chunk.next
+                handit_q_lock()
+                _release_chunk(chunk)
+                handit_q_unlock()
+                chunk = nxt
+            if ts.gap_count:  # records dropped after the last one taken: the gap ends the block
+                t = epoch0 + <int64_t>((<int64_t>(handit_ticks() - ticks0)) * inv)
+                b = _buf_for(bufs, &ts.nout, <uint16_t>ts.gap_slot, t, ident)
+                if b == NULL:
+                    _flush_buf(&bufs[63], out)
+                    ts.nout = 63
+                    b = _buf_for(bufs, &ts.nout, <uint16_t>ts.gap_slot, t, ident)
+                if b != NULL and _reserve(b, 24) == 0:
+                    dts = t - b.last
+                    b.last = t
+                    b.data[b.len] = <char>K_GAP
                     b.len += 1
                     _put_varint(b, _zigzag(dts))
-                    _put_varint(b, rkey)
-            nxt = chunk.next
-            _release_chunk(chunk)
-            chunk = nxt
-        if ts.gap_count:  # records dropped after the last one taken: the gap ends the block
-            t = epoch0 + <int64_t>((<int64_t>(handit_ticks() - ticks0)) * inv)
-            b = _buf_for(bufs, &nbufs, <uint16_t>ts.gap_slot, t, ident)
-            if b == NULL:
-                _flush_buf(&bufs[63], out)
-                nbufs = 63
-                b = _buf_for(bufs, &nbufs, <uint16_t>ts.gap_slot, t, ident)
-            if b != NULL and _reserve(b, 24) == 0:
-                dts = t - b.last
-                b.last = t
-                b.data[b.len] = <char>K_GAP
-                b.len += 1
-                _put_varint(b, _zigzag(dts))
-                _put_varint(b, ts.gap_count)
-            ts.gap_count = 0
-        for j in range(nbufs):
-            _flush_buf(&bufs[j], out)
-        ts = ts.next_all
+                    _put_varint(b, ts.gap_count)
+                ts.gap_count = 0
+            for j in range(ts.nout):
+                _flush_buf(&bufs[j], out)
+            ts.nout = 0
+            ts = ts.next_all
+    finally:
+        handit_enc_unlock()
     return out
 
 

@@ -1,6 +1,7 @@
 """Drain stage: every thread's pending records -> encoded blocks routed to their sessions."""
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from typing import Any, Callable
@@ -9,6 +10,10 @@ from ._internal import start_internal_thread
 from .clock import Calibration
 
 DRAIN_INTERVAL_S = 0.01  # ~10 ms of records: they are drained while still in cache
+BACKGROUND = True  # False: no background draining, records wait for the session's stop (tests, benchmarks)
+
+# One drain at a time per process, whichever Drain runs it: blocks reach their sessions in order.
+_drain_lock = threading.Lock()
 
 
 class Drain:
@@ -24,37 +29,82 @@ class Drain:
         self.route = route
         self.calibration = Calibration(engine.read_ticks, engine.TICKS_ARE_NS)
         self.previewer: Any = None
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.errors = 0
 
     def run_once(self) -> int:
         """Drain everything pending now; returns the number of blocks routed."""
-        with self._lock:
+        with _drain_lock:
             blocks = self.engine.drain(self.calibration, self.previewer)
             for slot, block in blocks:
                 self.route(slot, block)
             return len(blocks)
 
     def start(self) -> None:
-        """Drain periodically from a background thread that is never traced."""
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = start_internal_thread(self._loop, "drain")
+        """Drain periodically from handit's background thread (never traced)."""
+        if BACKGROUND:
+            self.run_once()  # hands the engine its calibration before the drain thread encodes
+            _worker.attach(self)
 
     def stop(self) -> None:
-        """Stop the background thread (without joining during interpreter shutdown)."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=1.0)
+        """No more periodic drains of this engine (the caller drains what is left)."""
+        _worker.detach(self)
+
+
+class _Worker:
+    """The one background thread that drains the attached :class:`Drain` every interval.
+
+    It outlives sessions (idle, without wake-ups, while none is open), so starting
+    and stopping a session never starts or joins a thread.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._drain: Drain | None = None
+        self._thread: threading.Thread | None = None
+
+    def after_fork_in_child(self) -> None:
+        """The child has no drain thread, and no lock held by one."""
+        self.__init__()  # type: ignore[misc]
+
+    def attach(self, drain: Drain) -> None:
+        with self._cond:
+            self._drain = drain
+            if self._thread is None:
+                try:
+                    self._thread = start_internal_thread(self._loop, "drain")
+                except RuntimeError:  # interpreter shutting down: records are drained at stop
+                    pass
+            self._cond.notify()
+
+    def detach(self, drain: Drain) -> None:
+        with self._cond:
+            if self._drain is drain:
+                self._drain = None
 
     def _loop(self) -> None:
-        while not self._stop.wait(DRAIN_INTERVAL_S):
+        while True:
+            with self._cond:
+                while self._drain is None:
+                    self._cond.wait()
+                drain = self._drain
             try:
-                self.run_once()
+                # the compiled engine encodes full chunks here, without the GIL, as they fill
+                drain.engine.encode_while_waiting(DRAIN_INTERVAL_S)
+                if self._drain is not drain:
+                    continue
+                drain.run_once()
             except Exception as exc:  # never takes the program down; said once, counted
-                self.errors += 1
-                if self.errors == 1:
+                drain.errors += 1
+                if drain.errors == 1:
                     warnings.warn(f"handit: draining records failed ({exc!r}); will retry", RuntimeWarning, stacklevel=1)
+
+
+def _after_fork_in_child() -> None:
+    global _drain_lock
+    _drain_lock = threading.Lock()
+    _worker.after_fork_in_child()
+
+
+_worker = _Worker()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import warnings
 
 import pytest
@@ -401,7 +402,7 @@ def test_coexists_with_cprofile(engine):
 def test_bounded_memory_drops_counts_and_marks_the_gap(engine, monkeypatch):
     import importlib
 
-    monkeypatch.setattr(importlib.import_module("handit.drain"), "DRAIN_INTERVAL_S", 1000.0)
+    monkeypatch.setattr(importlib.import_module("handit.drain"), "BACKGROUND", False)
     sessions = importlib.import_module("handit.sessions")
     handit.configure(bounded_memory=True, max_buffer_bytes=1, capture="timing")
     with pytest.warns(sessions.SessionWarning, match="dropped"):
@@ -425,3 +426,32 @@ def test_thread_state_read_in_place_on_every_thread():
     worker.join()
     assert tracer.fast_thread_state() is True
     assert seen == [True]
+
+
+def test_chunks_encoded_beside_the_program_keep_every_call_in_order(engine):
+    """Full timing-only chunks are encoded by the drain thread while the program runs (compiled
+    engine, without the GIL); the rest at stop. Together: every call, in order, each once."""
+    eng, _ = engine
+    handit.configure(capture="timing")
+    before = _background_chunks(eng)
+    worker = threading.Thread(target=lambda: [rec(30) for _ in range(400)])
+    with handit.session("long") as s:
+        worker.start()
+        for _ in range(3000 if eng == "compiled" else 300):
+            rec(40)
+        time.sleep(0.05)  # the drain thread's turn
+        worker.join()
+    n = 3000 if eng == "compiled" else 300
+    assert s.stats["calls"] == n * 41 + 400 * 31
+    assert len(calls_of(s.events, "rec")) == n * 41 + 400 * 31
+    balanced(s.events)
+    if eng == "compiled":
+        assert _background_chunks(eng) > before
+
+
+def _background_chunks(eng: str) -> int:
+    if eng != "compiled":
+        return 0
+    from handit import _tracer
+
+    return _tracer.background_chunks()
