@@ -95,6 +95,17 @@ static inline void *handit_code_extra_fast(PyObject *code, Py_ssize_t index) {
     return e->ce_extras[index];
 }
 
+/* None as a callback's result: 3.12+ None is immortal, so no reference is taken (what
+   Py_RETURN_NONE does there). */
+static inline PyObject *handit_return_none(void) {
+#if PY_VERSION_HEX >= 0x030C0000
+    return Py_None;
+#else
+    Py_INCREF(Py_None);
+    return Py_None;
+#endif
+}
+
 /* Callbacks as plain METH_FASTCALL builtins: the cheapest call sys.monitoring can make. */
 typedef PyObject *(*handit_fastcall)(PyObject *, PyObject **, Py_ssize_t);
 static inline PyObject *handit_make_fastcall(PyMethodDef *def, handit_fastcall fn, const char *name, const char *doc) {

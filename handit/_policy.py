@@ -131,6 +131,8 @@ PY312 = sys.version_info >= (3, 12)
 _RETURN_OPS = {op for name, op in __import__("dis").opmap.items() if name in ("RETURN_VALUE", "RETURN_CONST")}
 _YIELD_OPS = {op for name, op in __import__("dis").opmap.items() if name in ("YIELD_VALUE", "YIELD_FROM")}
 _YIELD_FROM = __import__("dis").opmap.get("YIELD_FROM", -1)
+_RESUME = __import__("dis").opmap.get("RESUME", -1)
+PY313 = sys.version_info >= (3, 13)
 EXIT_OTHER, EXIT_RETURN, EXIT_YIELD = 0, 1, 2
 
 
@@ -154,6 +156,9 @@ def exit_kinds(code: Any) -> bytes:
                 # PY310: YIELD_FROM steps f_lasti back one unit (onto its LOAD_CONST None)
                 # to run again on resume, so the frame is seen suspended there.
                 out[i // 2 - 1] = EXIT_YIELD
+            elif PY313 and i + 2 < len(raw) and raw[i + 2] == _RESUME:
+                # PY313: a yielding frame is seen at the RESUME after its YIELD_VALUE.
+                out[i // 2 + 1] = EXIT_YIELD
     return bytes(out)
 
 

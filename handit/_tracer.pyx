@@ -95,6 +95,7 @@ cdef extern from "_compat.h":
     uint64_t handit_mono_ns() nogil
     void handit_sync_reinit() nogil
     PyThreadState* handit_tstate()
+    PyObject* handit_return_none()
     PyThreadState* handit_tstate_for(int fast)
     int handit_tstate_fast_ok()
     void* handit_context_ptr(PyThreadState*)
@@ -261,7 +262,7 @@ cdef inline void _record_plain(TState* ts, uint8_t kind, int slot, uint32_t code
     # a record with no value or key (timing-only calls and returns): the hot path
     cdef Chunk* c = ts.tail
     cdef Record* r
-    if c == NULL or c.n >= CHUNK_RECORDS or ts.gap_count:
+    if c == NULL or c.n >= CHUNK_RECORDS:  # (a pending gap implies this: records drop only when full)
         c = _make_room(ts, slot, 1)
         if c == NULL:
             return
@@ -280,7 +281,7 @@ cdef void _record(TState* ts, uint8_t kind, int slot, uint32_t code, PyObject* a
     cdef Record* r
     cdef RecordExt* e
     cdef int need = 2 if (aux != NULL or key != 0) else 1
-    if c == NULL or c.n + need > CHUNK_RECORDS or ts.gap_count:
+    if c == NULL or c.n + need > CHUNK_RECORDS:
         c = _make_room(ts, slot, need)
         if c == NULL:
             Py_XDECREF(aux)
@@ -515,9 +516,8 @@ cdef inline CInfo* _traced(PyObject* code) noexcept:
 
 # ---- sys.monitoring source (PY312+) -----------------------------------------------------------
 
-cdef PyObject* _none() noexcept:
-    Py_INCREF(None)
-    return <PyObject*>None
+cdef inline PyObject* _none() noexcept:
+    return handit_return_none()
 
 
 cdef PyObject* _c_py_start(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:

@@ -14,7 +14,7 @@ import warnings
 import pytest
 
 import handit
-from corpus import PROGRAMS, Shape, rec
+from corpus import PROGRAMS, Shape, exceptions, gen, rec
 from conftest import PY312, calls_of
 
 TIMES = ("t0_ns", "t1_ns", "dt_ns", "ts_ns", "suspended_ns", "session_id", "duration_ns")
@@ -447,6 +447,27 @@ def test_chunks_encoded_beside_the_program_keep_every_call_in_order(engine):
     balanced(s.events)
     if eng == "compiled":
         assert _background_chunks(eng) > before
+
+
+def test_chunks_with_values_wait_for_the_drain_in_order(engine):
+    """Timing capture where some chunks hold keys and exceptions (generators, unwinds): the
+    drain thread encodes the plain chunks only, up to the first one with values; the rest
+    follows with the GIL. Every call arrives once, balanced, with its exception."""
+    eng, _ = engine
+    handit.configure(capture="timing")
+    n = 1500 if eng == "compiled" else 150
+    with handit.session("mixed") as s:
+        for i in range(n):
+            rec(40)
+            if i % 100 == 0:
+                assert sum(gen(3)) == 3
+                assert exceptions() == "caught"
+        time.sleep(0.05)  # the drain thread's turn
+    extra = len(range(0, n, 100))
+    assert len(calls_of(s.events, "rec")) == n * 41 + extra * 3
+    assert len(calls_of(s.events, "gen")) == extra
+    assert s.stats["exceptions"] == extra * 6
+    balanced(s.events)
 
 
 def _background_chunks(eng: str) -> int:
