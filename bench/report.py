@@ -199,7 +199,8 @@ def table(variants: dict[str, Variant], bytes_per_call: dict[str, Any]) -> tuple
     raw["untraced_ns_per_call"] = base
     rows.append(("untraced workload (2000 × rec(50), 102,001 calls)", f"{base:.1f} ns per call", ""))
     sources = ["sysmon", "setprofile"] if wl.PY312 else ["setprofile"]
-    engines = sorted({n.split()[-1].split("-")[0] for n in variants if n.startswith("capture ")}, key=["compiled", "fallback"].index)
+    tags = {n.split()[-1] for n in variants}
+    engines = [e for e in ("compiled", "fallback") if any(t.startswith(f"{e}-") for t in tags)]
     for src in sources:
         row(f"no-op floor, {src}", f"floor {src}", lambda src=src: f"+{fmt_ns(added(f'floor {src}'))} per call")
         raw[f"floor_{src}_ns"] = added(f"floor {src}")

@@ -9,9 +9,10 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from contextvars import ContextVar
 from time import perf_counter_ns
-from typing import Any
+from typing import Any, Callable
 
 from ._engine import free_tool_id
 from ._policy import ARGS, EXIT_RETURN, EXIT_YIELD, CodeInfo, Policy, exit_kinds, first_yield_unit, module_of
@@ -65,6 +66,9 @@ _buffers: list[_ThreadBuffer] = []
 _buffers_lock = threading.Lock()
 _codes: list[CodeInfo] = []
 _code_map: dict[int, tuple[Any, CodeInfo | None, int, bytes, int]] = {}
+# decisions kept across sessions while the rules they depend on stay (Policy.decision_key):
+# a code object keeps its CodeInfo and index instead of getting a new one every session
+_decided: dict[int, tuple[weakref.ref[Any], Any, CodeInfo | None]] = {}
 _policy: Policy | None = None
 _generation = 0
 _source: str | None = None
@@ -148,11 +152,17 @@ def _lookup(code: Any, frame: Any) -> tuple[Any, CodeInfo | None, int, bytes, in
     if entry is not None and entry[0] is code and entry[2] == _generation:
         return entry
     assert _policy is not None
-    info = _policy.decide(code, module_of(frame) if frame is not None else None, len(_codes))
+    known = _decided.get(id(code))
+    if known is not None and known[0]() is code and known[1] == _policy.decision_key:
+        info = known[2]
+    else:
+        info = _policy.decide(code, module_of(frame) if frame is not None else None, len(_codes))
+        if info is not None:
+            _codes.append(info)
+        _decided[id(code)] = (weakref.ref(code, _forget_code(id(code))), _policy.decision_key, info)
     kinds = b""
     first_yield = 0
     if info is not None:
-        _codes.append(info)
         if _source == "setprofile":
             kinds = exit_kinds(code)
             first_yield = first_yield_unit(kinds)
@@ -166,6 +176,15 @@ def _lookup(code: Any, frame: Any) -> tuple[Any, CodeInfo | None, int, bytes, in
     entry = (code, info, _generation, kinds, first_yield)
     _code_map[id(code)] = entry
     return entry
+
+
+def _forget_code(key: int) -> Callable[[weakref.ref[Any]], None]:
+    def forget(ref: weakref.ref[Any]) -> None:
+        known = _decided.get(key)
+        if known is not None and known[0] is ref:
+            del _decided[key]
+
+    return forget
 
 
 def _arg_values(info: CodeInfo, frame: Any) -> tuple[Any, ...] | None:
@@ -512,7 +531,8 @@ def uninstall() -> None:
 
 
 def set_policy(policy: Policy) -> None:
-    """Use new filter rules; every code object is decided again."""
+    """Use new filter rules; every code object is decided again (reusing the decision
+    where the rules it depends on are unchanged)."""
     global _policy, _generation, _bounded, _max_records
     _bounded = bool(policy.config.bounded_memory)
     _max_records = max(2, policy.config.max_buffer_bytes // (16 * 16384)) * 16384  # as the compiled engine

@@ -66,6 +66,11 @@ class Policy:
             redactor=self.redactor,
         )
         self._sample_cut = int(self.sample_rate * 2**64)
+        # what decide() depends on: a new policy with the same key gives every code the same answer
+        self.decision_key = (
+            config.include, config.exclude, config.exclude_files, self.cwd, self.sample_rate,
+            self.capture, self.max_locals, config.redact, config.safe_keys,
+        )
 
     def wants(self, module: str, qualname: str, filename: str) -> bool:
         """Return True if calls of this function are to be recorded."""

@@ -74,5 +74,6 @@ ctypedef struct CInfo:
     uint8_t suspendable
     uint16_t nargs
     uint32_t first_yield   # code unit of the first yield (profile source)
+    uint32_t key_id        # the decision rules it was decided under
     PyObject* info         # the CodeInfo tuple (owned)
     PyObject* exit_kinds   # bytes, per code unit (owned; profile source)

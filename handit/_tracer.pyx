@@ -128,6 +128,8 @@ cdef uint64_t _n_queued = 0        # chunks ever queued for the drain (q lock)
 cdef uint64_t _n_background = 0    # chunks ever encoded by the drain thread without the GIL (enc lock)
 cdef Py_ssize_t _extra_index = -1
 cdef uint32_t _generation = 1
+cdef uint32_t _key_id = 0          # the decision rules in force (an id of Policy.decision_key)
+cdef dict _key_ids = {}
 cdef uint32_t _install_generation = 1
 cdef int _capture = 0
 cdef int _source_kind = 0          # 0 none, 1 sysmon, 2 setprofile
@@ -355,17 +357,55 @@ cdef void _fail(exc) noexcept:
         PyErr_Clear()
 
 
+cdef int _arm(CInfo* ci, object ocode) except -1:
+    # what a traced code needs from the installed source: its local events, or exit kinds
+    if _source_kind == 2 and ci.exit_kinds == NULL:
+        kinds = exit_kinds(ocode)
+        Py_INCREF(kinds)
+        ci.exit_kinds = <PyObject*>kinds
+        ci.first_yield = first_yield_unit(kinds)
+    elif _source_kind == 1:
+        ev = sys.monitoring.events
+        events = ev.PY_RETURN
+        if ci.suspendable:
+            events |= ev.PY_YIELD | ev.PY_RESUME
+        sys.monitoring.set_local_events(_tool_id, ocode, events)
+        _local_codes.append(ocode)
+    return 0
+
+
 cdef CInfo* _decide(PyObject* code, PyFrameObject* frame) noexcept:
-    # never raises into user code; returns NULL on failure (after _fail) or RecursionError
+    # never raises into user code; returns NULL on failure (after _fail) or RecursionError.
+    # A code decided under the same rules before (an earlier session) keeps its answer and
+    # its index: only the new source's events are set up.
+    cdef CInfo* old = _cinfo(code)
     cdef CInfo* ci
     cdef object ocode = <object>code
     try:
+        if old != NULL and old.key_id == _key_id:
+            if old.traced:
+                _arm(old, ocode)
+            old.generation = _generation
+            return old
         module = module_of(<object>frame) if frame != NULL else None
         info = _policy.decide(ocode, module, len(_codes))
-        ci = <CInfo*>calloc(1, sizeof(CInfo))
-        if ci == NULL:
-            return NULL
+        old = _cinfo(code)  # again: the decision ran Python code
+        if old != NULL:
+            # decided anew under other rules: updated in place, since a callback of another
+            # thread may hold it (and the co_extra slot would not free a replaced one)
+            ci = old
+            Py_XDECREF(ci.info)
+            Py_XDECREF(ci.exit_kinds)
+            ci.info = NULL
+            ci.exit_kinds = NULL
+            ci.traced = 0
+            ci.index = 0
+        else:
+            ci = <CInfo*>calloc(1, sizeof(CInfo))
+            if ci == NULL:
+                return NULL
         ci.generation = _generation
+        ci.key_id = _key_id
         if info is not None:
             _codes.append(info)
             ci.traced = 1
@@ -374,19 +414,8 @@ cdef CInfo* _decide(PyObject* code, PyFrameObject* frame) noexcept:
             ci.nargs = len(info.argnames)
             Py_INCREF(info)
             ci.info = <PyObject*>info
-            if _source_kind == 2:
-                kinds = exit_kinds(ocode)
-                Py_INCREF(kinds)
-                ci.exit_kinds = <PyObject*>kinds
-                ci.first_yield = first_yield_unit(kinds)
-            elif _source_kind == 1:
-                ev = sys.monitoring.events
-                events = ev.PY_RETURN
-                if info.suspendable:
-                    events |= ev.PY_YIELD | ev.PY_RESUME
-                sys.monitoring.set_local_events(_tool_id, ocode, events)
-                _local_codes.append(ocode)
-        if handit_code_set_extra(code, _extra_index, ci) < 0:
+            _arm(ci, ocode)
+        if ci != old and handit_code_set_extra(code, _extra_index, ci) < 0:
             _free_cinfo(ci)
             PyErr_Clear()
             return NULL
@@ -822,13 +851,15 @@ def uninstall():
 
 
 def set_policy(policy):
-    """Use new filter rules; every code object is decided again."""
-    global _policy, _previewer, _generation, _capture, _bounded, _max_chunks
+    """Use new filter rules; every code object is decided again (reusing the decision
+    where the rules it depends on are unchanged)."""
+    global _policy, _previewer, _generation, _capture, _bounded, _max_chunks, _key_id
     _bounded = bool(policy.config.bounded_memory)
     _max_chunks = max(2, <int>(policy.config.max_buffer_bytes // sizeof(Chunk)))
     _policy = policy
     _previewer = policy.previewer
     _capture = 1 if policy.capture >= ARGS else 0
+    _key_id = _key_ids.setdefault(policy.decision_key, len(_key_ids) + 1)
     _generation += 1
     if _tool_id is not None:
         sys.monitoring.restart_events()

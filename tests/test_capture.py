@@ -285,10 +285,12 @@ def test_internal_failure_warns_once_and_stops(engine, monkeypatch):
         raise RuntimeError("policy broke")
 
     monkeypatch.setattr(_policy.Policy, "decide", broken)
+    fresh: dict = {}
+    exec("def fresh(n):\n    return n", fresh)  # a code object no earlier session decided
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with handit.session("x"):
-            assert rec(3) == 3
+            assert fresh["fresh"](3) == 3
     assert any("internal error" in str(w.message) for w in caught)
 
 
@@ -476,3 +478,30 @@ def _background_chunks(eng: str) -> int:
     from handit import _tracer
 
     return _tracer.background_chunks()
+
+
+def test_sessions_under_the_same_rules_reuse_decisions(engine):
+    """A code object keeps its decision and index from one session to the next (the code
+    table does not grow with every session); new rules decide it again."""
+    import importlib
+
+    eng, _ = engine
+    module = importlib.import_module("handit._tracer" if eng == "compiled" else "handit._fallback")
+    for _ in range(2):
+        with handit.session("warm"):
+            rec(3)
+            sum(gen(3))
+    known = module.code_count()
+    for _ in range(10):
+        with handit.session("again") as s:
+            rec(3)
+            sum(gen(3))
+    assert module.code_count() == known
+    assert len(calls_of(s.events, "rec")) == 4 and len(calls_of(s.events, "gen")) == 1
+    balanced(s.events)
+    handit.configure(exclude=r"::rec$")
+    with handit.session("new rules") as s:
+        rec(3)
+        sum(gen(3))
+    assert not calls_of(s.events, "rec") and len(calls_of(s.events, "gen")) == 1
+    assert module.code_count() > known
