@@ -41,16 +41,27 @@ static inline int handit_ticks_are_ns(void) {
 static pthread_mutex_t handit_q_mutex = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t handit_enc_mutex = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t handit_q_cond = PTHREAD_COND_INITIALIZER;
+/* The condition variable times its waits on the monotonic clock where it can (a wall-clock
+   step must not stretch a wait); handit_q_clock says which. */
+static clockid_t handit_q_clock = CLOCK_REALTIME;
+static inline void handit_q_cond_init(void) {
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+#if defined(__linux__)
+    if (pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) == 0) handit_q_clock = CLOCK_MONOTONIC;
+#endif
+    pthread_cond_init(&handit_q_cond, &attr);
+    pthread_condattr_destroy(&attr);
+}
 static inline void handit_q_lock(void) { pthread_mutex_lock(&handit_q_mutex); }
 static inline void handit_q_unlock(void) { pthread_mutex_unlock(&handit_q_mutex); }
 static inline void handit_enc_lock(void) { pthread_mutex_lock(&handit_enc_mutex); }
 static inline void handit_enc_unlock(void) { pthread_mutex_unlock(&handit_enc_mutex); }
 static inline void handit_q_signal(void) { pthread_cond_signal(&handit_q_cond); }
-/* Waits (q lock held) until signalled or `seconds` from now have passed (real-time clock,
-   the condition variable's default); 1 when the time is up. */
+/* Waits (q lock held) until signalled or `seconds` from now have passed; 1 when the time is up. */
 static inline int handit_q_wait(double seconds) {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    clock_gettime(handit_q_clock, &ts);
     long long ns = (long long)ts.tv_nsec + (long long)(seconds * 1e9);
     ts.tv_sec += (time_t)(ns / 1000000000LL);
     ts.tv_nsec = (long)(ns % 1000000000LL);
@@ -66,7 +77,7 @@ static inline uint64_t handit_mono_ns(void) {
 static inline void handit_sync_reinit(void) {
     pthread_mutex_init(&handit_q_mutex, NULL);
     pthread_mutex_init(&handit_enc_mutex, NULL);
-    pthread_cond_init(&handit_q_cond, NULL);
+    handit_q_cond_init();
 }
 
 /* One pointer of per-thread engine state (a C thread-local: no dict lookup). */

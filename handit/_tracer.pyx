@@ -94,6 +94,7 @@ cdef extern from "_compat.h":
     int handit_q_wait(double) nogil
     uint64_t handit_mono_ns() nogil
     void handit_sync_reinit() nogil
+    void handit_q_cond_init() nogil
     PyThreadState* handit_tstate()
     PyObject* handit_return_none()
     PyThreadState* handit_tstate_for(int fast)
@@ -953,6 +954,9 @@ def source():
 def tool_id():
     """The sys.monitoring tool id in use, or None."""
     return _tool_id
+
+
+handit_q_cond_init()
 
 
 def _reinit_sync_in_child():

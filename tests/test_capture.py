@@ -505,3 +505,35 @@ def test_sessions_under_the_same_rules_reuse_decisions(engine):
         sum(gen(3))
     assert not calls_of(s.events, "rec") and len(calls_of(s.events, "gen")) == 1
     assert module.code_count() > known
+
+
+def test_threads_and_sessions_come_and_go_while_the_drain_encodes(engine):
+    """Stress: four threads, each running sessions of its own back to back, every call of
+    every session accounted for while the drain thread encodes beside them."""
+    eng, _ = engine
+    handit.configure(capture="timing")
+    rounds, reps = (6, 400) if eng == "compiled" else (2, 40)
+    results: list = []
+    errors: list = []
+
+    def worker(k: int) -> None:
+        try:
+            for r in range(rounds):
+                with handit.session(f"t{k}-{r}") as s:
+                    for _ in range(reps):
+                        rec(20)
+                results.append(s)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(results) == 4 * rounds
+    for s in results:
+        assert s.stats["calls"] == reps * 21, s
+        assert len(calls_of(s.events, "rec")) == reps * 21
+        balanced(s.events)
