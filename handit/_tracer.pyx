@@ -1039,6 +1039,7 @@ ctypedef struct FloatText:
     int length
     char text[32]
 
+cdef long long _INT_LIMIT = 1000000000000  # ints previewed without Python: |i| < 10**12 (typed: a bare literal this big is a Python int to Cython)
 cdef FloatText _float_cache[256]  # formatted floats by value: repeated values are formatted once
 
 
@@ -1091,7 +1092,7 @@ cdef bint _put_fast(OutBuf* b, PyObject* v) noexcept:
             n = 5
     elif PyLong_CheckExact(v):
         i = PyLong_AsLongLongAndOverflow(v, &overflow)
-        if overflow != 0 or not (-1000000000000 < i < 1000000000000):
+        if overflow != 0 or not (-_INT_LIMIT < i < _INT_LIMIT):
             PyErr_Clear()
             return False
         n = _format_int(tmp, i)
@@ -1169,7 +1170,7 @@ cdef object _text(object previewer, object value):
         return "True" if value is True else "False"
     elif PyLong_CheckExact(v):
         n = PyLong_AsLongLongAndOverflow(v, &overflow)
-        if overflow == 0 and -1000000000000 < n < 1000000000000:
+        if overflow == 0 and -_INT_LIMIT < n < _INT_LIMIT:
             return repr(value)
     elif PyFloat_CheckExact(v):
         d = PyFloat_AS_DOUBLE(v)
