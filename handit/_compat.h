@@ -80,6 +80,20 @@ static inline void handit_sync_reinit(void) {
     handit_q_cond_init();
 }
 
+/* A thread's exit is told to the engine (a pthread key destructor, run without the GIL
+   after the thread's last Python code) so its state can be freed once drained. */
+static pthread_key_t handit_exit_key;
+static int handit_exit_key_ok = 0;
+static void handit_on_thread_exit(void *flag) { __atomic_store_n((int *)flag, 1, __ATOMIC_RELEASE); }
+static inline void handit_exit_key_init(void) {
+    handit_exit_key_ok = pthread_key_create(&handit_exit_key, handit_on_thread_exit) == 0;
+}
+/* flag: set to 1 when the calling thread exits */
+static inline void handit_exit_key_set(int *flag) {
+    if (handit_exit_key_ok) pthread_setspecific(handit_exit_key, flag);
+}
+static inline int handit_has_exited(int *flag) { return __atomic_load_n(flag, __ATOMIC_ACQUIRE); }
+
 /* One pointer of per-thread engine state (a C thread-local: no dict lookup). */
 /* initial-exec: a direct %fs-relative load instead of a __tls_get_addr call (~3 ns a callback). */
 static __thread void *handit_tls_state __attribute__((tls_model("initial-exec"))) = NULL;

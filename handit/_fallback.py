@@ -49,6 +49,7 @@ __all__ = [
     "sysmon_py_unwind",
     "sysmon_py_yield",
     "take_counts",
+    "thread_states",
     "tool_id",
     "uninstall",
 ]
@@ -80,7 +81,7 @@ _failed = False
 class _ThreadBuffer:
     """One thread's records, in order, waiting for the drain."""
 
-    __slots__ = ("ident", "records", "busy", "last_exc", "last_exc_text", "pending", "gap", "gap_slot")
+    __slots__ = ("ident", "records", "busy", "last_exc", "last_exc_text", "pending", "gap", "gap_slot", "exited", "idle_drains")
 
     def __init__(self) -> None:
         self.ident = threading.get_ident()
@@ -92,6 +93,12 @@ class _ThreadBuffer:
         self.pending: list[tuple[list[Any], int, int]] = []
         self.gap = 0  # records dropped since the last one written (bounded-memory mode)
         self.gap_slot = 0
+        self.exited = False  # the thread is gone (its thread-local storage was released)
+        self.idle_drains = 0
+
+
+class _ExitSentinel:
+    """Lives in a thread's thread-local storage: released when the thread ends."""
 
 
 _bounded = False
@@ -127,6 +134,8 @@ def _buffer() -> _ThreadBuffer:
         return _tls.buffer  # type: ignore[no-any-return]
     except AttributeError:
         buf = _tls.buffer = _ThreadBuffer()
+        sentinel = _tls.sentinel = _ExitSentinel()
+        weakref.finalize(sentinel, setattr, buf, "exited", True)
         with _buffers_lock:
             _buffers.append(buf)
         return buf
@@ -580,9 +589,18 @@ def mark_internal_thread() -> None:
         sys.setprofile(None)  # not even the profile function's call: never traced
 
 
+def thread_states() -> int:
+    """How many threads' buffers the engine holds (threads that exited are freed once drained)."""
+    with _buffers_lock:
+        return len(_buffers)
+
+
 def _collect() -> list[tuple[int, list[tuple[int, int, int, int, Any, int]]]]:
     """Take every thread's pending records, oldest first per thread."""
     out = []
+    # threads with a Python thread state now; one without has lost its thread-locals too, so
+    # a buffer of it (say, made during its teardown, after the exit sentinel went) is done
+    running = sys._current_frames()
     with _buffers_lock:
         buffers = list(_buffers)
     for buf in buffers:
@@ -595,6 +613,11 @@ def _collect() -> list[tuple[int, list[tuple[int, int, int, int, Any, int]]]]:
         if records:
             buf.records = []
             out.append((buf.ident, records))
+            buf.idle_drains = 0
+        elif buf.exited or buf.ident not in running:
+            buf.idle_drains += 1
+    with _buffers_lock:  # a thread that exited leaves nothing behind once drained
+        _buffers[:] = [b for b in _buffers if b.idle_drains < 2]
     return out
 
 

@@ -51,6 +51,8 @@ ctypedef struct TState:
     int nout
     int busy          # handit's own work or an internal thread: record nothing
     int fast_tstate   # this thread reads CPython's thread state from its TLS slot directly
+    int exited        # the thread has exited (set without the GIL at its exit)
+    int idle_drains   # drains since it exited that found nothing of it left
     TState* next_all
     PyObject* last_exc
     PyObject* last_exc_text

@@ -95,6 +95,9 @@ cdef extern from "_compat.h":
     uint64_t handit_mono_ns() nogil
     void handit_sync_reinit() nogil
     void handit_q_cond_init() nogil
+    void handit_exit_key_init()
+    void handit_exit_key_set(int*)
+    int handit_has_exited(int*) nogil
     PyThreadState* handit_tstate()
     PyObject* handit_return_none()
     PyThreadState* handit_tstate_for(int fast)
@@ -171,6 +174,7 @@ cdef TState* _new_tstate() noexcept:
         return NULL
     ts.ident = PyThread_get_thread_ident()
     ts.fast_tstate = handit_tstate_fast_ok()
+    handit_exit_key_set(&ts.exited)
     handit_q_lock()  # the drain thread walks the list without the GIL
     ts.next_all = _all_states
     _all_states = ts
@@ -957,11 +961,19 @@ def tool_id():
 
 
 handit_q_cond_init()
+handit_exit_key_init()
 
 
 def _reinit_sync_in_child():
-    # the drain thread may have held a lock at fork(), with or without a session open
+    # the drain thread may have held a lock at fork(), with or without a session open;
+    # of the parent's threads only the forking one lives on here
+    cdef TState* me = <TState*>handit_get_tls()
+    cdef TState* ts = _all_states
     handit_sync_reinit()
+    while ts != NULL:
+        if ts != me:
+            ts.exited = 1
+        ts = ts.next_all
 
 
 if hasattr(os, "register_at_fork"):
@@ -1517,9 +1529,60 @@ def drain(calibration, previewer):
                 _flush_buf(&bufs[j], out)
             ts.nout = 0
             ts = ts.next_all
+        _free_exited_states()
     finally:
         handit_enc_unlock()
     return out
+
+
+cdef void _free_exited_states() noexcept:
+    # drain(), enc lock and GIL held: the state of a thread that has exited is unlinked and
+    # freed after two drains in a row found nothing of it (a thread that comes and goes
+    # must not leave its state behind for the life of the process)
+    global _all_states
+    cdef TState* ts
+    cdef TState* prev = NULL
+    cdef TState* nxt
+    cdef TState* gone = NULL
+    handit_q_lock()
+    ts = _all_states
+    while ts != NULL:
+        nxt = ts.next_all
+        if (handit_has_exited(&ts.exited) and ts.head == NULL and ts.tail == NULL and ts.nout == 0
+                and ts.npending == 0 and ts.gap_count == 0):
+            ts.idle_drains += 1
+            if ts.idle_drains >= 2:
+                if prev == NULL:
+                    _all_states = nxt
+                else:
+                    prev.next_all = nxt
+                ts.next_all = gone
+                gone = ts
+                ts = nxt
+                continue
+        prev = ts
+        ts = nxt
+    handit_q_unlock()
+    while gone != NULL:  # outside the q lock: a decref may run Python code that records
+        nxt = gone.next_all
+        Py_XDECREF(gone.last_exc)
+        Py_XDECREF(gone.last_exc_text)
+        free(gone.out)
+        free(gone)
+        gone = nxt
+
+
+def thread_states():
+    """How many threads' states the engine holds (threads that exited are freed once drained)."""
+    cdef TState* ts
+    cdef int n = 0
+    handit_q_lock()
+    ts = _all_states
+    while ts != NULL:
+        n += 1
+        ts = ts.next_all
+    handit_q_unlock()
+    return n
 
 
 cdef void _flush_buf(OutBuf* b, list out) noexcept:

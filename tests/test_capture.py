@@ -537,3 +537,28 @@ def test_threads_and_sessions_come_and_go_while_the_drain_encodes(engine):
         assert s.stats["calls"] == reps * 21, s
         assert len(calls_of(s.events, "rec")) == reps * 21
         balanced(s.events)
+
+
+def test_threads_that_exit_leave_no_state_behind(engine):
+    """A program that starts and ends threads all the time does not grow handit's memory:
+    an exited thread's state is freed once its records are drained."""
+    import importlib
+
+    eng, _ = engine
+    module = importlib.import_module("handit._tracer" if eng == "compiled" else "handit._fallback")
+    handit.configure(capture="timing")
+    with handit.session("warm"):
+        rec(1)
+    before = module.thread_states()
+    with handit.session("threads") as s:
+        for _ in range(20):
+            t = threading.Thread(target=rec, args=(5,))
+            t.start()
+            t.join()
+    assert len(calls_of(s.events, "rec")) == 20 * 6
+    deadline = time.monotonic() + 5.0  # join() returns a moment before a thread is fully gone
+    while module.thread_states() > before and time.monotonic() < deadline:
+        with handit.session("later"):  # each session's stop drains
+            pass
+        time.sleep(0.01)
+    assert module.thread_states() <= before
