@@ -247,7 +247,10 @@ cdef Chunk* _make_room(TState* ts, int slot, int need) noexcept:
         ts.tail = c
         handit_q_unlock()
         handit_q_signal()
-        if c == NULL:
+        if c == NULL:  # out of memory: dropped, counted and marked like a bounded-memory drop
+            ts.gap_count += 1
+            ts.gap_slot = slot
+            _n_dropped[slot] += 1
             return NULL
     if ts.gap_count and c.n + need + 2 <= CHUNK_RECORDS:
         r = &c.recs[c.n]
