@@ -64,6 +64,7 @@ session_var: ContextVar[int] = ContextVar("handit_session", default=0)
 _active: set[int] = set()
 _tls = threading.local()
 _buffers: list[_ThreadBuffer] = []
+_by_ident: dict[int, _ThreadBuffer] = {}  # the same buffers by thread id
 _buffers_lock = threading.Lock()
 _codes: list[CodeInfo] = []
 _code_map: dict[int, tuple[Any, CodeInfo | None, int, bytes, int]] = {}
@@ -90,7 +91,7 @@ class _ThreadBuffer:
         self.last_exc: Any = None
         self.last_exc_text: tuple[str, str] = ("", "")
         # profile source: unwinds whose exception is not known yet (see _resolve_unwinds)
-        self.pending: list[tuple[list[Any], int, int]] = []
+        self.pending: list[tuple[tuple[Any, ...], int]] = []  # (unwind record, frame id)
         self.gap = 0  # records dropped since the last one written (bounded-memory mode)
         self.gap_slot = 0
         self.exited = False  # the thread is gone (its thread-local storage was released)
@@ -133,12 +134,21 @@ def _buffer() -> _ThreadBuffer:
     try:
         return _tls.buffer  # type: ignore[no-any-return]
     except AttributeError:
-        buf = _tls.buffer = _ThreadBuffer()
-        sentinel = _tls.sentinel = _ExitSentinel()
-        weakref.finalize(sentinel, setattr, buf, "exited", True)
-        with _buffers_lock:
+        pass
+    # A thread's first record, or one made during its teardown after its thread-locals went
+    # (the same buffer again, found by thread id; a later thread reusing the id takes it over).
+    ident = threading.get_ident()
+    with _buffers_lock:
+        buf = _by_ident.get(ident)
+        if buf is None:
+            buf = _by_ident[ident] = _ThreadBuffer()
             _buffers.append(buf)
-        return buf
+        buf.exited = False  # under the lock: the drain frees only buffers still exited
+        buf.idle_drains = 0
+    _tls.buffer = buf
+    sentinel = _tls.sentinel = _ExitSentinel()
+    weakref.finalize(sentinel, setattr, buf, "exited", True)
+    return buf
 
 
 def _fail(exc: BaseException) -> None:
@@ -256,14 +266,16 @@ def _on_return(buf: _ThreadBuffer, slot: int, info: CodeInfo, kind: int, value: 
         _put(buf, (kind, slot, info.index, ts, None, key))
 
 
-def _on_unwind(buf: _ThreadBuffer, slot: int, info: CodeInfo, exc: Any) -> bool:
+def _on_unwind(buf: _ThreadBuffer, slot: int, info: CodeInfo, exc: Any) -> tuple[Any, ...] | None:
+    """Record an unwind; returns the record (None if dropped)."""
     ts = perf_counter_ns()
     buf.busy = True
     try:
         text = _exception_text(buf, exc) if exc is not None else ("<unknown>", "")
     finally:
         buf.busy = False
-    return _put(buf, (UNWIND, slot, info.index, ts, text, 0))
+    record = (UNWIND, slot, info.index, ts, text, 0)
+    return record if _put(buf, record) else None
 
 
 def _current(code: Any) -> tuple[_ThreadBuffer, int] | None:
@@ -406,8 +418,9 @@ def profile_callback(frame: Any, event: str, arg: Any) -> None:
             elif how == EXIT_YIELD:
                 _on_return(buf, slot, info, YIELD, None, id(frame))
             else:
-                if _on_unwind(buf, slot, info, None) and len(buf.pending) < 8:
-                    buf.pending.append((buf.records, len(buf.records) - 1, id(frame)))
+                record = _on_unwind(buf, slot, info, None)
+                if record is not None and len(buf.pending) < 8:
+                    buf.pending.append((record, id(frame)))
     except RecursionError:
         return
     except Exception as exc:
@@ -432,15 +445,19 @@ def _resolve_unwinds(buf: _ThreadBuffer) -> None:
             tb = tb.tb_next
         text = None
         kept = []
-        for records, index, frame_id in buf.pending:
+        records = buf.records
+        for record, frame_id in buf.pending:
             if frame_id in frames:
-                if records is buf.records:  # not taken by the drain meanwhile
-                    if text is None:
-                        text = (type_name(type(exc)), _policy.previewer.exception_message(exc) if _policy else "")
-                    kind, slot, code, ts, _, key = records[index]
-                    records[index] = (kind, slot, code, ts, text, key)
+                # the record, if the drain has not taken it meanwhile (it is near the end)
+                for index in range(len(records) - 1, max(-1, len(records) - 4097), -1):
+                    if records[index] is record:
+                        if text is None:
+                            text = (type_name(type(exc)), _policy.previewer.exception_message(exc) if _policy else "")
+                        kind, slot, code, ts, _, key = record
+                        records[index] = (kind, slot, code, ts, text, key)
+                        break
             else:
-                kept.append((records, index, frame_id))
+                kept.append((record, frame_id))
         buf.pending = kept
     finally:
         buf.busy = False
@@ -598,9 +615,6 @@ def thread_states() -> int:
 def _collect() -> list[tuple[int, list[tuple[int, int, int, int, Any, int]]]]:
     """Take every thread's pending records, oldest first per thread."""
     out = []
-    # threads with a Python thread state now; one without has lost its thread-locals too, so
-    # a buffer of it (say, made during its teardown, after the exit sentinel went) is done
-    running = sys._current_frames()
     with _buffers_lock:
         buffers = list(_buffers)
     for buf in buffers:
@@ -610,14 +624,23 @@ def _collect() -> list[tuple[int, list[tuple[int, int, int, int, Any, int]]]]:
         if buf.gap:  # records dropped after the last one kept: the gap ends the batch
             records.append((GAP, buf.gap_slot, 0, perf_counter_ns(), None, buf.gap))
             buf.gap = 0
-        if records:
-            buf.records = []
-            out.append((buf.ident, records))
+        # taken in place, never swapped: the thread may be between reading buf.records and
+        # appending to it (its GIL can switch to this thread there); an append lands after n
+        n = len(records)
+        if n:
+            batch = records[:n]
+            del records[:n]
+            out.append((buf.ident, batch))
             buf.idle_drains = 0
-        elif buf.exited or buf.ident not in running:
+        elif buf.exited:
             buf.idle_drains += 1
     with _buffers_lock:  # a thread that exited leaves nothing behind once drained
-        _buffers[:] = [b for b in _buffers if b.idle_drains < 2]
+        gone = [b for b in _buffers if b.idle_drains >= 2 and b.exited]
+        for b in gone:
+            if _by_ident.get(b.ident) is b:
+                del _by_ident[b.ident]
+        if gone:
+            _buffers[:] = [b for b in _buffers if not (b.idle_drains >= 2 and b.exited)]
     return out
 
 
@@ -648,9 +671,10 @@ def tool_id() -> int | None:
 
 def after_fork_in_child() -> None:
     """Start clean after fork(): no pending records, no active session."""
-    global _buffers
+    global _buffers, _by_ident
     _active.clear()
     _buffers = []
+    _by_ident = {}
     _tls.__dict__.clear()
 
 
