@@ -62,6 +62,7 @@ ctypedef struct TState:
     int nchunks            # full chunks waiting for the drain (q lock; bounded-memory mode caps it)
     uint64_t gap_count     # records dropped since the last one written (bounded-memory mode)
     int gap_slot
+    uint32_t drains        # drain() runs that took this thread's chunks
     int npending           # profile source: unwinds whose exception is not known yet
     void* pending_ext[8]   # their RecordExt (filled in when the exception is seen handled)
     void* pending_frame[8] # the frames they unwound

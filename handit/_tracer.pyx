@@ -745,9 +745,14 @@ cdef void _remember_unwind(TState* ts, PyFrameObject* frame) noexcept:
 
 cdef void _resolve_unwinds(TState* ts) noexcept:
     # never raises; see _remember_unwind
+    # Python runs in here (and may let another thread's drain take this thread's chunks,
+    # which ends the wait: npending is 0 then and the pointers are stale); every write into
+    # a chunk follows a check that no drain has run since this started.
     cdef PyObject* exc = handit_handled_exception()
     cdef RecordExt* ext
-    cdef int k, kept = 0
+    cdef int k, n, kept = 0
+    cdef uint32_t seen = ts.drains
+    cdef bint match
     if exc == NULL:
         PyErr_Clear()
         return
@@ -759,10 +764,14 @@ cdef void _resolve_unwinds(TState* ts) noexcept:
             frames.add(id(tb.tb_frame))
             tb = tb.tb_next
         text = None
-        for k in range(ts.npending):
-            if <size_t>ts.pending_frame[k] in frames:
-                if text is None:
-                    text = (type_name(type(<object>exc)), _previewer.exception_message(<object>exc))
+        n = ts.npending if ts.drains == seen else 0
+        for k in range(n):
+            match = <size_t>ts.pending_frame[k] in frames
+            if match and text is None:
+                text = (type_name(type(<object>exc)), _previewer.exception_message(<object>exc))
+            if ts.drains != seen:
+                break
+            if match:
                 ext = <RecordExt*>ts.pending_ext[k]
                 Py_INCREF(text)
                 Py_XDECREF(ext.aux)
@@ -771,7 +780,8 @@ cdef void _resolve_unwinds(TState* ts) noexcept:
                 ts.pending_ext[kept] = ts.pending_ext[k]
                 ts.pending_frame[kept] = ts.pending_frame[k]
                 kept += 1
-        ts.npending = kept
+        if ts.drains == seen:
+            ts.npending = kept
     except BaseException:
         ts.npending = 0
     ts.busy = 0
@@ -1423,6 +1433,7 @@ def drain(calibration, previewer):
             ts.nchunks = 0
             handit_q_unlock()
             ts.npending = 0  # pending unwinds point into the chunks taken here
+            ts.drains += 1
             ident = ts.ident
             Py_XDECREF(ts.last_exc)
             Py_XDECREF(ts.last_exc_text)
