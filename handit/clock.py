@@ -8,6 +8,27 @@ from typing import Callable
 _scales: dict = {}  # per clock: the scale measured by the first calibration in this process
 
 
+def _read_together(read_ticks: Callable[[], int]) -> tuple[int, int, int]:
+    """``(ticks, monotonic ns, epoch ns)`` of one moment.
+
+    Three clocks cannot be read at once; a preemption between the reads would skew every
+    timestamp after them (tens of microseconds on a busy machine). So the reads are
+    bracketed by the monotonic clock and the tightest of a few tries is kept.
+    """
+    best: tuple[int, int, int, int] | None = None
+    for _ in range(8):
+        before = time.perf_counter_ns()
+        ticks = read_ticks()
+        epoch = time.time_ns()
+        after = time.perf_counter_ns()
+        if best is None or after - before < best[0]:
+            best = (after - before, ticks, (before + after) // 2, epoch)
+        if after - before < 2_000:
+            break
+    assert best is not None
+    return best[1], best[2], best[3]
+
+
 class Calibration:
     """Maps raw ticks to epoch nanoseconds with two reference points.
 
@@ -23,9 +44,7 @@ class Calibration:
     def __init__(self, read_ticks: Callable[[], int], exact: bool) -> None:
         self.read_ticks = read_ticks
         self.exact = exact  # ticks are already nanoseconds
-        self.mono0 = time.perf_counter_ns()
-        self.ticks0 = read_ticks()
-        self.epoch0 = time.time_ns()
+        self.ticks0, self.mono0, self.epoch0 = _read_together(read_ticks)
         self.scale = 1.0
         if not exact and read_ticks in _scales:
             self.scale = _scales[read_ticks]
@@ -45,8 +64,8 @@ class Calibration:
         """
         if self.exact:
             return
-        ticks = self.read_ticks()
-        dt = time.perf_counter_ns() - self.mono0
+        ticks, mono, _ = _read_together(self.read_ticks)
+        dt = mono - self.mono0
         if dt > min_baseline_ns and ticks > self.ticks0:
             self.scale = (ticks - self.ticks0) / dt
 
