@@ -5,7 +5,7 @@ import os
 import sys
 import warnings
 from types import ModuleType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .errors import ConfigError, HanditError
 
@@ -38,6 +38,45 @@ def free_tool_id() -> int:
             return tool
         holders[tool] = name
     raise HanditError(f"no free sys.monitoring tool id; held by {holders}")
+
+
+SYSMON_EVENTS = ("PY_START", "PY_RETURN", "PY_YIELD", "PY_RESUME", "PY_THROW", "PY_UNWIND")
+"""The sys.monitoring events handit takes; an engine's callback for each is ``sysmon_<event in lower case>``."""
+
+
+def claim_sysmon(engine: ModuleType) -> int:
+    """Take a free tool id, register ``engine``'s callbacks, turn the global events on (PY312+).
+
+    PY_START, PY_UNWIND and PY_THROW are global; PY_RETURN, PY_YIELD and PY_RESUME are
+    turned on per traced code object by the engine. Returns the tool id.
+    """
+    mon = sys.monitoring
+    tool = free_tool_id()
+    mon.use_tool_id(tool, "handit")
+    for name in SYSMON_EVENTS:
+        mon.register_callback(tool, getattr(mon.events, name), getattr(engine, f"sysmon_{name.lower()}"))
+    ev = mon.events
+    mon.set_events(tool, ev.PY_START | ev.PY_UNWIND | ev.PY_THROW)
+    return tool
+
+
+def release_sysmon(tool: int, local_codes: list[Any]) -> None:
+    """Undo :func:`claim_sysmon`: no event, local event (on ``local_codes``, emptied), callback
+    or DISABLE mark is left behind, and the tool id is free again."""
+    mon = sys.monitoring
+    mon.set_events(tool, 0)
+    for code in local_codes:
+        try:
+            mon.set_local_events(tool, code, 0)
+        except ValueError:
+            pass
+    local_codes.clear()
+    for name in SYSMON_EVENTS:
+        mon.register_callback(tool, getattr(mon.events, name), None)
+    # DISABLE marks stay on code objects for this tool id after it is freed
+    # (python/cpython#111963); clear them so the next session sees all code.
+    mon.restart_events()
+    mon.free_tool_id(tool)
 
 
 def _import_compiled() -> tuple[ModuleType | None, str]:

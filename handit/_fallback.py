@@ -5,6 +5,7 @@ errors. It is used when the extension is not built or ``HANDIT_ENGINE=fallback``
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -14,7 +15,7 @@ from contextvars import ContextVar
 from time import perf_counter_ns
 from typing import Any, Callable
 
-from ._engine import free_tool_id
+from ._engine import claim_sysmon, release_sysmon
 from ._policy import ARGS, EXIT_RETURN, EXIT_YIELD, CodeInfo, Policy, exit_kinds, first_yield_unit, module_of
 from .preview import _type_name as type_name, is_scalar
 from .records import CALL, GAP, NO_VALUE, RESUME, RETURN, THROW, UNWIND, YIELD, Rendered, put_string, put_varint
@@ -466,16 +467,6 @@ def _resolve_unwinds(buf: _ThreadBuffer) -> None:
 # ---- install / uninstall -------------------------------------------------------------------
 
 
-_SYSMON_CALLBACKS = (
-    ("PY_START", sysmon_py_start),
-    ("PY_RETURN", sysmon_py_return),
-    ("PY_YIELD", sysmon_py_yield),
-    ("PY_RESUME", sysmon_py_resume),
-    ("PY_THROW", sysmon_py_throw),
-    ("PY_UNWIND", sysmon_py_unwind),
-)
-
-
 def install(source: str, policy: Policy) -> None:
     """Start delivering events for active sessions.
 
@@ -489,15 +480,8 @@ def install(source: str, policy: Policy) -> None:
     set_policy(policy)
     _failed = False
     if source == "sysmon":
-        mon = sys.monitoring
-        tool = free_tool_id()
-        mon.use_tool_id(tool, "handit")
-        ev = mon.events
-        for name, fn in _SYSMON_CALLBACKS:
-            mon.register_callback(tool, getattr(ev, name), fn)
-        _tool_id = tool
         _source = source
-        mon.set_events(tool, ev.PY_START | ev.PY_UNWIND | ev.PY_THROW)
+        _tool_id = claim_sysmon(sys.modules[__name__])
     else:
         _source = source
         if PY312:
@@ -529,21 +513,7 @@ def uninstall() -> None:
     """Stop delivering events; leave no callback, local event or disabled location behind."""
     global _source, _tool_id
     if _source == "sysmon" and _tool_id is not None:
-        mon = sys.monitoring
-        tool = _tool_id
-        mon.set_events(tool, 0)
-        for code in _local_codes:
-            try:
-                mon.set_local_events(tool, code, 0)
-            except ValueError:
-                pass
-        _local_codes.clear()
-        for name, _ in _SYSMON_CALLBACKS:
-            mon.register_callback(tool, getattr(mon.events, name), None)
-        # DISABLE marks stay on code objects for this tool id after it is freed
-        # (python/cpython#111963); clear them so the next session sees all code.
-        mon.restart_events()
-        mon.free_tool_id(tool)
+        release_sysmon(_tool_id, _local_codes)
     elif _source == "setprofile":
         if PY312:
             threading.setprofile_all_threads(None)
@@ -635,12 +605,14 @@ def _collect() -> list[tuple[int, list[tuple[int, int, int, int, Any, int]]]]:
         elif buf.exited:
             buf.idle_drains += 1
     with _buffers_lock:  # a thread that exited leaves nothing behind once drained
-        gone = [b for b in _buffers if b.idle_drains >= 2 and b.exited]
-        for b in gone:
-            if _by_ident.get(b.ident) is b:
-                del _by_ident[b.ident]
-        if gone:
-            _buffers[:] = [b for b in _buffers if not (b.idle_drains >= 2 and b.exited)]
+        kept = []
+        for b in _buffers:
+            if b.exited and b.idle_drains >= 2:
+                if _by_ident.get(b.ident) is b:
+                    del _by_ident[b.ident]
+            else:
+                kept.append(b)
+        _buffers[:] = kept
     return out
 
 
@@ -678,6 +650,16 @@ def after_fork_in_child() -> None:
     _tls.__dict__.clear()
 
 
+def _new_lock_in_child() -> None:
+    # the drain thread may have held the lock at fork(), with or without a session open
+    global _buffers_lock
+    _buffers_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
 # ---- drain: records -> encoded blocks ------------------------------------------------------
 
 
@@ -687,7 +669,7 @@ def _text(previewer: Any, value: Any) -> str:
     return previewer.preview(value)  # type: ignore[no-any-return]
 
 
-def encode_while_waiting(seconds: float) -> None:
+def encode_while_waiting(seconds: float, calibration: Any) -> None:
     """Drain thread: wait ``seconds`` (the pure engine encodes everything in :func:`drain`)."""
     time.sleep(seconds)
 

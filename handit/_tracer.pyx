@@ -22,7 +22,7 @@ import threading
 import warnings
 from contextvars import ContextVar
 
-from ._engine import free_tool_id
+from ._engine import claim_sysmon, release_sysmon
 from ._policy import ARGS, exit_kinds, first_yield_unit, module_of
 from .preview import _type_name as type_name
 from .records import NO_VALUE, Rendered
@@ -219,6 +219,13 @@ cdef void _release_chunk(Chunk* c) noexcept nogil:
         free(c)
 
 
+cdef inline void _drop(TState* ts, int slot) noexcept:
+    # a record lost (bounded-memory mode, or out of memory): counted, and marked by a gap
+    ts.gap_count += 1
+    ts.gap_slot = slot
+    _n_dropped[slot] += 1
+
+
 cdef Chunk* _make_room(TState* ts, int slot, int need) noexcept:
     global _n_queued
     # _record's slow path: a new chunk, a pending gap mark, or (bounded-memory mode) a drop.
@@ -228,12 +235,9 @@ cdef Chunk* _make_room(TState* ts, int slot, int need) noexcept:
     cdef RecordExt* e
     if c == NULL or c.n + need > CHUNK_RECORDS:
         handit_q_lock()
-        if _bounded and ts.nchunks + 1 >= _max_chunks:
-            # bounded-memory mode: the drain is behind; drop, count, and mark the gap
+        if _bounded and ts.nchunks + 1 >= _max_chunks:  # bounded-memory mode: the drain is behind
             handit_q_unlock()
-            ts.gap_count += 1
-            ts.gap_slot = slot
-            _n_dropped[slot] += 1
+            _drop(ts, slot)
             return NULL
         if c != NULL:  # full: queued for the drain, which may encode it right away
             if ts.qlast == NULL:
@@ -247,10 +251,8 @@ cdef Chunk* _make_room(TState* ts, int slot, int need) noexcept:
         ts.tail = c
         handit_q_unlock()
         handit_q_signal()
-        if c == NULL:  # out of memory: dropped, counted and marked like a bounded-memory drop
-            ts.gap_count += 1
-            ts.gap_slot = slot
-            _n_dropped[slot] += 1
+        if c == NULL:  # out of memory
+            _drop(ts, slot)
             return NULL
     if ts.gap_count and c.n + need + 2 <= CHUNK_RECORDS:
         r = &c.recs[c.n]
@@ -705,19 +707,15 @@ cdef int profile_call(PyObject* obj, PyFrameObject* frame, int what, PyObject* a
     ci = _traced(code)
     if ci == NULL:
         return 0
+    how = 0  # how the frame left: 1 return, 2 yield, else an exception
     if HANDIT_UNWIND_ARG_IS_NULL and not ci.suspendable:
-        if arg != NULL:
-            _on_return(ts, slot, ci, arg)
-        else:
-            _on_unwind(ts, slot, ci, NULL)
-            _remember_unwind(ts, frame)
+        how = 1 if arg != NULL else 0  # before 3.12 an unwind passes NULL: no lookup needed
+    elif ci.exit_kinds != NULL:
+        unit = handit_frame_lasti_units(frame)
+        if 0 <= unit < PyBytes_GET_SIZE(ci.exit_kinds):
+            how = <unsigned char>PyBytes_AS_STRING(ci.exit_kinds)[unit]
+    else:
         return 0
-    if ci.exit_kinds == NULL:
-        return 0
-    unit = handit_frame_lasti_units(frame)
-    how = 0
-    if 0 <= unit < PyBytes_GET_SIZE(ci.exit_kinds):
-        how = <unsigned char>PyBytes_AS_STRING(ci.exit_kinds)[unit]
     if how == 1:
         _on_return(ts, slot, ci, arg)
     elif how == 2:
@@ -797,16 +795,6 @@ def profile_callback(frame, event, arg):
 
 # ---- install / uninstall ----------------------------------------------------------------------
 
-_SYSMON_CALLBACKS = (
-    ("PY_START", sysmon_py_start),
-    ("PY_RETURN", sysmon_py_return),
-    ("PY_YIELD", sysmon_py_yield),
-    ("PY_RESUME", sysmon_py_resume),
-    ("PY_THROW", sysmon_py_throw),
-    ("PY_UNWIND", sysmon_py_unwind),
-)
-
-
 def install(source, policy):
     """Start delivering events for active sessions.
 
@@ -820,18 +808,10 @@ def install(source, policy):
     set_policy(policy)
     _failed = False
     if source == "sysmon":
-        mon = sys.monitoring
-        tool = free_tool_id()
-        mon.use_tool_id(tool, "handit")
-        _DISABLE = mon.DISABLE
-        for name, fn in _SYSMON_CALLBACKS:
-            mon.register_callback(tool, getattr(mon.events, name), fn)
-        _tool_id = tool
+        _DISABLE = sys.monitoring.DISABLE
         _source_kind = 1
-        ev = mon.events
-        mon.set_events(tool, ev.PY_START | ev.PY_UNWIND | ev.PY_THROW)
+        _tool_id = claim_sysmon(sys.modules[__name__])
     else:
-
         _install_generation += 1
         _source_kind = 2
         threading.setprofile(profile_callback)
@@ -846,21 +826,7 @@ def uninstall():
     """Stop delivering events; leave no callback, local event or disabled location behind."""
     global _source_kind, _tool_id
     if _source_kind == 1 and _tool_id is not None:
-        mon = sys.monitoring
-        tool = _tool_id
-        mon.set_events(tool, 0)
-        for code in _local_codes:
-            try:
-                mon.set_local_events(tool, code, 0)
-            except ValueError:
-                pass
-        _local_codes.clear()
-        for name, fn in _SYSMON_CALLBACKS:
-            mon.register_callback(tool, getattr(mon.events, name), None)
-        # DISABLE marks stay on code objects for this tool id after it is freed
-        # (python/cpython#111963); clear them so the next session sees all code.
-        mon.restart_events()
-        mon.free_tool_id(tool)
+        release_sysmon(_tool_id, _local_codes)
     elif _source_kind == 2:
         threading.setprofile(None)
         handit_set_profile_all(NULL)
@@ -1028,14 +994,19 @@ cdef int _reserve(OutBuf* b, size_t extra) noexcept nogil:
     return 0
 
 
+cdef inline char* _put_varint_at(char* p, uint64_t n) noexcept nogil:
+    # writes n as a LEB128 varint at p (10 bytes at most); returns the byte after it
+    while n > 0x7F:
+        p[0] = <char>((n & 0x7F) | 0x80)
+        p += 1
+        n >>= 7
+    p[0] = <char>n
+    return p + 1
+
+
 cdef inline void _put_varint(OutBuf* b, uint64_t n) noexcept nogil:
     # caller reserved 10 bytes
-    while n > 0x7F:
-        b.data[b.len] = <char>((n & 0x7F) | 0x80)
-        b.len += 1
-        n >>= 7
-    b.data[b.len] = <char>n
-    b.len += 1
+    b.len = _put_varint_at(b.data + b.len, n) - b.data
 
 
 cdef inline uint64_t _zigzag(int64_t v) noexcept nogil:
@@ -1241,17 +1212,8 @@ cdef inline OutBuf* _buf_for(OutBuf* bufs, int* nbufs, uint16_t slot, int64_t t,
     return b
 
 
-cdef inline int64_t _epoch_ns(Record* r, int64_t epoch0, uint64_t ticks0, double inv) noexcept nogil:
-    return epoch0 + <int64_t>((<int64_t>(r.ts - ticks0)) * inv)
-
-
-cdef inline char* _put_varint_at(char* p, uint64_t n) noexcept nogil:
-    while n > 0x7F:
-        p[0] = <char>((n & 0x7F) | 0x80)
-        p += 1
-        n >>= 7
-    p[0] = <char>n
-    return p + 1
+cdef inline int64_t _epoch_ns(uint64_t ticks, int64_t epoch0, uint64_t ticks0, double inv) noexcept nogil:
+    return epoch0 + <int64_t>((<int64_t>(ticks - ticks0)) * inv)
 
 
 cdef int _encode_plain(Chunk* chunk, int i, OutBuf* bufs, int* nbufs, int64_t epoch0, uint64_t ticks0,
@@ -1268,7 +1230,7 @@ cdef int _encode_plain(Chunk* chunk, int i, OutBuf* bufs, int* nbufs, int64_t ep
         r = &chunk.recs[i]
         if r.ext:
             return i
-        t = _epoch_ns(r, epoch0, ticks0, inv)
+        t = _epoch_ns(r.ts, epoch0, ticks0, inv)
         if b == NULL or b.slot != r.slot:
             b = _buf_for(bufs, nbufs, r.slot, t, ident)
             if b == NULL:
@@ -1288,8 +1250,8 @@ cdef int _encode_plain(Chunk* chunk, int i, OutBuf* bufs, int* nbufs, int64_t ep
     return i
 
 
-cdef int64_t _cal_epoch0 = 0      # the calibration the drain thread encodes with (enc lock);
-cdef uint64_t _cal_ticks0 = 0     # set by every drain() run
+cdef int64_t _cal_epoch0 = 0      # the calibration the drain thread encodes with (enc lock)
+cdef uint64_t _cal_ticks0 = 0
 cdef double _cal_inv = 0.0
 
 
@@ -1324,43 +1286,50 @@ cdef void _encode_queued_plain() noexcept nogil:
     cdef Chunk* c
     cdef int i
     handit_enc_lock()
-    if _cal_inv != 0.0:
-        handit_q_lock()
-        ts = _all_states
-        handit_q_unlock()
-        while ts != NULL:
-            while _out_ready(ts):
-                c = _take_plain(ts)
-                if c == NULL:
-                    break
-                i = _encode_plain(c, c.start, ts.out, &ts.nout, _cal_epoch0, _cal_ticks0, _cal_inv, ts.ident)
-                handit_q_lock()
-                if i < c.n:  # 64 sessions hold every buffer: the rest waits for drain()
-                    c.start = i
-                    c.next = ts.head
-                    ts.head = c
-                    if ts.qlast == NULL:
-                        ts.qlast = c
-                    ts.nchunks += 1
-                    handit_q_unlock()
-                    break
-                _release_chunk(c)
+    handit_q_lock()
+    ts = _all_states
+    handit_q_unlock()
+    while ts != NULL:
+        while _out_ready(ts):
+            c = _take_plain(ts)
+            if c == NULL:
+                break
+            i = _encode_plain(c, c.start, ts.out, &ts.nout, _cal_epoch0, _cal_ticks0, _cal_inv, ts.ident)
+            handit_q_lock()
+            if i < c.n:  # 64 sessions hold every buffer: the rest waits for drain()
+                c.start = i
+                c.next = ts.head
+                ts.head = c
+                if ts.qlast == NULL:
+                    ts.qlast = c
+                ts.nchunks += 1
                 handit_q_unlock()
-                _n_background += 1
-            ts = ts.next_all
+                break
+            _release_chunk(c)
+            handit_q_unlock()
+            _n_background += 1
+        ts = ts.next_all
     handit_enc_unlock()
 
 
-def encode_while_waiting(double seconds):
+def encode_while_waiting(double seconds, calibration):
     """Drain thread: for ``seconds``, encode full timing-only chunks as they are queued.
 
-    Runs without the GIL, beside the traced program; what it encodes reaches the
+    Runs without the GIL, beside the traced program, converting times with
+    ``calibration`` (a :class:`handit.clock.Calibration`); what it encodes reaches the
     sessions with the next :func:`drain`.
     """
+    global _cal_epoch0, _cal_ticks0, _cal_inv
     cdef uint64_t deadline = handit_mono_ns() + <uint64_t>(seconds * 1e9)
     cdef uint64_t seen = _n_queued - 1
     cdef uint64_t now
+    cdef int64_t epoch0 = calibration.epoch0
+    cdef uint64_t ticks0 = calibration.ticks0
+    cdef double inv = 1.0 / calibration.scale
     with nogil:
+        handit_enc_lock()
+        _cal_epoch0, _cal_ticks0, _cal_inv = epoch0, ticks0, inv
+        handit_enc_unlock()
         handit_q_lock()
         while True:
             now = handit_mono_ns()
@@ -1376,6 +1345,97 @@ def encode_while_waiting(double seconds):
         handit_q_unlock()
 
 
+cdef OutBuf* _buf_or_flush(TState* ts, uint16_t slot, int64_t t, list out) noexcept:
+    # the block being built for `slot` on this thread (never NULL); with more live sessions
+    # on one thread than buffers, one block is handed out early to make room
+    cdef OutBuf* b = _buf_for(ts.out, &ts.nout, slot, t, ts.ident)
+    if b == NULL:
+        _flush_buf(&ts.out[63], out)
+        ts.nout = 63
+        b = _buf_for(ts.out, &ts.nout, slot, t, ts.ident)
+    return b
+
+
+cdef int _encode_valued(OutBuf* b, Record* r, RecordExt* ext, int64_t t, object previewer) except -1:
+    # one record that has a value or key (steals the record's reference to its value):
+    # previews are Python, so this runs with the GIL
+    cdef PyObject* raux = ext.aux
+    cdef uint64_t rkey = ext.key
+    cdef int64_t dts
+    cdef uint8_t tag = r.kind
+    cdef Py_ssize_t j
+    cdef object aux
+    if _reserve(b, 40) < 0:
+        Py_XDECREF(raux)
+        return 0
+    if raux != NULL:
+        aux = <object>raux
+        Py_DECREF(aux)  # the record's reference; `aux` holds one
+    dts = t - b.last
+    b.last = t
+    if r.kind == K_CALL:
+        _n_calls[r.slot] += 1
+        if raux != NULL:
+            tag |= 0x80
+        if rkey:
+            tag |= 0x40
+        b.data[b.len] = <char>tag
+        b.len += 1
+        _put_varint(b, r.code)
+        _put_varint(b, _zigzag(dts))
+        if rkey:
+            _put_varint(b, rkey)
+        if raux != NULL:
+            _put_varint(b, PyTuple_GET_SIZE(raux))
+            for j in range(PyTuple_GET_SIZE(raux)):
+                if not _put_fast(b, PyTuple_GET_ITEM(raux, j)):
+                    value = <object>PyTuple_GET_ITEM(raux, j)
+                    _put_string(b, "" if value is NO_VALUE else _text(previewer, value))
+    elif r.kind == K_RETURN:
+        if raux != NULL:
+            tag |= 0x80
+        b.data[b.len] = <char>tag
+        b.len += 1
+        _put_varint(b, _zigzag(dts))
+        if raux != NULL and not _put_fast(b, raux):
+            _put_string(b, _text(previewer, aux))
+    elif r.kind == K_UNWIND:
+        _n_exceptions[r.slot] += 1
+        b.data[b.len] = <char>tag
+        b.len += 1
+        _put_varint(b, _zigzag(dts))
+        _put_string(b, "<unknown>" if raux == NULL else aux[0])
+        _put_string(b, "" if raux == NULL else aux[1])
+    else:
+        b.data[b.len] = <char>tag
+        b.len += 1
+        _put_varint(b, _zigzag(dts))
+        _put_varint(b, rkey)
+    return 0
+
+
+cdef Chunk* _take_all(TState* ts) noexcept:
+    # every chunk of the thread, oldest first: the queued ones, then the one being written
+    # (its writer is stopped: drain() holds the GIL)
+    cdef Chunk* chunk
+    cdef Chunk* cur
+    handit_q_lock()
+    chunk = ts.head
+    cur = ts.tail
+    if chunk == NULL:
+        chunk = cur
+    elif cur != NULL:
+        ts.qlast.next = cur
+    ts.head = NULL
+    ts.qlast = NULL
+    ts.tail = NULL
+    ts.nchunks = 0
+    handit_q_unlock()
+    ts.npending = 0  # pending unwinds point into the chunks taken here
+    ts.drains += 1
+    return chunk
+
+
 def drain(calibration, previewer):
     """Turn every pending record into encoded blocks, one per (session slot, thread).
 
@@ -1385,26 +1445,16 @@ def drain(calibration, previewer):
     Returns:
         ``(slot, block)`` pairs in the block format of :mod:`handit.records`.
     """
-    global _cal_epoch0, _cal_ticks0, _cal_inv
     cdef TState* ts
     cdef Chunk* chunk
     cdef Chunk* nxt
-    cdef Chunk* cur
     cdef Record* r
-    cdef RecordExt* ext
-    cdef PyObject* raux
-    cdef uint64_t rkey
-    cdef int i, j
-    cdef OutBuf* bufs
     cdef OutBuf* b
-    cdef int64_t t, dts
+    cdef int i, j
+    cdef int64_t t
     cdef double inv
     cdef int64_t epoch0
     cdef uint64_t ticks0
-    cdef unsigned long ident
-    cdef uint8_t tag
-    cdef object aux
-    cdef tuple args
     cdef list out = []
     calibration.refine()
     inv = 1.0 / calibration.scale
@@ -1413,134 +1463,51 @@ def drain(calibration, previewer):
     with nogil:
         handit_enc_lock()  # the drain thread may be encoding a chunk: wait for it
     try:
-        _cal_epoch0, _cal_ticks0, _cal_inv = epoch0, ticks0, inv
         handit_q_lock()
         ts = _all_states
         handit_q_unlock()
         while ts != NULL:
             if not _out_ready(ts):
                 raise MemoryError
-            handit_q_lock()
-            chunk = ts.head  # the queued chunks, then the one being written (the GIL holds its writer)
-            cur = ts.tail
-            if chunk == NULL:
-                chunk = cur
-            elif cur != NULL:
-                ts.qlast.next = cur
-            ts.head = NULL
-            ts.qlast = NULL
-            ts.tail = NULL
-            ts.nchunks = 0
-            handit_q_unlock()
-            ts.npending = 0  # pending unwinds point into the chunks taken here
-            ts.drains += 1
-            ident = ts.ident
+            chunk = _take_all(ts)
             Py_XDECREF(ts.last_exc)
             Py_XDECREF(ts.last_exc_text)
             ts.last_exc = NULL
             ts.last_exc_text = NULL
-            bufs = ts.out
             while chunk != NULL:
                 i = chunk.start
                 while i < chunk.n:
                     if chunk.has_ext:
-                        i = _encode_plain(chunk, i, bufs, &ts.nout, epoch0, ticks0, inv, ident)
+                        i = _encode_plain(chunk, i, ts.out, &ts.nout, epoch0, ticks0, inv, ts.ident)
                     else:
                         with nogil:
-                            i = _encode_plain(chunk, i, bufs, &ts.nout, epoch0, ticks0, inv, ident)
+                            i = _encode_plain(chunk, i, ts.out, &ts.nout, epoch0, ticks0, inv, ts.ident)
                     if i >= chunk.n:
                         break
                     r = &chunk.recs[i]
-                    t = _epoch_ns(r, epoch0, ticks0, inv)
-                    b = _buf_for(bufs, &ts.nout, r.slot, t, ident)
-                    if b == NULL:  # more live sessions on one thread than buffers: flush one
-                        _flush_buf(&bufs[63], out)
-                        ts.nout = 63
+                    t = _epoch_ns(r.ts, epoch0, ticks0, inv)
+                    b = _buf_or_flush(ts, r.slot, t, out)
+                    if not r.ext:  # a plain record that found no free buffer: room is made now
                         continue
-                    if not r.ext:  # a plain record after a flush: _encode_plain takes it
-                        continue
-                    # a record with a value or key: Python objects, so with the GIL
-                    ext = <RecordExt*>&chunk.recs[i + 1]
-                    raux = ext.aux
-                    rkey = ext.key
+                    _encode_valued(b, r, <RecordExt*>&chunk.recs[i + 1], t, previewer)
                     i += 2
-                    if _reserve(b, 40) < 0:
-                        Py_XDECREF(raux)
-                        continue
-                    dts = t - b.last
-                    b.last = t
-                    tag = r.kind
-                    if r.kind == K_CALL:
-                        _n_calls[r.slot] += 1
-                        if raux != NULL:
-                            tag |= 0x80
-                        if rkey:
-                            tag |= 0x40
-                        b.data[b.len] = <char>tag
-                        b.len += 1
-                        _put_varint(b, r.code)
-                        _put_varint(b, _zigzag(dts))
-                        if rkey:
-                            _put_varint(b, rkey)
-                        if raux != NULL:
-                            args = <tuple>raux
-                            Py_DECREF(args)  # drop the record's reference; `args` holds one
-                            _put_varint(b, PyTuple_GET_SIZE(raux))
-                            for j in range(PyTuple_GET_SIZE(raux)):
-                                if not _put_fast(b, PyTuple_GET_ITEM(raux, j)):
-                                    value = <object>PyTuple_GET_ITEM(raux, j)
-                                    _put_string(b, "" if value is NO_VALUE else _text(previewer, value))
-                    elif r.kind == K_RETURN:
-                        if raux != NULL:
-                            tag |= 0x80
-                        b.data[b.len] = <char>tag
-                        b.len += 1
-                        _put_varint(b, _zigzag(dts))
-                        if raux != NULL:
-                            aux = <object>raux
-                            Py_DECREF(aux)
-                            if not _put_fast(b, raux):
-                                _put_string(b, _text(previewer, aux))
-                    elif r.kind == K_UNWIND:
-                        _n_exceptions[r.slot] += 1
-                        b.data[b.len] = <char>tag
-                        b.len += 1
-                        _put_varint(b, _zigzag(dts))
-                        if raux == NULL:
-                            _put_string(b, "<unknown>")
-                            _put_string(b, "")
-                        else:
-                            aux = <object>raux
-                            Py_DECREF(aux)
-                            _put_string(b, aux[0])
-                            _put_string(b, aux[1])
-                    else:
-                        b.data[b.len] = <char>tag
-                        b.len += 1
-                        _put_varint(b, _zigzag(dts))
-                        _put_varint(b, rkey)
                 nxt = chunk.next
                 handit_q_lock()
                 _release_chunk(chunk)
                 handit_q_unlock()
                 chunk = nxt
             if ts.gap_count:  # records dropped after the last one taken: the gap ends the block
-                t = epoch0 + <int64_t>((<int64_t>(handit_ticks() - ticks0)) * inv)
-                b = _buf_for(bufs, &ts.nout, <uint16_t>ts.gap_slot, t, ident)
-                if b == NULL:
-                    _flush_buf(&bufs[63], out)
-                    ts.nout = 63
-                    b = _buf_for(bufs, &ts.nout, <uint16_t>ts.gap_slot, t, ident)
-                if b != NULL and _reserve(b, 24) == 0:
-                    dts = t - b.last
-                    b.last = t
+                t = _epoch_ns(handit_ticks(), epoch0, ticks0, inv)
+                b = _buf_or_flush(ts, <uint16_t>ts.gap_slot, t, out)
+                if _reserve(b, 24) == 0:
                     b.data[b.len] = <char>K_GAP
                     b.len += 1
-                    _put_varint(b, _zigzag(dts))
+                    _put_varint(b, _zigzag(t - b.last))
                     _put_varint(b, ts.gap_count)
+                    b.last = t
                 ts.gap_count = 0
             for j in range(ts.nout):
-                _flush_buf(&bufs[j], out)
+                _flush_buf(&ts.out[j], out)
             ts.nout = 0
             ts = ts.next_all
         _free_exited_states()

@@ -42,7 +42,6 @@ class Drain:
     def start(self) -> None:
         """Drain periodically from handit's background thread (never traced)."""
         if BACKGROUND:
-            self.run_once()  # hands the engine its calibration before the drain thread encodes
             _worker.attach(self)
 
     def stop(self) -> None:
@@ -89,7 +88,7 @@ class _Worker:
                 drain = self._drain
             try:
                 # the compiled engine encodes full chunks here, without the GIL, as they fill
-                drain.engine.encode_while_waiting(DRAIN_INTERVAL_S)
+                drain.engine.encode_while_waiting(DRAIN_INTERVAL_S, drain.calibration)
                 if self._drain is not drain:
                     continue
                 drain.run_once()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
-from .records import CALL, RESUME, RETURN, THROW, UNWIND, YIELD, put_string, put_varint
+from .records import CALL, GAP, RESUME, RETURN, THROW, UNWIND, YIELD, put_string, put_varint
 
 __all__ = ["BlockEncoder", "CorruptBlockError", "TraceBuilder", "read_uvarint"]
 
@@ -302,7 +302,7 @@ class TraceBuilder:
                         push(entry)
                         if len(stack) > max_depth:
                             max_depth = len(stack)
-                elif kind == 7:  # GAP: records were dropped here (bounded-memory mode)
+                elif kind == GAP:  # records were dropped here (bounded-memory mode)
                     n = data[pos]
                     pos += 1
                     if n & 0x80:
