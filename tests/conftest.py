@@ -14,6 +14,19 @@ session_mod = importlib.import_module("handit.sessions")
 
 PY312 = sys.version_info >= (3, 12)
 
+# The directory holding the handit these tests imported: the installed package (CI), or the
+# checkout with its in-place build. Child processes get it first on their path, and run in a
+# directory without a ``handit/`` of its own, so they never import a bare checkout instead.
+HANDIT_HOME = os.path.dirname(os.path.dirname(os.path.abspath(handit.__file__)))
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a Python child process that must run the handit under test."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([HANDIT_HOME, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra)
+    return env
+
 
 def _compiled_available() -> bool:
     try:
@@ -41,12 +54,28 @@ ENGINE_PARAMS = engine_params()
 
 
 @pytest.fixture(params=ENGINE_PARAMS)
-def engine(request: pytest.FixtureRequest):
-    """Configure handit for one engine and source; yields ``(engine, source)``."""
+def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """Configure handit for one engine and source; yields ``(engine, source)``.
+
+    Every engine installed in this process during the test must be the one asked for
+    (a test that silently ran the other engine would prove nothing about this one).
+    """
+    from handit import _engine
+
     eng, src = request.param
+    chosen: list[tuple[str, str]] = []
+    choose = _engine.choose
+
+    def recording_choose(*args, **kwargs):
+        choice = choose(*args, **kwargs)
+        chosen.append((choice.engine, choice.source))
+        return choice
+
+    monkeypatch.setattr(_engine, "choose", recording_choose)
     handit.configure(engine=eng, source=src)
     yield eng, src
     handit.reset_config()
+    assert all(c == (eng, src) for c in chosen), f"asked for {eng}-{src}, ran {sorted(set(chosen))}"
 
 
 def _monitoring_tools() -> dict[int, str]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import child_env
 
 from handit.reader import BlockEncoder
 from handit.tracefile import TraceFileWriter, detect_format, read_trace
@@ -31,11 +31,10 @@ S = "FakeAPI." if PY311 else ""
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HANDIT_") and k != "NO_COLOR"}
-    # the handit these tests imported (installed, or the checkout with its in-place build),
-    # never a checkout without the compiled extension
-    here = str(Path(importlib.util.find_spec("handit").origin).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join([here, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    # the run's engine choice (HANDIT_ENGINE, HANDIT_REQUIRE_COMPILED) carries over: the pure-Python
+    # pass runs the CLI on the pure engine too; every other setting comes from the test
+    keep = ("HANDIT_ENGINE", "HANDIT_REQUIRE_COMPILED")
+    env = {k: v for k, v in child_env().items() if (k in keep or not k.startswith("HANDIT_")) and k != "NO_COLOR"}
     env["PYTHONWARNINGS"] = "default"
     env.update(extra)
     return env
@@ -170,6 +169,22 @@ def test_default_output_and_jsonl(tmp_path: Path) -> None:
         returns = {e["call_id"]: e["locals_preview"].get("return") for e in evs if e["type"] == "return"}
         assert [returns[e["call_id"]] for e in squares] == ["0", "1", "4", "9", "16"]
     assert events[0]["type"] == "session_start" and events[0]["tag"] == "mytag" and events[-1]["type"] == "session_end"
+
+
+def test_run_uses_the_engine_this_pass_asked_for(tmp_path: Path) -> None:
+    """CI's pure-Python pass runs the CLI on the pure engine, the compiled pass on the compiled one."""
+    _write(tmp_path / "prog.py", """
+        import handit
+        s = handit.current()
+        print(s.engine, s.source)
+        """)
+    r = handit("run", "--no-summary", "prog.py", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    engine = r.stdout.decode().split()[0]
+    if os.environ.get("HANDIT_ENGINE") == "fallback":
+        assert engine == "fallback"
+    elif os.environ.get("HANDIT_REQUIRE_COMPILED") == "1":
+        assert engine == "compiled"
 
 
 def test_run_options_reach_the_settings(tmp_path: Path) -> None:

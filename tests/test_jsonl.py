@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import child_env
 
 from handit._policy import CodeInfo
 from handit.exporters import jsonl as jsonl_mod
@@ -21,7 +22,6 @@ from handit.exporters.memory import MemoryExporter
 from handit.reader import BlockEncoder, TraceBuilder
 from handit.tracefile import iter_events
 
-ROOT = str(Path(__file__).resolve().parent.parent)
 T = 1_700_000_000_000_000_000
 
 
@@ -158,7 +158,7 @@ def test_processes_appending_to_one_file(tmp_path: Path, buffer_bytes: int) -> N
     children = [
         subprocess.Popen(
             [sys.executable, "-c", APPENDER, str(path), str(p), str(count), str(buffer_bytes), str(start_at)],
-            env={**os.environ, "PYTHONPATH": ROOT},
+            env=child_env(), cwd=tmp_path,
         )
         for p in range(procs)
     ]

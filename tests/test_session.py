@@ -47,7 +47,8 @@ def test_start_stop_and_aliases(engine):
     rec(0)
     assert handit.end_tracing() is s2
     assert len(calls_of(s.events, "rec")) == 2 and len(calls_of(s2.events, "rec")) == 1
-    assert "engine=" in repr(s) and "source=" in repr(s)
+    assert (s.engine, s.source) == engine
+    assert f"engine={engine[0]} source={engine[1]}" in repr(s)
 
 
 def test_decorator_keeps_signature_and_annotations(engine):

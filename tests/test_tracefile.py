@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import child_env
 
 from handit._policy import CodeInfo
 from handit.reader import BlockEncoder
@@ -29,7 +30,6 @@ from handit.tracefile import (
     read_trace,
 )
 
-ROOT = str(Path(__file__).resolve().parent.parent)
 T = 1_700_000_000_000_000_000
 A = 140_000_000_000_001
 CODES = [
@@ -310,12 +310,12 @@ APPENDER = textwrap.dedent(
 def test_processes_appending_to_one_file(tmp_path: Path, buffer_bytes: int) -> None:
     path = tmp_path / "shared.handit"
     procs, calls = 4, 2000
-    env = {**os.environ, "PYTHONPATH": ROOT}
+    env = child_env()
     start_at = time.time() + 1.0
     children = [
         subprocess.Popen(
             [sys.executable, "-c", APPENDER, str(path), str(p), str(calls), str(buffer_bytes), str(start_at)],
-            env=env, stdout=subprocess.PIPE, text=True,
+            env=env, stdout=subprocess.PIPE, text=True, cwd=tmp_path,
         )
         for p in range(procs)
     ]
@@ -377,7 +377,7 @@ def test_streaming_a_200mb_file_in_bounded_memory(tmp_path: Path) -> None:
     assert size >= 200 * 1024 * 1024
     result = subprocess.run(
         [sys.executable, "-c", STREAM_READER, str(path)],
-        env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=300, check=True,
+        env=child_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300, check=True,
     )
     out = json.loads(result.stdout)
     assert out["counts"] == {"session_start": 1, "call": blocks * calls_per_block, "return": blocks * calls_per_block, "session_end": 1}

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import child_env
 from ingest_server import Answer, IngestServer
 
 from handit.errors import ConfigError
 from handit.exporters.webhook import HanditExportWarning, WebhookExporter
 
-REPO = Path(__file__).resolve().parent.parent
 KEY = "test-key-0123456789"
 SPOOL_FILE = re.compile(r"^\d+-\d+-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.jsonl\.gz$")
 # Small timeouts and backoffs keep the file well under 30 s.
@@ -322,11 +322,11 @@ CHILD = textwrap.dedent(
 
 
 def run_child(url: str, spool: Path, mode: str, start: int, count: int, **kwargs: Any) -> Any:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = child_env()
     args = [sys.executable, "-c", CHILD, url, str(spool), mode, str(start), str(count)]
     if mode == "stream":
-        return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=30, **kwargs)
+        return subprocess.Popen(args, env=env, cwd=spool.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(args, env=env, cwd=spool.parent, capture_output=True, text=True, timeout=30, **kwargs)
 
 
 def test_spool_is_resent_by_a_new_process(spool: Path, make_exporter: Any, server: IngestServer) -> None:
