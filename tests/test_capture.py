@@ -134,8 +134,8 @@ def test_timestamps_are_wall_clock_and_ordered(engine):
     assert before <= s.t0_ns <= calls[0]["t0_ns"]
     assert returns[calls[-1]["call_id"]]["t1_ns"] <= s.t1_ns <= after
     gap = calls[-1]["t0_ns"] - returns[calls[0]["call_id"]]["t1_ns"]
-    # the sleep, measured on the engine's clock: at least what was slept, at most the whole session
-    assert 3_000_000 <= gap <= after - before
+    # the sleep, measured on the engine's clock: what was slept (less the TSC calibration's error), at most the session
+    assert 2_950_000 <= gap <= after - before
 
 
 def test_exception_event(engine):
