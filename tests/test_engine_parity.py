@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import child_env
 
 from handit import _engine, _fallback, records
 
@@ -55,3 +59,29 @@ def test_missing_extension_falls_back_with_one_warning(monkeypatch):
     assert choice.engine == "fallback"
     with pytest.raises(_engine.HanditError, match="required"):
         _engine.choose(require_compiled=True)
+
+
+def test_install_without_the_extension_runs_pure_with_one_warning(tmp_path):
+    """An install made with HANDIT_NO_EXTENSION=1 (CI's pure-Python pass): no monkeypatching, the
+    real missing module; every session runs the pure engine, and the user is told once."""
+    if _engine._import_compiled()[0] is not None:
+        pytest.skip("the compiled extension is installed; CI's pure-Python pass installs without it")
+    code = textwrap.dedent("""
+        import warnings
+        warnings.simplefilter("always")
+        import handit
+        def f(n):
+            return n
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                with handit.session("x") as s:
+                    f(1)
+        print(s.engine, len([c for c in s.calls() if c["func"] == "f"]))
+        print(sum("pure-Python engine" in str(w.message) for w in caught))
+        """)
+    env = {k: v for k, v in child_env().items() if k not in ("HANDIT_ENGINE", "HANDIT_REQUIRE_COMPILED")}
+    (tmp_path / "prog.py").write_text(code)
+    r = subprocess.run([sys.executable, "prog.py"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["fallback", "1", "1"]
