@@ -357,6 +357,7 @@ STREAM_READER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KB on Linux")
 def test_streaming_a_200mb_file_in_bounded_memory(tmp_path: Path) -> None:
     path = tmp_path / "big.handit"
