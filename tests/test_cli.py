@@ -204,6 +204,99 @@ def test_run_options_reach_the_settings(tmp_path: Path) -> None:
     assert bad.returncode == 2 and b"HANDIT_MAX_STR" in bad.stderr and b"Traceback" not in bad.stderr
 
 
+def test_every_run_option_reaches_the_trace(tmp_path: Path) -> None:
+    """--include, --preview, --tag, --source, --only-cwd, --top, --sample-rate: each changes what is recorded."""
+    outside, cwd = tmp_path / "outside", tmp_path / "cwd"
+    outside.mkdir()
+    cwd.mkdir()
+    _write(outside / "elsewhere.py", """
+        def far(n):
+            return n
+        """)
+    _write(cwd / "prog.py", f"""
+        import sys
+        sys.path.insert(0, {str(outside)!r})
+        import handit, elsewhere
+        class Loud:
+            def __repr__(self):
+                return "Loud!"
+        def keep(x):
+            return x
+        def other(n):
+            return n
+        keep(Loud()); other(1); elsewhere.far(3)
+        s = handit.current()
+        print(s.engine, s.source, s.tag)
+        """)
+
+    def funcs(name: str) -> set[str]:
+        return {e["func"] for e in read_trace(str(cwd / name)) if e["type"] == "call"}
+
+    source = "setprofile" if PY312 else "auto"  # the non-default source where there is one
+    r = handit("run", "--include", "keep", "--preview", "repr", "--tag", "mytag", "--source", source, "-o", "a.jsonl", "prog.py", cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().split()[1:] == ["setprofile", "mytag"]
+    calls = [e for e in read_trace(str(cwd / "a.jsonl")) if e["type"] == "call"]
+    assert [(e["func"], e["args_preview"]) for e in calls] == [("keep", {"x": "Loud!"})]  # repr ran: --preview repr
+    r = handit("run", "--only-cwd", "--top", "1", "-o", "b.jsonl", "prog.py", cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    assert "far" not in funcs("b.jsonl") and {"keep", "other"} <= funcs("b.jsonl")
+    busiest = r.stderr.decode().split("Busiest functions")[1].split("Most own time")[0]
+    assert len([line for line in busiest.splitlines() if "µs" in line or " ms" in line]) == 1  # --top 1
+    r = handit("run", "--sample-rate", "0", "--no-summary", "-o", "c.jsonl", "prog.py", cwd=cwd)
+    assert r.returncode == 0 and funcs("c.jsonl") == set()
+
+
+def test_show_and_export_options(agent_traces: dict[str, Path], tmp_path: Path) -> None:
+    full = handit("show", str(agent_traces["handit"]), "--depth", "50", "--max-nodes", "100000", cwd=tmp_path)
+    cut = handit("show", str(agent_traces["handit"]), "--depth", "50", "--max-nodes", "5", cwd=tmp_path)
+    assert full.returncode == cut.returncode == 0
+    assert len(cut.stdout.splitlines()) < len(full.stdout.splitlines())
+    out = tmp_path / "named.json"
+    r = handit("export", str(agent_traces["handit"]), "--format", "chrome", "--output", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())["traceEvents"]
+
+
+def test_exit_statuses(tmp_path: Path, agent_traces: dict[str, Path]) -> None:
+    """130 after Ctrl-C (the trace still written), 1 on a broken pipe, 2 on bad options."""
+    _write(tmp_path / "interrupted.py", """
+        import os, signal, time
+        def work(n):
+            return n
+        work(1)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+        """)
+    r = handit("run", "--no-summary", "-o", "i.jsonl", "interrupted.py", cwd=tmp_path)
+    assert r.returncode == 130 and b"KeyboardInterrupt" in r.stderr
+    assert "work" in {e["func"] for e in read_trace(str(tmp_path / "i.jsonl")) if e["type"] == "call"}
+    # a reader that has gone away (`handit show big | head -1`, the head already gone)
+    proc = subprocess.Popen([sys.executable, "-m", "handit", "show", str(agent_traces["handit"])],
+                            cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and b"Traceback" not in err, err
+    for bad in (["--sample-rate", "2"], ["--include", "("], ["--frobnicate"], ["--capture", "everything"]):
+        r = handit("run", *bad, "interrupted.py", cwd=tmp_path)
+        assert r.returncode == 2 and b"Traceback" not in r.stderr, (bad, r.stderr)
+
+
+@pytest.mark.skipif(not PY312, reason="sys.monitoring tool ids exist from 3.12")
+def test_exit_2_when_tracing_cannot_start(tmp_path: Path) -> None:
+    if os.environ.get("HANDIT_ENGINE") == "fallback":
+        pytest.skip("the pure engine takes a tool id the same way; one pass suffices")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import sys\nfor i in range(6):\n    sys.monitoring.use_tool_id(i, 'other')\n")
+    (tmp_path / "prog.py").write_text("print('ran')\n")
+    env = _env()
+    r = subprocess.run([sys.executable, "-m", "handit", "run", "--source", "sysmon", "prog.py"], cwd=tmp_path,
+                       env={**env, "PYTHONPATH": os.pathsep.join([str(site), env["PYTHONPATH"]])}, capture_output=True, timeout=60)
+    assert r.returncode == 2 and b"cannot start tracing" in r.stderr and b"ran" not in r.stdout, r.stderr
+
+
 def test_run_usage_errors(tmp_path: Path) -> None:
     missing = handit("run", "nope.py", cwd=tmp_path)
     assert missing.returncode == 2 and b"nope.py" in missing.stderr and b"Traceback" not in missing.stderr
