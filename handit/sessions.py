@@ -193,15 +193,19 @@ def _route(slot: int, block: bytes) -> None:
             session._add_block(block)
         except Exception as exc:  # a sink failing never loses the in-memory copy
             session.stats["sink_errors"] = session.stats.get("sink_errors", 0) + 1
-            _warn_once(f"handit could not write session {session.id}: {exc!r}")
+            _warn_once(f"handit could not write session {session.id}: {exc!r} (counted in each session's "
+                       "stats['sink_errors']; said once)", key=f"sink:{exc!r}")
 
 
 _warned: set[str] = set()
 
 
-def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
+def _warn_once(message: str, key: str | None = None) -> None:
+    """Warn once per ``key`` (default: the message) in this process: a failure that repeats
+    with every session (a full disk, a server with a session per request) is said once."""
+    key = key or message
+    if key not in _warned:
+        _warned.add(key)
         warnings.warn(message, SessionWarning, stacklevel=3)
 
 
@@ -401,7 +405,7 @@ def stop(session: Session | None = None) -> Session | None:
                 try:
                     sink.end(session)
                 except Exception as exc:
-                    _warn_once(f"handit could not finish writing session {session.id}: {exc!r}")
+                    _warn_once(f"handit could not finish writing session {session.id}: {exc!r}", key=f"sink-end:{exc!r}")
             if not _by_slot:
                 _uninstall()
     return session
