@@ -78,6 +78,7 @@ _source: str | None = None
 _tool_id: int | None = None
 _local_codes: list[Any] = []
 _failed = False
+_told_busy: set[int] = set()  # threads told (once an install) that another profiler holds their slot
 
 
 class _ThreadBuffer:
@@ -479,6 +480,7 @@ def install(source: str, policy: Policy) -> None:
     global _source, _tool_id, _failed
     set_policy(policy)
     _failed = False
+    _told_busy.clear()
     if source == "sysmon":
         _source = source
         _tool_id = claim_sysmon(sys.modules[__name__])
@@ -500,6 +502,9 @@ def ensure_thread() -> None:
         if current is not None and not PY312:
             # another profiler (cProfile) holds this thread's one profile slot; a Python
             # function cannot chain to it, so it keeps the slot (the compiled engine chains)
+            if threading.get_ident() in _told_busy:
+                return
+            _told_busy.add(threading.get_ident())
             warnings.warn(
                 "handit (pure-Python engine) records nothing on this thread while another profiler is installed",
                 RuntimeWarning,
