@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 import xxhash
 
+from ._qualnames import qualname_of
 from .records import SUSPENDABLE
 
 _HANDIT_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -31,8 +32,12 @@ class CodeInfo(NamedTuple):
     secret_args: tuple[bool, ...]
 
 
-def _qualname(code: Any) -> str:
-    return getattr(code, "co_qualname", code.co_name)  # PY311+ has co_qualname
+CO_NEWLOCALS = 0x02
+
+
+def is_class_body(code: Any) -> bool:
+    """A class statement's body: run once when the class is made, not a call of anything."""
+    return not code.co_flags & CO_NEWLOCALS and code.co_name != "<module>"
 
 
 class Policy:
@@ -100,7 +105,9 @@ class Policy:
             a CodeInfo if the code is traced, else None.
         """
         module = module if isinstance(module, str) else "?"
-        qualname = _qualname(code)
+        if is_class_body(code) or (code.co_name == "<module>" and module != "__main__"):
+            return None  # class bodies are not calls; of module bodies only the script's own
+        qualname = qualname_of(code, module)
         filename = code.co_filename
         if not self.wants(module, qualname, filename):
             return None

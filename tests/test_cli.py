@@ -20,14 +20,12 @@ from handit.tracefile import TraceFileWriter, detect_format, read_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT = ROOT / "examples" / "agent.py"
-# Before 3.11 code objects have no co_qualname, so methods are recorded by their bare name.
 # The profile-function source (the only one before 3.12) learns an exception's type only
 # once a handler makes a call; the agent's `except HTTPError` handler makes none.
 EXC = "HTTPError" if sys.version_info >= (3, 12) else "<unknown>"
-PY311 = sys.version_info >= (3, 11)
 PY312 = sys.version_info >= (3, 12)
-M = "Agent." if PY311 else ""
-S = "FakeAPI." if PY311 else ""
+M = "Agent."  # methods carry their class on every Python (found from the module before 3.11)
+S = "FakeAPI."
 
 
 def _env(**extra: str) -> dict[str, str]:
