@@ -84,11 +84,15 @@ _told_busy: set[int] = set()  # threads told (once an install) that another prof
 class _ThreadBuffer:
     """One thread's records, in order, waiting for the drain."""
 
-    __slots__ = ("ident", "records", "busy", "last_exc", "last_exc_text", "pending", "gap", "gap_slot", "exited", "idle_drains")
+    __slots__ = ("ident", "records", "take_lock", "busy", "last_exc", "last_exc_text", "pending", "gap", "gap_slot",
+                 "exited", "idle_drains")
 
     def __init__(self) -> None:
         self.ident = threading.get_ident()
         self.records: list[tuple[int, int, int, int, Any, int]] = []
+        # held by the drain while it takes records, and by the thread while it rewrites one in
+        # place (a pending unwind): never both at once. Appends need no lock.
+        self.take_lock = threading.Lock()
         self.busy = False
         self.last_exc: Any = None
         self.last_exc_text: tuple[str, str] = ("", "")
@@ -445,22 +449,21 @@ def _resolve_unwinds(buf: _ThreadBuffer) -> None:
         while tb is not None:
             frames.add(id(tb.tb_frame))
             tb = tb.tb_next
-        text = None
-        kept = []
+        found = [record for record, frame_id in buf.pending if frame_id in frames]
+        buf.pending = [(record, frame_id) for record, frame_id in buf.pending if frame_id not in frames]
+        if not found:
+            return
+        # made before the lock: it runs Python code, during which the drain may take records
+        text = (type_name(type(exc)), _policy.previewer.exception_message(exc) if _policy else "")
         records = buf.records
-        for record, frame_id in buf.pending:
-            if frame_id in frames:
+        with buf.take_lock:  # the drain cannot shorten the list between finding a record and rewriting it
+            for record in found:
                 # the record, if the drain has not taken it meanwhile (it is near the end)
                 for index in range(len(records) - 1, max(-1, len(records) - 4097), -1):
                     if records[index] is record:
-                        if text is None:
-                            text = (type_name(type(exc)), _policy.previewer.exception_message(exc) if _policy else "")
                         kind, slot, code, ts, _, key = record
                         records[index] = (kind, slot, code, ts, text, key)
                         break
-            else:
-                kept.append((record, frame_id))
-        buf.pending = kept
     finally:
         buf.busy = False
 
@@ -601,10 +604,12 @@ def _collect() -> list[tuple[int, list[tuple[int, int, int, int, Any, int]]]]:
             buf.gap = 0
         # taken in place, never swapped: the thread may be between reading buf.records and
         # appending to it (its GIL can switch to this thread there); an append lands after n
-        n = len(records)
+        with buf.take_lock:
+            n = len(records)
+            if n:
+                batch = records[:n]
+                del records[:n]
         if n:
-            batch = records[:n]
-            del records[:n]
             out.append((buf.ident, batch))
             buf.idle_drains = 0
         elif buf.exited:
