@@ -5,7 +5,6 @@ errors. It is used when the extension is not built or ``HANDIT_ENGINE=fallback``
 """
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -652,22 +651,18 @@ def tool_id() -> int | None:
 
 
 def after_fork_in_child() -> None:
-    """Start clean after fork(): no pending records, no active session."""
-    global _buffers, _by_ident
+    """Start clean after fork(): new locks, no pending records, no active session.
+
+    Called first in the child by :mod:`handit.lifecycle` (the drain thread may have held
+    the buffers' lock at fork(), with or without a session open).
+    """
+    global _buffers, _by_ident, _buffers_lock
+    _buffers_lock = threading.Lock()
     _active.clear()
     _buffers = []
     _by_ident = {}
     _tls.__dict__.clear()
 
-
-def _new_lock_in_child() -> None:
-    # the drain thread may have held the lock at fork(), with or without a session open
-    global _buffers_lock
-    _buffers_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 # ---- drain: records -> encoded blocks ------------------------------------------------------

@@ -16,7 +16,6 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, calloc, free, realloc
 from libc.string cimport memcmp, memcpy, strlen
 
-import os
 import sys
 import threading
 import warnings
@@ -955,14 +954,15 @@ def _reinit_sync_in_child():
         ts = ts.next_all
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reinit_sync_in_child)
-
-
 def after_fork_in_child():
-    """Start clean after fork(): no pending records, no active session."""
+    """Start clean after fork(): new locks, no pending records, no active session.
+
+    Called first in the child by handit.lifecycle: the locks are re-initialised before
+    anything else may take one.
+    """
     cdef TState* ts = _all_states
     cdef int i
+    _reinit_sync_in_child()
     for i in range(65536):
         _active[i] = 0
     while ts != NULL:

@@ -70,6 +70,8 @@ def _default_exclude_files() -> str:
 DEFAULT_EXCLUDE_FILES = _default_exclude_files()
 """Default HANDIT_EXCLUDE_FILES, a regex over the code's file name."""
 
+# HANDIT_* variables handit sets itself that are not settings (handit.propagation's link)
+_NOT_SETTINGS = frozenset({"HANDIT_PARENT_SESSION"})
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -298,6 +300,8 @@ class Config:
     """Let ring buffers drop records (counted) instead of growing when the drain falls behind."""
     max_session_memory: int = _setting(64 * 1024 * 1024, _Number(int, 0))
     """Bytes of encoded trace a session keeps in memory before spilling to disk."""
+    children: bool = _setting(True, _BOOL)
+    """Continue open sessions into the Python processes they start (fork, multiprocessing, subprocess)."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -329,6 +333,8 @@ class Config:
         for name in sorted(key for key in env if key.startswith("HANDIT_")):
             text = env[name]
             field_name = _FIELD_BY_ENV.get(name)
+            if field_name is None and name in _NOT_SETTINGS:
+                continue
             if field_name is None:
                 _warn(f"{name} is not a handit setting; ignored{_did_you_mean(name)}")
                 continue

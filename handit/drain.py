@@ -1,7 +1,6 @@
 """Drain stage: every thread's pending records -> encoded blocks routed to their sessions."""
 from __future__ import annotations
 
-import os
 import threading
 import warnings
 from typing import Any, Callable
@@ -98,12 +97,11 @@ class _Worker:
                     warnings.warn(f"handit: draining records failed ({exc!r}); will retry", RuntimeWarning, stacklevel=1)
 
 
-def _after_fork_in_child() -> None:
+def after_fork_in_child() -> None:
+    """A forked child: no drain thread, no lock held by one (step 2 of :data:`handit.lifecycle.FORK_STEPS`)."""
     global _drain_lock
     _drain_lock = threading.Lock()
     _worker.after_fork_in_child()
 
 
 _worker = _Worker()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,7 +1,6 @@
 """Session stage: start/stop, context propagation, the drain, and the sinks each session writes to."""
 from __future__ import annotations
 
-import atexit
 import os
 import re
 import tempfile
@@ -13,7 +12,7 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
-from . import _engine, _internal, sinks
+from . import _engine, _internal, lifecycle, propagation, sinks
 from ._policy import Policy
 from .config import Config, get_config, on_change
 from .drain import Drain
@@ -54,6 +53,12 @@ class Session:
     Created by :func:`handit.session`, :func:`handit.start` or the decorator;
     not instantiated directly.
     """
+
+    end_reason: str | None = None
+    """How the session ended, in its ``session_end``: ``"stop"``, ``"exit"``, ``"signal SIGTERM"``,
+    ``"exec"``, ``"os._exit"`` (set by :mod:`handit.lifecycle`; ``"stop"`` when unset)."""
+    remote_parent: str | None = None
+    """The id of the session this one continues in another process (:mod:`handit.propagation`)."""
 
     def __init__(self, tag: str | None, attrs: dict[str, str] | None, traceparent: str | None, config: Config) -> None:
         self.id = str(uuid.uuid4())
@@ -158,7 +163,8 @@ class Session:
             "trace_id": self.trace_id,
             "span_id": self.span_id,
             "parent_span_id": self.parent_span_id,
-            "parent_session_id": self.parent.id if self.parent else None,
+            "parent_session_id": self.parent.id if self.parent else self.remote_parent,
+            "pid": os.getpid(),
             "runtime": {"language": "python", "version": platform.python_version()},
         }
 
@@ -169,6 +175,7 @@ class Session:
             "session_id": self.id,
             "ts_ns": self.t1_ns,
             "duration_ns": (self.t1_ns or 0) - self.t0_ns,
+            "reason": self.end_reason or "stop",
             "stats": dict(self.stats),
         }
 
@@ -209,7 +216,8 @@ def _warn_once(message: str, key: str | None = None) -> None:
         warnings.warn(message, SessionWarning, stacklevel=3)
 
 
-def _install(config: Config) -> None:
+def _install(config: Config, session: Session) -> None:
+    lifecycle.install()
     choice = _engine.choose(config.engine, config.source, config.require_compiled)
     policy = Policy(config, generation=0)
     drain = Drain(choice.module, _route)
@@ -219,6 +227,7 @@ def _install(config: Config) -> None:
     _internal._hooks[:] = [choice.module.mark_internal_thread]
     _patch_threads(choice.module)
     drain.start()
+    lifecycle.sessions_opened(session)
 
 
 def _uninstall() -> None:
@@ -230,6 +239,7 @@ def _uninstall() -> None:
     choice.module.uninstall()
     _unpatch_threads()
     _state.update(drain=None, policy=None)
+    lifecycle.sessions_closed()
 
 
 def _patch_threads(engine: Any) -> None:
@@ -299,13 +309,15 @@ on_change(_policy_changed)
 # ---- start / stop ------------------------------------------------------------------------------
 
 
-def start(tag: str | None = None, *, attrs: dict[str, str] | None = None, traceparent: str | None = None) -> Session:
+def start(tag: str | None = None, *, attrs: dict[str, str] | None = None, traceparent: str | None = None,
+          parent_session_id: str | None = None) -> Session:
     """Start a session in the current thread or task.
 
     Args:
         tag: a name for the session (the original's ``agent``).
         attrs: string attributes stored with the session.
         traceparent: a W3C traceparent to join a distributed trace.
+        parent_session_id: the session this one continues in a parent process.
     Returns:
         the running :class:`Session`; pass it to :func:`stop`.
     Raises:
@@ -314,9 +326,10 @@ def start(tag: str | None = None, *, attrs: dict[str, str] | None = None, tracep
     global _next_slot
     config = get_config()
     session = Session(tag, attrs, traceparent, config)
+    session.remote_parent = parent_session_id
     with _lock:
         if not _by_slot:
-            _install(config)
+            _install(config, session)
         choice = _state["choice"]
         var = choice.module.session_var
         parent_slot = var.get()
@@ -357,9 +370,8 @@ def _open_sinks(session: Session, config: Config) -> None:
     if config.endpoint:
         sink = sinks.EventSink(sinks.webhook_exporter(config))
         # the webhook registers its own exit handler; ours must run first so the
-        # sessions' last events are sent (atexit runs handlers last-in, first-out)
-        atexit.unregister(_at_exit)
-        atexit.register(_at_exit)
+        # sessions' last events are sent
+        lifecycle.exit_handler_last()
         sink.start(session)
         session._sinks.append(sink)
 
@@ -383,6 +395,8 @@ def stop(session: Session | None = None) -> Session | None:
                 return None
         if session.t1_ns is not None:
             return session
+        if _by_slot.get(session.slot) is not session:
+            return propagation.stop_inherited(session)  # the parent's, seen in a forked child
         if var.get() == session.slot and session._token is not None:
             try:
                 choice.module.reset_slot(session._token)
@@ -435,36 +449,26 @@ def engine_info() -> tuple[str, str, str] | None:
     return (choice.engine, choice.source, choice.reason) if choice else None
 
 
-def _at_exit() -> None:
-    # Interpreter shutdown with sessions open: stop them so nothing buffered is lost.
-    # No thread is started here (CPython 3.12.0-3.12.2 fail to start threads at exit).
-    for session in list(_by_slot.values()):
-        try:
-            stop(session)
-        except Exception:
-            pass
-    sinks.flush_all()
-
-
-def _after_fork_in_child() -> None:
-    # The child starts clean: the parent's sessions and records are the parent's.
-    choice = _state["choice"]
+def after_fork_in_child() -> None:
+    """A forked child: the parent's sessions and sinks are the parent's (step 3 of
+    :data:`handit.lifecycle.FORK_STEPS`)."""
+    global _lock
+    _lock = threading.RLock()  # another thread of the parent may have held it at fork()
     _by_slot.clear()
     _by_id.clear()
-    if choice is not None:
-        choice.module.after_fork_in_child()
-        try:
-            choice.module.uninstall()
-        except Exception:
-            pass
-        _unpatch_threads()
-    _state.update(choice=None, drain=None, policy=None)
+    propagation.after_fork_in_child()
     sinks.forget_all()
 
 
-atexit.register(_at_exit)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+def uninstall_after_fork() -> None:
+    """A forked child: the parent's engine installation goes (step 4 of :data:`handit.lifecycle.FORK_STEPS`)."""
+    choice = _state["choice"]
+    if choice is not None:
+        try:
+            choice.module.uninstall()
+        finally:
+            _unpatch_threads()
+    _state.update(choice=None, drain=None, policy=None)
 
 
 def require_no_sessions() -> None:

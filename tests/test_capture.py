@@ -329,16 +329,23 @@ def _run_file(tmp_path, code: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
-def test_fork_child_starts_clean(engine, tmp_path):
+@pytest.mark.parametrize("children", [True, False], ids=["children", "no-children"])
+def test_fork_child_starts_clean(engine, tmp_path, children):
+    """The child has none of the parent's records; it continues the parent's session in a
+    session of its own (HANDIT_CHILDREN, the default) or has none."""
     import os
 
+    handit.configure(children=children)
     with handit.session("parent") as s:
         rec(1)
         pid = os.fork()
         if pid == 0:  # child
             code = 1  # anything raised below leaves this
             try:
-                if handit.current() is not None:
+                current = handit.current()
+                if children and (current is None or current.remote_parent != s.id or current.trace_id != s.trace_id):
+                    code = 3
+                if not children and current is not None:
                     code = 3
                 with handit.session("child") as c:
                     rec(2)

@@ -59,6 +59,7 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "require_compiled": False,
     "bounded_memory": False,
     "max_session_memory": 64 * 1024 * 1024,
+    "children": True,
 }
 
 

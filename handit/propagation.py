@@ -1,0 +1,201 @@
+"""Propagation stage: open sessions -> the Python processes they start, as linked child sessions.
+
+A child process's session has the parent's ``trace_id`` and tag, ``parent_session_id``
+set to the parent's session and ``parent_span_id`` to its span; its ``session_start``
+carries its ``pid``. Three ways in, all off with ``HANDIT_CHILDREN=0``:
+
+- ``os.fork()`` (and ``multiprocessing``'s fork start method): the child continues the
+  session that was current in the forking thread. Only a fork made through ``os.fork``
+  counts; ``subprocess`` forks to exec at once and is handled below.
+- a new interpreter (``subprocess`` running Python, ``multiprocessing`` spawn and
+  forkserver): while a session is open, ``HANDIT_PARENT_SESSION`` in the environment
+  holds the first open session's link and the settings changed by ``configure()``
+  (never the API key); the ``handit.pth`` start-up file installed with the package
+  calls :func:`process_startup`, which starts the child's session. Without the variable
+  the start-up file imports nothing. A program that gives its child an environment of
+  its own without the variable, or a child that is not Python, is unaffected.
+- ``multiprocessing``'s forkserver and resource tracker are helpers, not the program's
+  children: they get no session; the forkserver's forks continue the parent's session.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import warnings
+from typing import Any
+
+__all__ = ["ENV", "process_startup", "sessions_closed", "sessions_opened", "stop_inherited"]
+
+ENV = "HANDIT_PARENT_SESSION"
+"""The environment variable carrying a session into child processes."""
+
+_NOT_CARRIED = frozenset({"api_key"})  # a secret never goes into a child's environment
+_PATH_SETTINGS = ("output_file", "spool_dir")  # made absolute: a child may run elsewhere
+_MULTIPROCESSING_HELPERS = ("from multiprocessing.forkserver import", "from multiprocessing.resource_tracker import")
+
+_env_value: str | None = None  # what this process put in os.environ[ENV]
+_original_fork: Any = None
+_fork_wrapper: Any = None
+_fork_link: dict[str, Any] | None = None  # the forkserver's: every fork continues this link
+_continued: dict[str, Any] = {}  # parent session id -> this process's session continuing it
+
+
+def link_of(session: Any) -> dict[str, Any]:
+    """What a child needs to continue ``session``: ids, tag, and the settings that differ
+    from the defaults (paths made absolute, the API key left out).
+
+    Args:
+        session: an open session.
+    Returns:
+        a JSON-serialisable dict.
+    """
+    settings: dict[str, Any] = {}
+    for f in dataclasses.fields(session.config):
+        value = getattr(session.config, f.name)
+        if f.name in _NOT_CARRIED or value == f.default:
+            continue
+        if f.name in _PATH_SETTINGS and value:
+            value = os.path.abspath(value)
+        settings[f.name] = list(value) if isinstance(value, tuple) else value
+    return {"session": session.id, "trace": session.trace_id, "span": session.span_id,
+            "tag": session.tag, "pid": os.getpid(), "settings": settings}
+
+
+def _children_on(session: Any) -> bool:
+    return bool(getattr(session.config, "children", True))
+
+
+def sessions_opened(session: Any) -> None:
+    """Called by :mod:`handit.lifecycle` when the first session opens: carry it into children.
+
+    Args:
+        session: the session being started.
+    """
+    global _env_value, _original_fork, _fork_wrapper
+    if not _children_on(session):
+        return
+    _env_value = json.dumps(link_of(session), separators=(",", ":"))
+    os.environ[ENV] = _env_value
+    if _fork_wrapper is None and hasattr(os, "fork"):
+        _original_fork = os.fork
+        _fork_wrapper = _make_fork_wrapper(_original_fork)
+        os.fork = _fork_wrapper
+
+
+def sessions_closed() -> None:
+    """The last session stopped: children started from now on are not traced."""
+    global _env_value, _original_fork, _fork_wrapper
+    if _env_value is not None and os.environ.get(ENV) == _env_value:
+        del os.environ[ENV]
+    _env_value = None
+    if _fork_wrapper is not None and _fork_link is None:
+        if os.fork is _fork_wrapper:
+            os.fork = _original_fork
+        _original_fork = _fork_wrapper = None
+
+
+def _make_fork_wrapper(original: Any) -> Any:
+    def fork() -> int:
+        link = _fork_link
+        if link is None:
+            from . import sessions
+
+            parent = sessions.current()
+            link = link_of(parent) if parent is not None and _children_on(parent) else None
+        pid = original()
+        if pid == 0 and link is not None:
+            _continue(link)
+        return pid  # type: ignore[no-any-return]
+
+    fork.__doc__ = original.__doc__
+    fork.__wrapped__ = original  # type: ignore[attr-defined]
+    return fork
+
+
+def _continue(link: dict[str, Any]) -> Any:
+    """Start this process's session continuing ``link``'s; never raises (warns instead)."""
+    from . import sessions
+
+    try:
+        traceparent = f"00-{link['trace']}-{link['span']}-01"
+        session = sessions.start(link.get("tag"), traceparent=traceparent, parent_session_id=link["session"])
+    except Exception as exc:
+        _warn(f"handit could not continue session {link.get('session')} in process {os.getpid()}: {exc!r}")
+        return None
+    _continued[link["session"]] = session
+    return session
+
+
+def stop_inherited(session: Any) -> Any:
+    """``stop()`` of a session this process got from its parent by fork: the parent writes
+    that one; this process's continuation of it, if any, stops instead.
+
+    Args:
+        session: the parent's session object, as the child sees it.
+    Returns:
+        ``session``.
+    """
+    from . import sessions
+
+    continuation = _continued.pop(session.id, None)
+    if continuation is not None:
+        sessions.stop(continuation)
+    return session
+
+
+def after_fork_in_child() -> None:
+    """The parent's continuations are not this child's."""
+    _continued.clear()
+
+
+def _warn(message: str) -> None:
+    try:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    except Exception:  # -W error in a child must not stop the child
+        pass
+
+
+def _helper_kind() -> str | None:
+    """``"forkserver"``, ``"resource_tracker"`` or None: whether this process is one of
+    multiprocessing's helpers (started as ``python -c "from multiprocessing.<x> import main..."``)."""
+    argv = getattr(sys, "orig_argv", [])
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "-c":
+            command = argv[i + 1].lstrip()
+            for prefix in _MULTIPROCESSING_HELPERS:
+                if command.startswith(prefix):
+                    return prefix.split(".")[1].split()[0]
+    return None
+
+
+def process_startup() -> None:
+    """Start this process's session from ``HANDIT_PARENT_SESSION``, if set.
+
+    Called by ``handit.pth`` at interpreter start-up; does nothing without the variable,
+    and never raises (a problem is a warning and the child runs untraced).
+    """
+    global _fork_link, _original_fork, _fork_wrapper
+    value = os.environ.get(ENV)
+    if not value:
+        return
+    try:
+        link = json.loads(value)
+        if not isinstance(link, dict) or not isinstance(link.get("session"), str):
+            raise ValueError(f"{ENV} is not a handit session link")
+        from . import config
+
+        config.configure(**link.get("settings", {}))
+        helper = _helper_kind()
+        if helper == "forkserver":
+            _fork_link = link  # no session for the server; each process it forks continues the link
+            _original_fork = os.fork
+            _fork_wrapper = os.fork = _make_fork_wrapper(_original_fork)
+            return
+        if helper is not None:
+            return
+    except Exception as exc:
+        _warn(f"handit could not continue the parent's session in process {os.getpid()}: {exc!r}")
+        return
+    _continue(link)
