@@ -2,6 +2,19 @@
 import os
 
 from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class build_py_with_pth(build_py):
+    """Also put handit.pth at the top of the install (site-packages): it continues a parent's
+    session in Python child processes, and does nothing unless HANDIT_PARENT_SESSION is set."""
+
+    def run(self):
+        super().run()
+        self.copy_file(os.path.join(HERE, "handit.pth"), os.path.join(self.build_lib, "handit.pth"))
+
 
 # HANDIT_NO_EXTENSION=1 installs the pure-Python engine only (the fallback).
 if os.environ.get("HANDIT_NO_EXTENSION") == "1":
@@ -20,4 +33,4 @@ else:
         },
     )
 
-setup(ext_modules=ext_modules)
+setup(ext_modules=ext_modules, cmdclass={"build_py": build_py_with_pth})

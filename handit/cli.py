@@ -68,6 +68,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             out[name] = value
     if args.only_cwd:
         out["capture_only_cwd"] = True
+    if args.no_children:
+        out["children"] = False
     return out
 
 
@@ -454,6 +456,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--engine", choices=("auto", "compiled", "fallback"), help="capture engine")
     run.add_argument("--source", choices=("auto", "sysmon", "setprofile"), help="event source")
     run.add_argument("--tag", help="the session's tag (default: the script's name)")
+    run.add_argument("--no-children", action="store_true",
+                     help="do not record the program's Python child processes (fork, multiprocessing, subprocess)")
     run.add_argument("--top", type=int, default=8, metavar="N", help="functions listed in the summary (default: 8)")
     run.add_argument("--no-summary", action="store_true", help="print no summary on stderr")
     run.add_argument("target", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)

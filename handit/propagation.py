@@ -39,6 +39,7 @@ _env_value: str | None = None  # what this process put in os.environ[ENV]
 _original_fork: Any = None
 _fork_wrapper: Any = None
 _fork_link: dict[str, Any] | None = None  # the forkserver's: every fork continues this link
+_started = False  # process_startup has run in this process
 _continued: dict[str, Any] = {}  # parent session id -> this process's session continuing it
 
 
@@ -176,10 +177,13 @@ def process_startup() -> None:
     Called by ``handit.pth`` at interpreter start-up; does nothing without the variable,
     and never raises (a problem is a warning and the child runs untraced).
     """
-    global _fork_link, _original_fork, _fork_wrapper
+    global _fork_link, _original_fork, _fork_wrapper, _started
     value = os.environ.get(ENV)
-    if not value:
+    if not value or _started:
         return
+    # once: site.py runs a venv's .pth files twice on some versions (3.12.1: venv() and main()
+    # both call addsitepackages for it), and the first call's session is in the variable by then
+    _started = True
     try:
         link = json.loads(value)
         if not isinstance(link, dict) or not isinstance(link.get("session"), str):
