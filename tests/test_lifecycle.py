@@ -11,6 +11,7 @@ import textwrap
 import time
 
 import pytest
+from conftest import child_env
 
 from handit.tracefile import iter_events
 
@@ -20,7 +21,8 @@ needs_posix = pytest.mark.skipif(not POSIX, reason="POSIX signals")
 
 
 def _env(engine: tuple[str, str] | None = None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HANDIT_") or k == "HANDIT_REQUIRE_COMPILED"}
+    keep = ("HANDIT_REQUIRE_COMPILED", "HANDIT_ENGINE")  # the pass's engine, unless the test names one
+    env = {k: v for k, v in child_env().items() if not k.startswith("HANDIT_") or k in keep}
     if engine is not None:
         env["HANDIT_ENGINE"], env["HANDIT_SOURCE"] = engine
     env.update(extra)
