@@ -322,3 +322,34 @@ def test_session_end_says_how_it_ended(engine):
     assert s.end_event()["reason"] == "stop"
     assert s.start_event()["pid"] == os.getpid()
     json.dumps(s.events)
+
+
+@needs_posix
+def test_signal_inside_handits_own_work_waits_for_it(tmp_path, engine):
+    """A SIGTERM landing while the main thread is inside handit (here: holding the sessions
+    lock, as start and stop do) is handled once handit's work is done, not in the middle."""
+    trace = tmp_path / "t.handit"
+    r = _run(tmp_path, f"""
+        import os, signal, time
+        import handit
+        from handit import sessions
+        handit.configure(output_file={str(trace)!r})
+        def step(i):
+            return i
+        with handit.session("s"):
+            for i in range(20):
+                step(i)
+            with sessions._lock:
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(100):
+                    time.sleep(0.001)  # the handler has run by now, and must have deferred
+                print("still in the lock", flush=True)
+            time.sleep(30)
+        print("not reached")
+    """, engine)
+    assert r.returncode == -signal.SIGTERM, r.stderr
+    assert r.stdout == "still in the lock\n"
+    events = _events(trace)
+    end = [e for e in events if e["type"] == "session_end"]
+    assert len(end) == 1 and end[0]["reason"] == "signal SIGTERM"
+    assert len([e for e in events if e["type"] == "call" and e["func"] == "step"]) == 20
