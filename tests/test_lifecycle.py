@@ -59,9 +59,13 @@ def test_import_defines_names_only(tmp_path):
         assert "handit._tracer" not in sys.modules and "handit._fallback" not in sys.modules  # engines' fork hooks
         handit.configure(capture="args")  # names resolve on use
         assert atexit._ncallbacks() == callbacks and "handit.lifecycle" not in sys.modules
+        # imports sessions, drain and lifecycle (and the stdlib's logging, with its own atexit hook)
+        assert handit.current() is None
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        from handit import lifecycle
+        assert not lifecycle._installed
         with handit.session("one"):
             pass
-        from handit import lifecycle
         assert atexit._ncallbacks() > callbacks and lifecycle._installed
         assert signal.getsignal(signal.SIGTERM) is lifecycle._on_signal
         assert signal.getsignal(signal.SIGHUP) is lifecycle._on_signal
