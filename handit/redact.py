@@ -16,6 +16,8 @@ Pure Python; nothing here calls user code.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -82,6 +84,18 @@ _VALUE_SUFFIXES = frozenset({
     "value", "val", "str", "string", "raw", "b64", "base64", "hex", "bytes", "enc",
     "encoded", "plain", "plaintext", "text",
 })
+# A last part that names something *about* a secret, not the secret itself:
+# "password_reset_url", "session_id_prefix", "SESSION_COOKIE_NAME", "password_min_length",
+# "POSTGRES_PASSWORD_FILE" (a path). Checked after dropping value suffixes, so
+# "password_value" stays secret; "password_hash" stays secret (a hash is crackable).
+_ABOUT_PARTS = frozenset({
+    "url", "urls", "uri", "link", "links", "page", "form", "field", "fields", "label",
+    "prompt", "policy", "policies", "rule", "rules", "length", "len", "strength", "min",
+    "max", "expiry", "expires", "expiration", "ttl", "age", "changed", "updated", "created",
+    "at", "count", "attempts", "retries", "prefix", "name", "names", "domain", "path",
+    "file", "dir", "type", "types", "kind", "format", "required", "enabled", "reset",
+    "samesite", "secure", "httponly", "provider", "backend", "scheme",
+})
 _MAX_NAME = 200  # longer strings are data, not names
 _NAME_CACHE_MAX = 4096
 
@@ -91,13 +105,15 @@ def _builtin_secret_name(name: str) -> bool:
     parts = [p.lower() for p in _WORD_PARTS(name)]
     if not parts:
         return False
-    for part in parts:
-        if part in _STRONG_PARTS:
-            return True
     end = len(parts)
     while end > 1 and (parts[end - 1] in _VALUE_SUFFIXES or parts[end - 1].isdigit()):
         end -= 1
     last = parts[end - 1]
+    if end >= 2 and last in _ABOUT_PARTS:
+        return False
+    for part in parts:
+        if part in _STRONG_PARTS:
+            return True
     prev = parts[end - 2] if end >= 2 else ""
     if last == "token":
         return prev not in _TOKEN_SAFE_QUALIFIERS
@@ -192,6 +208,15 @@ _SECRET_HEADERS = frozenset({
     "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
 })
 _MAX_NESTING = 64  # redact_mapping gives up (to the marker) below this depth
+_KEY_PARTS = re.compile(r"[A-Za-z0-9]+").findall
+_WORDLIKE = re.compile(r"[A-Za-z][a-z]*[0-9]{0,3}\Z").match  # "learn", "Estimator", "v2", "api03"
+# Words a status line puts after a secret's name ("auth: ok"); never a credential.
+_PLACEHOLDERS = frozenset({
+    "ok", "yes", "no", "true", "false", "none", "null", "nil", "n/a", "na", "required",
+    "optional", "enabled", "disabled", "on", "off", "missing", "invalid", "expired",
+    "unknown", "set", "unset", "empty", "hidden", "masked", "redacted", REDACTED, "valid",
+    "success", "failed", "denied", "granted", "pending", "present", "absent", "<none>",
+})
 
 
 def _luhn(number: str) -> bool:
@@ -209,6 +234,43 @@ def _luhn(number: str) -> bool:
         total += d
         odd = not odd
     return total % 10 == 0
+
+
+def _openai_body_is_key(body: str) -> bool:
+    """Return True if the text after ``sk-`` holds a generated part, not only words.
+
+    ``sk-learn-compatible-estimator-v2`` is words ("v2", "api03" count as words); a key
+    has a part of 6+ characters that is not one (``sk-ab1cdefghij...``, random base64url).
+    """
+    for part in _KEY_PARTS(body):
+        if len(part) >= 6 and _WORDLIKE(part) is None:
+            return True
+    return False
+
+
+def _jwt_header_is_json(header: str) -> bool:
+    """Return True if a JWT's first segment decodes to printable JSON text (``{"alg":...``).
+
+    ``eyJustKidding`` starts like one but decodes to bytes no JSON header holds.
+    """
+    header = header[: 4 * 64]  # a header is a few dozen characters; its start decides
+    header = header[: len(header) - len(header) % 4]
+    try:
+        raw = base64.urlsafe_b64decode(header)
+    except (ValueError, binascii.Error):
+        return False
+    return raw.startswith(b'{"') and all(0x20 <= b < 0x7F or b in (9, 10, 13) for b in raw)
+
+
+def _placeholder(value: str) -> bool:
+    """Return True if a value under a secret name says something about it, not the secret.
+
+    ``auth: ok``, ``password: required``, ``token=none``, ``password: ********``.
+    """
+    v = value.strip().strip("\\\"'").strip()
+    if not v:
+        return False
+    return v.lower() in _PLACEHOLDERS or (len(v) >= 3 and v.strip("*\u2022") == "")
 
 
 def _looks_random(value: str) -> bool:
@@ -393,7 +455,7 @@ class Redactor:
                 else:
                     quote = m.group("kv_q" if kind == "kv" else "kv_q2")
                     vend = _value_end(s, end, s[start], quote)
-                    if vend > end:
+                    if vend > end and not (vend - end <= 16 and _placeholder(s[end:vend])):
                         out.append(s[last:end])
                         out.append(REDACTED)
                         last = vend
@@ -405,6 +467,12 @@ class Redactor:
             if kind in _PREFIXED:
                 while start > last and s[start - 1].isalnum():
                     start -= 1
+                if kind == "openai" and not _openai_body_is_key(m_.group()):
+                    pos = end
+                    continue
+                if kind == "jwt" and not _jwt_header_is_json(s[start : s.find(".", start)]):
+                    pos = end
+                    continue
             elif kind == "urlcred":
                 start = m_.start("uc_pw")
                 end -= 1  # keep the '@'

@@ -223,6 +223,14 @@ HARMLESS: list[str] = [
     "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUX\n-----END CERTIFICATE-----",
     "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC alice@laptop", "auth::login", "a:b:c",
     "<__main__.Foo object at 0x7f3b2c1d4e50>", "CamelCaseIdentifierNameHere",
+    # look-alikes of secret formats (issue 10.11): words after "sk-", "eyJ" that decodes to
+    # no JSON header, status words and masks after a secret name
+    "sk-learn-compatible-estimator-v2", "sk-image-processing-toolkit-v3",
+    "pip install sk-video-tools-2024", "sk-Learn-Pipeline-Step12", "eyJustKidding.x",
+    "eyJustKidding.notAToken", "eyJuly2024Report.final", "auth: ok", "auth=false",
+    "password: required", "token: none", "secret: null", "password: ********",
+    "Authorization: none", '{"password": "missing", "user": "bob"}', "api_key=unset",
+    "session_id: expired", "password_reset_url=https://example.com/reset",
 ]
 
 SECRET_NAMES: list[str] = [
@@ -253,6 +261,12 @@ HARMLESS_NAMES: list[str] = [
     "access_mode", "secretary", "compass", "passage", "bypass", "signal", "design",
     "username", "user", "email", "name", "id", "model", "temperature", "prompt",
     "messages", "headers", "url", "data", "value", "sk", "desk", "task", "mask",
+    # names about a secret, not holding one (issue 10.11)
+    "password_reset_url", "session_id_prefix", "SESSION_COOKIE_NAME", "cookie_domain",
+    "password_min_length", "POSTGRES_PASSWORD_FILE", "secret_name", "password_policy",
+    "credentials_path", "api_key_prefix", "auth_token_ttl", "password_changed_at",
+    "CSRF_COOKIE_SECURE", "password_strength", "access_token_url", "refresh_token_url",
+    "secret_key_file", "session_id_length", "password_reset_link", "jwt_expiration",
 ]
 
 

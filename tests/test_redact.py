@@ -287,3 +287,17 @@ def test_long_text_is_scanned_linearly() -> None:
     assert out.endswith("password=<redacted>")
     assert R.redact_text("a" * 100_000) == "a" * 100_000
     assert R.redact_text("1" * 100_000) == "1" * 100_000
+
+
+def test_issue_look_alikes_stay_visible_and_near_misses_do_not() -> None:
+    for name in ("password_reset_url", "session_id_prefix"):
+        assert not R.is_secret_name(name)
+    for text in ("auth: ok", "sk-learn-compatible-estimator-v2", "eyJustKidding.x"):
+        assert R.redact_text(text) == text
+    # the same shapes holding a secret are still caught
+    assert R.is_secret_name("password_reset_token")
+    assert R.is_secret_name("session_id")
+    assert R.redact_text("auth: okay-but-secret-7") == "auth: <redacted>"
+    assert R.redact_text("password: xxxx") == "password: <redacted>"
+    assert R.redact_text("sk-learn-Ab3dE7gH9jK1mN") == REDACTED
+    assert R.redact_text("eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0.") == REDACTED
