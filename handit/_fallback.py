@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from ._engine import claim_sysmon, release_sysmon
 from ._policy import ARGS, EXIT_RETURN, EXIT_YIELD, CodeInfo, Policy, exit_kinds, first_yield_unit, module_of
-from .preview import _type_name as type_name, is_scalar
+from .preview import _type_name as type_name
 from .records import CALL, GAP, NO_VALUE, RESUME, RETURN, THROW, UNWIND, YIELD, Rendered, put_string, put_varint
 
 __all__ = [
@@ -211,9 +211,24 @@ def _forget_code(key: int) -> Callable[[weakref.ref[Any]], None]:
     return forget
 
 
-def _arg_values(info: CodeInfo, frame: Any) -> tuple[Any, ...] | None:
+# Values kept by reference until the drain: small immutable scalars only. Anything else,
+# long strings and bytes included, is previewed at the event, so a record never keeps a
+# user's object (or an 8 MiB string) alive past the call.
+_KEPT_TYPES = frozenset({int, float, bool, type(None), complex})
+_KEPT_LEN = 64
+
+
+def _kept(value: Any, previewer: Any) -> Any:
+    tp = type(value)
+    if tp in _KEPT_TYPES or ((tp is str or tp is bytes) and len(value) <= _KEPT_LEN):
+        return value
+    return Rendered(previewer.preview(value))
+
+
+def _arg_values(buf: _ThreadBuffer, info: CodeInfo, frame: Any) -> tuple[Any, ...] | None:
     if _policy is None or _policy.capture < ARGS or not info.argnames:
         return None
+    buf.last_exc = None  # a call: no exception is unwinding here any more (let it go)
     previewer = _policy.previewer
     f_locals = frame.f_locals
     out = []
@@ -222,15 +237,15 @@ def _arg_values(info: CodeInfo, frame: Any) -> tuple[Any, ...] | None:
             out.append(REDACTED_ARG)
             continue
         value = f_locals.get(name, NO_VALUE)
-        out.append(value if is_scalar(value) else Rendered(previewer.preview(value)))
+        out.append(NO_VALUE if value is NO_VALUE else _kept(value, previewer))
     return tuple(out)
 
 
-def _value(value: Any) -> Any:
+def _value(buf: _ThreadBuffer, value: Any) -> Any:
     if _policy is None or _policy.capture < ARGS:
         return NO_VALUE
-    previewer = _policy.previewer
-    return value if is_scalar(value) else Rendered(previewer.preview(value))
+    buf.last_exc = None
+    return _kept(value, _policy.previewer)
 
 
 def _exception_text(buf: _ThreadBuffer, exc: Any) -> tuple[str, str]:
@@ -250,7 +265,7 @@ def _on_call(buf: _ThreadBuffer, slot: int, info: CodeInfo, frame: Any, kind: in
     if kind == CALL:
         buf.busy = True
         try:
-            args = _arg_values(info, frame)
+            args = _arg_values(buf, info, frame)
         finally:
             buf.busy = False
         _put(buf, (CALL, slot, info.index, ts, args, key))
@@ -263,7 +278,7 @@ def _on_return(buf: _ThreadBuffer, slot: int, info: CodeInfo, kind: int, value: 
     if kind == RETURN:
         buf.busy = True
         try:
-            aux = _value(value)
+            aux = _value(buf, value)
         finally:
             buf.busy = False
         _put(buf, (RETURN, slot, info.index, ts, aux, 0))
@@ -395,6 +410,11 @@ def profile_callback(frame: Any, event: str, arg: Any) -> None:
         if event == "call":
             cur = _current(None)
             if cur is None:
+                if getattr(_tls, "internal", False):
+                    # handit's own thread, given the profile function again by an install
+                    # for all threads (PY312+): profiled, the drain ran ~10x slower and
+                    # records (with their previews) piled up between drains
+                    sys.setprofile(None)
                 return
             code = frame.f_code
             entry = _lookup(code, frame)
@@ -578,6 +598,7 @@ def reset_slot(token: Any) -> None:
 def mark_internal_thread() -> None:
     """The calling thread is handit's own: never record it."""
     _buffer().busy = True
+    _tls.internal = True
     session_var.set(0)
     if _source == "setprofile" and sys.getprofile() is profile_callback:
         sys.setprofile(None)  # not even the profile function's call: never traced

@@ -24,7 +24,7 @@ ctypedef struct Record:
 
 # the value and key of the record before it, when it has either
 ctypedef struct RecordExt:
-    PyObject* aux     # owned reference or NULL
+    PyObject* aux     # calls, returns: a malloc'd blob of encoded previews (_args.pxi); unwinds: owned reference; or NULL
     uint64_t key      # generator/coroutine identity
 
 ctypedef struct Chunk:

@@ -24,7 +24,7 @@ from contextvars import ContextVar
 from ._engine import claim_sysmon, release_sysmon
 from ._policy import ARGS, exit_kinds, first_yield_unit, module_of
 from .preview import _type_name as type_name
-from .records import NO_VALUE, Rendered
+from .records import Rendered
 
 cdef extern from "Python.h":
     ctypedef struct PyFrameObject:
@@ -138,7 +138,6 @@ cdef int _capture = 0
 cdef int _source_kind = 0          # 0 none, 1 sysmon, 2 setprofile
 cdef object _policy = None
 cdef object _previewer = None
-cdef object _is_scalar_py = None
 cdef object _DISABLE = None
 cdef list _codes = []
 cdef list _local_codes = []
@@ -287,7 +286,8 @@ cdef inline void _record_plain(TState* ts, uint8_t kind, int slot, uint32_t code
 
 
 cdef void _record(TState* ts, uint8_t kind, int slot, uint32_t code, PyObject* aux, uint64_t key) noexcept:
-    # never raises; steals the reference to aux (dropped if memory runs out)
+    # never raises; takes aux (a blob for calls and returns, else a reference; dropped
+    # if memory runs out)
     cdef Chunk* c = ts.tail
     cdef Record* r
     cdef RecordExt* e
@@ -295,7 +295,7 @@ cdef void _record(TState* ts, uint8_t kind, int slot, uint32_t code, PyObject* a
     if c == NULL or c.n + need > CHUNK_RECORDS:
         c = _make_room(ts, slot, need)
         if c == NULL:
-            Py_XDECREF(aux)
+            _free_aux(kind, aux)
             return
     r = &c.recs[c.n]
     r.ts = handit_ticks()
@@ -436,55 +436,6 @@ cdef CInfo* _decide(PyObject* code, PyFrameObject* frame) noexcept:
         return NULL
 
 
-cdef PyObject* _keep(TState* ts, PyObject* value) noexcept:
-    # a value to preview later: scalars by reference, anything else rendered now.
-    # never raises; returns a new reference or NULL
-    if (value == Py_None or PyUnicode_CheckExact(value) or PyLong_CheckExact(value) or PyFloat_CheckExact(value)
-            or PyBool_Check(value) or PyBytes_CheckExact(value) or PyComplex_CheckExact(value)):
-        Py_INCREF(<object>value)
-        return value
-    ts.busy = 1
-    try:
-        text = Rendered(_previewer.preview(<object>value))
-    except BaseException:
-        text = Rendered("<unpreviewable>")
-    ts.busy = 0
-    Py_INCREF(text)
-    return <PyObject*>text
-
-
-cdef PyObject* _args(TState* ts, CInfo* ci, PyFrameObject* frame, void* iframe) noexcept:
-    # tuple of argument values (new reference) or NULL; never raises
-    cdef Py_ssize_t i, n = ci.nargs
-    cdef PyObject* secret = PyTuple_GET_ITEM(ci.info, 7)
-    cdef PyObject* tup = PyTuple_New(n)
-    cdef PyObject* v
-    cdef PyObject* kept
-    if tup == NULL:
-        PyErr_Clear()
-        return NULL
-    for i in range(n):
-        if PyTuple_GET_ITEM(secret, i) != Py_None and <object>PyTuple_GET_ITEM(secret, i) is True:
-            Py_INCREF(REDACTED_ARG)
-            PyTuple_SET_ITEM(tup, i, <PyObject*>REDACTED_ARG)
-            continue
-        v = handit_frame_arg(frame, iframe, <int>i)
-        if v == NULL:
-            Py_INCREF(NO_VALUE)
-            PyTuple_SET_ITEM(tup, i, <PyObject*>NO_VALUE)
-            continue
-        kept = _keep(ts, v)
-        Py_DECREF(<object>v)
-        if kept == NULL:
-            Py_INCREF(NO_VALUE)
-            kept = <PyObject*>NO_VALUE
-        PyTuple_SET_ITEM(tup, i, kept)
-    # only scalars and strings inside: no cycle is possible, so the collector need not
-    # track it (a tracked tuple per call made the GC run ~47 ns a call more often)
-    PyObject_GC_UnTrack(tup)
-    return tup
-
-
 cdef PyObject* _exception_text(TState* ts, PyObject* exc) noexcept:
     # (type_name, message) for an exception, cached for the exception unwinding through
     # several frames; never raises; new reference or NULL
@@ -497,6 +448,9 @@ cdef PyObject* _exception_text(TState* ts, PyObject* exc) noexcept:
             text = ("<unknown>", "")
         else:
             text = (type_name(type(<object>exc)), _previewer.exception_message(<object>exc))
+    except KeyboardInterrupt:
+        _interrupt_again()
+        text = ("<unknown>", "")
     except BaseException:
         text = ("<unknown>", "")
     ts.busy = 0
@@ -535,7 +489,8 @@ cdef inline void _on_call(TState* ts, PyThreadState* t, int slot, CInfo* ci, PyF
 cdef inline void _on_return(TState* ts, int slot, CInfo* ci, PyObject* value) noexcept:
     # never raises
     if _capture:
-        _record(ts, K_RETURN, slot, ci.index, _keep(ts, value if value != NULL else Py_None), 0)
+        _forget_exception(ts)
+        _record(ts, K_RETURN, slot, ci.index, _value_blob(ts, value if value != NULL else Py_None), 0)
     else:
         _record_plain(ts, K_RETURN, slot, ci.index)
 
@@ -779,6 +734,9 @@ cdef void _resolve_unwinds(TState* ts) noexcept:
                 kept += 1
         if ts.drains == seen:
             ts.npending = kept
+    except KeyboardInterrupt:
+        ts.npending = 0
+        _interrupt_again()
     except BaseException:
         ts.npending = 0
     ts.busy = 0
@@ -840,7 +798,7 @@ def set_policy(policy):
     _bounded = bool(policy.config.bounded_memory)
     _max_chunks = max(2, <int>(policy.config.max_buffer_bytes // sizeof(Chunk)))
     _policy = policy
-    _previewer = policy.previewer
+    _set_previewer(policy.previewer)
     _capture = 1 if policy.capture >= ARGS else 0
     _key_id = _key_ids.setdefault(policy.decision_key, len(_key_ids) + 1)
     _generation += 1
@@ -1060,134 +1018,7 @@ cdef inline int _format_int(char* out, long long i) noexcept:
     return k
 
 
-cdef bint _put_fast(OutBuf* b, PyObject* v) noexcept:
-    # The preview of a value no secret can hide in, written straight into the block: None,
-    # bools, ints and floats below 10**12 (a card number has 13+ digits), printable ASCII
-    # strings of up to 7 characters without = or : (tests/test_preview_fast.py checks no
-    # secret fits). Byte for byte what Previewer.preview gives (their repr()); no Python
-    # object is made. Returns False for anything else.
-    cdef char tmp[40]
-    cdef uint64_t bits
-    cdef FloatText* slot
-    cdef int n = 0, overflow = 0
-    cdef long long i
-    cdef double d
-    cdef char* text
-    cdef Py_ssize_t k, length
-    cdef const unsigned char* data
-    cdef unsigned char c, quote
-    if v == Py_None:
-        memcpy(tmp, b"None", 4)
-        n = 4
-    elif PyBool_Check(v):
-        if v == Py_True:
-            memcpy(tmp, b"True", 4)
-            n = 4
-        else:
-            memcpy(tmp, b"False", 5)
-            n = 5
-    elif PyLong_CheckExact(v):
-        i = PyLong_AsLongLongAndOverflow(v, &overflow)
-        if overflow != 0 or not (-_INT_LIMIT < i < _INT_LIMIT):
-            PyErr_Clear()
-            return False
-        n = _format_int(tmp, i)
-    elif PyFloat_CheckExact(v):
-        d = PyFloat_AS_DOUBLE(v)
-        if not (-1e12 < d < 1e12):
-            return False
-        memcpy(&bits, &d, sizeof(double))
-        slot = &_float_cache[(bits ^ (bits >> 29) ^ (bits >> 47)) & 255]
-        if slot.length > 0 and memcmp(&d, &slot.value, sizeof(double)) == 0:
-            n = slot.length
-            memcpy(tmp, slot.text, n)
-        else:
-            text = PyOS_double_to_string(d, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)
-            if text == NULL:
-                PyErr_Clear()
-                return False
-            n = <int>strlen(text)
-            if n < 32:
-                memcpy(tmp, text, n)
-                memcpy(slot.text, text, n)
-                slot.value = d
-                slot.length = n
-            PyMem_Free(text)
-            if n >= 32:
-                return False
-    elif PyUnicode_CheckExact(v) and _short_plain(v):
-        length = PyUnicode_GET_LENGTH(v)
-        data = <const unsigned char*>PyUnicode_DATA(v)
-        quote = 0x27  # ' unless the text has ' and no "
-        for k in range(length):
-            if data[k] == 0x27:
-                quote = 0x22
-            elif data[k] == 0x22:
-                quote = 0x27
-                break
-        tmp[n] = <char>quote
-        n += 1
-        for k in range(length):
-            c = data[k]
-            if c == 0x5C or c == quote:
-                tmp[n] = 0x5C
-                n += 1
-            tmp[n] = <char>c
-            n += 1
-        tmp[n] = <char>quote
-        n += 1
-    else:
-        return False
-    if _reserve(b, n + 10) < 0:
-        return False
-    _put_varint(b, n)
-    memcpy(b.data + b.len, tmp, n)
-    b.len += n
-    return True
-
-
-cdef object _text(object previewer, object value):
-    # Values that no secret format can match and whose preview is their repr() skip the
-    # Python previewer (~0.3-1 us each): None, bools, ints and floats below 10**12 (a card
-    # number has 13+ digits), ASCII strings of up to 7 characters without = or : (tests/test_preview_fast.py
-    # checks that no secret fits in 7). The output is the previewer's, byte for byte.
-    cdef PyObject* v = <PyObject*>value
-    cdef long long n
-    cdef int overflow = 0
-    cdef double d
-    if type(value) is Rendered:
-        return value  # made at capture time
-    if PyUnicode_CheckExact(v):
-        if _short_plain(v):
-            return repr(value)
-    elif v == Py_None:
-        return "None"
-    elif PyBool_Check(v):
-        return "True" if value is True else "False"
-    elif PyLong_CheckExact(v):
-        n = PyLong_AsLongLongAndOverflow(v, &overflow)
-        if overflow == 0 and -_INT_LIMIT < n < _INT_LIMIT:
-            return repr(value)
-    elif PyFloat_CheckExact(v):
-        d = PyFloat_AS_DOUBLE(v)
-        if -1e12 < d < 1e12:
-            return repr(value)
-    return previewer.preview(value)
-
-
-cdef bint _short_plain(PyObject* s) noexcept:
-    # up to 7 printable ASCII characters, none of them = or : (`token=x` is a secret by name)
-    cdef Py_ssize_t i, n = PyUnicode_GET_LENGTH(s)
-    cdef const unsigned char* data
-    cdef unsigned char c
-    if n > 7 or not PyUnicode_IS_ASCII(s):
-        return False
-    data = <const unsigned char*>PyUnicode_DATA(s)
-    for i in range(n):
-        c = data[i]
-        if c < 0x20 or c > 0x7E or c == 0x3D or c == 0x3A:
-            return False
-    return True
+include "_args.pxi"
 
 
 cdef inline OutBuf* _buf_for(OutBuf* bufs, int* nbufs, uint16_t slot, int64_t t, unsigned long ident) noexcept nogil:
@@ -1356,19 +1187,18 @@ cdef OutBuf* _buf_or_flush(TState* ts, uint16_t slot, int64_t t, list out) noexc
     return b
 
 
-cdef int _encode_valued(OutBuf* b, Record* r, RecordExt* ext, int64_t t, object previewer) except -1:
-    # one record that has a value or key (steals the record's reference to its value):
-    # previews are Python, so this runs with the GIL
+cdef int _encode_valued(OutBuf* b, Record* r, RecordExt* ext, int64_t t) except -1:
+    # one record that has a value or key (takes the record's blob or reference); unwinds'
+    # texts are Python strings, so this runs with the GIL
     cdef PyObject* raux = ext.aux
     cdef uint64_t rkey = ext.key
     cdef int64_t dts
     cdef uint8_t tag = r.kind
-    cdef Py_ssize_t j
     cdef object aux
     if _reserve(b, 40) < 0:
-        Py_XDECREF(raux)
+        _free_aux(r.kind, raux)
         return 0
-    if raux != NULL:
+    if raux != NULL and not _holds_blob(r.kind):
         aux = <object>raux
         Py_DECREF(aux)  # the record's reference; `aux` holds one
     dts = t - b.last
@@ -1385,20 +1215,16 @@ cdef int _encode_valued(OutBuf* b, Record* r, RecordExt* ext, int64_t t, object 
         _put_varint(b, _zigzag(dts))
         if rkey:
             _put_varint(b, rkey)
-        if raux != NULL:
-            _put_varint(b, PyTuple_GET_SIZE(raux))
-            for j in range(PyTuple_GET_SIZE(raux)):
-                if not _put_fast(b, PyTuple_GET_ITEM(raux, j)):
-                    value = <object>PyTuple_GET_ITEM(raux, j)
-                    _put_string(b, "" if value is NO_VALUE else _text(previewer, value))
+        if raux != NULL and _put_blob(b, raux) < 0:
+            raise MemoryError
     elif r.kind == K_RETURN:
         if raux != NULL:
             tag |= 0x80
         b.data[b.len] = <char>tag
         b.len += 1
         _put_varint(b, _zigzag(dts))
-        if raux != NULL and not _put_fast(b, raux):
-            _put_string(b, _text(previewer, aux))
+        if raux != NULL and _put_blob(b, raux) < 0:
+            raise MemoryError
     elif r.kind == K_UNWIND:
         _n_exceptions[r.slot] += 1
         b.data[b.len] = <char>tag
@@ -1489,7 +1315,7 @@ def drain(calibration, previewer):
                     b = _buf_or_flush(ts, r.slot, t, out)
                     if not r.ext:  # a plain record that found no free buffer: room is made now
                         continue
-                    _encode_valued(b, r, <RecordExt*>&chunk.recs[i + 1], t, previewer)
+                    _encode_valued(b, r, <RecordExt*>&chunk.recs[i + 1], t)
                     i += 2
                 nxt = chunk.next
                 handit_q_lock()

@@ -508,14 +508,25 @@ def _call_user(fn: Callable[[Any], Any], obj: Any) -> tuple[bool, str]:
     Returns:
         ``(True, text)`` on success, else ``(False, marker)``: ``<...>`` when a call is
         already running on this thread (a repr that re-enters preview),
-        ``<unrepr: ErrorType>`` when it raised, ``<unrepr: TypeError>`` for a non-str.
+        ``<unrepr: ErrorType>`` when it raised anything (``SystemExit`` and other
+        ``BaseException`` included), ``<unrepr: TypeError>`` for a non-str.
+
+    Raises:
+        KeyboardInterrupt: raised by the user code on the main thread (a Ctrl-C).
     """
     if getattr(_guard, "active", False):
         return False, "<...>"
     _guard.active = True
     try:
         out = fn(obj)
-    except Exception as exc:  # RecursionError included
+    except KeyboardInterrupt:
+        # Ctrl-C arrives in the main thread: it must still interrupt the program (the
+        # compiled engine re-delivers it, the pure one lets it propagate); elsewhere it can
+        # only be the user code's own raise, which the untraced program never runs.
+        if threading.get_ident() == threading.main_thread().ident:
+            raise
+        return False, "<unrepr: KeyboardInterrupt>"
+    except BaseException as exc:  # SystemExit, GeneratorExit, RecursionError, ...: contained
         return False, f"<unrepr: {_type_name(type(exc))}>"
     finally:
         _guard.active = False
