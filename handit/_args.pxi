@@ -125,59 +125,32 @@ cdef inline int _put_raw(OutBuf* b, const char* text, Py_ssize_t n) noexcept:
 
 # ---- previews in C --------------------------------------------------------------------------
 
-cdef int _repr_ascii(char* out, PyObject* s, Py_ssize_t cap) noexcept:
-    # repr() of a printable-ASCII str (quote ' unless it holds ' and no "), or -1 when the
-    # string is not printable ASCII or the text would pass `cap` bytes
-    cdef Py_ssize_t k, n = 2, length = PyUnicode_GET_LENGTH(s)
-    cdef const unsigned char* data
-    cdef unsigned char c, quote = 0x27
-    cdef bint single = False, double = False
-    if not PyUnicode_IS_ASCII(s) or length + 2 > cap:
-        return -1
-    data = <const unsigned char*>PyUnicode_DATA(s)
-    for k in range(length):
-        c = data[k]
-        if c < 0x20 or c > 0x7E:
-            return -1
-        if c == 0x27:
-            single = True
-        elif c == 0x22:
-            double = True
-    if single and not double:
-        quote = 0x22
-    for k in range(length):
-        c = data[k]
-        n += 2 if (c == 0x5C or c == quote) else 1
-    if n > cap:
-        return -1
-    n = 0
-    out[n] = <char>quote
-    n += 1
-    for k in range(length):
-        c = data[k]
-        if c == 0x5C or c == quote:
-            out[n] = 0x5C
-            n += 1
-        out[n] = <char>c
-        n += 1
-    out[n] = <char>quote
-    return n + 1
+# Character classes of printable ASCII, one table lookup a character: not printable
+# ASCII, the quotes and backslash (repr escapes them), and where a value format of
+# redact.py may start (see _trigger_at).
+cdef enum:
+    _CC_BAD = 1
+    _CC_SQ = 2
+    _CC_DQ = 4
+    _CC_BS = 8
+    _CC_TRIG = 16
+
+cdef unsigned char _CC[256]
 
 
-cdef bint _short_plain(PyObject* s) noexcept:
-    # up to 11 printable ASCII characters, none of them = or :, which no value format of
-    # redact.py can match (its own _SHORT shortcut; `token=x` is a secret by name)
-    cdef Py_ssize_t i, n = PyUnicode_GET_LENGTH(s)
-    cdef const unsigned char* data
-    cdef unsigned char c
-    if n > _SCAN_FREE or not PyUnicode_IS_ASCII(s):
-        return False
-    data = <const unsigned char*>PyUnicode_DATA(s)
-    for i in range(n):
-        c = data[i]
-        if c < 0x20 or c > 0x7E or c == 0x3D or c == 0x3A:
-            return False
-    return True
+cdef void _init_classes() noexcept:
+    cdef int c
+    cdef const unsigned char* trig = b"-_.:=AJBb23456"
+    for c in range(256):
+        _CC[c] = _CC_BAD if (c < 0x20 or c > 0x7E) else 0
+    _CC[0x27] |= _CC_SQ
+    _CC[0x22] |= _CC_DQ
+    _CC[0x5C] |= _CC_BS
+    for c in range(14):
+        _CC[trig[c]] |= _CC_TRIG
+
+
+_init_classes()
 
 
 cdef inline bint _at(const unsigned char* d, Py_ssize_t n, Py_ssize_t i, const char* lit, Py_ssize_t k) noexcept nogil:
@@ -185,63 +158,106 @@ cdef inline bint _at(const unsigned char* d, Py_ssize_t n, Py_ssize_t i, const c
     return i >= 0 and i + k <= n and memcmp(d + i, lit, k) == 0
 
 
-cdef bint _may_hold_secret(const unsigned char* d, Py_ssize_t n) noexcept nogil:
-    # False only when no value format of redact.py can match in d[:n]: every branch of its
-    # combined pattern starts at a character below, in the context checked here (the
-    # branch's literal prefix and lookbehind). One pass, a few instructions a character:
-    # prose skips the regex, which costs ~10x more (sre tests its first-character set one
-    # opcode at a time). tests/test_preview_fast.py checks it against the pattern.
+cdef bint _trigger_at(const unsigned char* d, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
+    # Whether a value format of redact.py may start at d[i]: every branch of its combined
+    # pattern starts at one of the _CC_TRIG characters, in the context checked here (the
+    # branch's literal prefix and lookbehind). tests/test_preview_fast.py checks it
+    # against the pattern.
+    cdef unsigned char e, c = d[i]
+    if c == 0x3A or c == 0x3D:  # ':' '=': key/value pairs, URL credentials
+        return True
+    if c == 0x2D:  # '-'
+        return (_at(d, n, i + 1, b"----", 4) or _at(d, n, i - 2, b"sk", 2) or _at(d, n, i - 4, b"xox", 3)
+                or _at(d, n, i - 4, b"xapp", 4) or _at(d, n, i - 4, b"pypi", 4) or _at(d, n, i - 4, b"gl", 2)
+                or _at(d, n, i - 5, b"gl", 2) or _at(d, n, i - 6, b"gl", 2))
+    if c == 0x5F:  # '_'
+        return (_at(d, n, i - 2, b"sk", 2) or _at(d, n, i - 2, b"rk", 2) or _at(d, n, i - 5, b"whsec", 5)
+                or _at(d, n, i - 2, b"hf", 2) or _at(d, n, i - 3, b"gh", 2) or _at(d, n, i - 6, b"github", 6)
+                or _at(d, n, i - 3, b"npm", 3) or _at(d, n, i - 5, b"shp", 3) or _at(d, n, i - 3, b"do", 2))
+    if c == 0x2E:  # '.'
+        return _at(d, n, i - 2, b"SG", 2) or _at(d, n, i + 1, b"slack.com/", 10) or _at(d, n, i + 1, b"com/api/webhooks/", 17)
+    if c == 0x41:  # 'A': AKIA, ASIA, AIza
+        return _at(d, n, i + 1, b"KIA", 3) or _at(d, n, i + 1, b"SIA", 3) or _at(d, n, i + 1, b"Iza", 3)
+    if c == 0x4A:  # 'J' of eyJ
+        return _at(d, n, i - 2, b"ey", 2)
+    if c == 0x42 or c == 0x62:  # 'B' 'b': Bearer, Basic
+        return (_at(d, n, i + 1, b"earer", 5) or _at(d, n, i + 1, b"asic", 4)
+                or (c == 0x42 and (_at(d, n, i + 1, b"EARER", 5) or _at(d, n, i + 1, b"ASIC", 4))))
+    if 0x32 <= c <= 0x36 and i + 1 < n:  # '2'-'6' then digits: a card number
+        e = d[i + 1]
+        return 0x30 <= e <= 0x39 or ((e == 0x20 or e == 0x2D) and i + 2 < n and 0x30 <= d[i + 2] <= 0x39)
+    return False
+
+
+cdef inline bint _triggers_in(const unsigned char* d, Py_ssize_t n, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
+    # whether a value format may start in d[start:end]
     cdef Py_ssize_t i
-    cdef unsigned char c, e
-    for i in range(n):
-        c = d[i]
-        if c == 0x3A or c == 0x3D:  # ':' '=': key/value pairs, URL credentials
+    for i in range(start, end):
+        if (_CC[d[i]] & _CC_TRIG) and _trigger_at(d, n, i):
             return True
-        if c == 0x2D:  # '-'
-            if (_at(d, n, i + 1, b"----", 4) or _at(d, n, i - 2, b"sk", 2) or _at(d, n, i - 4, b"xox", 3)
-                    or _at(d, n, i - 4, b"xapp", 4) or _at(d, n, i - 4, b"pypi", 4) or _at(d, n, i - 4, b"gl", 2)
-                    or _at(d, n, i - 5, b"gl", 2) or _at(d, n, i - 6, b"gl", 2)):
-                return True
-        elif c == 0x5F:  # '_'
-            if (_at(d, n, i - 2, b"sk", 2) or _at(d, n, i - 2, b"rk", 2) or _at(d, n, i - 5, b"whsec", 5)
-                    or _at(d, n, i - 2, b"hf", 2) or _at(d, n, i - 3, b"gh", 2) or _at(d, n, i - 6, b"github", 6)
-                    or _at(d, n, i - 3, b"npm", 3) or _at(d, n, i - 5, b"shp", 3) or _at(d, n, i - 3, b"do", 2)):
-                return True
-        elif c == 0x2E:  # '.'
-            if _at(d, n, i - 2, b"SG", 2) or _at(d, n, i + 1, b"slack.com/", 10) or _at(d, n, i + 1, b"com/api/webhooks/", 17):
-                return True
-        elif c == 0x41:  # 'A': AKIA, ASIA, AIza
-            if _at(d, n, i + 1, b"KIA", 3) or _at(d, n, i + 1, b"SIA", 3) or _at(d, n, i + 1, b"Iza", 3):
-                return True
-        elif c == 0x4A:  # 'J' of eyJ
-            if _at(d, n, i - 2, b"ey", 2):
-                return True
-        elif c == 0x42 or c == 0x62:  # 'B' 'b': Bearer, Basic
-            if (_at(d, n, i + 1, b"earer", 5) or _at(d, n, i + 1, b"asic", 4)
-                    or (c == 0x42 and (_at(d, n, i + 1, b"EARER", 5) or _at(d, n, i + 1, b"ASIC", 4)))):
-                return True
-        elif 0x32 <= c <= 0x36 and i + 1 < n:  # '2'-'6' then digits: a card number
-            e = d[i + 1]
-            if 0x30 <= e <= 0x39 or ((e == 0x20 or e == 0x2D) and i + 2 < n and 0x30 <= d[i + 2] <= 0x39):
-                return True
     return False
 
 
 def _may_hold_secret_text(str s):
-    """Test hook: the C prefilter's answer for an ASCII string (see _may_hold_secret)."""
-    data = s.encode("ascii")
-    return _may_hold_secret(<const unsigned char*><char*>data, len(data))
+    """Test hook: whether the C prefilter sends an ASCII string to the secret scan."""
+    cdef bytes data = s.encode("ascii")
+    return _triggers_in(<const unsigned char*><char*>data, len(data), 0, len(data))
 
 
-cdef inline bint _needs_scan(PyObject* s) noexcept:
-    # an ASCII str the secret scan must look at (short plain strings and the ones the
-    # prefilter clears need not)
-    return not _short_plain(s) and _may_hold_secret(<const unsigned char*>PyUnicode_DATA(s), PyUnicode_GET_LENGTH(s))
+cdef Py_ssize_t _str_repr(char* out, Py_ssize_t cap, PyObject* s, bint* scan) noexcept:
+    # repr() of a printable-ASCII str into out (quote ' unless it holds ' and no "), or -1
+    # when it is not printable ASCII or its repr passes `cap` bytes. *scan: a value format
+    # may match, the regex must look (one pass over the characters decides both).
+    cdef Py_ssize_t i = 0, n = 0, length = PyUnicode_GET_LENGTH(s)
+    cdef const unsigned char* d
+    cdef unsigned char c, cls, flags = 0, quote = 0x27
+    cdef bint may = False
+    if not PyUnicode_IS_ASCII(s) or length + 2 > cap:
+        return -1
+    d = <const unsigned char*>PyUnicode_DATA(s)
+    # eight characters a step, their classes or-ed (~2 instructions a character); a step
+    # holding a character a format may start at is looked at one character at a time
+    while i + 8 <= length:
+        cls = (_CC[d[i]] | _CC[d[i + 1]] | _CC[d[i + 2]] | _CC[d[i + 3]]
+               | _CC[d[i + 4]] | _CC[d[i + 5]] | _CC[d[i + 6]] | _CC[d[i + 7]])
+        flags |= cls
+        if (cls & _CC_TRIG) and not may:
+            may = _triggers_in(d, length, i, i + 8)
+        i += 8
+    if i < length:
+        for n in range(i, length):
+            flags |= _CC[d[n]]
+        if not may:
+            may = _triggers_in(d, length, i, length)
+    if flags & _CC_BAD:
+        return -1
+    scan[0] = may
+    if (flags & _CC_SQ) and not (flags & _CC_DQ):
+        quote = 0x22
+    out[0] = <char>quote
+    if not (flags & (_CC_SQ | _CC_DQ | _CC_BS)):
+        memcpy(out + 1, d, length)
+        out[length + 1] = <char>quote
+        return length + 2
+    n = 1
+    for i in range(length):
+        c = d[i]
+        if c == 0x5C or c == quote:
+            if n + 3 > cap:
+                return -1
+            out[n] = 0x5C
+            n += 1
+        elif n + 2 > cap:
+            return -1
+        out[n] = <char>c
+        n += 1
+    out[n] = <char>quote
+    return n + 1
 
 
 cdef int _scalar_text(char* out, PyObject* v) noexcept:
-    # repr() of None, a bool, an int or float below 10**12 (a card number has 13+ digits)
-    # or a short plain str, into out (40 bytes); -1 for anything else
+    # repr() of None, a bool, an int or float below 10**12 (a card number has 13+ digits),
+    # into out (40 bytes); -1 for anything else
     cdef uint64_t bits
     cdef FloatText* slot
     cdef int n, overflow = 0
@@ -284,8 +300,6 @@ cdef int _scalar_text(char* out, PyObject* v) noexcept:
             slot.length = n
         PyMem_Free(text)
         return n if n < 32 else -1
-    if PyUnicode_CheckExact(v) and _short_plain(v):
-        return _repr_ascii(out, v, 40)
     return -1
 
 
@@ -294,10 +308,11 @@ cdef int _item_text(char* out, PyObject* v, PyObject** scan, int* nscan) noexcep
     # (kept in `scan`, a new reference, when the secret search must look at it); -1 for
     # anything else
     cdef int n = _scalar_text(out, v)
+    cdef bint may = False
     if n >= 0 or not PyUnicode_CheckExact(v) or PyUnicode_GET_LENGTH(v) > _ITEM_STR:
         return n
-    n = _repr_ascii(out, v, _ITEM_CAP)
-    if n >= 0 and _needs_scan(v):
+    n = <int>_str_repr(out, _ITEM_CAP, v, &may)
+    if n >= 0 and may:
         if nscan[0] == _SCAN_MAX:
             return -1
         Py_INCREF(<object>v)
@@ -498,14 +513,15 @@ cdef int _put_preview(TState* ts, OutBuf* b, PyObject* v) noexcept:
     cdef char text[_TEXT_CAP]
     cdef PyObject* scan[_SCAN_MAX]
     cdef int nscan = 0, n = -1, done
+    cdef bint may = False
     if _pv_str >= 16:  # the C formats assume a short string is never cut (config allows >= 16)
         n = _scalar_text(text, v)
     if _pv_str < 16:
         pass
     elif n < 0 and PyUnicode_CheckExact(v) and PyUnicode_GET_LENGTH(v) <= _pv_str:
         # a str within max_str: its repr, when printable ASCII and no secret format matches
-        n = _repr_ascii(text, v, min(_pv_str + 2, _TEXT_CAP))
-        if n >= 0 and _needs_scan(v):
+        n = <int>_str_repr(text, min(_pv_str + 2, _TEXT_CAP), v, &may)
+        if n >= 0 and may:
             Py_INCREF(<object>v)
             scan[0] = v
             nscan = 1
@@ -520,6 +536,14 @@ cdef int _put_preview(TState* ts, OutBuf* b, PyObject* v) noexcept:
                 return 0 if done > 0 else -1
     if n >= 0 and (nscan == 0 or _scan_clean(scan, nscan)):
         return _put_raw(b, text, n)
+    return _put_previewed(ts, b, v)
+
+
+cdef int _put_previewed(TState* ts, OutBuf* b, PyObject* v) noexcept:
+    # the previewer's text of v appended to b (user code contained: whatever it raises
+    # gives a placeholder, a KeyboardInterrupt is delivered again); 0, or -1 when memory
+    # runs out. Apart from _put_preview, whose C paths then need no exception frame.
+    cdef int n
     ts.busy = 1
     try:
         _put_string(b, _previewer.preview(<object>v))
