@@ -6,8 +6,9 @@ A ``.handit`` file is a magic followed by frames (``docs/trace-format.md``)::
     frame := mark (2) | type (1) | length (4) | stream id (8) | payload check (4) | header check (4) | payload
 
 ``mark`` is ``b"\\xfe\\xfd"`` (bytes that never occur in UTF-8), ``length`` and
-the checks are little-endian; the payload check is the xxh32 of the payload,
-the header check the xxh32 of the 19 header bytes before it. The reader trusts
+the checks are little-endian; a check is the low 32 bits of the XXH3-64 hash:
+the payload check of the payload, the header check of the 19 header bytes
+before it. The reader trusts
 a header only when its check holds, so every length is checked before anything
 is allocated, and after damage it finds the next frame by searching for the
 mark and checking each candidate header (resynchronisation). Frame types are
@@ -20,13 +21,13 @@ import struct
 import warnings
 from typing import Callable, Iterator, NamedTuple
 
-from xxhash import xxh32_intdigest
+from xxhash import xxh3_64_intdigest
 
 from .errors import HanditError
 
 __all__ = [
     "FrameReport", "HEADER_SIZE", "MAGIC", "MAGIC_V1", "MAX_PAYLOAD", "TraceFileWarning", "TraceFormatError",
-    "encode_frame", "iter_frames", "read_version",
+    "encode_frame", "frame_header", "iter_frames", "read_version",
 ]
 
 MAGIC = b"HANDIT\x02\n"
@@ -51,18 +52,28 @@ class TraceFileWarning(UserWarning):
     """A trace file is damaged or cut short; everything intact in it was read."""
 
 
-def encode_frame(ftype: bytes, stream: bytes, payload: bytes) -> bytes:
-    """One frame of format version 2.
+def _check(data: bytes) -> int:
+    # XXH3 rather than XXH32: 0.5 us instead of 2.2 us for a 3.8 KB block (3.12, this machine)
+    return xxh3_64_intdigest(data) & 0xFFFFFFFF
+
+
+def frame_header(ftype: bytes, stream: bytes, payload: bytes) -> bytes:
+    """The 23-byte header of a format version 2 frame holding ``payload`` (which follows it).
 
     Args:
         ftype: one capital letter.
         stream: the writer's 8-byte stream id.
         payload: the frame's contents, at most :data:`MAX_PAYLOAD` bytes.
     Returns:
-        the frame's bytes.
+        the header's bytes.
     """
-    head = _HEAD.pack(MARK, ftype, len(payload), stream, xxh32_intdigest(payload))
-    return head + _CHECK.pack(xxh32_intdigest(head)) + payload
+    head = _HEAD.pack(MARK, ftype, len(payload), stream, _check(payload))
+    return head + _CHECK.pack(_check(head))
+
+
+def encode_frame(ftype: bytes, stream: bytes, payload: bytes) -> bytes:
+    """One whole frame of format version 2 (:func:`frame_header` + ``payload``)."""
+    return frame_header(ftype, stream, payload) + payload
 
 
 class _Region(NamedTuple):
@@ -140,7 +151,7 @@ def read_version(head: bytes, path: str) -> int:
 
 
 def _header_ok(head: bytes) -> bool:
-    return head[:2] == MARK and xxh32_intdigest(head[:19]) == _CHECK.unpack_from(head, 19)[0]
+    return head[:2] == MARK and _check(head[:19]) == _CHECK.unpack_from(head, 19)[0]
 
 
 def _resync(f: object, start: int, report: FrameReport) -> int | None:
@@ -232,7 +243,7 @@ def _frame_v2(f: object, head: bytes, pos: int, total: int, rep: FrameReport) ->
         if pos + HEADER_SIZE + length <= total:
             payload = f.read(length)  # type: ignore[attr-defined]
             rep.bytes_hashed += len(payload)
-            if len(payload) == length and xxh32_intdigest(payload) == check:
+            if len(payload) == length and _check(payload) == check:
                 return ftype, stream, payload
         else:
             nxt = _resync(f, pos + 1, rep)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 from .appendfile import flusher, open_append, write_all
 from .frames import (
     HEADER_SIZE, MAGIC, MAGIC_V1, MAX_PAYLOAD, PROGRESS_STEP, READ_BUFFER, FrameReport, TraceFileWarning,
-    TraceFormatError, encode_frame, iter_frames,
+    TraceFormatError, frame_header, iter_frames,
 )
 from .reader import TraceBuilder
 
@@ -137,7 +137,9 @@ class TraceFileWriter:
         total = HEADER_SIZE + size
         if self._buf and self._size + total > self._limit:
             self._flush_locked()
-        self._buf.append(encode_frame(ftype, self.stream_id, parts[0] if len(parts) == 1 else b"".join(parts)))
+        payload = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._buf.append(frame_header(ftype, self.stream_id, payload))
+        self._buf.append(payload)
         self._size += total
         self._frames += 1
         if self._size >= self._limit:

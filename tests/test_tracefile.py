@@ -18,6 +18,7 @@ import pytest
 from conftest import child_env
 
 from handit._policy import CodeInfo
+from handit.frames import encode_frame
 from handit.reader import BlockEncoder
 from handit.tracefile import (
     HEADER_SIZE,
@@ -26,7 +27,6 @@ from handit.tracefile import (
     TraceFileWriter,
     TraceFormatError,
     detect_format,
-    encode_frame,
     iter_events,
     iter_frames,
     iter_trace,
