@@ -378,6 +378,7 @@ def detect_format(path: str) -> str:
 def _iter_jsonl(path: str, progress: Callable[[int, int], None] | None) -> Iterator[dict[str, Any]]:
     loads = json.loads
     bad = 0
+    cut = -1
     with open(path, "rb", buffering=READ_BUFFER) as f:
         total = os.fstat(f.fileno()).st_size
         pos = 0
@@ -390,7 +391,8 @@ def _iter_jsonl(path: str, progress: Callable[[int, int], None] | None) -> Itera
                 except ValueError:
                     if line.endswith(b"\n"):
                         bad += 1
-                    # else: a cut last line (a crash mid-write) — skipped quietly
+                    else:  # a cut last line: the writer writes whole lines, so the file was cut
+                        cut = pos - len(line)
                 else:
                     yield event
             if progress is not None and pos >= next_report:
@@ -398,8 +400,11 @@ def _iter_jsonl(path: str, progress: Callable[[int, int], None] | None) -> Itera
                 next_report = pos + PROGRESS_STEP
         if progress is not None:
             progress(pos, max(total, pos))
-    if bad:
-        warnings.warn(f"{path}: skipped {bad} line(s) that are not JSON", TraceFileWarning, stacklevel=2)
+    said = [f"damaged: skipped {bad} line(s) that are not JSON"] if bad else []
+    if cut >= 0:
+        said.append(f"truncated: the last line (at offset {cut}) is cut short")
+    if said:
+        warnings.warn(f"{path}: " + "; ".join(said) + "; everything intact was read", TraceFileWarning, stacklevel=2)
 
 
 def iter_events(path: str, *, progress: Callable[[int, int], None] | None = None) -> Iterator[dict[str, Any]]:

@@ -404,14 +404,17 @@ def test_streaming_a_200mb_file_in_bounded_memory(tmp_path: Path) -> None:
     assert all(a[0] <= b[0] for a, b in zip(reports, reports[1:]))
 
 
-def test_iter_events_reads_jsonl_and_skips_a_cut_last_line(tmp_path: Path) -> None:
+def test_iter_events_reads_jsonl_and_says_a_last_line_is_cut(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
     lines = [json.dumps({"type": "call", "call_id": i}) for i in range(3)]
     path.write_text("\n".join(lines) + '\n\n{"type": "ret')
     assert detect_format(str(path)) == "jsonl"
+    with pytest.warns(TraceFileWarning, match=f"truncated: the last line .at offset {path.stat().st_size - 13}. is cut short"):
+        assert [e["call_id"] for e in iter_events(str(path))] == [0, 1, 2]
+    path.write_text("\n".join(lines))  # a whole last line without its newline: nothing to say
     assert [e["call_id"] for e in iter_events(str(path))] == [0, 1, 2]
     path.write_text(lines[0] + "\nnot json\n" + lines[1] + "\n")
-    with pytest.warns(TraceFileWarning, match="skipped 1 line"):
+    with pytest.warns(TraceFileWarning, match="damaged: skipped 1 line"):
         assert [e["call_id"] for e in read_trace(str(path))] == [0, 1]
 
 
