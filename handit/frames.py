@@ -8,11 +8,11 @@ A ``.handit`` file is a magic followed by frames (``docs/trace-format.md``)::
 ``mark`` is ``b"\\xfe\\xfd"`` (bytes that never occur in UTF-8), ``length`` and
 the checks are little-endian; a check is the low 32 bits of the XXH3-64 hash:
 the payload check of the payload, the header check of the 19 header bytes
-before it. The reader trusts
-a header only when its check holds, so every length is checked before anything
-is allocated, and after damage it finds the next frame by searching for the
-mark and checking each candidate header (resynchronisation). Frame types are
-capital letters; the framing does not depend on them.
+before it. The reader trusts a header only when its check holds, so every
+length is checked before anything is allocated, and after damage it finds the
+next frame by searching for the mark and checking each candidate header
+(resynchronisation). Frame types are capital letters; the framing does not
+depend on them.
 """
 from __future__ import annotations
 
