@@ -22,6 +22,7 @@ from typing import IO, Any, Iterator
 
 from . import __version__, api, config
 from .errors import HanditError
+from .frames import TraceFileWarning, TraceFormatError, read_version
 from .sessions import Session, engine_info
 from .renderers import Lines, Table, emit, fmt_bytes, progress_reporter
 from .tracefile import detect_format, iter_events, open_append
@@ -29,6 +30,7 @@ from .tracefile import detect_format, iter_events, open_append
 __all__ = ["main"]
 
 USAGE_ERROR = 2  # what argparse and python itself return for a bad command line or a missing file
+DAMAGED = 1  # show/export read a damaged or cut trace: what was intact is shown, the status says it was not all
 
 
 class CliError(HanditError):
@@ -43,7 +45,33 @@ def _err(message: str) -> None:
 
 
 def _default_output(fmt: str) -> str:
-    return time.strftime("handit-%Y%m%d-%H%M%S") + (".jsonl" if fmt == "jsonl" else ".handit")
+    """``handit-<date>-<time>-<milliseconds>-<pid>.handit``: a name of its own for every run, sorting by time."""
+    now = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    return f"handit-{stamp}-{int(now * 1000) % 1000:03d}-{os.getpid()}" + (".jsonl" if fmt == "jsonl" else ".handit")
+
+
+def _newest_trace() -> str:
+    """The newest trace file in the working directory (``*.handit``, ``handit-*.jsonl``), said on stderr.
+
+    Raises:
+        CliError: there is none.
+    """
+    found = []
+    with os.scandir(".") as entries:
+        for entry in entries:
+            name = entry.name
+            if name.endswith(".handit") or (name.startswith("handit-") and name.endswith(".jsonl")):
+                try:
+                    if entry.is_file():
+                        found.append((entry.stat().st_mtime_ns, name))
+                except OSError:
+                    continue
+    if not found:
+        raise CliError("no trace file here (*.handit, handit-*.jsonl); name one: handit show FILE")
+    name = max(found)[1]
+    print(f"handit: reading {name}, the newest trace here", file=sys.stderr)
+    return name
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -277,6 +305,11 @@ def _check_trace(path: str) -> str:
     if not head:
         raise CliError(f"{path}: the file is empty, not a trace")
     fmt = detect_format(path)
+    if fmt == "handit":
+        try:
+            read_version(head, path)
+        except TraceFormatError as exc:
+            raise CliError(str(exc)) from None
     if fmt == "jsonl":
         first = head.lstrip().split(b"\n", 1)
         try:
@@ -321,8 +354,12 @@ class _Selector:
         return False
 
 
-def _read(path: str, selector: _Selector, consumers: list[Any]) -> None:
-    """Stream the trace through ``consumers`` (objects with ``add(event)``), reporting warnings as one line each."""
+def _read(path: str, selector: _Selector, consumers: list[Any]) -> bool:
+    """Stream the trace through ``consumers`` (objects with ``add(event)``), reporting warnings as one line each.
+
+    Returns:
+        whether the file was intact (no damage or truncation found).
+    """
     progress = progress_reporter(f"reading {os.path.basename(path)}")
     adds = [c.add for c in consumers]
     try:
@@ -338,12 +375,15 @@ def _read(path: str, selector: _Selector, consumers: list[Any]) -> None:
         progress.close()
     for w in caught:
         print(f"handit: warning: {w.message}", file=sys.stderr)
+    return not any(issubclass(w.category, TraceFileWarning) for w in caught)
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from .renderers.summary import Stats, func_matcher, summary_blocks
     from .renderers.tree import TreeBuilder
 
+    if not args.file:
+        args.file = [_newest_trace()]
     formats = [_check_trace(path) for path in args.file]
     try:
         func_filter = func_matcher(args.func)
@@ -356,8 +396,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
         tree = TreeBuilder(max_depth=args.depth, max_nodes=args.max_nodes, root_filter=func_filter)
         consumers.append(tree)
     selector = _Selector(args.session, args.tag)
+    intact = True
     for path in args.file:  # several files make one view (sessions stay apart by id)
-        _read(path, selector, consumers)
+        intact = _read(path, selector, consumers) and intact
     if selector.active and not selector.matched:
         _err(f"no session in {' '.join(args.file)} matches" + (f" --session {args.session}" if args.session else "") +
              (f" --tag {args.tag}" if args.tag else ""))
@@ -368,7 +409,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     extra = [tree.block(width=width)] if tree is not None and tree.roots else []
     blocks = [head, *summary_blocks(stats, top=args.top, func_filter=func_filter, insert=extra)]
     emit(blocks, sys.stdout)
-    return 0
+    return 0 if intact else DAMAGED
 
 
 def _open_output(path: str) -> IO[bytes]:
@@ -404,6 +445,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .renderers.chrome import ChromeTraceWriter
     from .renderers.speedscope import SpeedscopeWriter
 
+    if args.file is None:
+        args.file = _newest_trace()
     _check_trace(args.file)
     base = os.path.splitext(args.file)[0]
     output = args.output or base + {"chrome": ".chrome.json", "speedscope": ".speedscope.json", "jsonl": ".jsonl"}[args.format]
@@ -415,7 +458,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         name = os.path.basename(args.file)
         writer: Any = {"chrome": lambda: ChromeTraceWriter(out, name), "speedscope": lambda: SpeedscopeWriter(out, name),
                        "jsonl": lambda: _JsonlOut(out)}[args.format]()
-        _read(args.file, _Selector(args.session, args.tag), [writer])
+        intact = _read(args.file, _Selector(args.session, args.tag), [writer])
         writer.close()
         out.flush()
         ok = True
@@ -430,7 +473,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
                 pass
     if output != "-":
         print(f"handit: wrote {output} ({fmt_bytes(os.path.getsize(output))}, {args.format})", file=sys.stderr)
-    return 0
+    return 0 if intact else DAMAGED
 
 
 # ---- argv --------------------------------------------------------------------------------------
@@ -445,7 +488,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a script or module under the tracer",
                          usage="handit run [options] script.py [args ...]\n       handit run [options] -m module [args ...]")
     run.add_argument("-m", dest="module", action="store_true", help="run a library module as a script (like python -m)")
-    run.add_argument("-o", "--output", metavar="FILE", help="trace file (default: handit-<timestamp>.handit here; *.jsonl writes JSONL)")
+    run.add_argument("-o", "--output", metavar="FILE",
+                     help="trace file (default: handit-<date>-<time>-<ms>-<pid>.handit here; *.jsonl writes JSONL)")
     run.add_argument("--include", metavar="REGEX", action="append", help="trace only module::qualname matching this (repeatable)")
     run.add_argument("--exclude", metavar="REGEX", action="append", help="also skip module::qualname matching this (repeatable)")
     run.add_argument("--capture", choices=("timing", "args", "full"), help="what a call records (default: args)")
@@ -464,7 +508,7 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_cmd_run)
 
     show = sub.add_parser("show", help="show a trace: sessions, call tree, busiest functions, errors, HTTP calls")
-    show.add_argument("file", nargs="+", help="a .handit or .jsonl trace (several are shown together)")
+    show.add_argument("file", nargs="*", help="a .handit or .jsonl trace (several are shown together; default: the newest here)")
     _session_options(show)
     show.add_argument("--func", metavar="REGEX", help="only functions matching this (qualname or module.qualname)")
     show.add_argument("--depth", type=int, default=8, metavar="N", help="call tree depth (default: 8)")
@@ -474,7 +518,7 @@ def _parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=_cmd_show)
 
     export = sub.add_parser("export", help="convert a trace for Perfetto / chrome://tracing, speedscope, or to JSONL")
-    export.add_argument("file", help="a .handit or .jsonl trace")
+    export.add_argument("file", nargs="?", help="a .handit or .jsonl trace (default: the newest here)")
     export.add_argument("--format", required=True, choices=("chrome", "speedscope", "jsonl"))
     export.add_argument("-o", "--output", metavar="OUT", help="output file, - for stdout (default: next to FILE)")
     _session_options(export)
@@ -493,8 +537,10 @@ def main(argv: list[str] | None = None) -> int:
     Args:
         argv: the arguments after the program name (default: ``sys.argv[1:]``).
     Returns:
-        the exit status: the traced program's for ``run``; 0 on success, 2 for
-        a usage error, a missing or unreadable file.
+        the exit status: the traced program's for ``run``; 0 on success, 1 when
+        ``show``/``export`` found a damaged or cut trace (what was intact is
+        shown) or no session matched, 2 for a usage error, a missing or
+        unreadable file.
     """
     parser = _parser()
     try:

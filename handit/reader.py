@@ -32,11 +32,14 @@ _ID, _FUNC, _T0, _KEY, _SUSP = range(5)
 
 
 class CorruptBlockError(ValueError):
-    """A block does not follow the block format (bad kind byte or cut short)."""
+    """A block does not follow the block format (bad kind byte, a count or varint out of bounds, or cut short)."""
+
+
+_VARINT_BITS = 64  # every encoder writes 64-bit values: 10 bytes at most
 
 
 def read_uvarint(data: bytes, pos: int) -> tuple[int, int]:
-    """Decode an unsigned LEB128 varint.
+    """Decode an unsigned LEB128 varint of at most 64 bits.
 
     Args:
         data: the buffer.
@@ -45,6 +48,7 @@ def read_uvarint(data: bytes, pos: int) -> tuple[int, int]:
         ``(value, offset after the varint)``.
     Raises:
         IndexError: the buffer ends inside the varint.
+        CorruptBlockError: the varint is longer than 10 bytes (no encoder writes one).
     """
     result = 0
     shift = 0
@@ -55,6 +59,8 @@ def read_uvarint(data: bytes, pos: int) -> tuple[int, int]:
         if b < 0x80:
             return result, pos
         shift += 7
+        if shift >= _VARINT_BITS + 6:
+            raise CorruptBlockError(f"a varint longer than 10 bytes at offset {pos - 10}")
 
 
 def _unknown_code(index: int) -> tuple[str, str, str, int, tuple[str, ...]]:
@@ -155,7 +161,7 @@ class TraceBuilder:
         try:
             ident, pos = read_uvarint(data, 0)
             ts, pos = read_uvarint(data, pos)
-        except IndexError:
+        except (IndexError, CorruptBlockError):
             stats["corrupt_blocks"] += 1
             return
         if not self.first_ts:
@@ -204,6 +210,8 @@ class TraceBuilder:
                         pos += 1
                         if n & 0x80:
                             n, pos = read_uvarint(data, pos - 1)
+                        if n > end - pos:  # each preview takes a byte at least: checked before allocating
+                            raise CorruptBlockError(f"{n} argument previews in the {end - pos} bytes left")
                         names = code[4]
                         if len(names) != n:
                             names = _arg_names(names, n)

@@ -362,7 +362,7 @@ def _session_sampled(session: Session, config: Config) -> bool:
 def _open_sinks(session: Session, config: Config) -> None:
     if config.output_file:
         try:
-            sink = sinks.FileSink(config.output_file, config.resolved_output_format)
+            sink = sinks.FileSink(config.output_file, config.resolved_output_format, config.flush_every_ms / 1000)
             sink.start(session)
             session._sinks.append(sink)
         except OSError as exc:

@@ -14,7 +14,7 @@ _exporters: dict[str, Any] = {}  # one HTTP exporter per endpoint
 class FileSink:
     """Writes a session's blocks to a compact trace file, or its events to JSONL."""
 
-    def __init__(self, path: str, fmt: str) -> None:
+    def __init__(self, path: str, fmt: str, flush_interval: float | None = 1.0) -> None:
         self.path = path
         self.fmt = fmt
         self.builders: dict[str, Any] = {}
@@ -24,11 +24,11 @@ class FileSink:
             if fmt == "jsonl":
                 from .exporters.jsonl import JsonlExporter
 
-                writer = JsonlExporter(path)
+                writer = JsonlExporter(path, flush_interval=flush_interval)
             else:
                 from .tracefile import TraceFileWriter
 
-                writer = TraceFileWriter(path)
+                writer = TraceFileWriter(path, flush_interval=flush_interval)
             _writers[key] = writer
         self.writer = writer
         self.writer_codes = _written_codes.setdefault(key, {})

@@ -1,45 +1,40 @@
 """Trace file stage: sessions' encoded blocks -> the compact .handit file, and back.
 
-A file is the magic ``b"HANDIT\\x01\\n"`` followed by frames::
-
-    1 byte type | 4 bytes payload length (little-endian) | 8 bytes stream id | payload
-
-``S`` session start (JSON object), ``E`` session end (JSON object), ``C`` code
-table entries (JSON list of ``[index, module, qualname, file, line, argnames]``),
-``B`` a block (16-byte session UUID + the encoded block, see
-:mod:`handit.reader`), ``J`` extra events (JSON list of event dicts). The stream
-id is random per writer (process and file), so several processes can append to
-one file without their code tables colliding. Every frame reaches the file in
-one ``write`` on an ``O_APPEND`` descriptor, so appenders never interleave
-inside a frame, and a crash leaves at worst a cut last frame, which readers skip.
+A file is a magic and frames (the framing, with its checks and resynchronisation,
+is :mod:`handit.frames`). Frame types: ``S`` session start (JSON object), ``E``
+session end (JSON object), ``C`` code table entries (JSON list of ``[index,
+module, qualname, file, line, argnames]``), ``B`` a block (16-byte session UUID
++ the encoded block, see :mod:`handit.reader`), ``J`` extra events (JSON list
+of event dicts). The stream id is random per writer (process and file), so
+several processes can append to one file without their code tables colliding.
+Every frame reaches the file in one ``write`` on an ``O_APPEND`` descriptor, so
+appenders never interleave inside a frame, and a crash leaves at worst a cut
+last frame, which readers report and skip.
 """
 from __future__ import annotations
 
 import json
 import os
-import struct
 import threading
 import uuid
 import warnings
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
-from .errors import HanditError
+from .appendfile import flusher, open_append, write_all
+from .frames import (
+    HEADER_SIZE, MAGIC, MAGIC_V1, MAX_PAYLOAD, PROGRESS_STEP, READ_BUFFER, FrameReport, TraceFileWarning,
+    TraceFormatError, frame_header, iter_frames,
+)
 from .reader import TraceBuilder
 
 __all__ = [
-    "MAGIC", "StoredCode", "TraceFileWarning", "TraceFileWriter", "TraceFormatError",
-    "detect_format", "iter_events", "iter_frames", "iter_trace", "open_append",
-    "read_trace", "write_all",
+    "HEADER_SIZE", "MAGIC", "StoredCode", "TraceFileWarning", "TraceFileWriter", "TraceFormatError",
+    "detect_format", "iter_events", "iter_frames", "iter_trace", "open_append", "read_trace", "write_all",
 ]
 
-MAGIC = b"HANDIT\x01\n"
-_HEADER = struct.Struct("<cI8s")  # type, payload length, stream id: 13 bytes
-HEADER_SIZE = _HEADER.size
 FRAME_TYPES = frozenset((b"S", b"E", b"C", b"B", b"J"))
-MAX_PAYLOAD = 0xFFFFFFFF
 BUFFER_BYTES = 256 * 1024  # small frames gathered into one write; a drain's blocks are ~KB each
-READ_BUFFER = 1 << 20
-PROGRESS_STEP = 4 << 20  # call progress() about every 4 MB read
+FLUSH_INTERVAL = 1.0  # seconds a frame may wait in memory (HANDIT_FLUSH_EVERY_MS)
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
 
@@ -47,14 +42,6 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str
 def _json_bytes(obj: Any) -> bytes:
     # backslashreplace turns a lone surrogate into the JSON escape \udcXX, which reads back as itself
     return _dumps(obj).encode("utf-8", "backslashreplace")
-
-
-class TraceFormatError(HanditError, ValueError):
-    """A file is not a handit trace file."""
-
-
-class TraceFileWarning(UserWarning):
-    """A trace file is damaged past a point; what came before it was read."""
 
 
 class StoredCode(NamedTuple):
@@ -67,48 +54,23 @@ class StoredCode(NamedTuple):
     argnames: tuple[str, ...]
 
 
-def open_append(path: str) -> int:
-    """Open ``path`` for appending, creating it readable by the owner only.
-
-    Args:
-        path: the file.
-    Returns:
-        a file descriptor opened ``O_WRONLY | O_APPEND``.
-    Raises:
-        OSError: the file cannot be opened or created.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path, flags | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return os.open(path, flags, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # the umask may have taken bits away; never adds any, but be exact
-    except (AttributeError, OSError):  # no fchmod on Windows before 3.13
-        pass
-    return fd
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """Write ``data`` with one ``os.write``; loop on a short write only as a fallback (disk full, signal)."""
-    done = os.write(fd, data)
-    if done < len(data):
-        view = memoryview(data)
-        while done < len(data):
-            done += os.write(fd, view[done:])
-
-
 class TraceFileWriter:
     """Appends sessions' records to a .handit trace file.
 
-    Small frames are gathered in memory (up to ``buffer_bytes``) and written
-    together; every ``os.write`` holds whole frames only. Thread-safe. After
-    ``fork()`` the child writes under a new stream id and drops what the
-    parent had buffered (the parent writes that).
+    Small frames are gathered in memory (up to ``buffer_bytes``, for at most
+    ``flush_interval`` seconds) and written together; every ``os.write`` holds
+    whole frames only. The timed flush runs on handit's flush thread
+    (:data:`handit.appendfile.flusher`), so a process killed with SIGKILL loses
+    at most about the last interval. Thread-safe. After ``fork()`` the child
+    writes under a new stream id and drops what the parent had buffered (the
+    parent writes that). Appending to a version 1 file first writes the
+    current magic, which switches readers to the current frame format.
 
     Args:
         path: the trace file; created with mode 0600, appended to if it exists.
         buffer_bytes: how much to gather before writing.
+        flush_interval: seconds a frame may wait in memory; None: only
+            ``buffer_bytes`` and :meth:`flush` write.
     Raises:
         OSError: the file cannot be opened or created.
 
@@ -118,10 +80,11 @@ class TraceFileWriter:
         lost_bytes: bytes dropped because a write failed.
     """
 
-    def __init__(self, path: str, *, buffer_bytes: int = BUFFER_BYTES) -> None:
+    def __init__(self, path: str, *, buffer_bytes: int = BUFFER_BYTES, flush_interval: float | None = FLUSH_INTERVAL) -> None:
         self.path = path
         self._fd: int | None = open_append(path)
         self._limit = buffer_bytes
+        self._interval = flush_interval
         self._lock = threading.Lock()
         self._buf: list[bytes] = []
         self._size = 0
@@ -133,9 +96,9 @@ class TraceFileWriter:
         self.stream_id = os.urandom(8)
         self._written_codes: set[int] = set()
         try:
-            if os.fstat(self._fd).st_size == 0:
-                # Two processes may both see an empty file and both write the magic;
-                # readers skip a magic found where a frame should start.
+            # Two processes may both see an empty file and both write the magic;
+            # readers skip a magic found where a frame should start.
+            if os.fstat(self._fd).st_size == 0 or _starts_with(path, MAGIC_V1):
                 write_all(self._fd, MAGIC)
                 self.bytes_written += len(MAGIC)
         except OSError:
@@ -174,12 +137,15 @@ class TraceFileWriter:
         total = HEADER_SIZE + size
         if self._buf and self._size + total > self._limit:
             self._flush_locked()
-        self._buf.append(_HEADER.pack(ftype, size, self.stream_id))
-        self._buf.extend(parts)
+        payload = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._buf.append(frame_header(ftype, self.stream_id, payload))
+        self._buf.append(payload)
         self._size += total
         self._frames += 1
         if self._size >= self._limit:
             self._flush_locked()
+        elif self._frames == 1 and self._interval is not None:
+            flusher.due(self, self._interval)
 
     def _flush_locked(self) -> None:
         if not self._buf or self._fd is None:
@@ -269,60 +235,12 @@ class TraceFileWriter:
                 self._fd = None
 
 
+def _starts_with(path: str, magic: bytes) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(magic)) == magic
+
+
 # ---- reading ---------------------------------------------------------------------------------
-
-
-def iter_frames(
-    path: str, *, progress: Callable[[int, int], None] | None = None
-) -> Iterator[tuple[bytes, bytes, bytes]]:
-    """Stream the frames of a .handit file, reading it in chunks.
-
-    Stops quietly at a cut last frame (a crash mid-write); a magic where a frame
-    should start (appenders racing to create the file) is skipped; anything
-    else that is not a frame warns :class:`TraceFileWarning` and stops.
-
-    Args:
-        path: the trace file.
-        progress: called with ``(bytes_read, total_bytes)`` every few MB and at the end.
-    Yields:
-        ``(type, stream_id, payload)``; types outside S/E/C/B/J too (readers skip them).
-    Raises:
-        TraceFormatError: the file does not start with the magic.
-    """
-    with open(path, "rb", buffering=READ_BUFFER) as f:
-        fd = f.fileno()
-        total = os.fstat(fd).st_size
-        if f.read(len(MAGIC)) != MAGIC:
-            raise TraceFormatError(f"{path} is not a handit trace file (no {MAGIC!r} at the start)")
-        pos = len(MAGIC)
-        next_report = PROGRESS_STEP
-        read = f.read
-        unpack = _HEADER.unpack
-        while True:
-            header = read(HEADER_SIZE)
-            while header[:8] == MAGIC:
-                header = header[8:] + read(8)
-                pos += 8
-            if len(header) < HEADER_SIZE:
-                break  # end of file, or a cut header
-            ftype, length, stream = unpack(header)
-            if not (0x41 <= ftype[0] <= 0x5A):  # frame types are capital letters
-                warnings.warn(f"{path}: no frame at offset {pos} (byte {ftype!r}); the rest is not read", TraceFileWarning, stacklevel=2)
-                break
-            if length > total - pos - HEADER_SIZE:
-                total = os.fstat(fd).st_size  # another process may still be appending
-                if length > total - pos - HEADER_SIZE:
-                    break  # a cut last frame: never allocate more than the file holds
-            payload = read(length)
-            if len(payload) < length:
-                break
-            pos += HEADER_SIZE + length
-            yield ftype, stream, payload
-            if progress is not None and pos >= next_report:
-                progress(pos, max(total, pos))
-                next_report = pos + PROGRESS_STEP
-        if progress is not None:
-            progress(pos, max(total, pos))
 
 
 class _Open:
@@ -343,7 +261,9 @@ def _session_raw(session_id: str) -> bytes | None:
         return None  # not a UUID: it has no blocks
 
 
-def iter_trace(path: str, *, progress: Callable[[int, int], None] | None = None) -> Iterator[dict[str, Any]]:
+def iter_trace(
+    path: str, *, progress: Callable[[int, int], None] | None = None, report: FrameReport | None = None
+) -> Iterator[dict[str, Any]]:
     """Stream the events of a .handit file in the JSONL schema, in file order.
 
     Per session: its ``session_start``; ``call`` / ``return`` / ``exception``
@@ -354,9 +274,14 @@ def iter_trace(path: str, *, progress: Callable[[int, int], None] | None = None)
     with ``"incomplete": true``. Memory stays bounded: the file is read in
     chunks, and only open sessions' stacks and code tables are kept.
 
+    Damage (frames that fail their check, frames or blocks that cannot be
+    decoded, a cut last frame) is skipped; what is intact is read, and one
+    :class:`TraceFileWarning` at the end says what was wrong.
+
     Args:
         path: the trace file.
         progress: called with ``(bytes_read, total_bytes)`` now and then.
+        report: filled with what was damaged (and warned about all the same).
     Yields:
         event dicts.
     Raises:
@@ -374,15 +299,15 @@ def iter_trace(path: str, *, progress: Callable[[int, int], None] | None = None)
             by_raw[raw] = sid
         return state
 
-    damaged = 0
-    for ftype, stream, payload in iter_frames(path, progress=progress):
+    rep = FrameReport() if report is None else report
+    for ftype, stream, payload in iter_frames(path, progress=progress, report=rep):
         if ftype == b"B":
             raw = payload[:16]
             sid = by_raw.get(raw)
             state = sessions.get(sid) if sid is not None else None
             if state is None:  # blocks without a start frame: decode them anyway
                 if len(raw) < 16:
-                    damaged += 1
+                    rep.undecodable += 1
                     continue
                 sid = str(uuid.UUID(bytes=raw))
                 state = open_session(sid, stream, None, raw)
@@ -399,49 +324,61 @@ def iter_trace(path: str, *, progress: Callable[[int, int], None] | None = None)
                 continue
             if not isinstance(obj, list if ftype == b"J" else dict):
                 raise ValueError(f"unexpected {type(obj).__name__}")
-        except (ValueError, TypeError):
-            damaged += 1
+        except (ValueError, TypeError, RecursionError):  # RecursionError: JSON nested too deep
+            rep.undecodable += 1
             continue
         if ftype == b"J":
-            yield from obj
+            events = [e for e in obj if isinstance(e, dict)]
+            if len(events) < len(obj):
+                rep.undecodable += 1
+            yield from events
         elif ftype == b"S":
             sid = str(obj.get("session_id"))
             if sid not in sessions:
-                open_session(sid, stream, obj.get("ts_ns"), _session_raw(sid))
+                open_session(sid, stream, _ns(obj.get("ts_ns")), _session_raw(sid))
             yield obj
         else:  # E
             state = sessions.pop(str(obj.get("session_id")), None)
             if state is not None:
                 if state.raw is not None:
                     by_raw.pop(state.raw, None)
-                yield from state.builder.finish(obj.get("ts_ns") or state.builder.last_ts)
+                yield from state.builder.finish(_ns(obj.get("ts_ns")) or state.builder.last_ts)
+                rep.corrupt_blocks += state.builder.stats["corrupt_blocks"]
             yield obj
     for sid, state in sessions.items():
         builder = state.builder
         t0 = state.t0 if state.t0 is not None else builder.first_ts
         end = max(builder.last_ts, t0 or 0)
         yield from builder.finish(end)
+        rep.corrupt_blocks += builder.stats["corrupt_blocks"]
         yield {
             "type": "session_end", "session_id": sid, "ts_ns": end, "duration_ns": end - (t0 or end),
             "stats": dict(builder.stats), "incomplete": True,
         }
-    if damaged:
-        warnings.warn(f"{path}: skipped {damaged} damaged frame(s)", TraceFileWarning, stacklevel=2)
+    if rep:
+        warnings.warn(rep.message(path), TraceFileWarning, stacklevel=2)
+
+
+def _ns(value: Any) -> int | None:
+    """A timestamp read from JSON, or None when it is not an integer."""
+    return value if type(value) is int else None
 
 
 def detect_format(path: str) -> str:
-    """``"handit"`` if the file starts with the handit magic, else ``"jsonl"``.
+    """``"handit"`` if the file starts with a handit magic (any format version), else ``"jsonl"``.
 
     Raises:
         OSError: the file cannot be read.
     """
     with open(path, "rb") as f:
-        return "handit" if f.read(len(MAGIC)) == MAGIC else "jsonl"
+        head = f.read(len(MAGIC))
+    return "handit" if head[:6] == b"HANDIT" and head[7:8] == b"\n" else "jsonl"
 
 
 def _iter_jsonl(path: str, progress: Callable[[int, int], None] | None) -> Iterator[dict[str, Any]]:
     loads = json.loads
     bad = 0
+    cut = -1
     with open(path, "rb", buffering=READ_BUFFER) as f:
         total = os.fstat(f.fileno()).st_size
         pos = 0
@@ -454,7 +391,8 @@ def _iter_jsonl(path: str, progress: Callable[[int, int], None] | None) -> Itera
                 except ValueError:
                     if line.endswith(b"\n"):
                         bad += 1
-                    # else: a cut last line (a crash mid-write) — skipped quietly
+                    else:  # a cut last line: the writer writes whole lines, so the file was cut
+                        cut = pos - len(line)
                 else:
                     yield event
             if progress is not None and pos >= next_report:
@@ -462,8 +400,11 @@ def _iter_jsonl(path: str, progress: Callable[[int, int], None] | None) -> Itera
                 next_report = pos + PROGRESS_STEP
         if progress is not None:
             progress(pos, max(total, pos))
-    if bad:
-        warnings.warn(f"{path}: skipped {bad} line(s) that are not JSON", TraceFileWarning, stacklevel=2)
+    said = [f"damaged: skipped {bad} line(s) that are not JSON"] if bad else []
+    if cut >= 0:
+        said.append(f"truncated: the last line (at offset {cut}) is cut short")
+    if said:
+        warnings.warn(f"{path}: " + "; ".join(said) + "; everything intact was read", TraceFileWarning, stacklevel=2)
 
 
 def iter_events(path: str, *, progress: Callable[[int, int], None] | None = None) -> Iterator[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -574,3 +575,74 @@ def test_show_large_trace_in_bounded_memory(tmp_path: Path, capsys: pytest.Captu
     assert f"{blocks * 6_001:,} calls" in out
     assert "ValueError" in out and "bigapp.validate" in out
     assert peak_mb < 200
+
+
+def test_five_changed_bytes_are_reported(agent_traces: dict[str, Path], tmp_path: Path) -> None:
+    """Five random byte changes in a real trace: `show` and `export` say the file is damaged, show the rest, exit 1."""
+    data = bytearray(agent_traces["handit"].read_bytes())
+    rng = random.Random(10)
+    for pos in rng.sample(range(8, len(data)), 5):
+        data[pos] ^= rng.randrange(1, 256)
+    path = tmp_path / "damaged.handit"
+    path.write_bytes(bytes(data))
+    shown = handit("show", str(path), cwd=tmp_path)
+    assert shown.returncode == 1
+    assert shown.stderr.startswith(f"handit: warning: {path}: damaged: skipped ".encode()), shown.stderr
+    assert b"Busiest functions" in shown.stdout and b"Traceback" not in shown.stderr
+    exported = handit("export", str(path), "--format", "chrome", "-o", str(tmp_path / "out.json"), cwd=tmp_path)
+    assert exported.returncode == 1 and b"damaged: skipped" in exported.stderr
+    assert json.loads((tmp_path / "out.json").read_text())["traceEvents"]  # what was intact is exported
+
+
+def test_a_truncated_trace_says_so(agent_traces: dict[str, Path], tmp_path: Path) -> None:
+    path = tmp_path / "cut.handit"
+    path.write_bytes(agent_traces["handit"].read_bytes()[:-7])
+    shown = handit("show", str(path), cwd=tmp_path)
+    assert shown.returncode == 1 and b"Busiest functions" in shown.stdout
+    assert b"truncated: the last frame (at offset " in shown.stderr and b"damaged" not in shown.stderr
+
+
+def test_default_names_are_unique_and_show_takes_the_newest(tmp_path: Path) -> None:
+    _write(tmp_path / "prog.py", """
+        import sys
+        def work(x):
+            return x + 1
+        print(work(len(sys.argv)))
+        """)
+    together = [subprocess.Popen([sys.executable, "-m", "handit", "run", "--no-summary", "--tag", f"run{i}", "prog.py"],
+                                 cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    for child in together:
+        child.communicate(timeout=60)
+        assert child.returncode == 0
+    first_two = sorted(glob.glob(str(tmp_path / "handit-*.handit")))
+    assert len(first_two) == 2  # started within the same moment: one file each
+    assert all(len([e for e in read_trace(p) if e["type"] == "session_start"]) == 1 for p in first_two)
+    assert handit("run", "--no-summary", "--tag", "last", "prog.py", cwd=tmp_path).returncode == 0
+    (newest,) = set(glob.glob(str(tmp_path / "handit-*.handit"))) - set(first_two)
+    shown = handit("show", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stderr == f"handit: reading {os.path.basename(newest)}, the newest trace here\n".encode()
+    assert b"last" in shown.stdout and b"run0" not in shown.stdout and b"run1" not in shown.stdout
+    exported = handit("export", "--format", "jsonl", "-o", "-", cwd=tmp_path)
+    assert exported.returncode == 0 and {json.loads(line)["session_id"] for line in exported.stdout.splitlines()} == {
+        e["session_id"] for e in read_trace(newest)}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = handit("show", cwd=empty)
+    assert nothing.returncode == 2 and b"no trace file here" in nothing.stderr
+
+
+def test_the_readme_commands_after_several_runs(tmp_path: Path) -> None:
+    """The README's first command, run three times: `handit show` shows the last run only, and succeeds."""
+    readme = (ROOT / "README.md").read_text()
+    command = "handit run examples/agent.py && handit show"
+    assert f"python3 -m pip install '.[cli]' && {command}\n" in readme
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "agent.py").write_text(AGENT.read_text())
+    for _ in range(3):
+        assert handit("run", "--no-summary", "examples/agent.py", cwd=tmp_path).returncode == 0
+    assert len(glob.glob(str(tmp_path / "handit-*.handit"))) == 3
+    shown = handit("show", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    rows = [line for line in shown.stdout.decode().splitlines() if line.startswith("  agent.py  ")]
+    assert len(rows) == 1, shown.stdout[:600]  # one session: the last run's, not all three merged

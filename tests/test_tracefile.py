@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
 import textwrap
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import pytest
 from conftest import child_env
 
 from handit._policy import CodeInfo
+from handit.frames import encode_frame
 from handit.reader import BlockEncoder
 from handit.tracefile import (
     HEADER_SIZE,
@@ -109,13 +112,13 @@ def test_file_layout_and_codes_written_once(tmp_path: Path) -> None:
     assert frames[2][2] == uuid.UUID(sid).bytes + b"\x01\x02"
     assert {f[1] for f in frames} == {w.stream_id} and len(w.stream_id) == 8
     assert w.bytes_written == len(data) and w.frames_written == 3
-    assert data[len(MAGIC) : len(MAGIC) + 1] == b"C"
-    assert int.from_bytes(data[len(MAGIC) + 1 : len(MAGIC) + 5], "little") == len(frames[0][2])
+    assert data[len(MAGIC) : len(MAGIC) + 3] == b"\xfe\xfdC"
+    assert int.from_bytes(data[len(MAGIC) + 3 : len(MAGIC) + 7], "little") == len(frames[0][2])
 
 
 def test_small_frames_are_buffered_and_whole(tmp_path: Path) -> None:
     path = tmp_path / "t.handit"
-    w = TraceFileWriter(str(path), buffer_bytes=1000)
+    w = TraceFileWriter(str(path), buffer_bytes=1000, flush_interval=None)
     sid = str(uuid.uuid4())
     w.session_start(start_event(sid))
     assert path.stat().st_size == len(MAGIC)  # gathered, not written yet
@@ -160,9 +163,20 @@ def test_truncated_file_reads_up_to_the_last_whole_frame(tmp_path: Path) -> None
     data = full.read_bytes()
     complete = read_trace(str(full))
     cut_path = tmp_path / "cut.handit"
+    starts = [len(MAGIC)]  # where each frame starts, and the end
+    while starts[-1] < len(data):
+        starts.append(starts[-1] + HEADER_SIZE + int.from_bytes(data[starts[-1] + 3 : starts[-1] + 7], "little"))
     for cut in range(len(MAGIC), len(data)):
         cut_path.write_bytes(data[:cut])
-        events = read_trace(str(cut_path))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            events = read_trace(str(cut_path))
+        said = [str(w.message) for w in caught]
+        start = max(s for s in starts if s <= cut)
+        assert said == ([] if cut == start else
+                        [f"{cut_path}: truncated: the last frame (at offset {start}) is cut short, {cut - start:,} of "
+                         f"{HEADER_SIZE if cut - start < HEADER_SIZE else min(s for s in starts if s > cut) - start:,} bytes; "
+                         "everything intact was read"])
         check_balanced(events)
         if not events:
             continue  # cut inside the start frame
@@ -224,16 +238,17 @@ def test_magic_in_the_middle_is_skipped(tmp_path: Path) -> None:
     assert not any(e.get("incomplete") for e in events)
 
 
-def test_garbage_in_the_middle_warns_and_keeps_what_came_before(tmp_path: Path) -> None:
+def test_garbage_in_the_middle_is_skipped_with_a_warning(tmp_path: Path) -> None:
     path = tmp_path / "t.handit"
-    s1 = str(uuid.uuid4())
+    s1, s2 = str(uuid.uuid4()), str(uuid.uuid4())
     write_sample(path, s1)
+    at = path.stat().st_size
     with open(path, "ab") as f:
-        f.write(b"\x00" * 40)
-    write_sample(path, str(uuid.uuid4()))
-    with pytest.warns(TraceFileWarning, match="no frame at offset"):
+        f.write(b"\x00" * 40 + b"\xfe\xfd" + b"\x00" * 30)  # a mark with no frame behind it
+    write_sample(path, s2)
+    with pytest.warns(TraceFileWarning, match=rf"damaged: skipped 1 region.*\(72 bytes, at offset {at}\)"):
         events = read_trace(str(path))
-    assert [e["session_id"] for e in events if e["type"] == "session_end"] == [s1]
+    assert [e["session_id"] for e in events if e["type"] == "session_end"] == [s1, s2]
 
 
 def test_unknown_frame_types_are_skipped(tmp_path: Path) -> None:
@@ -241,7 +256,7 @@ def test_unknown_frame_types_are_skipped(tmp_path: Path) -> None:
     sid = str(uuid.uuid4())
     write_sample(path, sid)
     with open(path, "ab") as f:
-        f.write(b"X" + (3).to_bytes(4, "little") + b"\x00" * 8 + b"abc")  # a future frame type
+        f.write(encode_frame(b"X", b"\x00" * 8, b"abc"))  # a future frame type
     write_sample(path, str(uuid.uuid4()))
     assert len([e for e in read_trace(str(path)) if e["type"] == "session_end"]) == 2
 
@@ -389,19 +404,22 @@ def test_streaming_a_200mb_file_in_bounded_memory(tmp_path: Path) -> None:
     assert all(a[0] <= b[0] for a, b in zip(reports, reports[1:]))
 
 
-def test_iter_events_reads_jsonl_and_skips_a_cut_last_line(tmp_path: Path) -> None:
+def test_iter_events_reads_jsonl_and_says_a_last_line_is_cut(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
     lines = [json.dumps({"type": "call", "call_id": i}) for i in range(3)]
     path.write_text("\n".join(lines) + '\n\n{"type": "ret')
     assert detect_format(str(path)) == "jsonl"
+    with pytest.warns(TraceFileWarning, match=f"truncated: the last line .at offset {path.stat().st_size - 13}. is cut short"):
+        assert [e["call_id"] for e in iter_events(str(path))] == [0, 1, 2]
+    path.write_text("\n".join(lines))  # a whole last line without its newline: nothing to say
     assert [e["call_id"] for e in iter_events(str(path))] == [0, 1, 2]
     path.write_text(lines[0] + "\nnot json\n" + lines[1] + "\n")
-    with pytest.warns(TraceFileWarning, match="skipped 1 line"):
+    with pytest.warns(TraceFileWarning, match="damaged: skipped 1 line"):
         assert [e["call_id"] for e in read_trace(str(path))] == [0, 1]
 
 
 def test_header_size() -> None:
-    assert HEADER_SIZE == 13
+    assert HEADER_SIZE == 23
 
 
 def test_damaged_json_frames_are_skipped_with_a_warning(tmp_path: Path) -> None:
@@ -413,6 +431,68 @@ def test_damaged_json_frames_are_skipped_with_a_warning(tmp_path: Path) -> None:
         w._frame(b"C", b'[["x"]]')
         w._frame(b"B", b"short")
     write_sample(path, sid)
-    with pytest.warns(TraceFileWarning, match="skipped 4 damaged frame"):
+    with pytest.warns(TraceFileWarning, match="damaged: 4 frame.s. could not be decoded"):
         events = read_trace(str(path))
     assert [e["type"] for e in events][0] == "session_start" and events[-1] == end_event(sid, T + 50)
+
+
+KILLED = textwrap.dedent(
+    """
+    import sys, threading, time
+    import handit
+
+    def slow(i):
+        time.sleep(0.01)
+        return i
+
+    def work(name, started):
+        with handit.session(name):
+            started.set()
+            i = 0
+            while True:
+                slow(i)
+                sys.stdout.write(f"{name} {i} {time.time_ns()}\\n")
+                sys.stdout.flush()
+                i += 1
+
+    handit.configure(capture="args")
+    for name, path in (("handit", sys.argv[1]), ("jsonl", sys.argv[2])):
+        handit.configure(output_file=path)  # a session keeps the file it started with
+        started = threading.Event()
+        threading.Thread(target=work, args=(name, started), daemon=True).start()
+        started.wait()
+    time.sleep(60)
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_sigkill_loses_at_most_the_last_second(tmp_path: Path, engine: tuple[str, str]) -> None:
+    """A long-lived program killed with SIGKILL: every call made more than 1.5 s before is on disk, in both formats."""
+    eng, src = engine
+    paths = {"handit": tmp_path / "t.handit", "jsonl": tmp_path / "t.jsonl"}
+    env = {k: v for k, v in child_env().items() if not k.startswith("HANDIT_")}
+    env.update(HANDIT_ENGINE=eng, HANDIT_SOURCE=src)
+    prog = tmp_path / "prog.py"  # a file: code from -c is "<string>", which HANDIT_EXCLUDE_FILES leaves out
+    prog.write_text(KILLED)
+    child = subprocess.Popen([sys.executable, str(prog), str(paths["handit"]), str(paths["jsonl"])],
+                             env=env, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    done: dict[str, list[tuple[int, int]]] = {"handit": [], "jsonl": []}
+    first = None
+    for line in child.stdout:
+        name, i, t = line.split()
+        done[name].append((int(i), int(t)))
+        first = first or int(t)
+        if int(t) - first > 2.7e9:
+            break
+    killed_at = time.time_ns()
+    child.kill()
+    child.communicate(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    for name, path in paths.items():
+        recorded = {int(e["args_preview"]["i"]) for e in read_trace(str(path)) if e["type"] == "call" and e["func"] == "slow"}
+        older = [i for i, t in done[name] if t < killed_at - 1.5e9]
+        assert len(older) > 20, done[name][:3]
+        missing = [i for i in older if i not in recorded]
+        assert not missing, f"{name}: {len(missing)} of {len(older)} calls older than 1.5 s are not in the file"

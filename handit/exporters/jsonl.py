@@ -7,12 +7,13 @@ import threading
 import warnings
 from typing import Any, Callable, Iterable, Sequence
 
-from ..tracefile import open_append, write_all
+from ..appendfile import flusher, open_append, write_all
 from .base import Exporter
 
 __all__ = ["JsonlExporter", "encode_events"]
 
 BUFFER_BYTES = 256 * 1024
+FLUSH_INTERVAL = 1.0  # seconds a line may wait in memory (HANDIT_FLUSH_EVERY_MS)
 
 
 def _c_encoder() -> Callable[[Any, int], Sequence[str]] | None:
@@ -62,9 +63,11 @@ def encode_events(events: Iterable[dict[str, Any]]) -> bytes:
 class JsonlExporter(Exporter):
     """Appends events to a JSONL file (the original handit's output format).
 
-    Lines are gathered in memory (up to ``buffer_bytes``) and written with
-    ``os.write`` on an ``O_APPEND`` descriptor, each write holding whole lines
-    only, so several processes can append to one file without mixing lines.
+    Lines are gathered in memory (up to ``buffer_bytes``, for at most
+    ``flush_interval`` seconds, flushed from handit's flush thread) and written
+    with ``os.write`` on an ``O_APPEND`` descriptor, each write holding whole
+    lines only, so several processes can append to one file without mixing
+    lines, and a process killed with SIGKILL loses at most about the last interval.
     The file is created with mode 0600. Write errors are counted in
     :attr:`stats` (``errors``, ``dropped`` events) and warned about once;
     nothing is raised after construction. Thread-safe; after ``fork()`` the
@@ -73,17 +76,20 @@ class JsonlExporter(Exporter):
     Args:
         path: the JSONL file.
         buffer_bytes: how much to gather before writing.
+        flush_interval: seconds a line may wait in memory; None: only
+            ``buffer_bytes`` and :meth:`flush` write.
     Raises:
         OSError: the file cannot be opened or created.
     """
 
     name = "jsonl"
 
-    def __init__(self, path: str, *, buffer_bytes: int = BUFFER_BYTES) -> None:
+    def __init__(self, path: str, *, buffer_bytes: int = BUFFER_BYTES, flush_interval: float | None = FLUSH_INTERVAL) -> None:
         super().__init__()
         self.path = path
         self._fd: int | None = open_append(path)
         self._limit = buffer_bytes
+        self._interval = flush_interval
         self._lock = threading.Lock()
         self._buf: list[bytes] = []
         self._size = 0
@@ -128,6 +134,8 @@ class JsonlExporter(Exporter):
             self._pending += len(events)
             if self._size >= self._limit:
                 self._flush_locked()
+            elif len(self._buf) == 1 and self._interval is not None:
+                flusher.due(self, self._interval)
 
     def _flush_locked(self) -> None:
         if not self._buf or self._fd is None:
