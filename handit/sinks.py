@@ -109,16 +109,26 @@ def webhook_exporter(config: Any) -> Any:
             max_queue_bytes=config.max_buffer_bytes,
             allow_insecure_http=config.allow_insecure_http,
             flush_interval=config.flush_every_ms / 1000,
+            exit_timeout=config.exit_timeout,
         )
         _exporters[config.endpoint] = exporter
     return exporter
 
 
 def flush_all() -> None:
-    """Flush every file writer and exporter (at exit; never raises)."""
-    for sink in list(_writers.values()) + list(_exporters.values()):
+    """Flush every file writer, then give the exporters their bounded exit flush (at exit; never raises).
+
+    The exporters wait at most HANDIT_EXIT_TIMEOUT in all, counted from the first call,
+    not HANDIT_HTTP_TIMEOUT: what they cannot send by then is spooled.
+    """
+    for writer in list(_writers.values()):
         try:
-            sink.flush()
+            writer.flush()
+        except Exception:
+            pass
+    for exporter in list(_exporters.values()):
+        try:
+            exporter.flush_at_exit()
         except Exception:
             pass
 
