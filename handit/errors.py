@@ -15,6 +15,7 @@ _REDACTED = "<redacted>"  # redact.REDACTED; redact.py imports this module, so i
 # holding both letters and digits is taken for a credential (webhook paths carry their
 # token there: /services/T0/B0/<24 chars>, /api/webhooks/<id>/<68 chars>).
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")
+_NOT_TOKEN = re.compile(r"[^A-Za-z0-9._~+/=-]+")
 _QUERY_TOKEN, _PATH_TOKEN = 16, 20
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)([^?#]*)(.*)$", re.DOTALL)
 _redactor: Any = None
@@ -34,14 +35,18 @@ def _token_like(text: str, length: int) -> bool:
             and any(c.isdigit() for c in text) and any(c.isalpha() for c in text))
 
 
+def _holds_secret(text: str, length: int) -> bool:
+    """True if ``text`` holds a known secret format or a token-like run of ``length``+ characters."""
+    return (_rules().redact_text(text) != text
+            or any(_token_like(part, length) for part in _NOT_TOKEN.split(text)))
+
+
 def _safe_params(params: str) -> str:
-    rules = _rules()
     out = []
     for param in params.split("&"):
         key, eq, value = param.partition("=")
-        plain = unquote_plus(value)
-        if eq and value and (rules.is_secret_name(unquote_plus(key)) or _token_like(plain, _QUERY_TOKEN)
-                             or rules.redact_text(plain) != plain):
+        if eq and value and (_rules().is_secret_name(unquote_plus(key))
+                             or _holds_secret(unquote_plus(value), _QUERY_TOKEN)):
             param = f"{key}={_REDACTED}"
         out.append(param)
     return "&".join(out)
@@ -56,19 +61,20 @@ def _safe_url(url: str) -> str:
         the URL with each such part replaced by ``<redacted>``; scheme, host, port and
         the other path segments kept as written.
     """
-    match = _URL.match(url.strip())
+    url = _rules().redact_text(url.strip())  # first: a secret may span '/' (a PEM key, a webhook path)
+    match = _URL.match(url)
     if match is None:
-        return _rules().redact_text(url)
+        return url
     scheme, authority, path, rest = match.groups()
     if "@" in authority:
         authority = f"{_REDACTED}@{authority.rsplit('@', 1)[1]}"
-    path = "/".join(_REDACTED if _token_like(unquote(part), _PATH_TOKEN) else part for part in path.split("/"))
+    path = "/".join(_REDACTED if _holds_secret(unquote(part), _PATH_TOKEN) else part for part in path.split("/"))
     base, hash_, fragment = rest.partition("#")
     if base.startswith("?"):
         base = "?" + _safe_params(base[1:])
     if hash_:
         fragment = _safe_params(fragment) if "=" in fragment else (
-            _REDACTED if _token_like(unquote(fragment), _QUERY_TOKEN) else fragment)
+            _REDACTED if _holds_secret(unquote(fragment), _QUERY_TOKEN) else fragment)
     return _rules().redact_text(scheme + authority + path + base + hash_ + fragment)
 
 
@@ -89,7 +95,7 @@ def _safe_value(value: Any) -> Any:
     if isinstance(value, str):
         if "://" in value:
             return _safe_url(value)
-        if any(_token_like(part, _PATH_TOKEN) for part in value.strip().split("/")):
+        if any(_token_like(part, _PATH_TOKEN) for part in _NOT_TOKEN.split(value.replace("/", " "))):
             return _REDACTED
         return _rules().redact_text(value)
     if isinstance(value, (list, tuple, dict)):
