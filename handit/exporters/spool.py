@@ -17,12 +17,12 @@ import uuid
 import zlib
 from dataclasses import dataclass, field
 
-__all__ = ["Claim", "Spool", "event_count_bytes", "gzip_body"]
+__all__ = ["Claim", "Spool", "event_count_bytes", "forget_claims", "gzip_body"]
 
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-SPOOL_NAME = re.compile(rf"^(\d+)-\d+-({_UUID})(\.unsent)?\.jsonl\.gz$")
-CLAIMED_NAME = re.compile(r"^(.+\.jsonl\.gz)\.sending-(\d+)$")
-TEMP_NAME = re.compile(r"^\.tmp-(\d+)-")
+_SPOOL_NAME = re.compile(rf"^(\d+)-\d+-({_UUID})(\.unsent)?\.jsonl\.gz$")
+_CLAIMED_NAME = re.compile(r"^(.+\.jsonl\.gz)\.sending-(\d+)$")
+_TEMP_NAME = re.compile(r"^\.tmp-(\d+)-")
 _GZIP_COMMENT = b"handit events="
 _STALE_S = 600.0  # a claim or temp file this old is abandoned even if its pid is alive (pid reuse)
 _MERGE_MAX_FILES = 256  # files merged into one request at most (one rename and unlink each)
@@ -104,7 +104,7 @@ class Spool:
                 os.fsync(file.fileno())
             os.replace(temp, final)  # a crash never leaves half a file under a final name
         except BaseException:
-            unlink_quietly(temp)
+            _unlink_quietly(temp)
             raise
 
     def _trim(self, added: int) -> int:
@@ -116,18 +116,18 @@ class Spool:
                 if self._total <= self.max_bytes:
                     return 0
             sizes = {}
-            for name in listdir(self.directory):
-                if SPOOL_NAME.match(name) or CLAIMED_NAME.match(name):
+            for name in _listdir(self.directory):
+                if _SPOOL_NAME.match(name) or _CLAIMED_NAME.match(name):
                     try:
                         sizes[name] = os.stat(os.path.join(self.directory, name)).st_size
                     except OSError:
                         pass
             total = sum(sizes.values())
-            for name in sorted(n for n in sizes if SPOOL_NAME.match(n)):  # oldest first
+            for name in sorted(n for n in sizes if _SPOOL_NAME.match(n)):  # oldest first
                 if total <= self.max_bytes:
                     break
                 path = os.path.join(self.directory, name)
-                events = event_count(path)
+                events = _event_count(path)
                 try:
                     os.unlink(path)
                 except OSError:  # claimed by a sender meanwhile
@@ -155,35 +155,31 @@ class Spool:
         """
         directory, now = self.directory, time.time()
         candidates = []
-        for name in listdir(directory):
+        for name in _listdir(directory):
             path = os.path.join(directory, name)
-            if SPOOL_NAME.match(name):
+            if _SPOOL_NAME.match(name):
                 candidates.append((name, name))
-            elif claimed := CLAIMED_NAME.match(name):
-                if abandoned(path, int(claimed.group(2)), now, sending=path in _claimed):
+            elif claimed := _CLAIMED_NAME.match(name):
+                if _abandoned(path, int(claimed.group(2)), now, sending=path in _claimed):
                     candidates.append((claimed.group(1), name))
-            elif (temp := TEMP_NAME.match(name)) and abandoned(path, int(temp.group(1)), now):
-                unlink_quietly(path)  # half-written by a process that died
+            elif (temp := _TEMP_NAME.match(name)) and _abandoned(path, int(temp.group(1)), now):
+                _unlink_quietly(path)  # half-written by a process that died
         candidates.sort()  # names start with the time: oldest first
-        first = None
         for index, (original, name) in enumerate(candidates):
             first = self._take(original, name)
             if first is not None:
                 break
-        if first is None:
+        else:
             return None
-        if not (first.path.endswith(f".unsent.jsonl.gz.sending-{os.getpid()}") and
-                candidates[index][0] == candidates[index][1]):
+        if not _mergeable(original, name):
             return first
         members = [first]
         size = len(first.body)
         for original, name in candidates[index + 1:]:
             if len(members) >= _MERGE_MAX_FILES or size >= self.merge_bytes:
                 break
-            if original != name or not original.endswith(".unsent.jsonl.gz"):
-                continue
             try:
-                if size + os.stat(os.path.join(directory, name)).st_size > self.merge_bytes:
+                if not _mergeable(original, name) or size + os.stat(os.path.join(directory, name)).st_size > self.merge_bytes:
                     continue
             except OSError:
                 continue
@@ -206,7 +202,7 @@ class Spool:
         except OSError:  # another process took it first
             _claimed.discard(target)
             return None
-        match = SPOOL_NAME.match(original)
+        match = _SPOOL_NAME.match(original)
         assert match is not None  # candidates only hold spool names
         retry = os.path.join(self.directory, original.replace(".unsent.jsonl.gz", ".jsonl.gz"))
         return Claim(target, retry, match.group(2), body, event_count_bytes(body))
@@ -228,7 +224,7 @@ class Spool:
         events = sum(m.events for m in good)
         body = gzip_body(data, events)
         batch_id = str(uuid.uuid4())
-        stamp = SPOOL_NAME.match(os.path.basename(good[0].retry_path))
+        stamp = _SPOOL_NAME.match(os.path.basename(good[0].retry_path))
         assert stamp is not None
         original = f"{stamp.group(1)}-{os.getpid()}-{batch_id}.unsent.jsonl.gz"
         target = os.path.join(self.directory, f"{original}.sending-{os.getpid()}")
@@ -289,6 +285,11 @@ class Spool:
         return True
 
 
+def _mergeable(original: str, name: str) -> bool:
+    """An unsent file not claimed before: no receiver can have seen its batch id."""
+    return original == name and original.endswith(".unsent.jsonl.gz")
+
+
 def gzip_body(data: bytes, events: int) -> bytes:
     """One gzip member (RFC 1952) carrying the event count in its FCOMMENT field.
 
@@ -319,7 +320,7 @@ def event_count_bytes(body: bytes) -> int:
         return 0
 
 
-def event_count(path: str) -> int:
+def _event_count(path: str) -> int:
     try:
         with open(path, "rb") as file:
             head = file.read(64)
@@ -330,7 +331,7 @@ def event_count(path: str) -> int:
         return 0
 
 
-def abandoned(path: str, owner: int, now: float, sending: bool | None = None) -> bool:
+def _abandoned(path: str, owner: int, now: float, sending: bool | None = None) -> bool:
     """True if a claim (``sending`` given) or temp file was left by a process that is gone.
 
     Gone: a dead pid; this pid not sending it (a previous process with the same pid,
@@ -343,10 +344,10 @@ def abandoned(path: str, owner: int, now: float, sending: bool | None = None) ->
         old = now - os.stat(path).st_mtime > _STALE_S
     except OSError:
         return False
-    return old or (not mine and not pid_alive(owner))
+    return old or (not mine and not _pid_alive(owner))
 
 
-def pid_alive(pid: int) -> bool:
+def _pid_alive(pid: int) -> bool:
     if pid <= 0 or os.name == "nt":  # os.kill(pid, 0) would terminate it on Windows; age decides there
         return pid > 0
     try:
@@ -358,14 +359,14 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def listdir(directory: str) -> list[str]:
+def _listdir(directory: str) -> list[str]:
     try:
         return os.listdir(directory)
     except OSError:
         return []
 
 
-def unlink_quietly(path: str) -> None:
+def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
     except OSError:

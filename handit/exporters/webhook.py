@@ -3,37 +3,28 @@ from __future__ import annotations
 
 import atexit
 import collections
-import email.utils
-import http.client
-import ipaddress
 import json
 import math
 import os
 import random
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 import warnings
 import weakref
-from typing import Any, NamedTuple
-from urllib.parse import urlsplit
+from typing import Any
 
 from .._internal import start_internal_thread
 from ..errors import ConfigError, _safe_url
 from . import spool as _spool
 from .base import Exporter
 from .spool import Claim, Spool, gzip_body
+from .transport import KEEP, OK, REJECT, Transport, check_endpoint
 
 __all__ = ["HanditExportWarning", "WebhookExporter"]
 
 _STATS = ("sent_batches", "sent_events", "retries", "spooled_batches", "spooled_events",
           "resent_batches", "rejected", "dropped_events")
-# Outcomes of one POST. KEEP: a redirect, which is not followed (the Authorization
-# header would go along to wherever it points), so the batch stays in the spool.
-_OK, _REJECT, _RETRY, _KEEP = "ok", "reject", "retry", "keep"
-_RESPONSE_LIMIT = 64 * 1024  # bytes of a response body read (and ignored) before closing
 # Past the exit deadline, a batch the sender is writing to the spool already gets this
 # much longer (a write and an fsync take milliseconds) before the exit stops waiting.
 _SPOOLING_GRACE_S = 0.3
@@ -41,16 +32,6 @@ _SPOOLING_GRACE_S = 0.3
 _live: weakref.WeakSet[WebhookExporter] = weakref.WeakSet()
 _shutting_down = False
 _exit_started: float | None = None  # time.monotonic() of the first exit flush: one deadline for all
-
-
-class _Answer(NamedTuple):
-    """The outcome of one POST."""
-
-    kind: str
-    status: int | None
-    retry_after: float | None
-    detail: str
-    reached: bool  # the request may have reached the receiver (False: connection refused)
 
 
 class HanditExportWarning(UserWarning):
@@ -136,7 +117,7 @@ class WebhookExporter(Exporter):
         """
         super().__init__()
         api_key = api_key or None
-        host = _check_endpoint(endpoint, api_key, allow_insecure_http)
+        check_endpoint(endpoint, api_key, allow_insecure_http)
         for setting, value, low, strict in (
             ("HANDIT_HTTP_TIMEOUT", timeout, 0, True), ("batch_bytes", batch_bytes, 1, False),
             ("HANDIT_MAX_SPOOL_BYTES", max_spool_bytes, 0, False), ("max_queue_bytes", max_queue_bytes, 0, False),
@@ -159,10 +140,10 @@ class WebhookExporter(Exporter):
         self._max_retries = int(max_retries)
         self._backoff = (float(backoff_base), float(backoff_max))
         self._flush_interval = float(flush_interval)
-        self._headers = {"Content-Type": "application/jsonl", "Content-Encoding": "gzip", "User-Agent": "handit"}
+        headers = {"Content-Type": "application/jsonl", "Content-Encoding": "gzip", "User-Agent": "handit"}
         if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-        self._opener = _make_opener(loopback=_is_loopback(host))
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._transport = Transport(self.endpoint, headers, self.timeout, self._backoff[1])
         self._closed = False
         self._reset()
         _live.add(self)
@@ -440,9 +421,9 @@ class WebhookExporter(Exporter):
         attempt = 0
         reached = False
         while not (probe and time.monotonic() < self._down_until):
-            kind, status, retry_after, detail, reached_now = self._post(batch.gzipped(), batch.id)
+            kind, status, retry_after, detail, reached_now = self._transport.post(batch.gzipped(), batch.id)
             reached = reached or reached_now
-            if kind == _OK:
+            if kind == OK:
                 with self._cond:
                     batch.sent = True
                     path = batch.spool_path
@@ -454,11 +435,11 @@ class WebhookExporter(Exporter):
                 if path is not None:
                     self._unspool(batch, path)
                 return
-            if kind == _REJECT:
+            if kind == REJECT:
                 self._up()
                 self._reject(status, batch.events)
                 return
-            if kind == _KEEP or probe or attempt >= self._max_retries or self._exiting:
+            if kind == KEEP or probe or attempt >= self._max_retries or self._exiting:
                 self._mark_down(retry_after)
                 self._warn_unreachable(detail)
                 break
@@ -493,29 +474,6 @@ class WebhookExporter(Exporter):
         with self._cond:
             self._down = True
             self._down_until = time.monotonic() + (self._backoff[1] if retry_after is None else retry_after)
-
-    def _post(self, body: bytes, batch_id: str) -> _Answer:
-        """POST one body once; never raises."""
-        headers = dict(self._headers)
-        headers["X-Handit-Batch-Id"] = batch_id
-        request = urllib.request.Request(self.endpoint, data=body, headers=headers, method="POST")
-        try:
-            with self._opener.open(request, timeout=self.timeout) as response:
-                response.read(_RESPONSE_LIMIT)
-                return _Answer(_OK, response.status, None, "", True)
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-            retry_after = _retry_after(exc.headers.get("Retry-After") if exc.headers else None, self._backoff[1])
-            exc.close()
-            if status in (408, 429) or status >= 500:
-                return _Answer(_RETRY, status, retry_after, f"HTTP {status}", True)
-            if 300 <= status < 400:
-                return _Answer(_KEEP, status, None, f"HTTP {status} redirect (not followed)", True)
-            return _Answer(_REJECT, status, None, f"HTTP {status}", True)
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-            refused = isinstance(reason, ConnectionRefusedError)
-            return _Answer(_RETRY, None, None, f"{type(reason).__name__}: {reason}", not refused)
 
     def _reject(self, status: int | None, events: int) -> None:
         self._count("rejected", 1)
@@ -586,11 +544,11 @@ class WebhookExporter(Exporter):
                 return
             self._resending = claim
         try:
-            answer = self._post(claim.body, claim.batch_id)
-            if answer.kind in (_OK, _REJECT):
+            answer = self._transport.post(claim.body, claim.batch_id)
+            if answer.kind in (OK, REJECT):
                 self._spool_files.finish(claim)
                 self._up()
-                if answer.kind == _OK:
+                if answer.kind == OK:
                     self._count("resent_batches", claim.files)
                 else:
                     self._reject(answer.status, claim.events)
@@ -619,79 +577,6 @@ class WebhookExporter(Exporter):
             warnings.warn(message, HanditExportWarning, stacklevel=3)
         except Exception:  # -W error turns the warning into an exception; it must not escape
             pass
-
-
-def _check_endpoint(endpoint: object, api_key: str | None, allow_insecure_http: bool) -> str:
-    """Validate HANDIT_ENDPOINT and HANDIT_API_KEY; returns the endpoint's host. Raises ConfigError."""
-    if not isinstance(endpoint, str):
-        raise ConfigError("HANDIT_ENDPOINT", endpoint, "is not a URL string")
-    try:
-        parts = urlsplit(endpoint.strip())
-        host = parts.hostname or ""
-        parts.port  # raises ValueError for a port out of range
-    except ValueError:
-        reason: str | None = "is not a valid URL (check the port and any [IPv6] brackets)"
-    else:
-        if any(c.isspace() or not c.isprintable() or not c.isascii() for c in endpoint.strip()):
-            reason = "contains spaces, control or non-ASCII characters (percent-encode them)"
-        elif parts.scheme not in ("http", "https"):
-            reason = "is not an http:// or https:// URL"
-        elif not host:
-            reason = "has no host"
-        elif "@" in parts.netloc:
-            reason = "contains credentials; pass the key as HANDIT_API_KEY instead"
-        elif parts.scheme == "http" and api_key and not allow_insecure_http and not _is_loopback(host):
-            reason = ("is plain http:// to a non-loopback host, so the API key would travel unencrypted; "
-                      "use https://, or allow_insecure_http=True (HANDIT_ALLOW_INSECURE_HTTP=1)")
-        else:
-            reason = None
-    if reason:
-        message = f"HANDIT_ENDPOINT: {_safe_url(endpoint)!r} {reason}"
-        raise ConfigError("HANDIT_ENDPOINT", endpoint, reason, message=message)
-    if api_key is not None and (not isinstance(api_key, str) or not api_key.isascii() or not api_key.isprintable()):
-        raise ConfigError("HANDIT_API_KEY", api_key, "is not a string of printable ASCII characters", secret=True)
-    return host
-
-
-def _is_loopback(host: str) -> bool:
-    """True for localhost, 127.0.0.0/8 and ::1 (also as ::ffff:127.x.y.z)."""
-    host = host.rstrip(".").lower()
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
-
-
-def _make_opener(loopback: bool) -> urllib.request.OpenerDirector:
-    """An opener that honours proxy settings (never for loopback) and follows no redirects."""
-    opener = urllib.request.OpenerDirector()
-    for handler in (
-        urllib.request.ProxyHandler({} if loopback else None), urllib.request.HTTPHandler(),
-        urllib.request.HTTPSHandler(), urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor(),
-    ):
-        opener.add_handler(handler)
-    return opener
-
-
-def _retry_after(value: str | None, cap: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delay-seconds or an HTTP date), capped."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        seconds = when.timestamp() - time.time()  # naive dates are UTC per RFC 9110
-    return min(max(seconds, 0.0), cap) if math.isfinite(seconds) else None
 
 
 def _at_exit() -> None:
