@@ -587,7 +587,7 @@ def test_short_runs_never_deliver_a_batch_twice(spool: Path, server: IngestServe
     # POSTed once before (never merged): each goes alone, so short runs exit mid-resend.
     write_spool(spool, 60, 50)
     for i in range(10):
-        run_traced(server.url, spool, f"run{i}", 200, exit_timeout=0.3)
+        run_traced(server.url, spool, f"run{i}", 200, exit_timeout=2.0)
     assert server.duplicates == 0
     assert len({r.batch_id for r in server.requests}) == len(server.requests)
     calls = calls_by_tag(server.events)

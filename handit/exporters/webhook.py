@@ -25,8 +25,8 @@ __all__ = ["HanditExportWarning", "WebhookExporter"]
 
 _STATS = ("sent_batches", "sent_events", "retries", "spooled_batches", "spooled_events",
           "resent_batches", "rejected", "dropped_events")
-# Past the exit deadline, a batch the sender is writing to the spool already gets this
-# much longer (a write and an fsync take milliseconds) before the exit stops waiting.
+# Past the exit deadline, a batch the sender is writing to the spool, or spool files it is
+# claiming or merging, get this much longer (a write and an fsync take milliseconds).
 _SPOOLING_GRACE_S = 0.3
 
 _live: weakref.WeakSet[WebhookExporter] = weakref.WeakSet()
@@ -135,7 +135,6 @@ class WebhookExporter(Exporter):
         self._shown_url = _safe_url(self.endpoint)
         self._batch_bytes = int(batch_bytes)
         self._max_spool = int(max_spool_bytes)
-        self._spool_files = Spool(self.spool_dir, self._max_spool, merge_bytes=self._batch_bytes)
         self._max_queue = int(max_queue_bytes)
         self._max_retries = int(max_retries)
         self._backoff = (float(backoff_base), float(backoff_max))
@@ -153,6 +152,7 @@ class WebhookExporter(Exporter):
         self.stats = dict.fromkeys(_STATS, 0)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
+        self._spool_files = Spool(self.spool_dir, self._max_spool, merge_bytes=self._batch_bytes)
         self._lines: list[bytes] = []
         self._cur_bytes = 0
         self._cur_since = 0.0
@@ -160,6 +160,7 @@ class WebhookExporter(Exporter):
         self._queue_bytes = 0
         self._inflight: _Batch | None = None
         self._resending: Claim | None = None
+        self._claiming = False  # renaming or merging spool files: an exit lets that finish
         self._exiting = False
         self._thread: threading.Thread | None = None
         self._starting = False
@@ -303,10 +304,12 @@ class WebhookExporter(Exporter):
                     # Past the deadline the batch in flight is taken from the sender, unless
                     # the sender is writing it to the spool already: that takes milliseconds.
                     spooling = inflight is not None and inflight.taken and not inflight.caller_took
-                    if not spooling or remaining <= -_SPOOLING_GRACE_S:
+                    if not (spooling or (spool_too and self._claiming)) or remaining <= -_SPOOLING_GRACE_S:
                         break
                     remaining = 0.05
                 self._cond.wait(remaining)
+            if spool_too:
+                self._stop = True  # no new claim once the exit stops waiting: it could be cut mid-merge
             leftovers = self._take_all()
         for batch in leftovers:
             self._spool_taken(batch)
@@ -536,7 +539,13 @@ class WebhookExporter(Exporter):
         with self._cond:
             if self._stop:
                 return
-        claim = self._spool_files.claim()
+            self._claiming = True
+        try:
+            claim = self._spool_files.claim()
+        finally:
+            with self._cond:
+                self._claiming = False
+                self._cond.notify_all()
         with self._cond:
             if claim is None:
                 self._resend_pending = False
