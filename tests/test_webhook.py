@@ -199,7 +199,7 @@ def test_rejected_batch_is_dropped_with_one_warning(server: IngestServer, make_e
 
 def test_redirect_is_not_followed_and_the_batch_is_kept(server: IngestServer, make_exporter: Any, spool: Path) -> None:
     server.script(Answer(307))
-    exporter = make_exporter(server.url)
+    exporter = make_exporter(server.url, backoff_max=60)  # no probe resends the file while it is read
     with pytest.warns(HanditExportWarning, match="HTTP 307 redirect"):
         exporter.write_events(make_events(0, 5))
         exporter.flush(5)
@@ -232,7 +232,7 @@ def test_endpoint_down_then_up_every_event_once(spool: Path, make_exporter: Any)
         exporter.flush(10)
     assert len(record) == 1 and KEY not in str(record[0].message)
     assert exporter.stats["spooled_events"] == 30
-    assert sorted(spooled_seqs(spool)) == list(range(30))
+    assert {e["seq"] for e in spool_events(spool)} == set(range(30))  # a probe may hold some claimed
     with server.start():
         exporter.write_events(make_events(30, 10))
         exporter.flush(10)
@@ -257,7 +257,8 @@ def test_spool_files_are_private(spool: Path, make_exporter: Any, down_url: str)
 def test_spool_is_bounded_and_drops_are_counted(spool: Path, make_exporter: Any, server: IngestServer) -> None:
     url = server.url
     server.stop()
-    exporter = make_exporter(url, max_retries=0, batch_bytes=400, max_spool_bytes=1200)
+    # backoff_max: no probe of the dead endpoint claims a file while the spool is read
+    exporter = make_exporter(url, max_retries=0, batch_bytes=400, max_spool_bytes=1200, backoff_max=60)
     with pytest.warns(HanditExportWarning) as record:
         for i in range(0, 100, 5):
             exporter.write_events(make_events(i, 5))
@@ -367,7 +368,9 @@ def test_exit_without_close_keeps_every_event(spool: Path, make_exporter: Any, s
     child = run_child(url, spool, "exit", 0, 30)
     assert child.returncode == 0, child.stderr
     assert "Traceback" not in child.stderr and "Exception ignored" not in child.stderr, child.stderr
-    assert sorted(spooled_seqs(spool)) == list(range(60))
+    # A probe of the dead endpoint may have been merging files when the exit stopped waiting:
+    # they are then still claimed, and the next process sends them alone.
+    assert sorted(e["seq"] for e in spool_events(spool)) == list(range(60))
     with server.start():
         exporter = make_exporter(url)
         exporter.write_events(make_events(1000, 1))
@@ -523,8 +526,8 @@ def run_traced(url: str, spool: Path, tag: str, calls: int, exit_timeout: float 
 
 
 def spool_events(spool: Path) -> list[dict[str, Any]]:
-    """Every event in the spool, claimed files included."""
-    return [json.loads(line) for p in sorted(spool.iterdir()) if ".jsonl.gz" in p.name
+    """Every event in the spool, claimed files included (a process may end while it sends one)."""
+    return [json.loads(line) for p in sorted(spool.iterdir()) if ".jsonl.gz" in p.name and not p.name.startswith(".tmp-")
             for line in gzip.decompress(p.read_bytes()).splitlines()]
 
 

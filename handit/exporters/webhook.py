@@ -258,9 +258,11 @@ class WebhookExporter(Exporter):
         The deadline is counted from the first exit flush of the process, so several
         exporters (and several calls) together wait at most the longest ``exit_timeout``.
         When the endpoint is down, nothing is waited for. What is not sent by the deadline
-        is spooled; a spool file being resent then stays claimed (``*.sending-<pid>``) and
-        the next process takes it over. No thread is started. Afterwards the exporter
-        writes each batch to the spool synchronously. Never raises.
+        is spooled; a spool file whose resend is still waiting for an answer is put back
+        (as possibly received: it is sent alone, under its id, by the next process; if the
+        answer is a 2xx before the process ends, the file is deleted). No thread is
+        started. Afterwards the exporter writes each batch to the spool synchronously.
+        Never raises.
         """
         global _exit_started
         try:
@@ -310,6 +312,9 @@ class WebhookExporter(Exporter):
                 self._cond.wait(remaining)
             if spool_too:
                 self._stop = True  # no new claim once the exit stops waiting: it could be cut mid-merge
+                claim, self._resending = self._resending, None
+                if claim is not None:  # a resend still waiting for its answer: its file goes back
+                    self._spool_files.release(claim)  # under the lock, so the sender sees it gone
             leftovers = self._take_all()
         for batch in leftovers:
             self._spool_taken(batch)
@@ -552,23 +557,26 @@ class WebhookExporter(Exporter):
                 self._cond.notify_all()  # an exit flush may be waiting for the spool to empty
                 return
             self._resending = claim
-        try:
-            answer = self._transport.post(claim.body, claim.batch_id)
-            if answer.kind in (OK, REJECT):
-                self._spool_files.finish(claim)
-                self._up()
-                if answer.kind == OK:
-                    self._count("resent_batches", claim.files)
-                else:
-                    self._reject(answer.status, claim.events)
-                return
-            self._spool_files.release(claim, unsent=not answer.reached)  # for the next attempt or process
-            self._mark_down(answer.retry_after)
-            self._warn_unreachable(answer.detail)
-        finally:
-            with self._cond:
-                self._resending = None
-                self._cond.notify_all()
+        answer = self._transport.post(claim.body, claim.batch_id)
+        with self._cond:
+            put_back = self._resending is not claim  # by the exit, past its deadline
+            self._resending = None
+            self._cond.notify_all()
+        if put_back:
+            if answer.kind in (OK, REJECT):  # taken after all: the file put back must not go again
+                self._spool_files.unlink(claim.retry_path, len(claim.body))
+            return
+        if answer.kind in (OK, REJECT):
+            self._spool_files.finish(claim)
+            self._up()
+            if answer.kind == OK:
+                self._count("resent_batches", claim.files)
+            else:
+                self._reject(answer.status, claim.events)
+            return
+        self._spool_files.release(claim, unsent=not answer.reached)  # for the next attempt or process
+        self._mark_down(answer.retry_after)
+        self._warn_unreachable(answer.detail)
 
     # -- small helpers -------------------------------------------------------
 
