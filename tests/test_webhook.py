@@ -513,13 +513,12 @@ EXIT_MARGIN = 0.5
 
 def run_traced(url: str, spool: Path, tag: str, calls: int, exit_timeout: float = EXIT_TIMEOUT) -> tuple[Any, float]:
     """Run a traced program exporting to ``url``; returns it and the seconds its exit took."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HANDIT_ENDPOINT": url, "HANDIT_SPOOL_DIR": str(spool),
-           "HANDIT_EXIT_TIMEOUT": str(exit_timeout)}
+    env = child_env(HANDIT_ENDPOINT=url, HANDIT_SPOOL_DIR=str(spool), HANDIT_EXIT_TIMEOUT=str(exit_timeout))
     env.pop("HANDIT_API_KEY", None)
     program = spool.parent / "traced_program.py"  # a file: code run with -c is not traced by default
     program.write_text(TRACED)
-    child = subprocess.run([sys.executable, str(program), tag, str(calls)], env=env, capture_output=True,
-                           text=True, timeout=120)
+    child = subprocess.run([sys.executable, str(program), tag, str(calls)], env=env, cwd=spool.parent,
+                           capture_output=True, text=True, timeout=120)
     ended = time.monotonic()  # CLOCK_MONOTONIC is system-wide: comparable with the child's
     assert child.returncode == 0, child.stderr
     return child, ended - float(child.stdout.split()[0])
