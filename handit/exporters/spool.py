@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = ["Claim", "Spool", "event_count_bytes", "forget_claims", "gzip_body"]
 
@@ -50,7 +50,6 @@ class Claim:
     body: bytes
     events: int
     files: int = 1
-    done: bool = field(default=False)
 
 
 class Spool:
@@ -72,6 +71,8 @@ class Spool:
         self.max_bytes = max_bytes
         self.merge_bytes = merge_bytes
         self._lock = threading.Lock()
+        self._commit_lock = threading.Lock()  # a merge's rename + unlinks vs cancel_merges()
+        self._cancelled = False
         self._total: int | None = None
 
     def write(self, body: bytes, batch_id: str, unsent: bool, name_time: int | None = None) -> tuple[str, int]:
@@ -94,6 +95,15 @@ class Spool:
         return final, self._trim(len(body))
 
     def _write_file(self, final: str, body: bytes) -> None:
+        temp = self._write_temp(final, body)
+        try:
+            os.replace(temp, final)  # a crash never leaves half a file under a final name
+        except BaseException:
+            _unlink_quietly(temp)
+            raise
+
+    def _write_temp(self, final: str, body: bytes) -> str:
+        """Write and sync ``body`` under a temp name for ``final``; returns the temp path."""
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         temp = os.path.join(self.directory, f".tmp-{os.getpid()}-{os.path.basename(final)}")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o600)
@@ -102,10 +112,21 @@ class Spool:
                 file.write(body)
                 file.flush()
                 os.fsync(file.fileno())
-            os.replace(temp, final)  # a crash never leaves half a file under a final name
         except BaseException:
             _unlink_quietly(temp)
             raise
+        return temp
+
+    def cancel_merges(self) -> None:
+        """Commit no merge from now on (the process is ending); waits for one being committed.
+
+        A merge that is cut before its commit leaves its files claimed, which the next
+        process sends one by one; cut between renaming the merged file into place and
+        deleting the merged ones, it would leave both. The commit is a rename and a few
+        unlinks (no fsync), so the wait is short.
+        """
+        with self._commit_lock:
+            self._cancelled = True
 
     def _trim(self, added: int) -> int:
         """Delete the oldest unclaimed files while the directory holds more than max_bytes."""
@@ -207,8 +228,13 @@ class Spool:
         retry = os.path.join(self.directory, original.replace(".unsent.jsonl.gz", ".jsonl.gz"))
         return Claim(target, retry, match.group(2), body, event_count_bytes(body))
 
-    def _merge(self, members: list[Claim]) -> Claim:
-        """One unsent batch from several claimed unsent files; on a write error, the first alone."""
+    def _merge(self, members: list[Claim]) -> Claim | None:
+        """One unsent batch from several claimed unsent files.
+
+        Returns:
+            the merged claim; the first file alone on a write error; None when merges were
+            cancelled meanwhile (every file is put back).
+        """
         parts = []
         for member in members:
             try:
@@ -230,17 +256,30 @@ class Spool:
         target = os.path.join(self.directory, f"{original}.sending-{os.getpid()}")
         _claimed.add(target)
         try:
-            self._write_file(target, body)
+            temp = self._write_temp(target, body)
         except OSError:
-            _claimed.discard(target)
-            for member in members[1:]:
-                self.release(member, unsent=True)
-            return members[0]
-        for member in members:
-            if member in good:
-                self.finish(member)
-            else:
-                self.release(member, unsent=False)
+            temp = None
+        with self._commit_lock:
+            try:
+                if temp is not None and not self._cancelled:
+                    os.replace(temp, target)
+                    committed = True
+                else:
+                    committed = False
+            except OSError:
+                committed = False
+            if not committed:
+                if temp is not None:
+                    _unlink_quietly(temp)
+                _claimed.discard(target)
+                for member in members[0 if self._cancelled else 1:]:
+                    self.release(member, unsent=True)
+                return None if self._cancelled else members[0]
+            for member in members:
+                if member in good:
+                    self.finish(member)
+                else:
+                    self.release(member, unsent=False)
         retry = os.path.join(self.directory, original.replace(".unsent.jsonl.gz", ".jsonl.gz"))
         self._grew(len(body))
         return Claim(target, retry, batch_id, body, events, files=len(good))
@@ -266,7 +305,6 @@ class Spool:
 
     def finish(self, claim: Claim) -> None:
         """Delete a claimed file: delivered, or refused for good."""
-        claim.done = True
         try:
             os.unlink(claim.path)
         except OSError:

@@ -311,7 +311,8 @@ class WebhookExporter(Exporter):
                     remaining = 0.05
                 self._cond.wait(remaining)
             if spool_too:
-                self._stop = True  # no new claim once the exit stops waiting: it could be cut mid-merge
+                self._stop = True  # no new claim once the exit stops waiting
+                self._spool_files.cancel_merges()  # nor a merge committed while the process ends
                 claim, self._resending = self._resending, None
                 if claim is not None:  # a resend still waiting for its answer: its file goes back
                     self._spool_files.release(claim)  # under the lock, so the sender sees it gone
