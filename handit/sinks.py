@@ -115,11 +115,15 @@ def webhook_exporter(config: Any) -> Any:
     return exporter
 
 
-def flush_all() -> None:
-    """Flush every file writer, then give the exporters their bounded exit flush (at exit; never raises).
+def flush_all(final: bool = True) -> None:
+    """Flush every file writer, then the exporters, waiting at most HANDIT_EXIT_TIMEOUT for them. Never raises.
 
-    The exporters wait at most HANDIT_EXIT_TIMEOUT in all, counted from the first call,
-    not HANDIT_HTTP_TIMEOUT: what they cannot send by then is spooled.
+    Args:
+        final: the process is ending (exit, a signal's default action, exec): the
+            exporters' exit flush, which also sends the spool and then stops their
+            threads (see WebhookExporter.flush_at_exit). False (the program's own signal
+            handler runs next and the program may go on): send what is queued, within
+            HANDIT_EXIT_TIMEOUT, and keep running.
     """
     for writer in list(_writers.values()):
         try:
@@ -128,7 +132,10 @@ def flush_all() -> None:
             pass
     for exporter in list(_exporters.values()):
         try:
-            exporter.flush_at_exit()
+            if final:
+                exporter.flush_at_exit()
+            else:
+                exporter.flush(exporter.exit_timeout)
         except Exception:
             pass
 
