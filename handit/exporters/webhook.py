@@ -293,6 +293,7 @@ class WebhookExporter(Exporter):
             batch = self._cut() if self._lines else None
         if batch is not None:
             self._submit(batch)
+        force = False
         with self._cond:
             while self._thread_alive():
                 inflight = self._inflight
@@ -306,7 +307,12 @@ class WebhookExporter(Exporter):
                     # Past the deadline the batch in flight is taken from the sender, unless
                     # the sender is writing it to the spool already: that takes milliseconds.
                     spooling = inflight is not None and inflight.taken and not inflight.caller_took
-                    if not (spooling or (spool_too and self._claiming)) or remaining <= -_SPOOLING_GRACE_S:
+                    if not (spooling or (spool_too and self._claiming)):
+                        break
+                    if remaining <= -_SPOOLING_GRACE_S:
+                        # The sender's spool write is slow (fsync on a loaded disk): the process may
+                        # end before it lands, so this thread spools the batch too (the same id).
+                        force = spooling
                         break
                     remaining = 0.05
                 self._cond.wait(remaining)
@@ -316,7 +322,7 @@ class WebhookExporter(Exporter):
                 claim, self._resending = self._resending, None
                 if claim is not None:  # a resend still waiting for its answer: its file goes back
                     self._spool_files.release(claim)  # under the lock, so the sender sees it gone
-            leftovers = self._take_all()
+            leftovers = self._take_all(force)
         for batch in leftovers:
             self._spool_taken(batch)
         return sum(batch.events for batch in leftovers)
@@ -324,13 +330,16 @@ class WebhookExporter(Exporter):
     def _thread_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._no_thread
 
-    def _take_all(self) -> list[_Batch]:
-        """Under the lock: take the queue and the batch in flight, to be spooled by the caller."""
+    def _take_all(self, force: bool = False) -> list[_Batch]:
+        """Under the lock: take the queue and the batch in flight, to be spooled by the caller.
+
+        ``force``: also a batch in flight that the sender is spooling itself.
+        """
         taken = list(self._queue)
         self._queue.clear()
         self._queue_bytes = 0
         batch = self._inflight
-        if batch is not None and not batch.sent and not batch.taken:
+        if batch is not None and not batch.sent and (not batch.taken or (force and not batch.caller_took)):
             taken.append(batch)
         for batch in taken:
             batch.taken = batch.caller_took = True
