@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import ConfigError, HanditConfigWarning, _shown
+from .errors import ConfigError, HanditConfigWarning, _safe_value, _shown
 
 __all__ = [
     "Config", "DEFAULT_EXCLUDE", "DEFAULT_EXCLUDE_FILES", "ENV_NAMES",
@@ -145,8 +145,10 @@ class _Number(_Kind):
         self.kind, self.low, self.high, self.above = kind, low, high, above
         if kind is int:
             self.wanted = f"an integer >= {low}"
+        elif high is None:
+            self.wanted = f"a number {'>' if above else '>='} {low:g}"
         else:
-            self.wanted = f"a number > {low:g}" if above else f"a number between {low:g} and {high:g}"
+            self.wanted = f"a number between {low:g} and {high:g}"
 
     def parse(self, text: str) -> Any:
         try:
@@ -162,7 +164,9 @@ class _Number(_Kind):
         number = self.kind(value)
         ok = self.low <= number and (self.high is None or number <= self.high)  # False for NaN
         if self.above:
-            ok = ok and number > self.low and math.isfinite(number)
+            ok = ok and number > self.low
+        if self.kind is float:
+            ok = ok and math.isfinite(number)
         if not ok:
             raise _Invalid(f"is not {self.wanted}")
         return number
@@ -288,6 +292,8 @@ class Config:
     """Most bytes kept in ``spool_dir``; 0: nothing is spooled."""
     http_timeout: float = _setting(30.0, _Number(float, 0.0, above=True))
     """Seconds an HTTP export request may take."""
+    exit_timeout: float = _setting(2.0, _Number(float, 0.0))
+    """Most seconds the program's exit waits for the HTTP exporter; what is not sent by then is spooled."""
     session_sample_rate: float = _setting(1.0, _RATE)
     """Fraction of sessions recorded at all."""
     engine: str = _setting("auto", _Choice("auto", "compiled", "fallback"))
@@ -302,6 +308,11 @@ class Config:
     """Bytes of encoded trace a session keeps in memory before spilling to disk."""
     children: bool = _setting(True, _BOOL)
     """Continue open sessions into the Python processes they start (fork, multiprocessing, subprocess)."""
+
+    def __repr__(self) -> str:
+        # Not the generated repr: an endpoint URL may carry a token in its path or query.
+        shown = (f"{f.name}={_safe_value(getattr(self, f.name))!r}" for f in dataclasses.fields(self) if f.repr)
+        return f"Config({', '.join(shown)})"
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

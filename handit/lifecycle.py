@@ -215,7 +215,7 @@ def _flush_open_sessions() -> None:
             drain.run_once()
     except Exception:
         pass
-    sinks.flush_all()
+    sinks.flush_all(final=False)  # the program's handler may let it go on: exporters keep running
 
 
 # ---- exec and _exit, while a session is open -------------------------------------------------------

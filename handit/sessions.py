@@ -64,6 +64,10 @@ class Session:
         self.id = str(uuid.uuid4())
         self.tag = tag
         self.attrs = {str(k): str(v) for k, v in (attrs or {}).items()}
+        if self.attrs:  # redacted here, once, so every sink and Session.attrs hold the safe form
+            from .redact import Redactor
+
+            self.attrs = Redactor(config.redact, config.redact_replace, config.safe_keys).redact_mapping(self.attrs)
         self.trace_id, self.parent_span_id, _ = parse_traceparent(traceparent)
         self.span_id = uuid.uuid4().hex[:16]
         self.config = config

@@ -109,16 +109,33 @@ def webhook_exporter(config: Any) -> Any:
             max_queue_bytes=config.max_buffer_bytes,
             allow_insecure_http=config.allow_insecure_http,
             flush_interval=config.flush_every_ms / 1000,
+            exit_timeout=config.exit_timeout,
         )
         _exporters[config.endpoint] = exporter
     return exporter
 
 
-def flush_all() -> None:
-    """Flush every file writer and exporter (at exit; never raises)."""
-    for sink in list(_writers.values()) + list(_exporters.values()):
+def flush_all(final: bool = True) -> None:
+    """Flush every file writer, then the exporters, waiting at most HANDIT_EXIT_TIMEOUT for them. Never raises.
+
+    Args:
+        final: the process is ending (exit, a signal's default action, exec): the
+            exporters' exit flush, which also sends the spool and then stops their
+            threads (see WebhookExporter.flush_at_exit). False (the program's own signal
+            handler runs next and the program may go on): send what is queued, within
+            HANDIT_EXIT_TIMEOUT, and keep running.
+    """
+    for writer in list(_writers.values()):
         try:
-            sink.flush()
+            writer.flush()
+        except Exception:
+            pass
+    for exporter in list(_exporters.values()):
+        try:
+            if final:
+                exporter.flush_at_exit()
+            else:
+                exporter.flush(exporter.exit_timeout)
         except Exception:
             pass
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 import threading
+import traceback
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -91,7 +93,10 @@ class _HTTPServer(ThreadingHTTPServer):
     ingest: IngestServer
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client that timed out and closed its socket is expected here
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            return  # a client that timed out and closed its socket is expected here
+        self.ingest._handler_error("".join(traceback.format_exc()))
 
 
 class IngestServer:
@@ -101,6 +106,9 @@ class IngestServer:
         requests: every request, in arrival order.
         events: the events of accepted batches, each batch once (deduplicated on its id).
         duplicates: accepted requests whose batch id had been accepted before.
+        handler_errors: tracebacks of exceptions in the request handler (a bug in this
+            server or a request it cannot parse); also printed to stderr. The test
+            fixtures assert it stays empty.
     """
 
     def __init__(self, port: int = 0) -> None:
@@ -109,6 +117,7 @@ class IngestServer:
         self.requests: list[Received] = []
         self.events: list[dict[str, Any]] = []
         self.duplicates = 0
+        self.handler_errors: list[str] = []
         self._accepted: set[str] = set()
         self._script: deque[Answer] = deque()
         self._cond = threading.Condition()
@@ -167,6 +176,11 @@ class IngestServer:
     def _next_answer(self) -> Answer:
         with self._cond:
             return self._script.popleft() if self._script else self.default
+
+    def _handler_error(self, text: str) -> None:
+        with self._cond:
+            self.handler_errors.append(text)
+        sys.stderr.write(f"ingest server: handler error\n{text}")
 
     def _record(self, received: Received) -> None:
         with self._cond:

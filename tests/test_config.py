@@ -53,6 +53,7 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "spool_dir": "./handit_spool",
     "max_spool_bytes": 256 * 1024 * 1024,
     "http_timeout": 30.0,
+    "exit_timeout": 2.0,
     "session_sample_rate": 1.0,
     "engine": "auto",
     "source": "auto",
@@ -221,7 +222,7 @@ def test_api_key_never_shown() -> None:
         Config(api_key=secret)  # type: ignore[arg-type]
     assert "sk-live" not in str(info.value)
     assert "HANDIT_API_KEY: <redacted> is a bytes, not a str" == str(info.value)
-    assert info.value.value == secret
+    assert info.value.value == "<redacted>"  # the exception carries no secret either
     assert "sk-live" not in repr(Config(api_key="sk-live-0123456789"))
 
 

@@ -3,49 +3,35 @@ from __future__ import annotations
 
 import atexit
 import collections
-import email.utils
-import http.client
-import ipaddress
 import json
 import math
 import os
 import random
-import re
-import struct
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 import warnings
 import weakref
-import zlib
 from typing import Any
-from urllib.parse import urlsplit
 
 from .._internal import start_internal_thread
-from ..errors import ConfigError
+from ..errors import ConfigError, _safe_url
+from . import spool as _spool
 from .base import Exporter
+from .spool import Claim, Spool, gzip_body
+from .transport import KEEP, OK, REJECT, Transport, check_endpoint
 
 __all__ = ["HanditExportWarning", "WebhookExporter"]
 
 _STATS = ("sent_batches", "sent_events", "retries", "spooled_batches", "spooled_events",
           "resent_batches", "rejected", "dropped_events")
-# Outcomes of one POST. KEEP: a redirect, which is not followed (the Authorization
-# header would go along to wherever it points), so the batch stays in the spool.
-_OK, _REJECT, _RETRY, _KEEP = "ok", "reject", "retry", "keep"
-_SPOOL_NAME = re.compile(r"^\d+-\d+-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.jsonl\.gz$")
-_CLAIMED_NAME = re.compile(r"^(.+\.jsonl\.gz)\.sending-(\d+)$")
-_TEMP_NAME = re.compile(r"^\.tmp-(\d+)-")
-_GZIP_COMMENT = b"handit events="
-_RESPONSE_LIMIT = 64 * 1024  # bytes of a response body read (and ignored) before closing
-_STALE_S = 600.0  # a claim or temp file this old is abandoned even if its pid is alive (pid reuse)
-_EXIT_WAIT_S = 2.0  # at exit, a running sender gets this long to send what is queued
-_O_BINARY = os.O_BINARY if os.name == "nt" else 0
+# Past the exit deadline, a batch the sender is writing to the spool, or spool files it is
+# claiming or merging, get this much longer (a write and an fsync take milliseconds).
+_SPOOLING_GRACE_S = 0.3
 
 _live: weakref.WeakSet[WebhookExporter] = weakref.WeakSet()
-_claimed: set[str] = set()  # spool files this process is sending, shared by its exporters
 _shutting_down = False
+_exit_started: float | None = None  # time.monotonic() of the first exit flush: one deadline for all
 
 
 class HanditExportWarning(UserWarning):
@@ -55,7 +41,7 @@ class HanditExportWarning(UserWarning):
 class _Batch:
     """One POST body: JSONL bytes, its event count and an idempotency key kept across retries and the spool."""
 
-    __slots__ = ("id", "data", "events", "body", "taken", "caller_took", "sent", "spool_path")
+    __slots__ = ("id", "data", "events", "body", "taken", "caller_took", "sent", "spool_path", "posted")
 
     def __init__(self, data: bytes, events: int) -> None:
         self.id = str(uuid.uuid4())
@@ -66,10 +52,11 @@ class _Batch:
         self.caller_took = False  # taken by flush() or the exit hook, not by the sender
         self.sent = False
         self.spool_path: str | None = None
+        self.posted = False  # may have reached the receiver: never merged with other batches
 
     def gzipped(self) -> bytes:
         if self.body is None:
-            self.body = _gzip(self.data, self.events)
+            self.body = gzip_body(self.data, self.events)
         return self.body
 
 
@@ -80,7 +67,9 @@ class WebhookExporter(Exporter):
     retries network errors, 408, 429 and 5xx with exponential backoff and
     jitter (``Retry-After`` honoured, capped at ``backoff_max``), and writes a
     batch it cannot deliver to ``spool_dir``; spooled files, also those left by
-    earlier processes, are resent after each successful POST. Nothing here
+    earlier processes, are sent from the thread's start and after each
+    successful POST, several unsent files merged per request. At interpreter
+    exit it waits at most ``exit_timeout`` and spools the rest. Nothing here
     raises into the caller after construction: problems are counted in
     :attr:`stats` and reported once each as :class:`HanditExportWarning`.
     """
@@ -102,6 +91,7 @@ class WebhookExporter(Exporter):
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         flush_interval: float = 1.0,
+        exit_timeout: float = 2.0,
     ) -> None:
         """Check the settings; no thread starts and no file is touched until events arrive.
 
@@ -119,18 +109,21 @@ class WebhookExporter(Exporter):
             backoff_max: cap of a retry delay, ``Retry-After`` included; also how long
                 the endpoint is left alone after a batch had to be spooled.
             flush_interval: a partial batch is sent after waiting this many seconds.
+            exit_timeout: HANDIT_EXIT_TIMEOUT, the most seconds the program's exit waits
+                for delivery (see :meth:`flush_at_exit`).
         Raises:
             ConfigError: the endpoint is not a usable URL, the key would travel in clear
                 text, the key holds control characters, or a number is out of range.
         """
         super().__init__()
         api_key = api_key or None
-        host = _check_endpoint(endpoint, api_key, allow_insecure_http)
+        check_endpoint(endpoint, api_key, allow_insecure_http)
         for setting, value, low, strict in (
             ("HANDIT_HTTP_TIMEOUT", timeout, 0, True), ("batch_bytes", batch_bytes, 1, False),
             ("HANDIT_MAX_SPOOL_BYTES", max_spool_bytes, 0, False), ("max_queue_bytes", max_queue_bytes, 0, False),
             ("max_retries", max_retries, 0, False), ("backoff_base", backoff_base, 0, False),
             ("backoff_max", backoff_max, 0, False), ("flush_interval", flush_interval, 0, True),
+            ("HANDIT_EXIT_TIMEOUT", exit_timeout, 0, False),
         ):
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             if not ok or value < low or (strict and value == low):
@@ -138,17 +131,18 @@ class WebhookExporter(Exporter):
         self.endpoint = endpoint.strip()
         self.spool_dir = os.path.abspath(spool_dir)
         self.timeout = float(timeout)
-        self._shown_url = _display_url(self.endpoint)
+        self.exit_timeout = float(exit_timeout)
+        self._shown_url = _safe_url(self.endpoint)
         self._batch_bytes = int(batch_bytes)
         self._max_spool = int(max_spool_bytes)
         self._max_queue = int(max_queue_bytes)
         self._max_retries = int(max_retries)
         self._backoff = (float(backoff_base), float(backoff_max))
         self._flush_interval = float(flush_interval)
-        self._headers = {"Content-Type": "application/jsonl", "Content-Encoding": "gzip", "User-Agent": "handit"}
+        headers = {"Content-Type": "application/jsonl", "Content-Encoding": "gzip", "User-Agent": "handit"}
         if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-        self._opener = _make_opener(loopback=_is_loopback(host))
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._transport = Transport(self.endpoint, headers, self.timeout, self._backoff[1])
         self._closed = False
         self._reset()
         _live.add(self)
@@ -158,13 +152,16 @@ class WebhookExporter(Exporter):
         self.stats = dict.fromkeys(_STATS, 0)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._spool_lock = threading.Lock()
+        self._spool_files = Spool(self.spool_dir, self._max_spool, merge_bytes=self._batch_bytes)
         self._lines: list[bytes] = []
         self._cur_bytes = 0
         self._cur_since = 0.0
         self._queue: collections.deque[_Batch] = collections.deque()
         self._queue_bytes = 0
         self._inflight: _Batch | None = None
+        self._resending: Claim | None = None
+        self._claiming = False  # renaming or merging spool files: an exit lets that finish
+        self._exiting = False
         self._thread: threading.Thread | None = None
         self._starting = False
         self._no_thread = False
@@ -172,7 +169,6 @@ class WebhookExporter(Exporter):
         self._down = False
         self._down_until = 0.0
         self._resend_pending = True  # the spool may hold files from earlier processes
-        self._spool_total: int | None = None
         self._warned: set[str] = set()
 
     def __repr__(self) -> str:
@@ -256,38 +252,94 @@ class WebhookExporter(Exporter):
         except Exception as exc:
             self._warn("internal", f"handit: webhook exporter error in close: {exc!r}")
 
-    def _flush_until(self, deadline: float) -> None:
+    def flush_at_exit(self) -> None:
+        """Exit path: send what is buffered, and what the spool holds, within ``exit_timeout``.
+
+        The deadline is counted from the first exit flush of the process, so several
+        exporters (and several calls) together wait at most the longest ``exit_timeout``.
+        When the endpoint is down, nothing is waited for. What is not sent by the deadline
+        is spooled; a spool file whose resend is still waiting for an answer is put back
+        (as possibly received: it is sent alone, under its id, by the next process; if the
+        answer is a 2xx before the process ends, the file is deleted). No thread is
+        started. Afterwards the exporter writes each batch to the spool synchronously.
+        Never raises.
+        """
+        global _exit_started
+        try:
+            if _exit_started is None:
+                _exit_started = time.monotonic()
+            with self._cond:
+                self._exiting = True
+                self._cond.notify_all()  # a sender in backoff spools its batch at once
+                down = self._down
+            spooled = self._flush_until(_exit_started + self.exit_timeout if not down else 0.0, spool_too=True)
+            if spooled and not down:
+                self._warn("exit", f"handit: {self._shown_url} did not take {spooled} events within "
+                           f"HANDIT_EXIT_TIMEOUT={self.exit_timeout:g}s; they are spooled to {self.spool_dir} "
+                           "and sent by the next process")
+            with self._cond:
+                self._stop = self._no_thread = True  # later writes are spooled synchronously
+                self._cond.notify_all()
+        except Exception as exc:  # nothing may escape at exit
+            self._warn("internal", f"handit: webhook exporter error at exit: {exc!r}")
+
+    def _flush_until(self, deadline: float, spool_too: bool = False) -> int:
+        """Wait for the sender to empty the queue (and with ``spool_too`` the spool) until ``deadline``.
+
+        Returns:
+            the events spooled because the deadline came first.
+        """
         with self._cond:
             batch = self._cut() if self._lines else None
         if batch is not None:
             self._submit(batch)
+        force = False
         with self._cond:
             while self._thread_alive():
                 inflight = self._inflight
-                if not self._queue and (inflight is None or inflight.caller_took):
+                busy = self._queue or (inflight is not None and not inflight.caller_took)
+                if spool_too and not busy:
+                    busy = self._resending is not None or (self._resend_pending and not self._down)
+                if not busy:
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     # Past the deadline the batch in flight is taken from the sender, unless
                     # the sender is writing it to the spool already: that takes milliseconds.
-                    if inflight is None or not inflight.taken or inflight.caller_took:
+                    spooling = inflight is not None and inflight.taken and not inflight.caller_took
+                    if not (spooling or (spool_too and self._claiming)):
+                        break
+                    if remaining <= -_SPOOLING_GRACE_S:
+                        # The sender's spool write is slow (fsync on a loaded disk): the process may
+                        # end before it lands, so this thread spools the batch too (the same id).
+                        force = spooling
                         break
                     remaining = 0.05
                 self._cond.wait(remaining)
-            leftovers = self._take_all()
+            if spool_too:
+                self._stop = True  # no new claim once the exit stops waiting
+                self._spool_files.cancel_merges()  # nor a merge committed while the process ends
+                claim, self._resending = self._resending, None
+                if claim is not None:  # a resend still waiting for its answer: its file goes back
+                    self._spool_files.release(claim)  # under the lock, so the sender sees it gone
+            leftovers = self._take_all(force)
         for batch in leftovers:
             self._spool_taken(batch)
+        return sum(batch.events for batch in leftovers)
 
     def _thread_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._no_thread
 
-    def _take_all(self) -> list[_Batch]:
-        """Under the lock: take the queue and the batch in flight, to be spooled by the caller."""
+    def _take_all(self, force: bool = False) -> list[_Batch]:
+        """Under the lock: take the queue and the batch in flight, to be spooled by the caller.
+
+        ``force``: also a batch in flight that the sender is spooling itself.
+        """
         taken = list(self._queue)
         self._queue.clear()
         self._queue_bytes = 0
         batch = self._inflight
-        if batch is not None and not batch.sent and not batch.taken:
+        if batch is not None and not batch.sent and (not batch.taken or (force and not batch.caller_took)):
             taken.append(batch)
         for batch in taken:
             batch.taken = batch.caller_took = True
@@ -358,13 +410,14 @@ class WebhookExporter(Exporter):
                     if self._queue:
                         batch = self._queue.popleft()
                         self._queue_bytes -= len(batch.data)
+                        batch.posted = True  # from here on the exit path may spool it mid-POST
                         self._inflight = batch
                         break
                     if self._lines and now - self._cur_since >= self._flush_interval:
                         self._queue.append(self._cut())
                         self._queue_bytes += len(self._queue[-1].data)
                         continue
-                    if self._resend_pending and now >= self._down_until:
+                    if self._resend_pending and now >= self._down_until and not (self._exiting and self._down):
                         break
                     waits = [self._cur_since + self._flush_interval - now] if self._lines else []
                     if self._resend_pending:
@@ -384,9 +437,11 @@ class WebhookExporter(Exporter):
         """Send one batch with retries; spool it when the endpoint does not take it."""
         probe = self._down  # while the endpoint is down, one attempt, and none before _down_until
         attempt = 0
+        reached = False
         while not (probe and time.monotonic() < self._down_until):
-            kind, status, retry_after, detail = self._post(batch.gzipped(), batch.id)
-            if kind == _OK:
+            kind, status, retry_after, detail, reached_now = self._transport.post(batch.gzipped(), batch.id)
+            reached = reached or reached_now
+            if kind == OK:
                 with self._cond:
                     batch.sent = True
                     path = batch.spool_path
@@ -398,11 +453,11 @@ class WebhookExporter(Exporter):
                 if path is not None:
                     self._unspool(batch, path)
                 return
-            if kind == _REJECT:
+            if kind == REJECT:
                 self._up()
                 self._reject(status, batch.events)
                 return
-            if kind == _KEEP or probe or attempt >= self._max_retries:
+            if kind == KEEP or probe or attempt >= self._max_retries or self._exiting:
                 self._mark_down(retry_after)
                 self._warn_unreachable(detail)
                 break
@@ -411,14 +466,17 @@ class WebhookExporter(Exporter):
             self._count("retries", 1)
             end = time.monotonic() + delay
             with self._cond:
-                while not batch.taken and (left := end - time.monotonic()) > 0:
+                while not batch.taken and not self._exiting and (left := end - time.monotonic()) > 0:
                     self._cond.wait(left)
             if batch.taken:
                 return
+            if self._exiting:  # no more waiting: the exit spools it now
+                break
         with self._cond:
             if batch.taken:
                 return
             batch.taken = True
+            batch.posted = reached
         self._spool_taken(batch)
 
     def _delay(self, attempt: int) -> float:
@@ -434,28 +492,6 @@ class WebhookExporter(Exporter):
         with self._cond:
             self._down = True
             self._down_until = time.monotonic() + (self._backoff[1] if retry_after is None else retry_after)
-
-    def _post(self, body: bytes, batch_id: str) -> tuple[str, int | None, float | None, str]:
-        """POST one body once. Returns (outcome, HTTP status, Retry-After seconds, detail)."""
-        headers = dict(self._headers)
-        headers["X-Handit-Batch-Id"] = batch_id
-        request = urllib.request.Request(self.endpoint, data=body, headers=headers, method="POST")
-        try:
-            with self._opener.open(request, timeout=self.timeout) as response:
-                response.read(_RESPONSE_LIMIT)
-                return _OK, response.status, None, ""
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-            retry_after = _retry_after(exc.headers.get("Retry-After") if exc.headers else None, self._backoff[1])
-            exc.close()
-            if status in (408, 429) or status >= 500:
-                return _RETRY, status, retry_after, f"HTTP {status}"
-            if 300 <= status < 400:
-                return _KEEP, status, None, f"HTTP {status} redirect (not followed)"
-            return _REJECT, status, None, f"HTTP {status}"
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-            return _RETRY, None, None, f"{type(reason).__name__}: {reason}"
 
     def _reject(self, status: int | None, events: int) -> None:
         self._count("rejected", 1)
@@ -480,13 +516,10 @@ class WebhookExporter(Exporter):
     def _unspool(self, batch: _Batch, path: str) -> None:
         # If another process has claimed the file already, it resends the batch under
         # the same X-Handit-Batch-Id and the receiver drops the duplicate.
-        try:
-            os.unlink(path)
-        except OSError:
-            return
-        with self._cond:
-            self.stats["spooled_batches"] -= 1
-            self.stats["spooled_events"] -= batch.events
+        if self._spool_files.unlink(path, len(batch.gzipped())):
+            with self._cond:
+                self.stats["spooled_batches"] -= 1
+                self.stats["spooled_events"] -= batch.events
 
     def _spool(self, batch: _Batch) -> str | None:
         """Write a batch to the spool as one file; returns its path, or None if it was dropped."""
@@ -495,22 +528,8 @@ class WebhookExporter(Exporter):
             self._warn("nospool", f"handit: a batch of {batch.events} events was not delivered and the spool is "
                        "disabled (max_spool_bytes=0); unsent events are dropped and counted")
             return None
-        body = batch.gzipped()
-        name = f"{time.time_ns():020d}-{os.getpid()}-{batch.id}.jsonl.gz"
-        final = os.path.join(self.spool_dir, name)
-        temp = os.path.join(self.spool_dir, f".tmp-{os.getpid()}-{name}")
         try:
-            os.makedirs(self.spool_dir, mode=0o700, exist_ok=True)
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o600)
-            try:
-                with os.fdopen(fd, "wb") as file:
-                    file.write(body)
-                    file.flush()
-                    os.fsync(file.fileno())
-                os.replace(temp, final)  # a crash never leaves half a file under a final name
-            except BaseException:
-                _unlink_quietly(temp)
-                raise
+            path, dropped = self._spool_files.write(batch.gzipped(), batch.id, unsent=not batch.posted)
         except OSError as exc:
             self._count("dropped_events", batch.events)
             self._warn("spoolerror", f"handit: cannot write to spool dir {self.spool_dir} ({exc}); "
@@ -520,105 +539,54 @@ class WebhookExporter(Exporter):
             self.stats["spooled_batches"] += 1
             self.stats["spooled_events"] += batch.events
             self._resend_pending = True
-        self._trim(len(body))
-        return final
-
-    def _trim(self, added: int) -> None:
-        """Delete the oldest spool files while the spool holds more than max_spool_bytes."""
-        dropped = 0
-        with self._spool_lock:
-            if self._spool_total is not None:
-                self._spool_total += added
-                if self._spool_total <= self._max_spool:
-                    return
-            sizes = {}
-            for name in _listdir(self.spool_dir):
-                if _SPOOL_NAME.match(name) or _CLAIMED_NAME.match(name):
-                    try:
-                        sizes[name] = os.stat(os.path.join(self.spool_dir, name)).st_size
-                    except OSError:
-                        pass
-            total = sum(sizes.values())
-            for name in sorted(n for n in sizes if _SPOOL_NAME.match(n)):  # oldest first
-                if total <= self._max_spool:
-                    break
-                path = os.path.join(self.spool_dir, name)
-                events = _event_count(path)
-                try:
-                    os.unlink(path)
-                except OSError:  # claimed by a sender meanwhile
-                    continue
-                total -= sizes[name]
-                dropped += events
-            self._spool_total = total
         if dropped:
             self._count("dropped_events", dropped)
             self._warn("dropped", f"handit: spool {self.spool_dir} is over max_spool_bytes={self._max_spool}; "
                        f"its {dropped} oldest unsent events were deleted (further drops are counted in "
                        "stats['dropped_events'])")
+        return path
 
     def _resend_one(self) -> None:
-        """Resend the oldest spooled file once; on failure it goes back and the endpoint counts as down."""
-        claim = self._claim_oldest()
-        if claim is None:
-            with self._cond:
-                self._resend_pending = False
-            return
-        original, path = claim
-        try:
-            with open(path, "rb") as file:
-                body = file.read()
-            match = _SPOOL_NAME.match(os.path.basename(original))
-            assert match is not None  # _claim_oldest only takes spool names
-            kind, status, retry_after, detail = self._post(body, match.group(1))  # the batch's first id
-            if kind not in (_OK, _REJECT):
-                os.rename(path, original)  # back in line, for the next attempt or process
-                self._mark_down(retry_after)
-                self._warn_unreachable(detail)
-                return
-            self._up()
-            if kind == _OK:
-                self._count("resent_batches", 1)
-            else:
-                self._reject(status, _event_count_bytes(body))
-            os.unlink(path)
-            with self._spool_lock:
-                if self._spool_total is not None:
-                    self._spool_total = max(0, self._spool_total - len(body))
-        except OSError:  # the file vanished or cannot be renamed back: a stale claim, reclaimed later
-            pass
-        finally:
-            _claimed.discard(path)
+        """Resend the oldest spooled file (with the unsent ones merged into it) once.
 
-    def _claim_oldest(self) -> tuple[str, str] | None:
-        """Rename the oldest spool file to ``*.sending-<pid>``; returns (original path, claimed path).
-
-        Also reclaims claims of dead processes and deletes their half-written temp files.
+        On failure the file goes back and the endpoint counts as down.
         """
-        directory, now = self.spool_dir, time.time()
-        candidates = []
-        for name in _listdir(directory):
-            path = os.path.join(directory, name)
-            if _SPOOL_NAME.match(name):
-                candidates.append((name, name))
-            elif claimed := _CLAIMED_NAME.match(name):
-                if _abandoned(path, int(claimed.group(2)), now, sending=path in _claimed):
-                    candidates.append((claimed.group(1), name))
-            elif (temp := _TEMP_NAME.match(name)) and _abandoned(path, int(temp.group(1)), now):
-                _unlink_quietly(path)  # half-written by a process that died
-        for original, name in sorted(candidates):  # names start with the time: oldest first
-            source = os.path.join(directory, name)
-            target = os.path.join(directory, f"{original}.sending-{os.getpid()}")
-            _claimed.add(target)  # before the rename, so no other exporter here takes it as stale
-            try:
-                # mtime first: whoever sees the claimed name also sees a fresh claim age
-                os.utime(source)
-                os.rename(source, target)
-            except OSError:  # another process took it first
-                _claimed.discard(target)
-                continue
-            return os.path.join(directory, original), target
-        return None
+        with self._cond:
+            if self._stop:
+                return
+            self._claiming = True
+        try:
+            claim = self._spool_files.claim()
+        finally:
+            with self._cond:
+                self._claiming = False
+                self._cond.notify_all()
+        with self._cond:
+            if claim is None:
+                self._resend_pending = False
+                self._cond.notify_all()  # an exit flush may be waiting for the spool to empty
+                return
+            self._resending = claim
+        answer = self._transport.post(claim.body, claim.batch_id)
+        with self._cond:
+            put_back = self._resending is not claim  # by the exit, past its deadline
+            self._resending = None
+            self._cond.notify_all()
+        if put_back:
+            if answer.kind in (OK, REJECT):  # taken after all: the file put back must not go again
+                self._spool_files.unlink(claim.retry_path, len(claim.body))
+            return
+        if answer.kind in (OK, REJECT):
+            self._spool_files.finish(claim)
+            self._up()
+            if answer.kind == OK:
+                self._count("resent_batches", claim.files)
+            else:
+                self._reject(answer.status, claim.events)
+            return
+        self._spool_files.release(claim, unsent=not answer.reached)  # for the next attempt or process
+        self._mark_down(answer.retry_after)
+        self._warn_unreachable(answer.detail)
 
     # -- small helpers -------------------------------------------------------
 
@@ -638,184 +606,19 @@ class WebhookExporter(Exporter):
             pass
 
 
-def _check_endpoint(endpoint: object, api_key: str | None, allow_insecure_http: bool) -> str:
-    """Validate HANDIT_ENDPOINT and HANDIT_API_KEY; returns the endpoint's host. Raises ConfigError."""
-    if not isinstance(endpoint, str):
-        raise ConfigError("HANDIT_ENDPOINT", endpoint, "is not a URL string")
-    try:
-        parts = urlsplit(endpoint.strip())
-        host = parts.hostname or ""
-        parts.port  # raises ValueError for a port out of range
-    except ValueError:
-        reason: str | None = "is not a valid URL (check the port and any [IPv6] brackets)"
-    else:
-        if any(c.isspace() or not c.isprintable() or not c.isascii() for c in endpoint.strip()):
-            reason = "contains spaces, control or non-ASCII characters (percent-encode them)"
-        elif parts.scheme not in ("http", "https"):
-            reason = "is not an http:// or https:// URL"
-        elif not host:
-            reason = "has no host"
-        elif "@" in parts.netloc:
-            reason = "contains credentials; pass the key as HANDIT_API_KEY instead"
-        elif parts.scheme == "http" and api_key and not allow_insecure_http and not _is_loopback(host):
-            reason = ("is plain http:// to a non-loopback host, so the API key would travel unencrypted; "
-                      "use https://, or allow_insecure_http=True (HANDIT_ALLOW_INSECURE_HTTP=1)")
-        else:
-            reason = None
-    if reason:
-        message = f"HANDIT_ENDPOINT: {_display_url(endpoint)!r} {reason}"
-        raise ConfigError("HANDIT_ENDPOINT", endpoint, reason, message=message)
-    if api_key is not None and (not isinstance(api_key, str) or not api_key.isascii() or not api_key.isprintable()):
-        raise ConfigError("HANDIT_API_KEY", api_key, "is not a string of printable ASCII characters", secret=True)
-    return host
-
-
-def _display_url(url: str) -> str:
-    """The URL for messages: no user info, query or fragment (they may hold secrets)."""
-    url = re.split(r"[?#]", url.strip(), maxsplit=1)[0]
-    return re.sub(r"^([^/?#]*//)[^/?#]*@", r"\1", url)
-
-
-def _is_loopback(host: str) -> bool:
-    """True for localhost, 127.0.0.0/8 and ::1 (also as ::ffff:127.x.y.z)."""
-    host = host.rstrip(".").lower()
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
-
-
-def _make_opener(loopback: bool) -> urllib.request.OpenerDirector:
-    """An opener that honours proxy settings (never for loopback) and follows no redirects."""
-    opener = urllib.request.OpenerDirector()
-    for handler in (
-        urllib.request.ProxyHandler({} if loopback else None), urllib.request.HTTPHandler(),
-        urllib.request.HTTPSHandler(), urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor(),
-    ):
-        opener.add_handler(handler)
-    return opener
-
-
-def _retry_after(value: str | None, cap: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delay-seconds or an HTTP date), capped."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        seconds = when.timestamp() - time.time()  # naive dates are UTC per RFC 9110
-    return min(max(seconds, 0.0), cap) if math.isfinite(seconds) else None
-
-
-def _gzip(data: bytes, events: int) -> bytes:
-    """One gzip member (RFC 1952) carrying the event count in its FCOMMENT field.
-
-    The count lets the spool bound report dropped events without decompressing;
-    any gzip reader ignores the comment.
-    """
-    header = b"\x1f\x8b\x08\x10\x00\x00\x00\x00\x00\xff" + _GZIP_COMMENT + str(events).encode() + b"\x00"
-    compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
-    trailer = struct.pack("<II", zlib.crc32(data), len(data) & 0xFFFFFFFF)
-    return b"".join((header, compressor.compress(data), compressor.flush(), trailer))
-
-
-def _event_count_bytes(body: bytes) -> int:
-    if body[:4] == b"\x1f\x8b\x08\x10" and body[10:10 + len(_GZIP_COMMENT)] == _GZIP_COMMENT:
-        digits = body[10 + len(_GZIP_COMMENT):body.find(b"\x00", 10)]
-        if digits.isdigit():
-            return int(digits)
-    try:  # a file not written here: count its lines
-        return zlib.decompress(body, 31).count(b"\n")
-    except zlib.error:
-        return 0
-
-
-def _event_count(path: str) -> int:
-    try:
-        with open(path, "rb") as file:
-            head = file.read(64)
-            if head[:4] == b"\x1f\x8b\x08\x10" and b"\x00" in head[10:]:
-                return _event_count_bytes(head)
-            return _event_count_bytes(head + file.read())
-    except OSError:
-        return 0
-
-
-def _abandoned(path: str, owner: int, now: float, sending: bool | None = None) -> bool:
-    """True if a claim (``sending`` given) or temp file was left by a process that is gone.
-
-    Gone: a dead pid; this pid not sending it (a previous process with the same pid,
-    common in containers); or older than _STALE_S (the pid was reused).
-    """
-    mine = owner == os.getpid()
-    if mine and sending is not None:
-        return not sending
-    try:
-        old = now - os.stat(path).st_mtime > _STALE_S
-    except OSError:
-        return False
-    return old or (not mine and not _pid_alive(owner))
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0 or os.name == "nt":  # os.kill(pid, 0) would terminate it on Windows; age decides there
-        return pid > 0
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: alive, another user's
-        return True
-    return True
-
-
-def _listdir(directory: str) -> list[str]:
-    try:
-        return os.listdir(directory)
-    except OSError:
-        return []
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
 def _at_exit() -> None:
-    """Spool what is left, synchronously and without starting a thread (see _ensure_thread).
-
-    A sender thread that is already running and not in backoff gets _EXIT_WAIT_S to
-    send the last batches; what it has not sent by then is spooled by this thread.
-    """
+    """Spool what is left within the exit deadline, without starting a thread (see _ensure_thread)."""
     global _shutting_down
     for exporter in list(_live):
-        try:
-            with exporter._cond:
-                alive = exporter._thread_alive() and not exporter._down
-            exporter.flush(min(exporter.timeout, _EXIT_WAIT_S) if alive else 0.0)
-            with exporter._cond:
-                exporter._stop = exporter._no_thread = True  # later writes are spooled synchronously
-                exporter._cond.notify_all()
-        except Exception:  # nothing may escape at exit
-            pass
+        exporter.flush_at_exit()
     _shutting_down = True  # exporters created from here on never start a thread
 
 
 def _after_fork_in_child() -> None:
     """A forked child keeps none of its parent's batches (the parent sends them) and no threads."""
-    _claimed.clear()
+    global _exit_started
+    _exit_started = None
+    _spool.forget_claims()
     for exporter in list(_live):
         exporter._reset()
 
