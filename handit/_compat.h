@@ -422,6 +422,27 @@ static inline PyObject *handit_handled_exception(void) {
 #endif
 }
 
+/* handit's own Python work inside a callback (a code object's decision, a preview, the text
+   of an exception) runs on the user's stack. At the user's recursion limit it failed with
+   RecursionError (the call lost, the unwind typed <unknown>: issue 10.8), and near it took
+   frames the user counts on. Around that work the thread gets HANDIT_HEADROOM more frames,
+   as CPython gives itself 50 to raise a RecursionError (tstate->recursion_headroom); the
+   user's own limit is unchanged. more: 1 before the work, 0 after it. */
+#define HANDIT_HEADROOM 50
+static inline void handit_headroom(int more) {
+    PyThreadState *t = handit_tstate();
+    int n = more ? HANDIT_HEADROOM : -HANDIT_HEADROOM;
+    if (t == NULL) return;
+#if PY_VERSION_HEX >= 0x030C0000  /* PY312+: Python frames and C recursion counted apart */
+    t->py_recursion_remaining += n;
+    t->c_recursion_remaining += n;
+#elif PY_VERSION_HEX >= 0x030B0000  /* PY311 */
+    t->recursion_remaining += n;
+#else
+    t->recursion_depth -= n;
+#endif
+}
+
 /* Profile function on every thread that exists now.
    PY310/PY311: cProfile and other profilers also use the one profile-function slot, so a
    profile function already installed on a thread is remembered and called first by ours

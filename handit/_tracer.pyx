@@ -102,6 +102,7 @@ cdef extern from "_compat.h":
     PyThreadState* handit_tstate_for(int fast)
     int handit_tstate_fast_ok()
     void handit_set_fast_tstate(int on)
+    void handit_headroom(int more)
     void* handit_context_ptr(PyThreadState*)
     uint64_t handit_context_ver(PyThreadState*)
     ctypedef struct PyMethodDef:
@@ -419,6 +420,7 @@ cdef CInfo* _decide(PyObject* code, PyFrameObject* frame) noexcept:
     cdef CInfo* old = _cinfo(code)
     cdef CInfo* ci
     cdef object ocode = <object>code
+    handit_headroom(1)
     try:
         if old != NULL and old.key_id == _key_id:
             if old.traced:
@@ -463,6 +465,8 @@ cdef CInfo* _decide(PyObject* code, PyFrameObject* frame) noexcept:
     except BaseException as exc:
         _fail(exc)
         return NULL
+    finally:
+        handit_headroom(0)
 
 
 cdef PyObject* _exception_text(TState* ts, PyObject* exc) noexcept:
@@ -472,6 +476,7 @@ cdef PyObject* _exception_text(TState* ts, PyObject* exc) noexcept:
         Py_INCREF(<object>ts.last_exc_text)
         return ts.last_exc_text
     ts.busy = 1
+    handit_headroom(1)
     try:
         if exc == NULL:
             text = ("<unknown>", "")
@@ -482,6 +487,7 @@ cdef PyObject* _exception_text(TState* ts, PyObject* exc) noexcept:
         text = ("<unknown>", "")
     except BaseException:
         text = ("<unknown>", "")
+    handit_headroom(0)
     ts.busy = 0
     if exc != NULL:
         Py_XDECREF(ts.last_exc)
@@ -738,6 +744,7 @@ cdef void _resolve_unwinds(TState* ts) noexcept:
         PyErr_Clear()
         return
     ts.busy = 1
+    handit_headroom(1)
     try:
         frames = set()
         tb = (<object>exc).__traceback__
@@ -768,6 +775,7 @@ cdef void _resolve_unwinds(TState* ts) noexcept:
         _interrupt_again()
     except BaseException:
         ts.npending = 0
+    handit_headroom(0)
     ts.busy = 0
     Py_DECREF(<object>exc)
 
