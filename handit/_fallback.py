@@ -383,7 +383,10 @@ def _current(code: Any) -> tuple[_ThreadBuffer, int] | None:
 
 def sysmon_py_start(code: Any, offset: int) -> Any:
     """PY_START: decide the code once; record a call (DISABLE for excluded code)."""
-    return _started(code, CALL)
+    try:
+        return _started(code, CALL)
+    except RecursionError:  # too near the recursion limit to enter it: the event and its pair are lost
+        return None
 
 
 def _started(code: Any, kind: int) -> Any:
@@ -438,32 +441,48 @@ def _traced(code: Any) -> tuple[_ThreadBuffer, int, CodeInfo] | None:
 
 def sysmon_py_return(code: Any, offset: int, retval: Any) -> Any:
     """PY_RETURN: the call ends with a value."""
-    return _ended(code, RETURN, retval)
+    try:
+        return _ended(code, RETURN, retval)
+    except RecursionError:  # too near the recursion limit to enter it: the event and its pair are lost
+        return None
 
 
 def sysmon_py_yield(code: Any, offset: int, retval: Any) -> Any:
     """PY_YIELD: a generator or coroutine is suspended."""
-    return _ended(code, YIELD, None)
+    try:
+        return _ended(code, YIELD, None)
+    except RecursionError:  # too near the recursion limit to enter it: the event and its pair are lost
+        return None
 
 
 def sysmon_py_resume(code: Any, offset: int) -> Any:
     """PY_RESUME: a suspended generator or coroutine continues."""
-    return _started(code, RESUME)
+    try:
+        return _started(code, RESUME)
+    except RecursionError:  # too near the recursion limit to enter it: the event and its pair are lost
+        return None
 
 
 def sysmon_py_throw(code: Any, offset: int, exc: Any) -> Any:
     """PY_THROW: a suspended generator continues with an exception thrown in."""
-    return _started(code, THROW)
+    try:
+        return _started(code, THROW)
+    except RecursionError:  # too near the recursion limit to enter it: the event and its pair are lost
+        return None
 
 
 def sysmon_py_unwind(code: Any, offset: int, exc: Any) -> Any:
     """PY_UNWIND: the call ends with an exception."""
-    return _ended(code, UNWIND, exc)
+    try:
+        return _ended(code, UNWIND, exc)
+    except RecursionError:  # too near the recursion limit to enter it: the event and its pair are lost
+        return None
 
 
 def _ended(code: Any, kind: int, value: Any) -> None:
     """A return, yield or unwind: as deep on the stack as _started, so that at the recursion
     limit a recorded call always gets its exit recorded."""
+    t = None
     try:
         t = _traced(code)
         if t is not None:
@@ -476,15 +495,13 @@ def _ended(code: Any, kind: int, value: Any) -> None:
             else:
                 _on_return(t[0], t[1], t[2], RETURN, value, 0)
     except RecursionError:  # at the recursion limit, where not even a call can be made
-        try:
-            b = _tls.buffer
-            if b.skip:  # the exit of a call lost here too
-                b.skip -= 1
+        # (failing before the code is known mirrors a call that failed as early: neither is kept)
+        if t is not None:
+            if t[0].skip:  # the exit of a call lost here too
+                t[0].skip -= 1
             else:  # the exit of a recorded call: a gap, placed and counted at the next record
-                b.gap += 1
-                b.lost += 1
-        except BaseException:
-            pass
+                t[0].gap += 1
+                t[0].lost += 1
     except Exception as exc:
         _fail(exc)
     return None
@@ -496,7 +513,7 @@ def _ended(code: Any, kind: int, value: Any) -> None:
 def profile_callback(frame: Any, event: str, arg: Any) -> None:
     """The profile function: "call" and "return" events of Python frames."""
     global _limit_hit
-    buf = cur = info = calling = None
+    buf = cur = info = calling = t = None
     try:
         calling = event == "call"
         if _source != "setprofile":
@@ -562,7 +579,7 @@ def profile_callback(frame: Any, event: str, arg: Any) -> None:
                     b.skip += 1  # its exit is not recorded either
                     b.lost_calls += 1
                     b.lost_slot = cur[1]
-            elif calling is not None:
+            elif t is not None:  # (failing before the code is known mirrors such a call)
                 if b.skip:  # the exit of a call lost here too
                     b.skip -= 1
                 else:  # the exit of a recorded call: a gap, placed and counted at the next record

@@ -648,11 +648,10 @@ def test_recursion_limit_then_more_calls(engine, tmp_path, monkeypatch):
                 limit_prog.later(i)
     assert traced[0] == untraced[0], "the user's exception message is unchanged"
     messages = [str(w.message) for w in caught]
-    if eng == "fallback" and src == "setprofile" and sys.version_info[:2] == (3, 11):
-        # PY311: CPython removed the failing profile function and pure Python cannot put it
-        # back on a running thread before handit runs there again (at stop): said, not silent
+    if eng == "fallback" and src == "setprofile" and sys.version_info[:2] == (3, 11) and not calls_of(s.events, "later"):
+        # PY311: where CPython removed the failing profile function, pure Python cannot put
+        # it back on a running thread before handit runs there again (at stop): said, not silent
         assert any("lost its profile function" in m for m in messages), messages
-        assert sys.getprofile() is None  # put back at stop, removed with the session
         return
     assert len(calls_of(s.events, "later")) == 10, "tracing goes on after the limit"
     unwinds = [e for e in s.events if e["type"] == "exception" and e["func"] == "deep"]
@@ -668,7 +667,9 @@ def test_recursion_limit_then_more_calls(engine, tmp_path, monkeypatch):
         assert traced[1] >= untraced[1] - 2
         assert s.stats["dropped"] > 0
         assert any("the recursion limit" in m for m in messages), messages
+        if src == "sysmon" or not PY312:  # the recorded calls keep their exits
+            assert len(unwinds) >= traced[1] - 3
         if src == "sysmon":
-            assert unwinds and {e["type_name"] for e in unwinds} == {"RecursionError"}
+            assert {e["type_name"] for e in unwinds} == {"RecursionError"}
         if src == "setprofile" and PY312:
             assert any("lost its profile function" in m for m in messages), messages
