@@ -153,15 +153,23 @@ static inline PyThreadState *handit_tstate(void) {
 
 /* PY312+ keeps the running thread state in a thread-local of libpython (_Py_tss_tstate),
    which the exported getter reaches through __tls_get_addr when libpython is a shared
-   library (~35 instructions, twice a call). It sits in the static TLS block, at one fixed
-   %fs offset in every thread: handit finds that offset once (the one word of libpython's
-   TLS segment that holds the current thread state) and each thread checks it against
-   the getter before using it (handit_tstate_fast_ok); anywhere else the getter is used. */
+   library (~35 instructions, twice a call). When libpython was loaded with the program
+   its TLS block lies in the static TLS area, at one fixed %fs offset in every thread, and
+   the fast read loads the word there. When it was loaded with dlopen (embedding hosts,
+   plugin hosts) its blocks are allocated per thread anywhere in the heap and no fixed
+   offset exists: reading one found in the first thread from another thread crashed
+   (issue 17.1). So each thread proves the offset before using it: the dynamic linker's
+   own address of this thread's TLS block of libpython (dl_iterate_phdr) must lie at the
+   offset found first, and the word there must be what the getter returns
+   (handit_tstate_fast_ok); otherwise, or with HANDIT_FAST_TSTATE=0, the getter is used. */
 #if PY_VERSION_HEX >= 0x030C0000 && defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__)
 #define HANDIT_FAST_TSTATE 1
 #include <link.h>
 #include <string.h>
-static long handit_tstate_off = 0;  /* 0: not found (use the getter) */
+static int handit_fast_tstate_on = 1;  /* HANDIT_FAST_TSTATE: 0 never reads the TLS slot */
+static int handit_tstate_found = 0;    /* 0 not searched yet, 1 found, -1 not usable */
+static long handit_tstate_off = 0;     /* %fs offset of the thread-state word, where found */
+static size_t handit_tstate_word = 0;  /* offset of that word in libpython's TLS block */
 static inline char *handit_fs_base(void) {
     char *base;
     __asm__ volatile("movq %%fs:0, %0" : "=r"(base));  /* the TCB points to itself */
@@ -172,40 +180,82 @@ static inline PyThreadState *handit_tstate_tls(void) {
     __asm__ volatile("movq %%fs:(%1), %0" : "=r"(t) : "r"(handit_tstate_off));
     return t;
 }
-typedef struct { void *want; char *found; int n; } handit_tls_scan;
-static int handit_tls_scan_one(struct dl_phdr_info *info, size_t size, void *data) {
-    handit_tls_scan *scan = (handit_tls_scan *)data;
+/* The calling thread's TLS block of the object that defines the thread-state getter
+   (libpython, or the executable when it is linked in), and its size. */
+typedef struct { uintptr_t code; char *block; size_t memsz; } handit_tls_probe;
+static int handit_tls_probe_one(struct dl_phdr_info *info, size_t size, void *data) {
+    handit_tls_probe *probe = (handit_tls_probe *)data;
+    int holds_code = 0;
     size_t memsz = 0;
     (void)size;
-    if (info->dlpi_tls_data == NULL) return 0;
-    for (int i = 0; i < info->dlpi_phnum; i++)
-        if (info->dlpi_phdr[i].p_type == PT_TLS) memsz = info->dlpi_phdr[i].p_memsz;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uintptr_t start = (uintptr_t)info->dlpi_addr + ph->p_vaddr;
+        if (ph->p_type == PT_LOAD && probe->code >= start && probe->code - start < ph->p_memsz) holds_code = 1;
+        if (ph->p_type == PT_TLS) memsz = ph->p_memsz;
+    }
+    if (!holds_code) return 0;
+    probe->block = (char *)info->dlpi_tls_data;  /* NULL: not allocated in this thread (yet) */
+    probe->memsz = memsz;
+    return 1;
+}
+static inline char *handit_tstate_block(size_t *memsz) {
+#if PY_VERSION_HEX >= 0x030D0000  /* PY313+ */
+    handit_tls_probe probe = {(uintptr_t)&PyThreadState_GetUnchecked, NULL, 0};
+#else
+    handit_tls_probe probe = {(uintptr_t)&_PyThreadState_UncheckedGet, NULL, 0};
+#endif
+    dl_iterate_phdr(handit_tls_probe_one, &probe);
+    *memsz = probe.memsz;
+    return probe.block;
+}
+/* Finds the word once (GIL held): the one word of libpython's TLS block that holds the
+   current thread state; 1 if found. */
+static inline int handit_find_tstate_tls(PyThreadState *want) {
+    size_t memsz = 0;
+    char *block = handit_tstate_block(&memsz);
+    int n = 0;
+    size_t at = 0;
+    if (block == NULL) return 0;
     for (size_t off = 0; off + sizeof(void *) <= memsz; off += sizeof(void *)) {
         void *word;
-        memcpy(&word, (char *)info->dlpi_tls_data + off, sizeof word);
-        if (word == scan->want) { scan->found = (char *)info->dlpi_tls_data + off; scan->n++; }
+        memcpy(&word, block + off, sizeof word);
+        if (word == (void *)want) { at = off; n++; }
     }
-    return 0;
-}
-/* Finds the offset (with the GIL, once); 1 if found. */
-static inline int handit_find_tstate_tls(void) {
-    handit_tls_scan scan = {(void *)handit_tstate(), NULL, 0};
-    if (scan.want == NULL) return 0;
-    dl_iterate_phdr(handit_tls_scan_one, &scan);
-    if (scan.n != 1) return 0;  /* none, or ambiguous: keep the getter */
-    handit_tstate_off = (long)(scan.found - handit_fs_base());
+    if (n != 1) return 0;  /* none, or ambiguous: keep the getter */
+    handit_tstate_word = at;
+    handit_tstate_off = (long)(block + at - handit_fs_base());
     return handit_tstate_off != 0;
 }
 #endif
 
-/* 1 if this thread may read the thread state with handit_tstate_tls (checked once a thread). */
+/* 1 if this thread may read the thread state with handit_tstate_tls, 0 if not, -1 if not
+   checked (HANDIT_FAST_TSTATE=0). Once a thread, GIL held; never reads through an offset
+   it has not proven for this thread. */
 static inline int handit_tstate_fast_ok(void) {
 #ifdef HANDIT_FAST_TSTATE
     PyThreadState *t = handit_tstate();
-    if (handit_tstate_off == 0 && !handit_find_tstate_tls()) return 0;
-    return t != NULL && handit_tstate_tls() == t;
+    size_t memsz = 0;
+    char *block;
+    if (!handit_fast_tstate_on) return -1;
+    if (t == NULL) return 0;
+    if (handit_tstate_found == 0) handit_tstate_found = handit_find_tstate_tls(t) ? 1 : -1;
+    if (handit_tstate_found != 1) return 0;
+    block = handit_tstate_block(&memsz);
+    if (block == NULL || handit_tstate_word + sizeof(void *) > memsz) return 0;
+    if (block + handit_tstate_word != handit_fs_base() + handit_tstate_off) return 0;  /* not static TLS here */
+    return handit_tstate_tls() == t;
 #else
     return 0;
+#endif
+}
+
+/* HANDIT_FAST_TSTATE: whether threads checked from now on may use the fast read. */
+static inline void handit_set_fast_tstate(int on) {
+#ifdef HANDIT_FAST_TSTATE
+    handit_fast_tstate_on = on;
+#else
+    (void)on;
 #endif
 }
 
@@ -241,6 +291,70 @@ static inline int handit_frame_lasti_units(PyFrameObject *f) {
 typedef struct { void *head[8]; int stacktop; uint16_t small; char owner; PyObject *localsplus[1]; } handit_iframe;
 typedef struct { PyObject_HEAD PyObject *f_back; handit_iframe *f_frame; } handit_frame_head;
 #endif
+
+/* The CPython versions whose internal structures this file mirrors (the interpreter frame
+   above, the frame object's head, PyThreadState's frame and context fields, co_extra):
+   3.10 to 3.13 with the GIL. On any other (3.14 tags the locals and moves them; a
+   free-threaded build changes every object's head) the engine must not run: setup.py
+   builds no extension there, and a build made anyway refuses to initialise (issue 17.2). */
+#if PY_VERSION_HEX >= 0x030A0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
+#define HANDIT_KNOWN_LAYOUT 1
+#else
+#define HANDIT_KNOWN_LAYOUT 0
+#endif
+#ifdef Py_GIL_DISABLED
+#define HANDIT_FREE_THREADED 1
+#else
+#define HANDIT_FREE_THREADED 0
+#endif
+
+#if PY_VERSION_HEX >= 0x030D0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)  /* PY313 */
+#include <stddef.h>
+#include <string.h>
+/* PY313: CPython publishes the offsets of its own structures at the start of _PyRuntime
+   (_Py_DebugOffsets, Include/internal/pycore_runtime.h; its layout is fixed within a minor
+   version). This is its 3.13 head, up to the fields the engine relies on. */
+typedef struct {
+    char cookie[8];
+    uint64_t version;
+    uint64_t free_threaded;
+    uint64_t runtime_state[3];
+    uint64_t interpreter_state[13];
+    struct { uint64_t size, prev, next, interp, current_frame, thread_id, native_thread_id, datastack_chunk, status; } thread_state;
+    struct { uint64_t size, previous, executable, instr_ptr, localsplus, owner; } interpreter_frame;
+} handit_debug_offsets;
+extern handit_debug_offsets _PyRuntime;
+/* The first offset that differs from this file's mirror, named; NULL if all agree. */
+static inline const char *handit_debug_offsets_problem(void) {
+    const handit_debug_offsets *d = &_PyRuntime;
+    if (memcmp(d->cookie, "xdebugpy", 8) != 0) return "_PyRuntime does not start with _Py_DebugOffsets";
+    if ((d->version >> 16) != (PY_VERSION_HEX >> 16)) return "_Py_DebugOffsets.version is not 3.13";
+    if (d->free_threaded) return "_Py_DebugOffsets.free_threaded is set";
+    if (d->thread_state.current_frame != offsetof(PyThreadState, current_frame)) return "_Py_DebugOffsets.thread_state.current_frame differs";
+    if (d->interpreter_frame.executable != 0) return "_Py_DebugOffsets.interpreter_frame.executable differs";
+    if (d->interpreter_frame.localsplus != offsetof(handit_iframe, localsplus)) return "_Py_DebugOffsets.interpreter_frame.localsplus differs";
+    if (d->interpreter_frame.owner != offsetof(handit_iframe, owner)) return "_Py_DebugOffsets.interpreter_frame.owner differs";
+    return NULL;
+}
+#define HANDIT_CHECKS_DEBUG_OFFSETS 1
+#else
+#define HANDIT_CHECKS_DEBUG_OFFSETS 0
+#endif
+
+/* Why this build must not run in the interpreter that loads it, or NULL. runtime_hex: that
+   interpreter's version (sys.hexversion); free_threaded: it is a free-threaded build. Both
+   are the real ones, or what a test pretends. */
+static inline const char *handit_layout_problem(unsigned long runtime_hex, int free_threaded) {
+    if (free_threaded) return "free-threaded builds (Py_GIL_DISABLED) are not supported yet";
+    if (!HANDIT_KNOWN_LAYOUT || runtime_hex < 0x030A0000 || runtime_hex >= 0x030E0000)
+        return "it reads CPython's internal frame layout, known for 3.10 to 3.13 only";
+    if ((runtime_hex >> 16) != ((unsigned long)PY_VERSION_HEX >> 16)) return "it was built for another Python version";
+#if HANDIT_CHECKS_DEBUG_OFFSETS
+    return handit_debug_offsets_problem();
+#else
+    return NULL;
+#endif
+}
 
 /* Before 3.12 a C profile function's "return" carries NULL when an exception unwinds the
    frame (the return value otherwise); 3.12+ emulates profile functions over sys.monitoring
@@ -305,6 +419,27 @@ static inline PyObject *handit_handled_exception(void) {
     Py_XDECREF(tb);
     if (v == Py_None) { Py_DECREF(v); return NULL; }
     return v;
+#endif
+}
+
+/* handit's own Python work inside a callback (a code object's decision, a preview, the text
+   of an exception) runs on the user's stack. At the user's recursion limit it failed with
+   RecursionError (the call lost, the unwind typed <unknown>: issue 10.8), and near it took
+   frames the user counts on. Around that work the thread gets HANDIT_HEADROOM more frames,
+   as CPython gives itself 50 to raise a RecursionError (tstate->recursion_headroom); the
+   user's own limit is unchanged. more: 1 before the work, 0 after it. */
+#define HANDIT_HEADROOM 50
+static inline void handit_headroom(int more) {
+    PyThreadState *t = handit_tstate();
+    int n = more ? HANDIT_HEADROOM : -HANDIT_HEADROOM;
+    if (t == NULL) return;
+#if PY_VERSION_HEX >= 0x030C0000  /* PY312+: Python frames and C recursion counted apart */
+    t->py_recursion_remaining += n;
+    t->c_recursion_remaining += n;
+#elif PY_VERSION_HEX >= 0x030B0000  /* PY311 */
+    t->recursion_remaining += n;
+#else
+    t->recursion_depth -= n;
 #endif
 }
 

@@ -22,6 +22,12 @@ class EngineChoice(NamedTuple):
 
 
 _warned_fallback = False
+_compiled: tuple[ModuleType | None, str] | None = None  # the import's outcome, tried once
+
+
+class IncompatiblePython(ImportError):
+    """The compiled extension refuses to initialise: it was not written for this interpreter
+    (another CPython version, or a free-threaded build), so the pure-Python engine runs."""
 
 
 def free_tool_id() -> int:
@@ -80,11 +86,17 @@ def release_sysmon(tool: int, local_codes: list[Any]) -> None:
 
 
 def _import_compiled() -> tuple[ModuleType | None, str]:
-    try:
-        from . import _tracer
-    except ImportError as exc:
-        return None, f"the compiled extension is not built ({exc})"
-    return _tracer, "the compiled extension is built"
+    global _compiled
+    if _compiled is None:
+        try:
+            from . import _tracer
+        except IncompatiblePython as exc:
+            _compiled = None, str(exc)
+        except ImportError as exc:
+            _compiled = None, f"the compiled extension is not built ({exc})"
+        else:
+            _compiled = _tracer, "the compiled extension is built"
+    return _compiled
 
 
 def choose(engine: str = "auto", source: str = "auto", require_compiled: bool = False) -> EngineChoice:

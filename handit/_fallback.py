@@ -55,6 +55,7 @@ __all__ = [
 ]
 
 ENGINE = "fallback"
+PY311 = sys.version_info >= (3, 11)
 PY312 = sys.version_info >= (3, 12)
 REDACTED_ARG = Rendered("<redacted>")
 
@@ -84,7 +85,7 @@ class _ThreadBuffer:
     """One thread's records, in order, waiting for the drain."""
 
     __slots__ = ("ident", "records", "take_lock", "busy", "last_exc", "last_exc_text", "pending", "gap", "gap_slot",
-                 "exited", "idle_drains")
+                 "exited", "idle_drains", "lost", "absorbing", "skip", "lost_calls", "lost_slot")
 
     def __init__(self) -> None:
         self.ident = threading.get_ident()
@@ -101,6 +102,11 @@ class _ThreadBuffer:
         self.gap_slot = 0
         self.exited = False  # the thread is gone (its thread-local storage was released)
         self.idle_drains = 0
+        self.lost = 0  # exits lost at the recursion limit, not yet counted for a session (in gap too)
+        self.skip = 0  # calls lost at the recursion limit whose exits are not recorded either
+        self.lost_calls = 0  # calls lost at the recursion limit, not yet counted for lost_slot
+        self.lost_slot = 0
+        self.absorbing = False  # PY310: _absorb_at_limit is this thread's trace function
 
 
 class _ExitSentinel:
@@ -121,7 +127,12 @@ def _put(buf: _ThreadBuffer, record: tuple[int, int, int, int, Any, int]) -> boo
         _dropped[record[1]] = _dropped.get(record[1], 0) + 1
         return False
     if buf.gap:
-        records.append((GAP, buf.gap_slot, 0, perf_counter_ns(), None, buf.gap))
+        slot = buf.gap_slot
+        if buf.lost:  # lost at the recursion limit, where no session could be looked up
+            slot = record[1]
+            _dropped[slot] = _dropped.get(slot, 0) + buf.lost
+            buf.lost = 0
+        records.append((GAP, slot, 0, perf_counter_ns(), None, buf.gap))
         buf.gap = 0
     records.append(record)
     return True
@@ -166,6 +177,58 @@ def _fail(exc: BaseException) -> None:
         uninstall()
     finally:
         warnings.warn(f"handit stopped tracing after an internal error: {exc!r}", RuntimeWarning, stacklevel=2)
+
+
+# At the recursion limit a callback of this engine (itself a Python call) cannot make even
+# one more call: its event is lost. The except clauses count it inline (attribute stores
+# only) in the thread's buffer, as a gap that the thread's next record places in its session
+# (issue 10.8). CPython removes a profile function that fails, so the setprofile source
+# puts it back: PY310 lets a trace function armed near the limit fail in its place (the
+# trace function is called first there); PY312+ re-arms every thread from the drain; on
+# PY311 the thread stays untraced until handit next runs on it, which then says so.
+_limit_hit = False
+
+
+def _absorb_at_limit(frame: Any, event: str, arg: Any) -> None:
+    """PY310: the global trace function while a thread is near the recursion limit: called
+    before the profile function for a new frame, it is the one CPython removes there."""
+
+
+def _arm_absorber(buf: _ThreadBuffer | None) -> None:
+    if buf is not None and not buf.absorbing and not PY311 and sys.gettrace() is None:
+        sys.settrace(_absorb_at_limit)
+        buf.absorbing = True
+
+
+def _disarm_absorber(buf: _ThreadBuffer) -> None:
+    buf.absorbing = False
+    if sys.gettrace() is _absorb_at_limit:
+        sys.settrace(None)
+
+
+def _rearm_after_limit(warn: bool) -> None:
+    """Put back the profile function CPython removed at the recursion limit: on every thread
+    (PY312+, from any thread, the drain's), else on the calling one. With ``warn``, say
+    that events were missed (called on the user's thread, when a session stops)."""
+    global _limit_hit, _rearmed
+    if _limit_hit and _source == "setprofile":
+        _limit_hit = False
+        if PY312:
+            threading.setprofile_all_threads(profile_callback)
+            _rearmed = True
+            if _buffer().busy:  # handit's own thread (the drain): never traced
+                sys.setprofile(None)
+        elif sys.getprofile() is not profile_callback:
+            sys.setprofile(profile_callback)
+            _rearmed = True
+    if warn and _rearmed:
+        _rearmed = False
+        warnings.warn("handit (pure-Python engine): a thread that reached the recursion limit lost its profile "
+                      "function (CPython removes one that fails there); calls it made until handit put it back "
+                      "were not recorded", RuntimeWarning, stacklevel=3)
+
+
+_rearmed = False
 
 
 # ---- per-code decisions -------------------------------------------------------------------
@@ -279,6 +342,8 @@ def _on_return(buf: _ThreadBuffer, slot: int, info: CodeInfo, kind: int, value: 
         buf.busy = True
         try:
             aux = _value(buf, value)
+        except RecursionError:  # at the limit: the exit is recorded without its value
+            aux = NO_VALUE
         finally:
             buf.busy = False
         _put(buf, (RETURN, slot, info.index, ts, aux, 0))
@@ -292,6 +357,8 @@ def _on_unwind(buf: _ThreadBuffer, slot: int, info: CodeInfo, exc: Any) -> tuple
     buf.busy = True
     try:
         text = _exception_text(buf, exc) if exc is not None else ("<unknown>", "")
+    except RecursionError:  # at the limit the message cannot be made: the type is read in place
+        text = (exc.__class__.__qualname__, "")
     finally:
         buf.busy = False
     record = (UNWIND, slot, info.index, ts, text, 0)
@@ -302,7 +369,10 @@ def _current(code: Any) -> tuple[_ThreadBuffer, int] | None:
     slot = session_var.get()
     if not slot or slot not in _active:
         return None
-    buf = _buffer()
+    try:  # inline: an exit must need no more stack than its call (see _limit_hit)
+        buf = _tls.buffer
+    except AttributeError:
+        buf = _buffer()
     if buf.busy:
         return None
     return buf, slot
@@ -314,83 +384,126 @@ def _current(code: Any) -> tuple[_ThreadBuffer, int] | None:
 def sysmon_py_start(code: Any, offset: int) -> Any:
     """PY_START: decide the code once; record a call (DISABLE for excluded code)."""
     try:
-        cur = _current(code)
-        if cur is None:
-            return None
-        frame = sys._getframe(1)
-        info = _lookup(code, frame)[1]
-        if info is None:
-            return sys.monitoring.DISABLE
-        _on_call(cur[0], cur[1], info, frame, CALL, id(frame) if info.suspendable else 0)
-    except RecursionError:
+        return _started(code, CALL)
+    except RecursionError:  # too near the recursion limit to enter it: the event and its pair are lost
         return None
+
+
+def _started(code: Any, kind: int) -> Any:
+    """A call, resume or throw (the frame running it is two frames up)."""
+    buf = info = None
+    try:
+        if kind == CALL:
+            cur = _current(code)
+            if cur is None:
+                return None
+            buf, slot = cur
+            frame = sys._getframe(2)
+            info = _lookup(code, frame)[1]
+            if info is None:
+                return sys.monitoring.DISABLE
+            key = id(frame) if info.suspendable else 0
+        else:
+            t = _traced(code)
+            if t is None:
+                return None
+            buf, slot, info = t
+            frame = None
+            key = id(sys._getframe(2))
+        _on_call(buf, slot, info, frame, kind, key)
+    except RecursionError:  # at the recursion limit, where not even a call can be made
+        if buf is not None and info is not None:
+            buf.skip += 1  # its exit is not recorded either
+            buf.lost_calls += 1
+            buf.lost_slot = slot
     except Exception as exc:  # never reaches user code
         _fail(exc)
     return None
 
 
 def _traced(code: Any) -> tuple[_ThreadBuffer, int, CodeInfo] | None:
-    cur = _current(code)
-    if cur is None:
-        return None
     entry = _code_map.get(id(code))
     if entry is None or entry[0] is not code or entry[1] is None or entry[2] != _generation:
         return None
-    return cur[0], cur[1], entry[1]
+    # _current inline: an exit must need no more stack than its call, or at the recursion
+    # limit calls would be kept whose exits are lost
+    slot = session_var.get()
+    if not slot or slot not in _active:
+        return None
+    try:
+        buf = _tls.buffer
+    except AttributeError:
+        buf = _buffer()
+    if buf.busy:
+        return None
+    return buf, slot, entry[1]
 
 
 def sysmon_py_return(code: Any, offset: int, retval: Any) -> Any:
     """PY_RETURN: the call ends with a value."""
     try:
-        t = _traced(code)
-        if t is not None:
-            _on_return(t[0], t[1], t[2], RETURN, retval, 0)
-    except Exception as exc:
-        _fail(exc)
-    return None
+        return _ended(code, RETURN, retval)
+    except RecursionError:  # too near the recursion limit to enter it: the event and its pair are lost
+        return None
 
 
 def sysmon_py_yield(code: Any, offset: int, retval: Any) -> Any:
     """PY_YIELD: a generator or coroutine is suspended."""
     try:
-        t = _traced(code)
-        if t is not None:
-            _on_return(t[0], t[1], t[2], YIELD, None, id(sys._getframe(1)))
-    except Exception as exc:
-        _fail(exc)
-    return None
+        return _ended(code, YIELD, None)
+    except RecursionError:  # too near the recursion limit to enter it: the event and its pair are lost
+        return None
 
 
 def sysmon_py_resume(code: Any, offset: int) -> Any:
     """PY_RESUME: a suspended generator or coroutine continues."""
     try:
-        t = _traced(code)
-        if t is not None:
-            _on_call(t[0], t[1], t[2], None, RESUME, id(sys._getframe(1)))
-    except Exception as exc:
-        _fail(exc)
-    return None
+        return _started(code, RESUME)
+    except RecursionError:  # too near the recursion limit to enter it: the event and its pair are lost
+        return None
 
 
 def sysmon_py_throw(code: Any, offset: int, exc: Any) -> Any:
     """PY_THROW: a suspended generator continues with an exception thrown in."""
     try:
-        t = _traced(code)
-        if t is not None:
-            _on_call(t[0], t[1], t[2], None, THROW, id(sys._getframe(1)))
-    except Exception as exc2:
-        _fail(exc2)
-    return None
+        return _started(code, THROW)
+    except RecursionError:  # too near the recursion limit to enter it: the event and its pair are lost
+        return None
 
 
 def sysmon_py_unwind(code: Any, offset: int, exc: Any) -> Any:
     """PY_UNWIND: the call ends with an exception."""
     try:
+        return _ended(code, UNWIND, exc)
+    except RecursionError:  # too near the recursion limit to enter it: the event and its pair are lost
+        return None
+
+
+def _ended(code: Any, kind: int, value: Any) -> None:
+    """A return, yield or unwind: as deep on the stack as _started, so that at the recursion
+    limit a recorded call always gets its exit recorded."""
+    t = None
+    try:
         t = _traced(code)
         if t is not None:
-            _on_unwind(t[0], t[1], t[2], exc)
-    except Exception as exc2:
-        _fail(exc2)
+            if t[0].skip:  # the exit of a call lost at the recursion limit
+                t[0].skip -= 1
+            elif kind == UNWIND:
+                _on_unwind(t[0], t[1], t[2], value)
+            elif kind == YIELD:
+                _on_return(t[0], t[1], t[2], YIELD, None, id(sys._getframe(2)))
+            else:
+                _on_return(t[0], t[1], t[2], RETURN, value, 0)
+    except RecursionError:  # at the recursion limit, where not even a call can be made
+        # (failing before the code is known mirrors a call that failed as early: neither is kept)
+        if t is not None:
+            if t[0].skip:  # the exit of a call lost here too
+                t[0].skip -= 1
+            else:  # the exit of a recorded call: a gap, placed and counted at the next record
+                t[0].gap += 1
+                t[0].lost += 1
+    except Exception as exc:
+        _fail(exc)
     return None
 
 
@@ -399,11 +512,14 @@ def sysmon_py_unwind(code: Any, offset: int, exc: Any) -> Any:
 
 def profile_callback(frame: Any, event: str, arg: Any) -> None:
     """The profile function: "call" and "return" events of Python frames."""
-    if _source != "setprofile":
-        # left behind on a thread uninstall() could not reach (before 3.12): remove itself
-        sys.setprofile(None)
-        return
+    global _limit_hit
+    buf = cur = info = calling = t = None
     try:
+        calling = event == "call"
+        if _source != "setprofile":
+            # left behind on a thread uninstall() could not reach (before 3.12): remove itself
+            sys.setprofile(None)
+            return
         buf = getattr(_tls, "buffer", None)
         if buf is not None and buf.pending and not buf.busy:
             _resolve_unwinds(buf)
@@ -435,6 +551,9 @@ def profile_callback(frame: Any, event: str, arg: Any) -> None:
             if t is None:
                 return
             buf, slot, info = t
+            if buf.skip:  # the exit of a call lost at the recursion limit
+                buf.skip -= 1
+                return
             kinds = _code_map[id(code)][3]
             unit = frame.f_lasti // 2
             how = kinds[unit] if 0 <= unit < len(kinds) else 0
@@ -446,8 +565,29 @@ def profile_callback(frame: Any, event: str, arg: Any) -> None:
                 record = _on_unwind(buf, slot, info, None)
                 if record is not None and len(buf.pending) < 8:
                     buf.pending.append((record, id(frame)))
-    except RecursionError:
-        return
+        if buf is not None and buf.absorbing:
+            try:
+                _disarm_absorber(buf)  # PY310: away from the limit again (or not yet)
+            except RecursionError:
+                pass
+    except RecursionError:  # at the recursion limit, where not even a call can be made (see _limit_hit)
+        _limit_hit = True
+        try:
+            b = _tls.buffer
+            if calling:
+                if cur is not None and info is not None:
+                    b.skip += 1  # its exit is not recorded either
+                    b.lost_calls += 1
+                    b.lost_slot = cur[1]
+            elif t is not None:  # (failing before the code is known mirrors such a call)
+                if b.skip:  # the exit of a call lost here too
+                    b.skip -= 1
+                else:  # the exit of a recorded call: a gap, placed and counted at the next record
+                    b.gap += 1
+                    b.lost += 1
+            _arm_absorber(b)
+        except BaseException:
+            pass
     except Exception as exc:
         _fail(exc)
 
@@ -583,6 +723,7 @@ def take_counts(slot: int) -> tuple[int, int, int]:
 def deactivate(slot: int) -> None:
     """Drop records for ``slot`` from now on (work outliving its session)."""
     _active.discard(slot)
+    _rearm_after_limit(warn=True)
 
 
 def set_slot(slot: int) -> Any:
@@ -619,7 +760,10 @@ def _collect() -> list[tuple[int, list[tuple[int, int, int, int, Any, int]]]]:
         buf.last_exc = None  # the exception-text cache must not keep an exception alive
         buf.pending = []
         records = buf.records
-        if buf.gap:  # records dropped after the last one kept: the gap ends the batch
+        if buf.lost_calls:  # calls lost at the recursion limit (with their exits: no gap needed)
+            _dropped[buf.lost_slot] = _dropped.get(buf.lost_slot, 0) + buf.lost_calls
+            buf.lost_calls = 0
+        if buf.gap and not buf.lost:  # records dropped after the last one kept: the gap ends the batch
             records.append((GAP, buf.gap_slot, 0, perf_counter_ns(), None, buf.gap))
             buf.gap = 0
         # taken in place, never swapped: the thread may be between reading buf.records and
@@ -710,6 +854,8 @@ def drain(calibration: Any, previewer: Any) -> list[tuple[int, bytes]]:
         ``(slot, block)`` pairs in the block format of :mod:`handit.records`.
     """
     out: list[tuple[int, bytes]] = []
+    if PY312:
+        _rearm_after_limit(warn=False)
     calibration.refine()
     to_ns = calibration.to_epoch_ns
     for ident, records in _collect():

@@ -51,6 +51,7 @@ ctypedef struct TState:
     int nout
     int busy          # handit's own work or an internal thread: record nothing
     int fast_tstate   # this thread reads CPython's thread state from its TLS slot directly
+    int fast_tstate_proven  # 1: that read was proven valid on this thread; 0: not; -1: not checked (switched off)
     int exited        # the thread has exited (set without the GIL at its exit)
     int idle_drains   # drains since it exited that found nothing of it left
     TState* next_all

@@ -21,7 +21,7 @@ import threading
 import warnings
 from contextvars import ContextVar
 
-from ._engine import claim_sysmon, release_sysmon
+from ._engine import IncompatiblePython, claim_sysmon, release_sysmon
 from ._policy import ARGS, exit_kinds, first_yield_unit, module_of
 from .preview import _type_name as type_name
 from .records import Rendered
@@ -101,12 +101,41 @@ cdef extern from "_compat.h":
     PyObject* handit_return_none()
     PyThreadState* handit_tstate_for(int fast)
     int handit_tstate_fast_ok()
+    void handit_set_fast_tstate(int on)
+    void handit_headroom(int more)
     void* handit_context_ptr(PyThreadState*)
     uint64_t handit_context_ver(PyThreadState*)
     ctypedef struct PyMethodDef:
         pass
     ctypedef PyObject* (*handit_fastcall)(PyObject*, PyObject**, Py_ssize_t) noexcept
     object handit_make_fastcall(PyMethodDef*, handit_fastcall, const char*, const char*)
+    const char* handit_layout_problem(unsigned long runtime_hex, int free_threaded)
+    bint HANDIT_FREE_THREADED
+    bint HANDIT_CHECKS_DEBUG_OFFSETS
+
+
+cdef _refuse_unknown_layout():
+    # Before anything else runs: never read a layout this build does not know (issue 17.2).
+    # _HANDIT_SIMULATE_PYTHON (tests only) pretends another interpreter: "3.14", "3.13t".
+    cdef const char* problem
+    from os import environ
+    hexversion, free_threaded = sys.hexversion, HANDIT_FREE_THREADED
+    shown = "%d.%d" % sys.version_info[:2]
+    pretend = environ.get("_HANDIT_SIMULATE_PYTHON")
+    if pretend:
+        shown = pretend
+        free_threaded = pretend.endswith("t")
+        major, minor = pretend.rstrip("t").split(".")
+        hexversion = (int(major) << 24) | (int(minor) << 16)
+    problem = handit_layout_problem(hexversion, free_threaded)
+    if problem != NULL:
+        raise IncompatiblePython("the compiled engine cannot run on Python %s%s: %s" % (
+            shown, " (free-threaded)" if free_threaded and not shown.endswith("t") else "", problem.decode()))
+
+
+_refuse_unknown_layout()
+LAYOUT_CHECKED = "version and _Py_DebugOffsets" if HANDIT_CHECKS_DEBUG_OFFSETS else "version"
+"""What was checked at import against the interpreter's own description of its layout."""
 
 ENGINE = "compiled"
 TICKS_ARE_NS = bool(handit_ticks_are_ns())
@@ -171,7 +200,8 @@ cdef TState* _new_tstate() noexcept:
     if ts == NULL:
         return NULL
     ts.ident = PyThread_get_thread_ident()
-    ts.fast_tstate = handit_tstate_fast_ok()
+    ts.fast_tstate_proven = handit_tstate_fast_ok()
+    ts.fast_tstate = ts.fast_tstate_proven == 1
     handit_exit_key_set(&ts.exited)
     handit_q_lock()  # the drain thread walks the list without the GIL
     ts.next_all = _all_states
@@ -390,6 +420,7 @@ cdef CInfo* _decide(PyObject* code, PyFrameObject* frame) noexcept:
     cdef CInfo* old = _cinfo(code)
     cdef CInfo* ci
     cdef object ocode = <object>code
+    handit_headroom(1)
     try:
         if old != NULL and old.key_id == _key_id:
             if old.traced:
@@ -434,6 +465,8 @@ cdef CInfo* _decide(PyObject* code, PyFrameObject* frame) noexcept:
     except BaseException as exc:
         _fail(exc)
         return NULL
+    finally:
+        handit_headroom(0)
 
 
 cdef PyObject* _exception_text(TState* ts, PyObject* exc) noexcept:
@@ -443,6 +476,7 @@ cdef PyObject* _exception_text(TState* ts, PyObject* exc) noexcept:
         Py_INCREF(<object>ts.last_exc_text)
         return ts.last_exc_text
     ts.busy = 1
+    handit_headroom(1)
     try:
         if exc == NULL:
             text = ("<unknown>", "")
@@ -453,6 +487,7 @@ cdef PyObject* _exception_text(TState* ts, PyObject* exc) noexcept:
         text = ("<unknown>", "")
     except BaseException:
         text = ("<unknown>", "")
+    handit_headroom(0)
     ts.busy = 0
     if exc != NULL:
         Py_XDECREF(ts.last_exc)
@@ -709,6 +744,7 @@ cdef void _resolve_unwinds(TState* ts) noexcept:
         PyErr_Clear()
         return
     ts.busy = 1
+    handit_headroom(1)
     try:
         frames = set()
         tb = (<object>exc).__traceback__
@@ -739,6 +775,7 @@ cdef void _resolve_unwinds(TState* ts) noexcept:
         _interrupt_again()
     except BaseException:
         ts.npending = 0
+    handit_headroom(0)
     ts.busy = 0
     Py_DECREF(<object>exc)
 
@@ -802,8 +839,23 @@ def set_policy(policy):
     _capture = 1 if policy.capture >= ARGS else 0
     _key_id = _key_ids.setdefault(policy.decision_key, len(_key_ids) + 1)
     _generation += 1
+    _set_fast_tstate(policy.config.fast_tstate)
     if _tool_id is not None:
         sys.monitoring.restart_events()
+
+
+cdef void _set_fast_tstate(bint on) noexcept:
+    # HANDIT_FAST_TSTATE (GIL held; the callbacks read ts.fast_tstate only with the GIL):
+    # off takes every thread to the getter now; on gives the fast read back to the threads
+    # that proved it, and lets threads checked from now on prove it
+    cdef TState* ts
+    handit_set_fast_tstate(on)
+    handit_q_lock()
+    ts = _all_states
+    while ts != NULL:
+        ts.fast_tstate = on and ts.fast_tstate_proven == 1
+        ts = ts.next_all
+    handit_q_unlock()
 
 
 def activate(int slot):

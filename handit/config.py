@@ -302,6 +302,8 @@ class Config:
     """Event source: ``sysmon`` (sys.monitoring, 3.12+), ``setprofile``, or ``auto``."""
     require_compiled: bool = _setting(False, _BOOL)
     """Make a missing compiled extension an error instead of a fallback."""
+    fast_tstate: bool = _setting(True, _BOOL)
+    """Compiled engine, 3.12+ on x86-64 Linux: read CPython's thread state from its TLS slot where proven valid per thread; False: always the exported getter."""
     bounded_memory: bool = _setting(False, _BOOL)
     """Let ring buffers drop records (counted) instead of growing when the drain falls behind."""
     max_session_memory: int = _setting(64 * 1024 * 1024, _Number(int, 0))

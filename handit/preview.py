@@ -69,6 +69,8 @@ def _type_name(tp: type) -> str:
         return hit[1]
     try:
         name = _utf8(_TYPE_QUALNAME(tp))
+    except RecursionError:  # at the recursion limit: not a fact about the type, so not kept
+        raise
     except Exception:  # a broken extension type: keep going
         name = "?"
     if len(_type_names) >= _CACHE_MAX:

@@ -416,7 +416,7 @@ def stop(session: Session | None = None) -> Session | None:
             session.stats["exceptions"] += exceptions
             session.stats["dropped"] += dropped
             if dropped:
-                _warn_once(f"handit dropped {dropped} records of session {session.id} (HANDIT_BOUNDED_MEMORY, or out of memory); gaps are marked")
+                _warn_once(f"handit dropped {dropped} records of session {session.id} (HANDIT_BOUNDED_MEMORY, the recursion limit, or out of memory); gaps are marked")
             del _by_slot[session.slot]
             _by_id.pop(session.id, None)
             for sink in session._sinks:

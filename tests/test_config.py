@@ -58,6 +58,7 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "engine": "auto",
     "source": "auto",
     "require_compiled": False,
+    "fast_tstate": True,
     "bounded_memory": False,
     "max_session_memory": 64 * 1024 * 1024,
     "children": True,
