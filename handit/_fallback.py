@@ -17,7 +17,7 @@ from typing import Any, Callable
 from ._engine import claim_sysmon, release_sysmon
 from ._policy import ARGS, EXIT_RETURN, EXIT_YIELD, CodeInfo, Policy, exit_kinds, first_yield_unit, module_of
 from .preview import _type_name as type_name
-from .records import CALL, GAP, NO_VALUE, RESUME, RETURN, THROW, UNWIND, YIELD, Rendered, put_string, put_varint
+from .records import CALL, GAP, NO_VALUE, RESUME, RETURN, THROW, UNWIND, YIELD, GenKeys, Rendered, put_string, put_varint
 
 __all__ = [
     "ENGINE",
@@ -281,20 +281,20 @@ def _on_return(buf: _ThreadBuffer, slot: int, info: CodeInfo, kind: int, value: 
             aux = _value(buf, value)
         finally:
             buf.busy = False
-        _put(buf, (RETURN, slot, info.index, ts, aux, 0))
+        _put(buf, (RETURN, slot, info.index, ts, aux, key))
     else:
         _put(buf, (kind, slot, info.index, ts, None, key))
 
 
-def _on_unwind(buf: _ThreadBuffer, slot: int, info: CodeInfo, exc: Any) -> tuple[Any, ...] | None:
-    """Record an unwind; returns the record (None if dropped)."""
+def _on_unwind(buf: _ThreadBuffer, slot: int, info: CodeInfo, exc: Any, key: int) -> tuple[Any, ...] | None:
+    """Record an unwind (``key``: a generator's frame, else 0); returns the record (None if dropped)."""
     ts = perf_counter_ns()
     buf.busy = True
     try:
         text = _exception_text(buf, exc) if exc is not None else ("<unknown>", "")
     finally:
         buf.busy = False
-    record = (UNWIND, slot, info.index, ts, text, 0)
+    record = (UNWIND, slot, info.index, ts, text, key)
     return record if _put(buf, record) else None
 
 
@@ -344,7 +344,7 @@ def sysmon_py_return(code: Any, offset: int, retval: Any) -> Any:
     try:
         t = _traced(code)
         if t is not None:
-            _on_return(t[0], t[1], t[2], RETURN, retval, 0)
+            _on_return(t[0], t[1], t[2], RETURN, retval, id(sys._getframe(1)) if t[2].suspendable else 0)
     except Exception as exc:
         _fail(exc)
     return None
@@ -388,7 +388,7 @@ def sysmon_py_unwind(code: Any, offset: int, exc: Any) -> Any:
     try:
         t = _traced(code)
         if t is not None:
-            _on_unwind(t[0], t[1], t[2], exc)
+            _on_unwind(t[0], t[1], t[2], exc, id(sys._getframe(1)) if t[2].suspendable else 0)
     except Exception as exc2:
         _fail(exc2)
     return None
@@ -439,11 +439,11 @@ def profile_callback(frame: Any, event: str, arg: Any) -> None:
             unit = frame.f_lasti // 2
             how = kinds[unit] if 0 <= unit < len(kinds) else 0
             if how == EXIT_RETURN:
-                _on_return(buf, slot, info, RETURN, arg, 0)
+                _on_return(buf, slot, info, RETURN, arg, id(frame) if info.suspendable else 0)
             elif how == EXIT_YIELD:
                 _on_return(buf, slot, info, YIELD, None, id(frame))
             else:
-                record = _on_unwind(buf, slot, info, None)
+                record = _on_unwind(buf, slot, info, None, id(frame) if info.suspendable else 0)
                 if record is not None and len(buf.pending) < 8:
                     buf.pending.append((record, id(frame)))
     except RecursionError:
@@ -572,11 +572,13 @@ def activate(slot: int) -> None:
 
 
 _counts: dict[int, list[int]] = {}
+_gen_keys: dict[int, GenKeys] = {}  # session slot -> its generator keys (the drain's)
 
 
 def take_counts(slot: int) -> tuple[int, int, int]:
     """``(calls, exceptions, dropped)`` for ``slot`` since the last call; resets them."""
     calls, excs = _counts.pop(slot, (0, 0))
+    _gen_keys.pop(slot, None)  # a new session (or none) on this slot: its keys start again
     return calls, excs, _dropped.pop(slot, 0)
 
 
@@ -716,6 +718,15 @@ def drain(calibration: Any, previewer: Any) -> list[tuple[int, bytes]]:
         blocks: dict[int, tuple[bytearray, list[int]]] = {}
         for kind, slot, code, ts, aux, key in records:
             t = to_ns(ts)
+            if key and kind != GAP:  # a generator's frame: written as its small key
+                keys = _gen_keys.get(slot)
+                if keys is None:
+                    keys = _gen_keys[slot] = GenKeys()
+                if kind == RETURN or kind == UNWIND:
+                    keys.release(key)  # its final exit: the key is free again
+                    key = 0
+                else:
+                    key = keys.key(key)
             block = blocks.get(slot)
             if block is None:
                 buf = bytearray()

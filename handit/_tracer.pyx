@@ -486,18 +486,21 @@ cdef inline void _on_call(TState* ts, PyThreadState* t, int slot, CInfo* ci, PyF
     _record(ts, kind, slot, ci.index, aux, key)
 
 
-cdef inline void _on_return(TState* ts, int slot, CInfo* ci, PyObject* value) noexcept:
-    # never raises
+cdef inline void _on_return(TState* ts, int slot, CInfo* ci, PyObject* value, uint64_t key) noexcept:
+    # never raises. key: a generator's or coroutine's frame (its final exit frees its index
+    # in the block encoder); 0 for other code
     if _capture:
         _forget_exception(ts)
-        _record(ts, K_RETURN, slot, ci.index, _value_blob(ts, value if value != NULL else Py_None), 0)
+        _record(ts, K_RETURN, slot, ci.index, _value_blob(ts, value if value != NULL else Py_None), key)
+    elif key:
+        _record(ts, K_RETURN, slot, ci.index, NULL, key)
     else:
         _record_plain(ts, K_RETURN, slot, ci.index)
 
 
-cdef inline void _on_unwind(TState* ts, int slot, CInfo* ci, PyObject* exc) noexcept:
-    # never raises
-    _record(ts, K_UNWIND, slot, ci.index, _exception_text(ts, exc), 0)
+cdef inline void _on_unwind(TState* ts, int slot, CInfo* ci, PyObject* exc, uint64_t key) noexcept:
+    # never raises; key as for _on_return
+    _record(ts, K_UNWIND, slot, ci.index, _exception_text(ts, exc), key)
 
 
 cdef inline CInfo* _traced(PyObject* code) noexcept:
@@ -566,7 +569,7 @@ cdef PyObject* _c_py_return(PyObject* self, PyObject** args, Py_ssize_t nargs) n
     cdef int slot = 0
     cdef CInfo* ci = _traced_event(args[0], &ts, &t, &slot)
     if ci != NULL:
-        _on_return(ts, slot, ci, args[2])
+        _on_return(ts, slot, ci, args[2], <uint64_t>handit_current_iframe(t) if ci.suspendable else 0)
     return _none()
 
 
@@ -602,7 +605,7 @@ cdef PyObject* _c_py_unwind(PyObject* self, PyObject** args, Py_ssize_t nargs) n
     cdef int slot = 0
     cdef CInfo* ci = _traced_event(args[0], &ts, &t, &slot)
     if ci != NULL:
-        _on_unwind(ts, slot, ci, args[2])
+        _on_unwind(ts, slot, ci, args[2], <uint64_t>handit_current_iframe(t) if ci.suspendable else 0)
     return _none()
 
 
@@ -671,11 +674,11 @@ cdef int profile_call(PyObject* obj, PyFrameObject* frame, int what, PyObject* a
     else:
         return 0
     if how == 1:
-        _on_return(ts, slot, ci, arg)
+        _on_return(ts, slot, ci, arg, <uint64_t>frame if ci.suspendable else 0)
     elif how == 2:
         _record(ts, K_YIELD, slot, ci.index, NULL, <uint64_t>frame)
     else:
-        _on_unwind(ts, slot, ci, NULL)
+        _on_unwind(ts, slot, ci, NULL, <uint64_t>frame if ci.suspendable else 0)
         _remember_unwind(ts, frame)
     return 0
 
@@ -816,6 +819,7 @@ def take_counts(int slot):
     with nogil:
         handit_enc_lock()  # the drain thread counts the calls it encodes
     out = (_n_calls[slot], _n_exceptions[slot], _n_dropped[slot])
+    _gen_keys.pop(slot, None)  # a new session (or none) on this slot: its keys start again
     _n_calls[slot] = 0
     _n_exceptions[slot] = 0
     _n_dropped[slot] = 0
@@ -1187,6 +1191,52 @@ cdef OutBuf* _buf_or_flush(TState* ts, uint16_t slot, int64_t t, list out) noexc
     return b
 
 
+cdef uint64_t MAX_GEN_KEYS = 65536  # records.MAX_GEN_KEYS
+
+
+cdef class _GenKeys:
+    # One session's small generator keys: frame -> index from 1, as records.GenKeys (the
+    # pure twin, which says why); typed here because every suspend and resume goes through it
+    cdef dict index
+    cdef list free
+    cdef uint64_t next
+
+    def __cinit__(self):
+        self.index = {}
+        self.free = []
+        self.next = 1
+
+    cdef uint64_t key(self, uint64_t frame) except 0:
+        cdef object k = self.index.get(frame)
+        if k is not None:
+            return <uint64_t>k
+        if self.free:
+            k = self.free.pop()
+        else:
+            if self.next > MAX_GEN_KEYS:
+                self.index.clear()
+                self.next = 1
+            k = self.next
+            self.next += 1
+        self.index[frame] = k
+        return <uint64_t>k
+
+    cdef void release(self, uint64_t frame) except *:
+        cdef object k = self.index.pop(frame, None)
+        if k is not None:
+            self.free.append(k)
+
+
+cdef dict _gen_keys = {}  # session slot -> _GenKeys (drain only: GIL and enc lock held)
+
+
+cdef _GenKeys _gen_keys_of(int slot):
+    cdef object keys = _gen_keys.get(slot)
+    if keys is None:
+        keys = _gen_keys[slot] = _GenKeys()
+    return <_GenKeys>keys
+
+
 cdef int _encode_valued(OutBuf* b, Record* r, RecordExt* ext, int64_t t) except -1:
     # one record that has a value or key (takes the record's blob or reference); unwinds'
     # texts are Python strings, so this runs with the GIL
@@ -1203,6 +1253,12 @@ cdef int _encode_valued(OutBuf* b, Record* r, RecordExt* ext, int64_t t) except 
         Py_DECREF(aux)  # the record's reference; `aux` holds one
     dts = t - b.last
     b.last = t
+    if rkey and r.kind != K_GAP:  # a generator's frame: written as its small key
+        if r.kind == K_RETURN or r.kind == K_UNWIND:
+            _gen_keys_of(r.slot).release(rkey)  # its final exit: the key is free again
+            rkey = 0
+        else:
+            rkey = _gen_keys_of(r.slot).key(rkey)
     if r.kind == K_CALL:
         _n_calls[r.slot] += 1
         if raux != NULL:
