@@ -288,12 +288,12 @@ class Fold:
         return {
             "funcs": [[code, *row] for code, row in self.funcs.items()],
             "errors": [[t, m, code, err[0], err[1]] for (t, m, code), err in self.errors.items()],
-            "counts": {name: getattr(self, name) for name in _COUNTS},
+            "counts": {name: getattr(self, name) for name in _COUNTS},  # last_ts: where an unended session stops
             "threads": len(self.threads),
         }
 
 
-_COUNTS = ("calls", "exceptions", "raised", "incomplete", "abandoned", "dropped", "corrupt_blocks", "errors_omitted")
+_COUNTS = ("calls", "exceptions", "raised", "incomplete", "abandoned", "dropped", "corrupt_blocks", "errors_omitted", "last_ts")
 
 
 def _uvarint(data: bytes, pos: cython.Py_ssize_t) -> tuple[int, int]:
@@ -312,13 +312,16 @@ def _uvarint(data: bytes, pos: cython.Py_ssize_t) -> tuple[int, int]:
             raise IndexError("a varint longer than 64 bits")
 
 
-def fold_type(engine: str | None = None) -> type[Fold]:
+def fold_type(engine: str | None = None, require_compiled: bool = False) -> type[Fold]:
     """The compiled :class:`Fold` when it is built and the engine is not ``fallback``, else this one.
 
     Args:
         engine: ``"compiled"``, ``"fallback"``, or None to follow ``HANDIT_ENGINE``.
+        require_compiled: a missing compiled twin is an error (``HANDIT_REQUIRE_COMPILED``).
     Returns:
         the class.
+    Raises:
+        ImportError: ``require_compiled`` and ``handit._blocks`` is not built.
     """
     if engine is None:
         engine = os.environ.get("HANDIT_ENGINE", "auto")
@@ -327,5 +330,7 @@ def fold_type(engine: str | None = None) -> type[Fold]:
     try:
         from ._blocks import Fold as CompiledFold
     except ImportError:
+        if require_compiled:
+            raise
         return Fold
     return CompiledFold  # type: ignore[no-any-return]

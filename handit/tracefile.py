@@ -7,7 +7,9 @@ A file is the magic ``b"HANDIT\\x01\\n"`` followed by frames::
 ``S`` session start (JSON object), ``E`` session end (JSON object), ``C`` code
 table entries (JSON list of ``[index, module, qualname, file, line, argnames]``),
 ``B`` a block (16-byte session UUID + the encoded block, see
-:mod:`handit.reader`), ``J`` extra events (JSON list of event dicts). The stream
+:mod:`handit.reader`), ``J`` extra events (JSON list of event dicts), ``F`` a
+session's folded figures (16-byte session UUID + JSON, :mod:`handit.blocks`)
+written before its end, so a summary needs no block decoded. The stream
 id is random per writer (process and file), so several processes can append to
 one file without their code tables colliding. Every frame reaches the file in
 one ``write`` on an ``O_APPEND`` descriptor, so appenders never interleave
@@ -21,15 +23,15 @@ import struct
 import threading
 import uuid
 import warnings
-from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, Collection, Iterable, Iterator, NamedTuple
 
 from .errors import HanditError
 from .reader import TraceBuilder
 
 __all__ = [
-    "MAGIC", "StoredCode", "TraceFileWarning", "TraceFileWriter", "TraceFormatError",
-    "detect_format", "iter_events", "iter_frames", "iter_trace", "open_append",
-    "read_trace", "write_all",
+    "MAGIC", "Folds", "StoredCode", "TraceFileWarning", "TraceFileWriter", "TraceFormatError",
+    "detect_format", "iter_events", "iter_frames", "iter_session_blocks", "iter_trace", "open_append",
+    "read_folds", "read_trace", "write_all",
 ]
 
 MAGIC = b"HANDIT\x01\n"
@@ -232,6 +234,14 @@ class TraceFileWriter:
         """
         self._frame(b"B", uuid.UUID(session_id).bytes, block)
 
+    def fold(self, session_id: str, figures: dict[str, Any]) -> None:
+        """Write a session's folded figures (:meth:`handit.blocks.Fold.to_json`) as an F frame.
+
+        Raises:
+            ValueError: ``session_id`` is not a UUID.
+        """
+        self._frame(b"F", uuid.UUID(session_id).bytes, _json_bytes(figures))
+
     def events(self, events: list[dict[str, Any]]) -> None:
         """Write events made outside the engine (HTTP calls, the low-level API) as J frames."""
         if not events:
@@ -273,7 +283,7 @@ class TraceFileWriter:
 
 
 def iter_frames(
-    path: str, *, progress: Callable[[int, int], None] | None = None
+    path: str, *, progress: Callable[[int, int], None] | None = None, only: bytes | None = None
 ) -> Iterator[tuple[bytes, bytes, bytes]]:
     """Stream the frames of a .handit file, reading it in chunks.
 
@@ -284,8 +294,9 @@ def iter_frames(
     Args:
         path: the trace file.
         progress: called with ``(bytes_read, total_bytes)`` every few MB and at the end.
+        only: frame types wanted (e.g. ``b"SEF"``); other frames are skipped unread.
     Yields:
-        ``(type, stream_id, payload)``; types outside S/E/C/B/J too (readers skip them).
+        ``(type, stream_id, payload)``; types outside S/E/C/B/J/F too (readers skip them).
     Raises:
         TraceFormatError: the file does not start with the magic.
     """
@@ -313,6 +324,10 @@ def iter_frames(
                 total = os.fstat(fd).st_size  # another process may still be appending
                 if length > total - pos - HEADER_SIZE:
                     break  # a cut last frame: never allocate more than the file holds
+            if only is not None and ftype not in only:
+                f.seek(length, os.SEEK_CUR)
+                pos += HEADER_SIZE + length
+                continue
             payload = read(length)
             if len(payload) < length:
                 break
@@ -343,7 +358,10 @@ def _session_raw(session_id: str) -> bytes | None:
         return None  # not a UUID: it has no blocks
 
 
-def iter_trace(path: str, *, progress: Callable[[int, int], None] | None = None) -> Iterator[dict[str, Any]]:
+def iter_trace(
+    path: str, *, progress: Callable[[int, int], None] | None = None, skip_blocks: Collection[str] = (),
+    no_blocks: bool = False,
+) -> Iterator[dict[str, Any]]:
     """Stream the events of a .handit file in the JSONL schema, in file order.
 
     Per session: its ``session_start``; ``call`` / ``return`` / ``exception``
@@ -357,6 +375,8 @@ def iter_trace(path: str, *, progress: Callable[[int, int], None] | None = None)
     Args:
         path: the trace file.
         progress: called with ``(bytes_read, total_bytes)`` now and then.
+        skip_blocks: sessions whose blocks are not decoded (their summary comes from F frames).
+        no_blocks: decode no block at all (block frames are skipped unread).
     Yields:
         event dicts.
     Raises:
@@ -375,10 +395,12 @@ def iter_trace(path: str, *, progress: Callable[[int, int], None] | None = None)
         return state
 
     damaged = 0
-    for ftype, stream, payload in iter_frames(path, progress=progress):
+    for ftype, stream, payload in iter_frames(path, progress=progress, only=b"SECJ" if no_blocks else None):
         if ftype == b"B":
             raw = payload[:16]
             sid = by_raw.get(raw)
+            if sid in skip_blocks:
+                continue
             state = sessions.get(sid) if sid is not None else None
             if state is None:  # blocks without a start frame: decode them anyway
                 if len(raw) < 16:
@@ -393,9 +415,7 @@ def iter_trace(path: str, *, progress: Callable[[int, int], None] | None = None)
         try:
             obj = loads(payload)
             if ftype == b"C":
-                table = tables.setdefault(stream, {})
-                for index, module, qualname, file, line, argnames in obj:
-                    table[index] = StoredCode(module, qualname, file, line, tuple(argnames))
+                _add_codes(tables.setdefault(stream, {}), obj)
                 continue
             if not isinstance(obj, list if ftype == b"J" else dict):
                 raise ValueError(f"unexpected {type(obj).__name__}")
@@ -427,6 +447,64 @@ def iter_trace(path: str, *, progress: Callable[[int, int], None] | None = None)
         }
     if damaged:
         warnings.warn(f"{path}: skipped {damaged} damaged frame(s)", TraceFileWarning, stacklevel=2)
+
+
+def iter_session_blocks(path: str, session_id: str) -> Iterator[bytes]:
+    """The encoded blocks of one session in a .handit file, in order (no decoding).
+
+    Args:
+        path: the trace file.
+        session_id: the session's UUID.
+    Yields:
+        blocks.
+    """
+    raw = uuid.UUID(session_id).bytes
+    for ftype, _, payload in iter_frames(path):
+        if ftype == b"B" and payload[:16] == raw:
+            yield payload[16:]
+
+
+class Folds(NamedTuple):
+    """The F frames of a trace file (see :func:`read_folds`)."""
+
+    figures: dict[str, dict[str, Any]]  # session id -> folded figures
+    codes: dict[str, Callable[[int], StoredCode]]  # session id -> its stream's code lookup
+    unfolded: set[str]  # sessions that have a start but no F frame (their blocks need decoding)
+
+
+def read_folds(path: str) -> Folds:
+    """The folded figures of every session that has an F frame, and their code tables.
+
+    Only S, C and F frames are read; block payloads are skipped unread, so this costs
+    little even for a large file.
+
+    Args:
+        path: the trace file.
+    Returns:
+        the figures, code lookups and the sessions without figures.
+    """
+    figures: dict[str, dict[str, Any]] = {}
+    codes: dict[str, Callable[[int], StoredCode]] = {}
+    started: set[str] = set()
+    tables: dict[bytes, dict[int, StoredCode]] = {}
+    for ftype, stream, payload in iter_frames(path, only=b"SCF"):
+        try:
+            if ftype == b"S":
+                started.add(str(json.loads(payload).get("session_id")))
+            elif ftype == b"C":
+                _add_codes(tables.setdefault(stream, {}), json.loads(payload))
+            else:
+                sid = str(uuid.UUID(bytes=payload[:16]))
+                figures[sid] = json.loads(payload[16:])
+                codes[sid] = tables.setdefault(stream, {}).__getitem__
+        except (ValueError, TypeError, AttributeError):
+            continue
+    return Folds(figures, codes, started - set(figures))
+
+
+def _add_codes(table: dict[int, StoredCode], rows: list[Any]) -> None:
+    for index, module, qualname, file, line, argnames in rows:
+        table[index] = StoredCode(module, qualname, file, line, tuple(argnames))
 
 
 def detect_format(path: str) -> str:
@@ -466,19 +544,23 @@ def _iter_jsonl(path: str, progress: Callable[[int, int], None] | None) -> Itera
         warnings.warn(f"{path}: skipped {bad} line(s) that are not JSON", TraceFileWarning, stacklevel=2)
 
 
-def iter_events(path: str, *, progress: Callable[[int, int], None] | None = None) -> Iterator[dict[str, Any]]:
+def iter_events(
+    path: str, *, progress: Callable[[int, int], None] | None = None, skip_blocks: Collection[str] = (),
+    no_blocks: bool = False,
+) -> Iterator[dict[str, Any]]:
     """Stream the events of a trace file in either format (.handit or JSONL).
 
     Args:
         path: the trace file.
         progress: called with ``(bytes_read, total_bytes)`` now and then.
+        skip_blocks, no_blocks: as for :func:`iter_trace` (.handit only).
     Yields:
         event dicts in the JSONL schema.
     Raises:
         OSError: the file cannot be read.
     """
     if detect_format(path) == "handit":
-        return iter_trace(path, progress=progress)
+        return iter_trace(path, progress=progress, skip_blocks=skip_blocks, no_blocks=no_blocks)
     return _iter_jsonl(path, progress)
 
 
