@@ -25,8 +25,7 @@ else:
     ext_modules = cythonize(
         [
             Extension("handit._tracer", ["handit/_tracer.pyx"], extra_compile_args=["-O2"]),
-            # the per-function fold: the pure module compiled as is (its annotations type the loop)
-            Extension("handit._blocks", ["handit/blocks.py"], extra_compile_args=["-O2"]),
+            Extension("handit._blocks", ["handit/_blocks.pyx"], extra_compile_args=["-O2"]),
         ],
         language_level=3,
         compiler_directives={

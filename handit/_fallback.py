@@ -17,7 +17,9 @@ from typing import Any, Callable
 from ._engine import claim_sysmon, release_sysmon
 from ._policy import ARGS, EXIT_RETURN, EXIT_YIELD, CodeInfo, Policy, exit_kinds, first_yield_unit, module_of
 from .preview import _type_name as type_name
-from .records import CALL, GAP, NO_VALUE, RESUME, RETURN, THROW, UNWIND, YIELD, GenKeys, Rendered, put_string, put_varint
+from .records import (
+    BLOCK_BYTES, CALL, GAP, NO_VALUE, RESUME, RETURN, THROW, UNWIND, YIELD, GenKeys, Rendered, put_string, put_varint,
+)
 
 __all__ = [
     "ENGINE",
@@ -39,6 +41,7 @@ __all__ = [
     "read_ticks",
     "reset_slot",
     "session_var",
+    "set_backlog_hook",
     "set_policy",
     "set_slot",
     "source",
@@ -109,17 +112,28 @@ class _ExitSentinel:
 
 _bounded = False
 _max_records = 32 * 16384
+_backlog_hook: Callable[[], Any] | None = None
 _dropped: dict[int, int] = {}
 
 
 def _put(buf: _ThreadBuffer, record: tuple[int, int, int, int, Any, int]) -> bool:
-    """Append a record; in bounded-memory mode past the cap drop it (counted, gap marked)."""
+    """Append a record; past the cap drop it in bounded-memory mode (counted, gap marked),
+    else drain here (the compiled twin's ``_hand_over`` says why)."""
     records = buf.records
-    if _bounded and len(records) >= _max_records:
-        buf.gap += 1
-        buf.gap_slot = record[1]
-        _dropped[record[1]] = _dropped.get(record[1], 0) + 1
-        return False
+    if len(records) >= _max_records:
+        if _bounded:
+            buf.gap += 1
+            buf.gap_slot = record[1]
+            _dropped[record[1]] = _dropped.get(record[1], 0) + 1
+            return False
+        if _backlog_hook is not None and not buf.busy:
+            buf.busy = True  # handit's own work: nothing of it is recorded
+            try:
+                _backlog_hook()
+            except Exception:
+                pass
+            finally:
+                buf.busy = False
     if buf.gap:
         records.append((GAP, buf.gap_slot, 0, perf_counter_ns(), None, buf.gap))
         buf.gap = 0
@@ -566,6 +580,13 @@ def set_policy(policy: Policy) -> None:
         sys.monitoring.restart_events()
 
 
+def set_backlog_hook(hook: Callable[[], Any] | None) -> None:
+    """Call ``hook()`` (no arguments; a drain) from a recording thread whose records wait past
+    HANDIT_MAX_BUFFER_BYTES, instead of letting them pile up; None: no hook."""
+    global _backlog_hook
+    _backlog_hook = hook
+
+
 def activate(slot: int) -> None:
     """Let records for ``slot`` through."""
     _active.add(slot)
@@ -771,6 +792,9 @@ def drain(calibration: Any, previewer: Any) -> list[tuple[int, bytes]]:
                 buf.append(tag)
                 put_varint(buf, (dts << 1) ^ (dts >> 63))
                 put_varint(buf, key)
+            if len(buf) >= BLOCK_BYTES:  # cut: the next record of this slot starts a new block
+                out.append((slot, bytes(buf)))
+                del blocks[slot]
         for slot, (buf, _) in blocks.items():
             out.append((slot, bytes(buf)))
     return out

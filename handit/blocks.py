@@ -1,4 +1,3 @@
-# cython: boundscheck=True, wraparound=True
 """Fold stage: one session's encoded blocks -> per-function figures, without making events.
 
 :class:`Fold` reads blocks (the format of ``docs/trace-format.md``) as the drain hands
@@ -10,19 +9,14 @@ the summary's conventions (:mod:`handit.renderers.summary`): a function's total 
 its outermost active call on a thread only; its own time is its running time minus
 that of the calls it made; a generator runs for its wall time less its time suspended.
 
-This file is also compiled by Cython into ``handit._blocks`` (setup.py); the
-annotations naming ``cython`` types make the loop C there and cost nothing here.
-:func:`fold_type` picks the compiled twin when it is built and the engine is not
-``fallback``.
+``handit/_blocks.pyx`` is the compiled twin (calls and stacks in C arrays);
+:func:`fold_type` picks it when it is built and the engine is not ``fallback``.
 """
 from __future__ import annotations
 
 import copy
 import os
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import cython
+from typing import Any
 
 __all__ = ["Fold", "fold_type"]
 
@@ -121,15 +115,8 @@ class Fold:
         Args:
             block: the block, bytes.
         """
-        data: bytes = bytes(block) if not isinstance(block, bytes) else block
-        end: cython.Py_ssize_t = len(data)
-        pos: cython.Py_ssize_t = 0
-        tag: cython.int
-        kind: cython.int
-        c: cython.int
-        z: cython.ulonglong
-        ts: cython.longlong
-        size: cython.Py_ssize_t
+        data = bytes(block) if not isinstance(block, bytes) else block
+        end = len(data)
         if not end:
             return
         try:
@@ -296,11 +283,10 @@ class Fold:
 _COUNTS = ("calls", "exceptions", "raised", "incomplete", "abandoned", "dropped", "corrupt_blocks", "errors_omitted", "last_ts")
 
 
-def _uvarint(data: bytes, pos: cython.Py_ssize_t) -> tuple[int, int]:
+def _uvarint(data: bytes, pos: int) -> tuple[int, int]:
     """An unsigned LEB128 varint at ``pos``: ``(value, offset after it)``; IndexError if cut."""
-    result: cython.ulonglong = 0
-    shift: cython.int = 0
-    b: cython.ulonglong
+    result = 0
+    shift = 0
     while True:
         b = data[pos]
         pos += 1

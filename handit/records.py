@@ -62,6 +62,7 @@ class Rendered(str):
     __slots__ = ()
 
 
+BLOCK_BYTES = 1 << 20  # a block is cut about here: a reader or writer never holds a larger one
 MAX_GEN_KEYS = 65536  # generator keys in use per session before the table starts again
 
 

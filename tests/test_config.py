@@ -58,7 +58,7 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "source": "auto",
     "require_compiled": False,
     "bounded_memory": False,
-    "max_session_memory": 64 * 1024 * 1024,
+    "max_session_memory": 16 * 1024 * 1024,
     "children": True,
 }
 
