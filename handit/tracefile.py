@@ -39,7 +39,7 @@ _HEADER = struct.Struct("<cI8s")  # type, payload length, stream id: 13 bytes
 HEADER_SIZE = _HEADER.size
 FRAME_TYPES = frozenset((b"S", b"E", b"C", b"B", b"J"))
 MAX_PAYLOAD = 0xFFFFFFFF
-BUFFER_BYTES = 256 * 1024  # small frames gathered into one write; a drain's blocks are ~KB each
+BUFFER_BYTES = 64 * 1024  # small frames gathered into one write (what waits here counts as the program's memory under tracemalloc)
 READ_BUFFER = 1 << 20
 PROGRESS_STEP = 4 << 20  # call progress() about every 4 MB read
 
