@@ -18,6 +18,8 @@ import copy
 import os
 from typing import Any
 
+from .reader import read_string, read_uvarint
+
 __all__ = ["Fold", "fold_type"]
 
 MAX_ERRORS = 1000  # distinct (exception, message, function) kept; later ones are counted
@@ -120,8 +122,8 @@ class Fold:
         if not end:
             return
         try:
-            ident, pos = _uvarint(data, 0)
-            base, pos = _uvarint(data, pos)
+            ident, pos = read_uvarint(data, 0)
+            base, pos = read_uvarint(data, pos)
         except IndexError:
             self.corrupt_blocks += 1
             return
@@ -144,30 +146,17 @@ class Fold:
                 kind = tag & 0x0F
                 code = 0
                 if kind == 1:  # CALL: code index before dts
-                    c = data[pos]
-                    pos += 1
-                    code = c
-                    if c & 0x80:
-                        code, pos = _uvarint(data, pos - 1)
-                c = data[pos]
-                pos += 1
-                z = c
-                if c & 0x80:  # deltas of 64 ns to 8 us take two bytes: inline them
-                    c = data[pos]
-                    if c < 0x80:
-                        z = (z & 0x7F) | (c << 7)
-                        pos += 1
-                    else:
-                        z, pos = _uvarint(data, pos - 1)
+                    code, pos = read_uvarint(data, pos)
+                z, pos = read_uvarint(data, pos)
                 ts += (z >> 1) ^ -(z & 1)
                 if kind == 1:  # CALL
                     key = 0
                     if tag & 0x40:
-                        key, pos = _uvarint(data, pos)
+                        key, pos = read_uvarint(data, pos)
                     if tag & 0x80:  # argument previews: skipped
-                        n, pos = _uvarint(data, pos)
+                        n, pos = read_uvarint(data, pos)
                         for _ in range(n):
-                            size, pos = _uvarint(data, pos)
+                            size, pos = read_uvarint(data, pos)
                             pos += size
                         if pos > end:
                             raise IndexError("block ends inside an argument preview")
@@ -184,7 +173,7 @@ class Fold:
                     stack.append([code, ts, key, 0, 0, depth == 0, ident, parent, 0])
                 elif kind == 2:  # RETURN
                     if tag & 0x80:
-                        size, pos = _uvarint(data, pos)
+                        size, pos = read_uvarint(data, pos)
                         pos += size
                         if pos > end:
                             raise IndexError("block ends inside a return preview")
@@ -193,24 +182,15 @@ class Fold:
                         if entry[_CODE] >= 0:
                             self._close(entry, ts)
                 elif kind == 3:  # UNWIND
-                    size, pos = _uvarint(data, pos)
-                    type_name = data[pos : pos + size].decode("utf-8", "replace")
-                    pos += size
-                    size, pos = _uvarint(data, pos)
-                    message = data[pos : pos + size].decode("utf-8", "replace")
-                    pos += size
-                    if pos > end:
-                        raise IndexError("block ends inside an exception message")
+                    type_name, pos = read_string(data, pos)
+                    message, pos = read_string(data, pos)
                     if stack:
                         entry = stack.pop()
                         if entry[_CODE] >= 0:
                             self._raise(entry, type_name, message)
                             self._close(entry, ts)
                 elif kind == 4:  # YIELD
-                    key = data[pos]
-                    pos += 1
-                    if key & 0x80:
-                        key, pos = _uvarint(data, pos - 1)
+                    key, pos = read_uvarint(data, pos)
                     if stack and stack[-1][_KEY] == key:
                         entry = stack.pop()
                         stale = stash.get(key)
@@ -220,10 +200,7 @@ class Fold:
                         entry[_TSUSP] = ts
                         stash[key] = entry
                 elif kind == 5 or kind == 6:  # RESUME, THROW: it may continue on another thread
-                    key = data[pos]
-                    pos += 1
-                    if key & 0x80:
-                        key, pos = _uvarint(data, pos - 1)
+                    key, pos = read_uvarint(data, pos)
                     entry = stash.pop(key, None)
                     if entry is None:
                         entry = [-1, ts, key, 0, 0, False, ident, None, 0]
@@ -231,7 +208,7 @@ class Fold:
                         entry[_SUSP] += ts - entry[_TSUSP]
                     stack.append(entry)
                 elif kind == 7:  # GAP: records were dropped here; what was open cannot be matched
-                    n, pos = _uvarint(data, pos)
+                    n, pos = read_uvarint(data, pos)
                     self._close_all(stack, ts)
                     self.dropped += n
                 else:
@@ -281,21 +258,6 @@ class Fold:
 
 
 _COUNTS = ("calls", "exceptions", "raised", "incomplete", "abandoned", "dropped", "corrupt_blocks", "errors_omitted", "last_ts")
-
-
-def _uvarint(data: bytes, pos: int) -> tuple[int, int]:
-    """An unsigned LEB128 varint at ``pos``: ``(value, offset after it)``; IndexError if cut."""
-    result = 0
-    shift = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise IndexError("a varint longer than 64 bits")
 
 
 def fold_type(engine: str | None = None, require_compiled: bool = False) -> type[Fold]:
