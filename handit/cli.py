@@ -206,6 +206,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
+def _add_child_processes(stats: Any, path: str) -> None:
+    """Add the sessions of the program's child processes, linked to the run's, from their F frames
+    (only S, E, C and F frames are read; nothing is decoded)."""
+    from .tracefile import read_folds
+
+    ids = set(stats.sessions)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            folds = read_folds(path) if detect_format(path) == "handit" else None
+    except (OSError, HanditError, ValueError):
+        return
+    if folds is None:
+        return
+    for sid, start in folds.starts.items():
+        if sid in ids or start.get("parent_session_id") not in ids:
+            continue
+        ids.add(sid)
+        stats.add(start)
+        figures = folds.figures.get(sid)
+        if figures is not None:
+            stats.add_fold(figures, folds.codes[sid], sid)
+        if sid in folds.ends:
+            stats.add(folds.ends[sid])
+
+
 def _join_threads() -> None:
     """Wait for the program's non-daemon threads, as the interpreter would at exit, so their calls are in the trace."""
     import threading
@@ -225,6 +251,7 @@ def _run_summary(sess: Session, path: str, display: str, top: int) -> None:
     from .renderers.summary import summary_blocks
 
     stats = sess.summary_stats(nested=True)
+    _add_child_processes(stats, path)
     info = engine_info() or (sess.engine, sess.source, "")
     duration = ((sess.t1_ns or 0) - sess.t0_ns) / 1e9
     head = Lines("", [[("handit ", "bold"), (f"{sess.tag}", "bold cyan"),

@@ -470,12 +470,14 @@ class Folds(NamedTuple):
     figures: dict[str, dict[str, Any]]  # session id -> folded figures
     codes: dict[str, Callable[[int], StoredCode]]  # session id -> its stream's code lookup
     unfolded: set[str]  # sessions that have a start but no F frame (their blocks need decoding)
+    starts: dict[str, dict[str, Any]]  # session id -> its session_start event, in file order
+    ends: dict[str, dict[str, Any]]  # session id -> its session_end event
 
 
 def read_folds(path: str) -> Folds:
     """The folded figures of every session that has an F frame, and their code tables.
 
-    Only S, C and F frames are read; block payloads are skipped unread, so this costs
+    Only S, E, C and F frames are read; block payloads are skipped unread, so this costs
     little even for a large file.
 
     Args:
@@ -485,12 +487,14 @@ def read_folds(path: str) -> Folds:
     """
     figures: dict[str, dict[str, Any]] = {}
     codes: dict[str, Callable[[int], StoredCode]] = {}
-    started: set[str] = set()
+    starts: dict[str, dict[str, Any]] = {}
+    ends: dict[str, dict[str, Any]] = {}
     tables: dict[bytes, dict[int, StoredCode]] = {}
-    for ftype, stream, payload in iter_frames(path, only=b"SCF"):
+    for ftype, stream, payload in iter_frames(path, only=b"SECF"):
         try:
-            if ftype == b"S":
-                started.add(str(json.loads(payload).get("session_id")))
+            if ftype in b"SE":
+                event = json.loads(payload)
+                (starts if ftype == b"S" else ends)[str(event.get("session_id"))] = event
             elif ftype == b"C":
                 _add_codes(tables.setdefault(stream, {}), json.loads(payload))
             else:
@@ -499,7 +503,7 @@ def read_folds(path: str) -> Folds:
                 codes[sid] = tables.setdefault(stream, {}).__getitem__
         except (ValueError, TypeError, AttributeError):
             continue
-    return Folds(figures, codes, started - set(figures))
+    return Folds(figures, codes, set(starts) - set(figures), starts, ends)
 
 
 def _add_codes(table: dict[int, StoredCode], rows: list[Any]) -> None:

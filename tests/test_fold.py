@@ -129,3 +129,16 @@ def test_handit_run_writes_the_fold_and_show_uses_it(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert show.returncode == 0, show.stderr
     assert "· 7 calls · 1 exceptions ·" in show.stdout
+
+
+def test_the_run_summary_adds_child_processes_from_their_folds(tmp_path):
+    script = tmp_path / "prog.py"
+    script.write_text("import multiprocessing as mp\n\ndef work(n):\n    return n\n\n"
+                      "if __name__ == '__main__':\n"
+                      "    p = mp.get_context('fork').Process(target=work, args=(1,))\n"
+                      "    p.start()\n    p.join()\n    work(2)\n")
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    run = subprocess.run([sys.executable, "-m", "handit", "run", "-o", str(tmp_path / "t.handit"), str(script)],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "2 sessions · 3 calls" in run.stderr  # the child's work(1) came from its F frame
