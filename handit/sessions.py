@@ -111,9 +111,9 @@ class Session:
         self.stats["blocks"] += 1
         self.stats["bytes"] += len(block)
         self._fold.feed(block)
+        self._keep(block)  # before the sinks: a failing sink never loses the in-memory copy
         for sink in self._sinks:
             sink.block(self, block)
-        self._keep(block)
 
     def _keep(self, block: bytes) -> None:
         """Keep a block for :attr:`events`: in memory up to HANDIT_MAX_SESSION_MEMORY; past it
