@@ -17,7 +17,9 @@ from typing import Any, Callable
 from ._engine import claim_sysmon, release_sysmon
 from ._policy import ARGS, EXIT_RETURN, EXIT_YIELD, CodeInfo, Policy, exit_kinds, first_yield_unit, module_of
 from .preview import _type_name as type_name
-from .records import CALL, GAP, NO_VALUE, RESUME, RETURN, THROW, UNWIND, YIELD, Rendered, put_string, put_varint
+from .records import (
+    BLOCK_BYTES, CALL, GAP, NO_VALUE, RESUME, RETURN, THROW, UNWIND, YIELD, GenKeys, Rendered, put_string, put_varint,
+)
 
 __all__ = [
     "ENGINE",
@@ -39,6 +41,7 @@ __all__ = [
     "read_ticks",
     "reset_slot",
     "session_var",
+    "set_backlog_hook",
     "set_policy",
     "set_slot",
     "source",
@@ -115,17 +118,28 @@ class _ExitSentinel:
 
 _bounded = False
 _max_records = 32 * 16384
+_backlog_hook: Callable[[], Any] | None = None
 _dropped: dict[int, int] = {}
 
 
 def _put(buf: _ThreadBuffer, record: tuple[int, int, int, int, Any, int]) -> bool:
-    """Append a record; in bounded-memory mode past the cap drop it (counted, gap marked)."""
+    """Append a record; past the cap drop it in bounded-memory mode (counted, gap marked),
+    else drain here (the compiled twin's ``_hand_over`` says why)."""
     records = buf.records
-    if _bounded and len(records) >= _max_records:
-        buf.gap += 1
-        buf.gap_slot = record[1]
-        _dropped[record[1]] = _dropped.get(record[1], 0) + 1
-        return False
+    if len(records) >= _max_records:
+        if _bounded:
+            buf.gap += 1
+            buf.gap_slot = record[1]
+            _dropped[record[1]] = _dropped.get(record[1], 0) + 1
+            return False
+        if _backlog_hook is not None and not buf.busy:
+            buf.busy = True  # handit's own work: nothing of it is recorded
+            try:
+                _backlog_hook()
+            except Exception:
+                pass
+            finally:
+                buf.busy = False
     if buf.gap:
         slot = buf.gap_slot
         if buf.lost:  # lost at the recursion limit, where no session could be looked up
@@ -346,13 +360,13 @@ def _on_return(buf: _ThreadBuffer, slot: int, info: CodeInfo, kind: int, value: 
             aux = NO_VALUE
         finally:
             buf.busy = False
-        _put(buf, (RETURN, slot, info.index, ts, aux, 0))
+        _put(buf, (RETURN, slot, info.index, ts, aux, key))
     else:
         _put(buf, (kind, slot, info.index, ts, None, key))
 
 
-def _on_unwind(buf: _ThreadBuffer, slot: int, info: CodeInfo, exc: Any) -> tuple[Any, ...] | None:
-    """Record an unwind; returns the record (None if dropped)."""
+def _on_unwind(buf: _ThreadBuffer, slot: int, info: CodeInfo, exc: Any, key: int) -> tuple[Any, ...] | None:
+    """Record an unwind (``key``: a generator's frame, else 0); returns the record (None if dropped)."""
     ts = perf_counter_ns()
     buf.busy = True
     try:
@@ -361,7 +375,7 @@ def _on_unwind(buf: _ThreadBuffer, slot: int, info: CodeInfo, exc: Any) -> tuple
         text = (exc.__class__.__qualname__, "")
     finally:
         buf.busy = False
-    record = (UNWIND, slot, info.index, ts, text, 0)
+    record = (UNWIND, slot, info.index, ts, text, key)
     return record if _put(buf, record) else None
 
 
@@ -489,11 +503,12 @@ def _ended(code: Any, kind: int, value: Any) -> None:
             if t[0].skip:  # the exit of a call lost at the recursion limit
                 t[0].skip -= 1
             elif kind == UNWIND:
-                _on_unwind(t[0], t[1], t[2], value)
+                # a generator's final exit names its frame, so its small key is freed (records.GenKeys)
+                _on_unwind(t[0], t[1], t[2], value, id(sys._getframe(2)) if t[2].suspendable else 0)
             elif kind == YIELD:
                 _on_return(t[0], t[1], t[2], YIELD, None, id(sys._getframe(2)))
             else:
-                _on_return(t[0], t[1], t[2], RETURN, value, 0)
+                _on_return(t[0], t[1], t[2], RETURN, value, id(sys._getframe(2)) if t[2].suspendable else 0)
     except RecursionError:  # at the recursion limit, where not even a call can be made
         # (failing before the code is known mirrors a call that failed as early: neither is kept)
         if t is not None:
@@ -558,11 +573,11 @@ def profile_callback(frame: Any, event: str, arg: Any) -> None:
             unit = frame.f_lasti // 2
             how = kinds[unit] if 0 <= unit < len(kinds) else 0
             if how == EXIT_RETURN:
-                _on_return(buf, slot, info, RETURN, arg, 0)
+                _on_return(buf, slot, info, RETURN, arg, id(frame) if info.suspendable else 0)
             elif how == EXIT_YIELD:
                 _on_return(buf, slot, info, YIELD, None, id(frame))
             else:
-                record = _on_unwind(buf, slot, info, None)
+                record = _on_unwind(buf, slot, info, None, id(frame) if info.suspendable else 0)
                 if record is not None and len(buf.pending) < 8:
                     buf.pending.append((record, id(frame)))
         if buf is not None and buf.absorbing:
@@ -706,17 +721,26 @@ def set_policy(policy: Policy) -> None:
         sys.monitoring.restart_events()
 
 
+def set_backlog_hook(hook: Callable[[], Any] | None) -> None:
+    """Call ``hook()`` (no arguments; a drain) from a recording thread whose records wait past
+    HANDIT_MAX_BUFFER_BYTES, instead of letting them pile up; None: no hook."""
+    global _backlog_hook
+    _backlog_hook = hook
+
+
 def activate(slot: int) -> None:
     """Let records for ``slot`` through."""
     _active.add(slot)
 
 
 _counts: dict[int, list[int]] = {}
+_gen_keys: dict[int, GenKeys] = {}  # session slot -> its generator keys (the drain's)
 
 
 def take_counts(slot: int) -> tuple[int, int, int]:
     """``(calls, exceptions, dropped)`` for ``slot`` since the last call; resets them."""
     calls, excs = _counts.pop(slot, (0, 0))
+    _gen_keys.pop(slot, None)  # a new session (or none) on this slot: its keys start again
     return calls, excs, _dropped.pop(slot, 0)
 
 
@@ -862,6 +886,15 @@ def drain(calibration: Any, previewer: Any) -> list[tuple[int, bytes]]:
         blocks: dict[int, tuple[bytearray, list[int]]] = {}
         for kind, slot, code, ts, aux, key in records:
             t = to_ns(ts)
+            if key and kind != GAP:  # a generator's frame: written as its small key
+                keys = _gen_keys.get(slot)
+                if keys is None:
+                    keys = _gen_keys[slot] = GenKeys()
+                if kind == RETURN or kind == UNWIND:
+                    keys.release(key)  # its final exit: the key is free again
+                    key = 0
+                else:
+                    key = keys.key(key)
             block = blocks.get(slot)
             if block is None:
                 buf = bytearray()
@@ -906,6 +939,9 @@ def drain(calibration: Any, previewer: Any) -> list[tuple[int, bytes]]:
                 buf.append(tag)
                 put_varint(buf, (dts << 1) ^ (dts >> 63))
                 put_varint(buf, key)
+            if len(buf) >= BLOCK_BYTES:  # cut: the next record of this slot starts a new block
+                out.append((slot, bytes(buf)))
+                del blocks[slot]
         for slot, (buf, _) in blocks.items():
             out.append((slot, bytes(buf)))
     return out

@@ -14,7 +14,7 @@ from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_DECREF, Py_XDECREF
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, calloc, free, realloc
-from libc.string cimport memcmp, memcpy, strlen
+from libc.string cimport memcmp, memcpy, memset, strlen
 
 import sys
 import threading
@@ -152,7 +152,8 @@ cdef uint64_t _n_calls[65536]
 cdef uint64_t _n_exceptions[65536]
 cdef uint64_t _n_dropped[65536]
 cdef bint _bounded = False         # HANDIT_BOUNDED_MEMORY: drop (counted) past _max_chunks
-cdef int _max_chunks = 32
+cdef int _max_chunks = 32          # otherwise the thread drains itself there (_hand_over)
+cdef object _backlog_hook = None
 cdef TState* _all_states = NULL
 cdef Chunk* _free_chunks = NULL
 cdef int _n_free_chunks = 0
@@ -254,6 +255,21 @@ cdef inline void _drop(TState* ts, int slot) noexcept:
     _n_dropped[slot] += 1
 
 
+cdef void _hand_over(TState* ts) noexcept:
+    # The drain is _max_chunks behind on this thread (its writer blocked on a slow disk, or
+    # the GIL not reaching the drain thread): this thread drains itself, so what waits in
+    # memory stays bounded (a 3.12 run of a generator-heavy suite reached 1.7-2.0 GB when
+    # it did not). Never raises; the hook says when it cannot (the drain is this thread's).
+    if _backlog_hook is None:
+        return
+    ts.busy = 1  # handit's own work: nothing of it is recorded
+    try:
+        _backlog_hook()
+    except BaseException:
+        PyErr_Clear()
+    ts.busy = 0
+
+
 cdef Chunk* _make_room(TState* ts, int slot, int need) noexcept:
     global _n_queued
     # _record's slow path: a new chunk, a pending gap mark, or (bounded-memory mode) a drop.
@@ -261,6 +277,9 @@ cdef Chunk* _make_room(TState* ts, int slot, int need) noexcept:
     cdef Chunk* c = ts.tail
     cdef Record* r
     cdef RecordExt* e
+    if c != NULL and c.n + need > CHUNK_RECORDS and not _bounded and ts.nchunks + 1 >= _max_chunks and not ts.busy:
+        _hand_over(ts)
+        c = ts.tail  # NULL once drained: every chunk was taken
     if c == NULL or c.n + need > CHUNK_RECORDS:
         handit_q_lock()
         if _bounded and ts.nchunks + 1 >= _max_chunks:  # bounded-memory mode: the drain is behind
@@ -521,18 +540,21 @@ cdef inline void _on_call(TState* ts, PyThreadState* t, int slot, CInfo* ci, PyF
     _record(ts, kind, slot, ci.index, aux, key)
 
 
-cdef inline void _on_return(TState* ts, int slot, CInfo* ci, PyObject* value) noexcept:
-    # never raises
+cdef inline void _on_return(TState* ts, int slot, CInfo* ci, PyObject* value, uint64_t key) noexcept:
+    # never raises. key: a generator's or coroutine's frame (its final exit frees its index
+    # in the block encoder); 0 for other code
     if _capture:
         _forget_exception(ts)
-        _record(ts, K_RETURN, slot, ci.index, _value_blob(ts, value if value != NULL else Py_None), 0)
+        _record(ts, K_RETURN, slot, ci.index, _value_blob(ts, value if value != NULL else Py_None), key)
+    elif key:
+        _record(ts, K_RETURN, slot, ci.index, NULL, key)
     else:
         _record_plain(ts, K_RETURN, slot, ci.index)
 
 
-cdef inline void _on_unwind(TState* ts, int slot, CInfo* ci, PyObject* exc) noexcept:
-    # never raises
-    _record(ts, K_UNWIND, slot, ci.index, _exception_text(ts, exc), 0)
+cdef inline void _on_unwind(TState* ts, int slot, CInfo* ci, PyObject* exc, uint64_t key) noexcept:
+    # never raises; key as for _on_return
+    _record(ts, K_UNWIND, slot, ci.index, _exception_text(ts, exc), key)
 
 
 cdef inline CInfo* _traced(PyObject* code) noexcept:
@@ -601,7 +623,7 @@ cdef PyObject* _c_py_return(PyObject* self, PyObject** args, Py_ssize_t nargs) n
     cdef int slot = 0
     cdef CInfo* ci = _traced_event(args[0], &ts, &t, &slot)
     if ci != NULL:
-        _on_return(ts, slot, ci, args[2])
+        _on_return(ts, slot, ci, args[2], <uint64_t>handit_current_iframe(t) if ci.suspendable else 0)
     return _none()
 
 
@@ -637,7 +659,7 @@ cdef PyObject* _c_py_unwind(PyObject* self, PyObject** args, Py_ssize_t nargs) n
     cdef int slot = 0
     cdef CInfo* ci = _traced_event(args[0], &ts, &t, &slot)
     if ci != NULL:
-        _on_unwind(ts, slot, ci, args[2])
+        _on_unwind(ts, slot, ci, args[2], <uint64_t>handit_current_iframe(t) if ci.suspendable else 0)
     return _none()
 
 
@@ -706,11 +728,11 @@ cdef int profile_call(PyObject* obj, PyFrameObject* frame, int what, PyObject* a
     else:
         return 0
     if how == 1:
-        _on_return(ts, slot, ci, arg)
+        _on_return(ts, slot, ci, arg, <uint64_t>frame if ci.suspendable else 0)
     elif how == 2:
         _record(ts, K_YIELD, slot, ci.index, NULL, <uint64_t>frame)
     else:
-        _on_unwind(ts, slot, ci, NULL)
+        _on_unwind(ts, slot, ci, NULL, <uint64_t>frame if ci.suspendable else 0)
         _remember_unwind(ts, frame)
     return 0
 
@@ -858,6 +880,13 @@ cdef void _set_fast_tstate(bint on) noexcept:
     handit_q_unlock()
 
 
+def set_backlog_hook(hook):
+    """Call ``hook()`` (no arguments; a drain) from a recording thread whose records wait past
+    HANDIT_MAX_BUFFER_BYTES, instead of letting them pile up; None: no hook."""
+    global _backlog_hook
+    _backlog_hook = hook
+
+
 def activate(int slot):
     """Let records for ``slot`` through."""
     _active[slot] = 1
@@ -868,6 +897,7 @@ def take_counts(int slot):
     with nogil:
         handit_enc_lock()  # the drain thread counts the calls it encodes
     out = (_n_calls[slot], _n_exceptions[slot], _n_dropped[slot])
+    _gen_keys_free(slot)  # a new session (or none) on this slot: its keys start again
     _n_calls[slot] = 0
     _n_exceptions[slot] = 0
     _n_dropped[slot] = 0
@@ -1145,6 +1175,15 @@ cdef bint _out_ready(TState* ts) noexcept nogil:
     return ts.out != NULL
 
 
+cdef size_t _out_bytes(TState* ts) noexcept nogil:
+    # bytes encoded for the thread and not yet handed to sessions (enc lock held)
+    cdef size_t n = 0
+    cdef int j
+    for j in range(ts.nout):
+        n += ts.out[j].len
+    return n
+
+
 cdef Chunk* _take_plain(TState* ts) noexcept nogil:
     # the oldest queued chunk if it holds only timing records, else NULL (takes the q lock)
     cdef Chunk* c
@@ -1173,7 +1212,7 @@ cdef void _encode_queued_plain() noexcept nogil:
     ts = _all_states
     handit_q_unlock()
     while ts != NULL:
-        while _out_ready(ts):
+        while _out_ready(ts) and _out_bytes(ts) < 4 * BLOCK_BYTES:  # past that, drain() hands them out
             c = _take_plain(ts)
             if c == NULL:
                 break
@@ -1239,6 +1278,133 @@ cdef OutBuf* _buf_or_flush(TState* ts, uint16_t slot, int64_t t, list out) noexc
     return b
 
 
+cdef uint64_t MAX_GEN_KEYS = 65536  # records.MAX_GEN_KEYS
+cdef size_t BLOCK_BYTES = 1 << 20  # records.BLOCK_BYTES
+
+
+ctypedef struct GenKeys:
+    # One session's small generator keys: frame -> number from 1, as records.GenKeys (the pure
+    # twin, which says why); an open-addressing table (linear probing, backward-shift delete)
+    # because every suspend and resume goes through it
+    uint64_t* frames      # 0: empty
+    uint32_t* numbers
+    size_t cap            # a power of two
+    size_t count
+    uint32_t* free        # numbers given back, reused first
+    size_t nfree
+    size_t capfree
+    uint64_t next
+
+
+cdef GenKeys* _gen_keys[65536]  # per session slot (drain only: GIL and enc lock held)
+
+
+cdef inline size_t _gen_hash(uint64_t frame, size_t cap) noexcept nogil:
+    return <size_t>((frame >> 4) * <uint64_t>0x9E3779B97F4A7C15 >> 20) & (cap - 1)
+
+
+cdef void _gen_keys_free(int slot) noexcept nogil:
+    cdef GenKeys* g = _gen_keys[slot]
+    if g != NULL:
+        free(g.frames)
+        free(g.numbers)
+        free(g.free)
+        free(g)
+        _gen_keys[slot] = NULL
+
+
+cdef int _gen_grow(GenKeys* g) noexcept nogil:
+    # doubles the table; -1 when out of memory
+    cdef size_t cap = g.cap * 2 if g.cap else 64
+    cdef uint64_t* frames = <uint64_t*>calloc(cap, sizeof(uint64_t))
+    cdef uint32_t* numbers = <uint32_t*>malloc(cap * sizeof(uint32_t))
+    cdef size_t i, h
+    if frames == NULL or numbers == NULL:
+        free(frames)
+        free(numbers)
+        return -1
+    for i in range(g.cap):
+        if g.frames[i]:
+            h = _gen_hash(g.frames[i], cap)
+            while frames[h]:
+                h = (h + 1) & (cap - 1)
+            frames[h] = g.frames[i]
+            numbers[h] = g.numbers[i]
+    free(g.frames)
+    free(g.numbers)
+    g.frames, g.numbers, g.cap = frames, numbers, cap
+    return 0
+
+
+cdef uint64_t _gen_key(int slot, uint64_t frame) noexcept nogil:
+    # the number of the generator at `frame` (a new one if it has none); 0 when out of memory
+    cdef GenKeys* g = _gen_keys[slot]
+    cdef size_t h
+    cdef uint32_t k
+    if g == NULL:
+        g = _gen_keys[slot] = <GenKeys*>calloc(1, sizeof(GenKeys))
+        if g == NULL:
+            return 0
+        g.next = 1
+    if (g.count + 1) * 2 > g.cap and _gen_grow(g) < 0:
+        return 0
+    h = _gen_hash(frame, g.cap)
+    while g.frames[h]:
+        if g.frames[h] == frame:
+            return g.numbers[h]
+        h = (h + 1) & (g.cap - 1)
+    if g.nfree:
+        g.nfree -= 1
+        k = g.free[g.nfree]
+    else:
+        if g.next > MAX_GEN_KEYS:  # abandoned generators piled up: start again
+            memset(g.frames, 0, g.cap * sizeof(uint64_t))
+            g.count = 0
+            g.next = 1
+            h = _gen_hash(frame, g.cap)
+        k = <uint32_t>g.next
+        g.next += 1
+    g.frames[h] = frame
+    g.numbers[h] = k
+    g.count += 1
+    return k
+
+
+cdef void _gen_release(int slot, uint64_t frame) noexcept nogil:
+    # the generator at `frame` has finished: its number is free
+    cdef GenKeys* g = _gen_keys[slot]
+    cdef size_t h, j, home
+    cdef uint32_t* grown
+    if g == NULL or g.cap == 0:
+        return
+    h = _gen_hash(frame, g.cap)
+    while g.frames[h] != frame:
+        if not g.frames[h]:
+            return
+        h = (h + 1) & (g.cap - 1)
+    if g.nfree == g.capfree:
+        grown = <uint32_t*>realloc(g.free, (g.capfree * 2 + 16) * sizeof(uint32_t))
+        if grown != NULL:
+            g.free = grown
+            g.capfree = g.capfree * 2 + 16
+    if g.nfree < g.capfree:
+        g.free[g.nfree] = g.numbers[h]
+        g.nfree += 1
+    g.frames[h] = 0
+    g.count -= 1
+    j = h
+    while True:  # backward shift: entries after the hole that may sit in it move back
+        j = (j + 1) & (g.cap - 1)
+        if not g.frames[j]:
+            return
+        home = _gen_hash(g.frames[j], g.cap)
+        if (j > h and (home <= h or home > j)) or (j < h and home <= h and home > j):
+            g.frames[h] = g.frames[j]
+            g.numbers[h] = g.numbers[j]
+            g.frames[j] = 0
+            h = j
+
+
 cdef int _encode_valued(OutBuf* b, Record* r, RecordExt* ext, int64_t t) except -1:
     # one record that has a value or key (takes the record's blob or reference); unwinds'
     # texts are Python strings, so this runs with the GIL
@@ -1255,6 +1421,12 @@ cdef int _encode_valued(OutBuf* b, Record* r, RecordExt* ext, int64_t t) except 
         Py_DECREF(aux)  # the record's reference; `aux` holds one
     dts = t - b.last
     b.last = t
+    if rkey and r.kind != K_GAP:  # a generator's frame: written as its small key
+        if r.kind == K_RETURN or r.kind == K_UNWIND:
+            _gen_release(r.slot, rkey)  # its final exit: the key is free again
+            rkey = 0
+        else:
+            rkey = _gen_key(r.slot, rkey)
     if r.kind == K_CALL:
         _n_calls[r.slot] += 1
         if raux != NULL:
@@ -1374,6 +1546,7 @@ def drain(calibration, previewer):
                 _release_chunk(chunk)
                 handit_q_unlock()
                 chunk = nxt
+                _cut_full(ts, out)
             if ts.gap_count:  # records dropped after the last one taken: the gap ends the block
                 t = _epoch_ns(handit_ticks(), epoch0, ticks0, inv)
                 b = _buf_or_flush(ts, <uint16_t>ts.gap_slot, t, out)
@@ -1392,6 +1565,19 @@ def drain(calibration, previewer):
     finally:
         handit_enc_unlock()
     return out
+
+
+cdef void _cut_full(TState* ts, list out) noexcept:
+    # blocks of BLOCK_BYTES or more are handed out now (a chunk's worth past it at most): the
+    # next record of their slot starts a new block, so no reader or writer holds a huge one
+    cdef int j = 0
+    while j < ts.nout:
+        if ts.out[j].len >= BLOCK_BYTES:
+            _flush_buf(&ts.out[j], out)
+            ts.nout -= 1
+            ts.out[j] = ts.out[ts.nout]
+        else:
+            j += 1
 
 
 cdef void _free_exited_states() noexcept:

@@ -234,6 +234,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
+def _add_child_processes(stats: Any, path: str) -> None:
+    """Add the sessions of the program's child processes, linked to the run's, from their F frames
+    (only S, E, C and F frames are read; nothing is decoded)."""
+    from .tracefile import read_folds
+
+    ids = set(stats.sessions)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            folds = read_folds(path) if detect_format(path) == "handit" else None
+    except (OSError, HanditError, ValueError):
+        return
+    if folds is None:
+        return
+    for sid, start in folds.starts.items():
+        if sid in ids or start.get("parent_session_id") not in ids:
+            continue
+        ids.add(sid)
+        stats.add(start)
+        figures = folds.figures.get(sid)
+        if figures is not None:
+            stats.add_fold(figures, folds.codes[sid], sid)
+        if sid in folds.ends:
+            stats.add(folds.ends[sid])
+
+
 def _join_threads() -> None:
     """Wait for the program's non-daemon threads, as the interpreter would at exit, so their calls are in the trace."""
     import threading
@@ -245,37 +271,24 @@ def _join_threads() -> None:
 
 
 def _run_summary(sess: Session, path: str, display: str, top: int) -> None:
-    """Read this run's sessions back from the trace file (streamed) and print the summary to stderr."""
-    from .renderers.summary import Stats, summary_blocks
+    """Print the summary of this run's session and those the program started inside it to stderr.
 
-    stats = Stats()
-    ids = {sess.id}
-    problem = ""
-    progress = progress_reporter("handit: summarising")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for event in _events(path, progress):
-                sid = event.get("session_id")
-                if event.get("type") == "session_start" and event.get("parent_session_id") in ids:
-                    ids.add(sid)  # sessions the program started inside the run
-                if sid in ids:
-                    stats.add(event)
-    except (OSError, HanditError, ValueError) as exc:
-        problem = f"the trace file could not be read back ({exc})"
-    finally:
-        progress.close()
+    The figures come from the sessions' folds (:mod:`handit.blocks`), made as the
+    records arrived: nothing is read back from the trace file or decoded.
+    """
+    from .renderers.summary import summary_blocks
+
+    stats = sess.summary_stats(nested=True)
+    _add_child_processes(stats, path)
     info = engine_info() or (sess.engine, sess.source, "")
     duration = ((sess.t1_ns or 0) - sess.t0_ns) / 1e9
     head = Lines("", [[("handit ", "bold"), (f"{sess.tag}", "bold cyan"),
                        (f" · {duration:.3g} s · engine={info[0]} source={info[1]}", "dim")]])
-    blocks: list[Table | Lines] = [head, *summary_blocks(stats, top=top, sessions=len(ids) > 1)]
+    blocks: list[Table | Lines] = [head, *summary_blocks(stats, top=top, sessions=stats.session_count > 1)]
     notes: list[list[tuple[str, str]]] = []
     lost = {k: v for k, v in sess.stats.items() if k in ("dropped", "sink_errors") and v}
     if lost:
         notes.append([("lost: " + ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in lost.items()), "bold red")])
-    if problem:
-        notes.append([(problem, "yellow")])
     try:
         size = fmt_bytes(os.path.getsize(path))
     except OSError:
@@ -321,8 +334,8 @@ def _check_trace(path: str) -> str:
     return fmt
 
 
-def _events(path: str, progress: Any) -> Iterator[dict[str, Any]]:
-    for event in iter_events(path, progress=progress):
+def _events(path: str, progress: Any, **read: Any) -> Iterator[dict[str, Any]]:
+    for event in iter_events(path, progress=progress, **read):
         if isinstance(event, dict):
             yield event
 
@@ -354,8 +367,30 @@ class _Selector:
         return False
 
 
-def _read(path: str, selector: _Selector, consumers: list[Any]) -> bool:
+class _FoldedStats:
+    """Summary aggregates that take a session's figures from its F frame, not from its call events."""
+
+    def __init__(self, stats: Any, folds: Any) -> None:
+        self.stats, self.folds = stats, folds
+
+    def add(self, event: dict[str, Any]) -> None:
+        sid = event.get("session_id")
+        figures = self.folds.figures.get(sid) if self.folds is not None else None
+        if figures is None:
+            self.stats.add(event)
+            return
+        kind = event.get("type")
+        if kind in ("call", "return", "exception"):
+            return
+        self.stats.add(event)
+        if kind == "session_start":
+            self.stats.add_fold(figures, self.folds.codes[sid], sid)
+
+
+def _read(path: str, selector: _Selector, consumers: list[Any], **read: Any) -> bool:
     """Stream the trace through ``consumers`` (objects with ``add(event)``), reporting warnings as one line each.
+
+    ``read``: ``skip_blocks`` / ``no_blocks`` for :func:`handit.tracefile.iter_events`.
 
     Returns:
         whether the file was intact (no damage or truncation found).
@@ -365,7 +400,7 @@ def _read(path: str, selector: _Selector, consumers: list[Any]) -> bool:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            for event in _events(path, progress):
+            for event in _events(path, progress, **read):
                 if selector(event):
                     for add in adds:
                         add(event)
@@ -390,15 +425,20 @@ def _cmd_show(args: argparse.Namespace) -> int:
     except Exception as exc:  # re.error
         raise CliError(f"--func {args.func!r} is not a valid regular expression ({exc})") from None
     stats = Stats()
-    consumers: list[Any] = [stats]
     tree = None
     if not args.no_tree:
         tree = TreeBuilder(max_depth=args.depth, max_nodes=args.max_nodes, root_filter=func_filter)
-        consumers.append(tree)
     selector = _Selector(args.session, args.tag)
     intact = True
-    for path in args.file:  # several files make one view (sessions stay apart by id)
-        intact = _read(path, selector, consumers) and intact
+    for path, fmt in zip(args.file, formats):  # several files make one view (sessions stay apart by id)
+        # sessions `handit run` folded (F frames) are summarised without decoding their blocks;
+        # without a tree no block of theirs is decoded at all
+        folds = _read_folds(path) if fmt == "handit" else None
+        read: dict[str, Any] = {}
+        if folds is not None and tree is None:
+            read = {"no_blocks": True} if not folds.unfolded else {"skip_blocks": folds.figures.keys()}
+        consumers: list[Any] = [_FoldedStats(stats, folds)] + ([tree] if tree is not None else [])
+        intact = _read(path, selector, consumers, **read) and intact
     if selector.active and not selector.matched:
         _err(f"no session in {' '.join(args.file)} matches" + (f" --session {args.session}" if args.session else "") +
              (f" --tag {args.tag}" if args.tag else ""))
@@ -410,6 +450,17 @@ def _cmd_show(args: argparse.Namespace) -> int:
     blocks = [head, *summary_blocks(stats, top=args.top, func_filter=func_filter, insert=extra)]
     emit(blocks, sys.stdout)
     return 0 if intact else DAMAGED
+
+
+def _read_folds(path: str) -> Any:
+    from .tracefile import read_folds
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # damage is reported by the full read that follows
+            return read_folds(path)
+    except (OSError, HanditError, ValueError):
+        return None
 
 
 def _open_output(path: str) -> IO[bytes]:

@@ -306,8 +306,9 @@ class Config:
     """Compiled engine, 3.12+ on x86-64 Linux: read CPython's thread state from its TLS slot where proven valid per thread; False: always the exported getter."""
     bounded_memory: bool = _setting(False, _BOOL)
     """Let ring buffers drop records (counted) instead of growing when the drain falls behind."""
-    max_session_memory: int = _setting(64 * 1024 * 1024, _Number(int, 0))
-    """Bytes of encoded trace a session keeps in memory before spilling to disk."""
+    max_session_memory: int = _setting(16 * 1024 * 1024, _Number(int, 0))
+    """Bytes of encoded trace a session keeps in memory; past it they are read back from its trace file
+    (or spilled to a temporary file when it writes none)."""
     children: bool = _setting(True, _BOOL)
     """Continue open sessions into the Python processes they start (fork, multiprocessing, subprocess)."""
 

@@ -13,6 +13,8 @@ BACKGROUND = True  # False: no background draining, records wait for the session
 
 # One drain at a time per process, whichever Drain runs it: blocks reach their sessions in order.
 _drain_lock = threading.Lock()
+_drain_owner = 0  # the thread running a drain now (0: none)
+HAND_OVER_WAIT_S = 1.0  # a recording thread waits this long at most for the drain it hands work to
 
 
 class Drain:
@@ -33,18 +35,44 @@ class Drain:
     def run_once(self) -> int:
         """Drain everything pending now; returns the number of blocks routed."""
         with _drain_lock:
+            return self._run_locked()
+
+    def _run_locked(self) -> int:
+        global _drain_owner
+        _drain_owner = threading.get_ident()
+        try:
             blocks = self.engine.drain(self.calibration, self.previewer)
             for slot, block in blocks:
                 self.route(slot, block)
             return len(blocks)
+        finally:
+            _drain_owner = 0
+
+    def hand_over(self) -> None:
+        """A recording thread's records wait past the engine's bound: drain them on that thread.
+
+        Waits for a drain under way (the writer is behind: the program waits with it, as
+        it would for a full pipe) at most :data:`HAND_OVER_WAIT_S`; does nothing when the
+        calling thread is the one draining (a preview running user code).
+        """
+        if _drain_owner == threading.get_ident():
+            return
+        if _drain_lock.acquire(timeout=HAND_OVER_WAIT_S):
+            try:
+                self._run_locked()
+            finally:
+                _drain_lock.release()
 
     def start(self) -> None:
-        """Drain periodically from handit's background thread (never traced)."""
+        """Drain periodically from handit's background thread (never traced); recording threads
+        drain themselves when their records pile up."""
+        self.engine.set_backlog_hook(self.hand_over)
         if BACKGROUND:
             _worker.attach(self)
 
     def stop(self) -> None:
         """No more periodic drains of this engine (the caller drains what is left)."""
+        self.engine.set_backlog_hook(None)
         _worker.detach(self)
 
 

@@ -173,7 +173,8 @@ def _resync(f: object, start: int, report: FrameReport) -> int | None:
 
 
 def iter_frames(
-    path: str, *, progress: Callable[[int, int], None] | None = None, report: FrameReport | None = None
+    path: str, *, progress: Callable[[int, int], None] | None = None, report: FrameReport | None = None,
+    only: bytes | None = None,
 ) -> Iterator[tuple[bytes, bytes, bytes]]:
     """Stream the intact frames of a .handit file, reading it in chunks.
 
@@ -188,6 +189,8 @@ def iter_frames(
         progress: called with ``(bytes_read, total_bytes)`` every few MB and at the end.
         report: filled with what was damaged; without one, damage is warned
             about here as one :class:`TraceFileWarning`.
+        only: frame types wanted (e.g. ``b"SEF"``); frames of other types whose header
+            checks are stepped over unread (their payload is neither read nor checked).
     Yields:
         ``(type, stream_id, payload)`` of every intact frame, unknown types too.
     Raises:
@@ -209,9 +212,9 @@ def iter_frames(
                 pos += 8
                 continue
             if version == 1:
-                frame = _frame_v1(f, head, pos, total, rep)
+                frame = _frame_v1(f, head, pos, total, rep, only)
             else:
-                frame = _frame_v2(f, head, pos, total, rep)
+                frame = _frame_v2(f, head, pos, total, rep, only)
             if frame is None:
                 break
             if isinstance(frame, int):
@@ -229,8 +232,10 @@ def iter_frames(
         warnings.warn(rep.message(path), TraceFileWarning, stacklevel=2)
 
 
-def _frame_v2(f: object, head: bytes, pos: int, total: int, rep: FrameReport) -> tuple[bytes, bytes, bytes] | int | None:
-    """The frame at ``pos``; else the offset to go on from (damage skipped), or None at the end."""
+def _frame_v2(
+    f: object, head: bytes, pos: int, total: int, rep: FrameReport, only: bytes | None = None
+) -> tuple[bytes, bytes, bytes] | int | None:
+    """The frame at ``pos``; else the offset to go on from (damage or an unwanted type skipped), or None at the end."""
     if len(head) < HEADER_SIZE:
         if head:
             rep.truncated = (pos, len(head), HEADER_SIZE)
@@ -240,6 +245,8 @@ def _frame_v2(f: object, head: bytes, pos: int, total: int, rep: FrameReport) ->
         _, ftype, length, stream, check = _HEAD.unpack_from(head)
         if pos + HEADER_SIZE + length > total:
             total = os.fstat(f.fileno()).st_size  # type: ignore[attr-defined]  # another process may still be appending
+        if only is not None and ftype not in only and pos + HEADER_SIZE + length <= total:
+            return pos + HEADER_SIZE + length
         if pos + HEADER_SIZE + length <= total:
             payload = f.read(length)  # type: ignore[attr-defined]
             rep.bytes_hashed += len(payload)
@@ -258,7 +265,9 @@ def _frame_v2(f: object, head: bytes, pos: int, total: int, rep: FrameReport) ->
     return nxt
 
 
-def _frame_v1(f: object, head: bytes, pos: int, total: int, rep: FrameReport) -> tuple[bytes, bytes, bytes] | None:
+def _frame_v1(
+    f: object, head: bytes, pos: int, total: int, rep: FrameReport, only: bytes | None = None
+) -> tuple[bytes, bytes, bytes] | int | None:
     """A version 1 frame (no checks: reading stops at the first thing that is not a frame)."""
     if len(head) < _HEADER_V1.size:
         if head:
@@ -273,4 +282,6 @@ def _frame_v1(f: object, head: bytes, pos: int, total: int, rep: FrameReport) ->
         if pos + _HEADER_V1.size + length > total:  # never allocate more than the file holds
             rep.truncated = (pos, total - pos, _HEADER_V1.size + length)
             return None
+    if only is not None and ftype not in only:
+        return pos + _HEADER_V1.size + length
     return ftype, stream, f.read(length)  # type: ignore[attr-defined]

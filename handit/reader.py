@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 from .records import CALL, GAP, RESUME, RETURN, THROW, UNWIND, YIELD, put_string, put_varint
 
-__all__ = ["BlockEncoder", "CorruptBlockError", "TraceBuilder", "read_uvarint"]
+__all__ = ["BlockEncoder", "CorruptBlockError", "TraceBuilder", "read_string", "read_uvarint"]
 
 # A stack entry is a list: [call_id, func, t0_ns, key, suspended_ns].
 # call_id None marks a phantom: a generator resumed in the session but started
@@ -61,6 +61,24 @@ def read_uvarint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
         if shift >= _VARINT_BITS + 6:
             raise CorruptBlockError(f"a varint longer than 10 bytes at offset {pos - 10}")
+
+
+def read_string(data: bytes, pos: int) -> tuple[str, int]:
+    """Decode a block-format string (varint byte length, then UTF-8).
+
+    Args:
+        data: the buffer.
+        pos: offset of its length.
+    Returns:
+        ``(text, offset after it)``.
+    Raises:
+        IndexError: the buffer ends inside it.
+    """
+    size, pos = read_uvarint(data, pos)
+    end = pos + size
+    if end > len(data):
+        raise IndexError("block ends inside a string")
+    return data[pos:end].decode("utf-8", "replace"), end
 
 
 def _unknown_code(index: int) -> tuple[str, str, str, int, tuple[str, ...]]:
@@ -263,14 +281,8 @@ class TraceBuilder:
                                 event["suspended_ns"] = entry[4]
                             yield event
                 elif kind == 3:  # UNWIND
-                    size, pos = read_uvarint(data, pos)
-                    type_name = data[pos : pos + size].decode("utf-8", "replace")
-                    pos += size
-                    size, pos = read_uvarint(data, pos)
-                    message = data[pos : pos + size].decode("utf-8", "replace")
-                    pos += size
-                    if pos > end:
-                        raise CorruptBlockError("block ends inside an exception message")
+                    type_name, pos = read_string(data, pos)
+                    message, pos = read_string(data, pos)
                     if stack:
                         entry = pop()
                         if entry[0] is not None:

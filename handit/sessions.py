@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 from . import _engine, _internal, lifecycle, propagation, sinks
 from ._policy import Policy
+from .blocks import fold_type
 from .config import Config, get_config, on_change
 from .drain import Drain
 from .errors import HanditError
@@ -80,6 +81,9 @@ class Session:
         self._mem = 0
         self._spill: Any = None
         self._spill_index: list[tuple[int, int]] = []
+        self._in_file: str | None = None  # blocks past the memory bound are read back from this trace file
+        self._fold: Any = None  # handit.blocks.Fold, made at start for the engine in use
+        self._descendants: Any = None  # Stats of the finished sessions started inside this one
         self._extra: list[dict[str, Any]] = []
         self._sinks: list[Any] = []
         self._builder: Any = None
@@ -110,7 +114,23 @@ class Session:
     def _add_block(self, block: bytes) -> None:
         self.stats["blocks"] += 1
         self.stats["bytes"] += len(block)
+        self._fold.feed(block)
+        self._keep(block)  # before the sinks: a failing sink never loses the in-memory copy
+        for sink in self._sinks:
+            sink.block(self, block)
+
+    def _keep(self, block: bytes) -> None:
+        """Keep a block for :attr:`events`: in memory up to HANDIT_MAX_SESSION_MEMORY; past it
+        the trace file this session writes holds them (no second copy), or else a spill file."""
+        if self._in_file is not None:
+            return
         if self._spill is None and self._mem + len(block) > self.config.max_session_memory:
+            path = next((s.path for s in self._sinks if getattr(s, "fmt", "") == "handit"), None)
+            if path is not None:
+                self._in_file = path
+                self._blocks.clear()
+                self._mem = 0
+                return
             self._spill = tempfile.TemporaryFile(prefix="handit-spill-")  # created 0600
             weakref.finalize(self, self._spill.close)
         if self._spill is not None:
@@ -120,8 +140,6 @@ class Session:
         else:
             self._blocks.append(block)
             self._mem += len(block)
-        for sink in self._sinks:
-            sink.block(self, block)
 
     def add_events(self, events: list[dict[str, Any]]) -> None:
         """Add events made outside the engine (HTTP calls, the low-level API)."""
@@ -130,6 +148,14 @@ class Session:
             sink.events(self, events)
 
     def _iter_blocks(self) -> Iterator[bytes]:
+        if self._in_file is not None:
+            from .tracefile import iter_session_blocks
+
+            for sink in self._sinks:
+                if getattr(sink, "fmt", "") == "handit":
+                    sink.writer.flush()
+            yield from iter_session_blocks(self._in_file, self.id)
+            return
         yield from self._blocks
         if self._spill is not None:
             for off, size in self._spill_index:
@@ -139,20 +165,29 @@ class Session:
     # -- data out --------------------------------------------------------------------------
     @property
     def events(self) -> list[dict[str, Any]]:
-        """Every event of the session in the JSONL schema (decoded on first use)."""
-        if self._events is None or self.t1_ns is None:
-            from .reader import TraceBuilder
+        """Every event of the session in the JSONL schema, decoded on use (for small sessions and
+        tests: the summary needs none of them).
 
-            builder = TraceBuilder(self.id, self._codes.code_info)
-            out = [self.start_event()]
-            for block in self._iter_blocks():
-                out.extend(builder.feed(block))
-            out.extend(builder.finish(self.t1_ns or time.time_ns()))
-            out.extend(self._extra)
-            if self.t1_ns is not None:
-                out.append(self.end_event())
+        While the session runs, what has arrived so far (pending records are drained first;
+        calls still running end ``incomplete``); once it has ended, every event (kept).
+        """
+        if self._events is not None:
+            return self._events
+        from .reader import TraceBuilder
+
+        running = self.t1_ns is None
+        if running:
+            _drain_now()
+        builder = TraceBuilder(self.id, self._codes.code_info)
+        out = [self.start_event()]
+        for block in self._iter_blocks():
+            out.extend(builder.feed(block))
+        out.extend(builder.finish(self.t1_ns or time.time_ns()))
+        out.extend(self._extra)
+        if not running:
+            out.append(self.end_event())
             self._events = out
-        return self._events
+        return out
 
     def start_event(self) -> dict[str, Any]:
         """The ``session_start`` event."""
@@ -187,11 +222,51 @@ class Session:
         """Call events only."""
         return [e for e in self.events if e["type"] == "call"]
 
-    def summary(self, top: int = 10) -> str:
-        """A short text summary: calls, exceptions, the busiest functions."""
-        from .renderers.summary import render_summary
+    def fold(self) -> dict[str, Any]:
+        """The session's per-function figures so far (:meth:`handit.blocks.Fold.to_json`), without events.
 
-        return render_summary(self.events, top=top)
+        While the session runs, pending records are drained first and calls still open are
+        counted as ended now (``incomplete``), in a copy.
+        """
+        if self.t1_ns is not None:
+            return self._fold.to_json()  # type: ignore[no-any-return]
+        _drain_now()
+        fold = self._fold.copy()
+        fold.finish(time.time_ns())
+        return fold.to_json()  # type: ignore[no-any-return]
+
+    def summary_stats(self, nested: bool = False) -> Any:
+        """The summary's aggregates (:class:`handit.renderers.summary.Stats`) from the session's fold:
+        no event is decoded.
+
+        Args:
+            nested: add the finished sessions started inside this one (and inside those).
+        """
+        import copy
+
+        from .renderers.summary import Stats
+
+        stats = Stats()
+        self._add_to(stats, self.fold())
+        if nested and self._descendants is not None:
+            own = stats.sessions
+            stats = copy.deepcopy(self._descendants)
+            self._add_to(stats, self.fold())
+            stats.sessions = {**own, **stats.sessions}  # this session first
+        return stats
+
+    def _add_to(self, stats: Any, fold: dict[str, Any]) -> None:
+        stats.add(self.start_event())
+        stats.add_fold(fold, self._codes.code_info, self.id)
+        stats.feed(self._extra)
+        if self.t1_ns is not None:
+            stats.add(self.end_event())
+
+    def summary(self, top: int = 10) -> str:
+        """A short text summary: calls, exceptions, the busiest functions (from the fold: no events)."""
+        from .renderers.summary import plain_text, summary_blocks
+
+        return plain_text(summary_blocks(self.summary_stats(), top=top))
 
 
 # ---- engine lifetime ---------------------------------------------------------------------------
@@ -331,6 +406,10 @@ def start(tag: str | None = None, *, attrs: dict[str, str] | None = None, tracep
     config = get_config()
     session = Session(tag, attrs, traceparent, config)
     session.remote_parent = parent_session_id
+    try:
+        fold = fold_type("fallback" if config.engine == "fallback" else "compiled", config.require_compiled)()
+    except ImportError as exc:
+        raise HanditError(f"HANDIT_REQUIRE_COMPILED is set but the compiled fold is not built ({exc})") from None
     with _lock:
         if not _by_slot:
             _install(config, session)
@@ -344,6 +423,7 @@ def start(tag: str | None = None, *, attrs: dict[str, str] | None = None, tracep
         session.slot = _next_slot
         session.engine, session.source = choice.engine, choice.source
         session._codes = choice.module
+        session._fold = fold
         choice.module.take_counts(session.slot)  # a reused slot starts from zero
         _by_slot[session.slot] = session
         _by_id[session.id] = session
@@ -411,6 +491,7 @@ def stop(session: Session | None = None) -> Session | None:
         try:
             _state["drain"].run_once()
         finally:
+            session._fold.finish(session.t1_ns)
             calls, exceptions, dropped = choice.module.take_counts(session.slot)
             session.stats["calls"] += calls
             session.stats["exceptions"] += exceptions
@@ -424,9 +505,33 @@ def stop(session: Session | None = None) -> Session | None:
                     sink.end(session)
                 except Exception as exc:
                     _warn_once(f"handit could not finish writing session {session.id}: {exc!r}", key=f"sink-end:{exc!r}")
+            _tell_ancestors(session)
             if not _by_slot:
                 _uninstall()
     return session
+
+
+def _drain_now() -> None:
+    """Hand every session what its threads have recorded so far (reading a running session)."""
+    drain = _state["drain"]
+    if drain is not None:
+        drain.run_once()
+
+
+def _tell_ancestors(session: Session) -> None:
+    """A finished session's figures join those of the running sessions it was started inside."""
+    from .renderers.summary import Stats
+
+    parent = session.parent
+    if parent is None:
+        return
+    fold = session._fold.to_json()
+    while parent is not None:
+        if parent.t1_ns is None:
+            if parent._descendants is None:
+                parent._descendants = Stats()
+            session._add_to(parent._descendants, fold)
+        parent = parent.parent
 
 
 def current() -> Session | None:

@@ -64,6 +64,7 @@ class FileSink:
                 self.writer.write_events(builder.finish(session.t1_ns))
             self.writer.write_events([session.end_event()])
         else:
+            self.writer.fold(session.id, session.fold())
             self.writer.session_end(session.end_event())
         self.writer.flush()
 

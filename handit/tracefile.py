@@ -5,9 +5,11 @@ is :mod:`handit.frames`). Frame types: ``S`` session start (JSON object), ``E``
 session end (JSON object), ``C`` code table entries (JSON list of ``[index,
 module, qualname, file, line, argnames]``), ``B`` a block (16-byte session UUID
 + the encoded block, see :mod:`handit.reader`), ``J`` extra events (JSON list
-of event dicts). The stream id is random per writer (process and file), so
-several processes can append to one file without their code tables colliding.
-Every frame reaches the file in one ``write`` on an ``O_APPEND`` descriptor, so
+of event dicts), ``F`` a session's folded figures (16-byte session UUID + JSON,
+:mod:`handit.blocks`) written before its end, so a summary needs no block
+decoded. The stream id is random per writer (process and file), so several
+processes can append to one file without their code tables colliding. Every
+frame reaches the file in one ``write`` on an ``O_APPEND`` descriptor, so
 appenders never interleave inside a frame, and a crash leaves at worst a cut
 last frame, which readers report and skip.
 """
@@ -18,7 +20,7 @@ import os
 import threading
 import uuid
 import warnings
-from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, Collection, Iterable, Iterator, NamedTuple
 
 from .appendfile import flusher, open_append, write_all
 from .frames import (
@@ -28,12 +30,13 @@ from .frames import (
 from .reader import TraceBuilder
 
 __all__ = [
-    "HEADER_SIZE", "MAGIC", "StoredCode", "TraceFileWarning", "TraceFileWriter", "TraceFormatError",
-    "detect_format", "iter_events", "iter_frames", "iter_trace", "open_append", "read_trace", "write_all",
+    "HEADER_SIZE", "MAGIC", "Folds", "StoredCode", "TraceFileWarning", "TraceFileWriter", "TraceFormatError",
+    "detect_format", "iter_events", "iter_frames", "iter_session_blocks", "iter_trace", "open_append",
+    "read_folds", "read_trace", "write_all",
 ]
 
 FRAME_TYPES = frozenset((b"S", b"E", b"C", b"B", b"J"))
-BUFFER_BYTES = 256 * 1024  # small frames gathered into one write; a drain's blocks are ~KB each
+BUFFER_BYTES = 64 * 1024  # small frames gathered into one write (what waits here counts as the program's memory under tracemalloc)
 FLUSH_INTERVAL = 1.0  # seconds a frame may wait in memory (HANDIT_FLUSH_EVERY_MS)
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
@@ -198,6 +201,14 @@ class TraceFileWriter:
         """
         self._frame(b"B", uuid.UUID(session_id).bytes, block)
 
+    def fold(self, session_id: str, figures: dict[str, Any]) -> None:
+        """Write a session's folded figures (:meth:`handit.blocks.Fold.to_json`) as an F frame.
+
+        Raises:
+            ValueError: ``session_id`` is not a UUID.
+        """
+        self._frame(b"F", uuid.UUID(session_id).bytes, _json_bytes(figures))
+
     def events(self, events: list[dict[str, Any]]) -> None:
         """Write events made outside the engine (HTTP calls, the low-level API) as J frames."""
         if not events:
@@ -262,7 +273,8 @@ def _session_raw(session_id: str) -> bytes | None:
 
 
 def iter_trace(
-    path: str, *, progress: Callable[[int, int], None] | None = None, report: FrameReport | None = None
+    path: str, *, progress: Callable[[int, int], None] | None = None, report: FrameReport | None = None,
+    skip_blocks: Collection[str] = (), no_blocks: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Stream the events of a .handit file in the JSONL schema, in file order.
 
@@ -282,6 +294,8 @@ def iter_trace(
         path: the trace file.
         progress: called with ``(bytes_read, total_bytes)`` now and then.
         report: filled with what was damaged (and warned about all the same).
+        skip_blocks: sessions whose blocks are not decoded (their summary comes from F frames).
+        no_blocks: decode no block at all (block frames are skipped unread).
     Yields:
         event dicts.
     Raises:
@@ -300,10 +314,12 @@ def iter_trace(
         return state
 
     rep = FrameReport() if report is None else report
-    for ftype, stream, payload in iter_frames(path, progress=progress, report=rep):
+    for ftype, stream, payload in iter_frames(path, progress=progress, report=rep, only=b"SECJ" if no_blocks else None):
         if ftype == b"B":
             raw = payload[:16]
             sid = by_raw.get(raw)
+            if sid in skip_blocks:
+                continue
             state = sessions.get(sid) if sid is not None else None
             if state is None:  # blocks without a start frame: decode them anyway
                 if len(raw) < 16:
@@ -318,9 +334,7 @@ def iter_trace(
         try:
             obj = loads(payload)
             if ftype == b"C":
-                table = tables.setdefault(stream, {})
-                for index, module, qualname, file, line, argnames in obj:
-                    table[index] = StoredCode(module, qualname, file, line, tuple(argnames))
+                _add_codes(tables.setdefault(stream, {}), obj)
                 continue
             if not isinstance(obj, list if ftype == b"J" else dict):
                 raise ValueError(f"unexpected {type(obj).__name__}")
@@ -362,6 +376,68 @@ def iter_trace(
 def _ns(value: Any) -> int | None:
     """A timestamp read from JSON, or None when it is not an integer."""
     return value if type(value) is int else None
+
+
+def iter_session_blocks(path: str, session_id: str) -> Iterator[bytes]:
+    """The encoded blocks of one session in a .handit file, in order (no decoding).
+
+    Args:
+        path: the trace file.
+        session_id: the session's UUID.
+    Yields:
+        blocks.
+    """
+    raw = uuid.UUID(session_id).bytes
+    for ftype, _, payload in iter_frames(path):
+        if ftype == b"B" and payload[:16] == raw:
+            yield payload[16:]
+
+
+class Folds(NamedTuple):
+    """The F frames of a trace file (see :func:`read_folds`)."""
+
+    figures: dict[str, dict[str, Any]]  # session id -> folded figures
+    codes: dict[str, Callable[[int], StoredCode]]  # session id -> its stream's code lookup
+    unfolded: set[str]  # sessions that have a start but no F frame (their blocks need decoding)
+    starts: dict[str, dict[str, Any]]  # session id -> its session_start event, in file order
+    ends: dict[str, dict[str, Any]]  # session id -> its session_end event
+
+
+def read_folds(path: str) -> Folds:
+    """The folded figures of every session that has an F frame, and their code tables.
+
+    Only S, E, C and F frames are read; block payloads are skipped unread, so this costs
+    little even for a large file.
+
+    Args:
+        path: the trace file.
+    Returns:
+        the figures, code lookups and the sessions without figures.
+    """
+    figures: dict[str, dict[str, Any]] = {}
+    codes: dict[str, Callable[[int], StoredCode]] = {}
+    starts: dict[str, dict[str, Any]] = {}
+    ends: dict[str, dict[str, Any]] = {}
+    tables: dict[bytes, dict[int, StoredCode]] = {}
+    for ftype, stream, payload in iter_frames(path, only=b"SECF"):
+        try:
+            if ftype in b"SE":
+                event = json.loads(payload)
+                (starts if ftype == b"S" else ends)[str(event.get("session_id"))] = event
+            elif ftype == b"C":
+                _add_codes(tables.setdefault(stream, {}), json.loads(payload))
+            else:
+                sid = str(uuid.UUID(bytes=payload[:16]))
+                figures[sid] = json.loads(payload[16:])
+                codes[sid] = tables.setdefault(stream, {}).__getitem__
+        except (ValueError, TypeError, AttributeError):
+            continue
+    return Folds(figures, codes, set(starts) - set(figures), starts, ends)
+
+
+def _add_codes(table: dict[int, StoredCode], rows: list[Any]) -> None:
+    for index, module, qualname, file, line, argnames in rows:
+        table[index] = StoredCode(module, qualname, file, line, tuple(argnames))
 
 
 def detect_format(path: str) -> str:
@@ -407,19 +483,23 @@ def _iter_jsonl(path: str, progress: Callable[[int, int], None] | None) -> Itera
         warnings.warn(f"{path}: " + "; ".join(said) + "; everything intact was read", TraceFileWarning, stacklevel=2)
 
 
-def iter_events(path: str, *, progress: Callable[[int, int], None] | None = None) -> Iterator[dict[str, Any]]:
+def iter_events(
+    path: str, *, progress: Callable[[int, int], None] | None = None, skip_blocks: Collection[str] = (),
+    no_blocks: bool = False,
+) -> Iterator[dict[str, Any]]:
     """Stream the events of a trace file in either format (.handit or JSONL).
 
     Args:
         path: the trace file.
         progress: called with ``(bytes_read, total_bytes)`` now and then.
+        skip_blocks, no_blocks: as for :func:`iter_trace` (.handit only).
     Yields:
         event dicts in the JSONL schema.
     Raises:
         OSError: the file cannot be read.
     """
     if detect_format(path) == "handit":
-        return iter_trace(path, progress=progress)
+        return iter_trace(path, progress=progress, skip_blocks=skip_blocks, no_blocks=no_blocks)
     return _iter_jsonl(path, progress)
 
 

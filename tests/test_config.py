@@ -60,7 +60,7 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "require_compiled": False,
     "fast_tstate": True,
     "bounded_memory": False,
-    "max_session_memory": 64 * 1024 * 1024,
+    "max_session_memory": 16 * 1024 * 1024,
     "children": True,
 }
 

@@ -339,7 +339,7 @@ def test_the_fallback_drain_writes_what_the_reader_reads(monkeypatch: pytest.Mon
         (CALL, slot, 3, 20, (NO_VALUE,), K1),
         (YIELD, slot, 3, 30, None, K1),
         (RESUME, slot, 3, 200, None, K1),
-        (RETURN, slot, 3, 250, NO_VALUE, 0),
+        (RETURN, slot, 3, 250, NO_VALUE, K1),
         (CALL, slot, 2, 300, None, 0),
         (UNWIND, slot, 2, 400, ("ValueError", "bad"), 0),
         (RETURN, slot, 1, 500, 42, 0),
@@ -350,9 +350,9 @@ def test_the_fallback_drain_writes_what_the_reader_reads(monkeypatch: pytest.Mon
     expected = (
         BlockEncoder(A, T + 10)
         .call(1, T + 10, args=["1", "'r'"])
-        .call(3, T + 20, key=K1, args=[""])
-        .yield_(T + 30, K1)
-        .resume(T + 200, K1)
+        .call(3, T + 20, key=1, args=[""])  # the frame's address is written as the small key 1
+        .yield_(T + 30, 1)
+        .resume(T + 200, 1)
         .ret(T + 250)
         .call(2, T + 300)
         .unwind(T + 400, "ValueError", "bad")
@@ -374,3 +374,34 @@ def test_block_cut_inside_a_trailing_string_emits_nothing_half_read(cut: int) ->
     events = b.feed(block[:-cut])
     assert types(events) == [("call", "main")]
     assert b.stats["corrupt_blocks"] == 1
+
+
+def test_generator_keys_are_small_and_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A generator's frame address is written as a small number, free again after its final return."""
+    slot = 9
+    records = [
+        (CALL, slot, 3, 10, None, K1),
+        (YIELD, slot, 3, 20, None, K1),
+        (CALL, slot, 3, 30, None, K2),  # a second generator while the first is suspended: key 2
+        (YIELD, slot, 3, 40, None, K2),
+        (RESUME, slot, 3, 50, None, K1),
+        (RETURN, slot, 3, 60, NO_VALUE, K1),  # the first one ends: key 1 is free
+        (CALL, slot, 3, 70, None, K1 + 64),  # a third generator takes key 1 again
+        (YIELD, slot, 3, 80, None, K1 + 64),
+    ]
+    monkeypatch.setattr(_fallback, "_collect", lambda: [(A, records)])
+    ((_, block),) = _fallback.drain(_Calibration(), SimpleNamespace(preview=repr))
+    _fallback.take_counts(slot)
+    expected = (
+        BlockEncoder(A, T + 10).call(3, T + 10, key=1).yield_(T + 20, 1).call(3, T + 30, key=2).yield_(T + 40, 2)
+        .resume(T + 50, 1).ret(T + 60).call(3, T + 70, key=1).yield_(T + 80, 1).to_bytes()
+    )
+    assert block == expected
+    # after the header: 3 calls of 4 bytes (tag, code, dts, key), 4 suspends/resumes of 3, a return of 2
+    assert len(block) - len(BlockEncoder(A, T + 10).to_bytes()) == 12 + 12 + 2
+    b = builder()
+    events = b.feed(block) + b.finish(T + 100)
+    assert [(e["type"], e["call_id"], e.get("abandoned")) for e in events] == [
+        ("call", 1, None), ("call", 2, None), ("return", 1, None), ("call", 3, None),
+        ("return", 2, True), ("return", 3, True),
+    ]

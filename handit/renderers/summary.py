@@ -319,6 +319,61 @@ class Stats:
         hs.total_ns += dt
         hs.max_ns = max(hs.max_ns, dt)
 
+    def add_fold(self, fold: dict[str, Any], code_info: Callable[[int], Any], session_id: Any = None) -> None:
+        """Add a session's folded figures (:meth:`handit.blocks.Fold.to_json`, or a trace file's ``F`` frame).
+
+        Used in place of that session's ``call``, ``return`` and ``exception`` events
+        (feed its ``session_start``, ``session_end`` and extra events as usual).
+
+        Args:
+            fold: the figures.
+            code_info: code index -> an object with ``module``, ``qualname``, ``file``
+                and ``line`` (may raise for an unknown index).
+            session_id: the session they belong to.
+        """
+        names: dict[int, FuncStats] = {}
+        for code, calls, total, own, raised in fold.get("funcs", ()):
+            try:
+                info = code_info(code)
+                key = (str(info.module), str(info.qualname))
+                where = (str(info.file), int(info.line))
+            except Exception:
+                key, where = ("?", f"<unknown code {code}>"), ("?", 0)
+            fs = self.functions.get(key)
+            if fs is None:
+                fs = self.functions[key] = FuncStats(key[0], key[1], *where)
+            names[code] = fs
+            fs.calls += calls
+            fs.total_ns += total
+            fs.own_ns += own
+            fs.raised += raised
+        counts = fold.get("counts", {})
+        self.calls += counts.get("calls", 0)
+        self.exceptions += counts.get("exceptions", 0)
+        self.raised += counts.get("raised", 0)
+        self.incomplete += counts.get("incomplete", 0)
+        self.abandoned += counts.get("abandoned", 0)
+        self.corrupt_blocks += counts.get("corrupt_blocks", 0)
+        self.errors_omitted += counts.get("errors_omitted", 0)
+        self.last_ns = max(self.last_ns, counts.get("last_ts", 0))
+        info = self.sessions.get(session_id)
+        if info is not None:
+            info.calls += counts.get("calls", 0)
+            info.exceptions += counts.get("raised", 0)
+        for type_name, message, code, count, through in fold.get("errors", ()):
+            fs = names.get(code)
+            module, func = (fs.module, fs.func) if fs is not None else ("?", f"<unknown code {code}>")
+            key3 = (str(type_name), str(message), _display(module, func))
+            err = self.errors.get(key3)
+            if err is None:
+                if len(self.errors) >= self.max_errors:
+                    self.errors_omitted += count
+                    continue
+                err = self.errors[key3] = ErrorStats(key3[0], key3[1], module, func)
+            err.count += count
+            if not err.through:
+                err.through = [names[c].name if c in names else f"<unknown code {c}>" for c in through]
+
     def top(self, n: int, by: str = "total", func_filter: FuncFilter | None = None) -> list[FuncStats]:
         """The ``n`` functions with the most ``total``, ``own`` time or ``calls``.
 
@@ -403,13 +458,14 @@ def summary_blocks(stats: Stats, *, top: int = 10, func_filter: FuncFilter | Non
     return blocks
 
 
-def render_summary(events: Iterable[dict[str, Any]], top: int = 10) -> str:
+def render_summary(events: Iterable[dict[str, Any]], top: int = 10, *, stats: Stats | None = None) -> str:
     """A short plain-text summary of events: sessions, the busiest functions, errors, HTTP calls.
 
     Args:
         events: events in the JSONL schema (a list or any iterable; consumed once).
         top: rows in the function tables.
+        stats: aggregates to add the events to (e.g. holding a session's fold).
     Returns:
         the summary text.
     """
-    return plain_text(summary_blocks(Stats().feed(events), top=top))
+    return plain_text(summary_blocks((stats if stats is not None else Stats()).feed(events), top=top))

@@ -1,0 +1,26 @@
+"""Type stub of the compiled fold; handit.blocks.Fold is the same in pure Python."""
+from typing import Any
+
+class Fold:
+    max_errors: int
+    errors: dict[tuple[str, str, int], list[Any]]
+    calls: int
+    exceptions: int
+    raised: int
+    incomplete: int
+    abandoned: int
+    dropped: int
+    corrupt_blocks: int
+    errors_omitted: int
+    first_ts: int
+    last_ts: int
+    def __init__(self, max_errors: int = ...) -> None: ...
+    @property
+    def funcs(self) -> dict[int, list[int]]: ...
+    @property
+    def threads(self) -> set[int]: ...
+    def feed(self, block: bytes) -> None: ...
+    def finish(self, end_ts: int) -> None: ...
+    def copy(self) -> Fold: ...
+    def open_calls(self) -> int: ...
+    def to_json(self) -> dict[str, Any]: ...

@@ -1,0 +1,457 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Fold stage, compiled: one session's encoded blocks -> per-function figures, without events.
+
+The twin of :mod:`handit.blocks` (same names, same figures; ``tests/test_fold.py``
+compares them): calls and stacks live in C arrays here, so a record costs a few
+nanoseconds instead of the pure twin's Python objects (a generator-heavy run folds
+about 30 M records).
+"""
+import copy as _copy
+
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcpy, memset
+
+__all__ = ["Fold"]
+
+cdef enum:
+    DIRECT_KEYS = 1 << 17  # generator keys below this are looked up in an array; others in a dict
+
+ctypedef struct Entry:        # a call on a stack or suspended
+    int64_t t0
+    int64_t susp              # time suspended so far
+    int64_t child             # running time of the calls it made
+    int64_t tsusp             # when it was last suspended
+    uint64_t key              # generator key, 0 for a plain call
+    uint64_t seq              # order it was suspended in (the pure twin's dict order)
+    int32_t code              # -1: a phantom (a generator started before the session)
+    int32_t thread            # index of the thread it started on
+    int32_t parent            # pool index of its caller, -1 for none
+    uint32_t parent_gen       # the caller's generation then (a freed caller is not credited)
+    uint32_t gen              # bumped each time the slot is freed
+    int32_t outer             # its function's outermost active call on its thread
+    int32_t next_free
+
+ctypedef struct Row:
+    uint64_t calls
+    int64_t total
+    int64_t own
+    uint64_t raised
+
+ctypedef struct Thread:
+    int32_t* stack
+    int32_t n
+    int32_t cap
+    int32_t* depth            # per code index: its calls running on this thread
+    int32_t ndepth
+
+
+cdef int _grow(void** p, Py_ssize_t* cap, Py_ssize_t need, size_t item) except -1:
+    cdef Py_ssize_t n = cap[0] if cap[0] else 16
+    cdef void* q
+    if need <= cap[0]:
+        return 0
+    while n < need:
+        n *= 2
+    q = realloc(p[0], n * item)
+    if q == NULL:
+        raise MemoryError
+    memset(<char*>q + cap[0] * item, 0, (n - cap[0]) * item)
+    p[0] = q
+    cap[0] = n
+    return 0
+
+
+cdef inline int _varint(const unsigned char* d, Py_ssize_t* pos, Py_ssize_t end, uint64_t* out) noexcept:
+    # an unsigned LEB128 varint at pos; -1 when cut or longer than 64 bits
+    cdef uint64_t v = 0
+    cdef int shift = 0
+    cdef unsigned char b
+    while True:
+        if pos[0] >= end or shift > 63:
+            return -1
+        b = d[pos[0]]
+        pos[0] += 1
+        v |= (<uint64_t>(b & 0x7F)) << shift
+        if b < 0x80:
+            out[0] = v
+            return 0
+        shift += 7
+
+
+cdef class Fold:
+    """Per-function figures of one session, folded from its blocks as they arrive (see handit.blocks.Fold)."""
+
+    cdef Entry* pool
+    cdef Py_ssize_t npool, cappool
+    cdef int32_t free_head
+    cdef Row* rows
+    cdef Py_ssize_t caprows
+    cdef Thread* th
+    cdef Py_ssize_t nth, capth
+    cdef int32_t* stash               # key -> pool index + 1 (0: none), keys below DIRECT_KEYS
+    cdef Py_ssize_t capstash
+    cdef dict big_stash               # larger keys (traces written with frame addresses)
+    cdef uint64_t seq
+    cdef dict thread_of               # ident -> thread index
+    cdef public dict errors
+    cdef public int max_errors
+    cdef public uint64_t calls, exceptions, raised, incomplete, abandoned, dropped, corrupt_blocks, errors_omitted
+    cdef public int64_t first_ts, last_ts
+    cdef object last_exc              # (caller index, caller gen, type, message, error row, first)
+
+    def __cinit__(self, int max_errors=1000):
+        self.max_errors = max_errors
+        self.errors = {}
+        self.big_stash = {}
+        self.thread_of = {}
+        self.free_head = -1
+        self.last_exc = None
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        for i in range(self.nth):
+            free(self.th[i].stack)
+            free(self.th[i].depth)
+        free(self.th)
+        free(self.pool)
+        free(self.rows)
+        free(self.stash)
+
+    # -- read back ----------------------------------------------------------------------
+    @property
+    def funcs(self):
+        """code index -> ``[calls, total_ns, own_ns, raised]``."""
+        cdef Py_ssize_t i
+        return {i: [self.rows[i].calls, self.rows[i].total, self.rows[i].own, self.rows[i].raised]
+                for i in range(self.caprows) if self.rows[i].calls}
+
+    @property
+    def threads(self):
+        """Idents of the threads seen."""
+        return set(self.thread_of)
+
+    def to_json(self):
+        """The figures as plain JSON data (the trace file's ``F`` frame)."""
+        return {
+            "funcs": [[code, *row] for code, row in self.funcs.items()],
+            "errors": [[t, m, code, err[0], err[1]] for (t, m, code), err in self.errors.items()],
+            "counts": {"calls": self.calls, "exceptions": self.exceptions, "raised": self.raised,
+                       "incomplete": self.incomplete, "abandoned": self.abandoned, "dropped": self.dropped,
+                       "corrupt_blocks": self.corrupt_blocks, "errors_omitted": self.errors_omitted,
+                       "last_ts": self.last_ts},
+            "threads": len(self.thread_of),
+        }
+
+    def open_calls(self):
+        """Calls on a stack or suspended now (phantoms excluded)."""
+        cdef Py_ssize_t i, j, n = 0
+        for i in range(self.nth):
+            for j in range(self.th[i].n):
+                if self.pool[self.th[i].stack[j]].code >= 0:
+                    n += 1
+        for e in self._stashed():
+            if self.pool[<int32_t>e].code >= 0:
+                n += 1
+        return n
+
+    def copy(self):
+        """An independent copy (to close a running session's open calls without changing it)."""
+        cdef Fold c = Fold(self.max_errors)
+        cdef Py_ssize_t i
+        _grow(<void**>&c.pool, &c.cappool, self.cappool, sizeof(Entry))
+        memcpy(c.pool, self.pool, self.cappool * sizeof(Entry))
+        c.npool, c.free_head = self.npool, self.free_head
+        _grow(<void**>&c.rows, &c.caprows, self.caprows, sizeof(Row))
+        memcpy(c.rows, self.rows, self.caprows * sizeof(Row))
+        _grow(<void**>&c.stash, &c.capstash, self.capstash, sizeof(int32_t))
+        memcpy(c.stash, self.stash, self.capstash * sizeof(int32_t))
+        _grow(<void**>&c.th, &c.capth, self.nth, sizeof(Thread))
+        for i in range(self.nth):
+            c.th[i].n = c.th[i].cap = self.th[i].n
+            c.th[i].stack = <int32_t*>malloc(max(self.th[i].n, 1) * sizeof(int32_t))
+            c.th[i].ndepth = self.th[i].ndepth
+            c.th[i].depth = <int32_t*>malloc(max(self.th[i].ndepth, 1) * sizeof(int32_t))
+            if c.th[i].stack == NULL or c.th[i].depth == NULL:
+                raise MemoryError
+            memcpy(c.th[i].stack, self.th[i].stack, self.th[i].n * sizeof(int32_t))
+            memcpy(c.th[i].depth, self.th[i].depth, self.th[i].ndepth * sizeof(int32_t))
+            c.nth = i + 1
+        memo = {}
+        c.errors = _copy.deepcopy(self.errors, memo)
+        c.last_exc = _copy.deepcopy(self.last_exc, memo)
+        c.big_stash = dict(self.big_stash)
+        c.thread_of = dict(self.thread_of)
+        c.seq = self.seq
+        c.calls, c.exceptions, c.raised, c.incomplete = self.calls, self.exceptions, self.raised, self.incomplete
+        c.abandoned, c.dropped, c.corrupt_blocks = self.abandoned, self.dropped, self.corrupt_blocks
+        c.errors_omitted, c.first_ts, c.last_ts = self.errors_omitted, self.first_ts, self.last_ts
+        return c
+
+    # -- entries, rows, threads ----------------------------------------------------------
+    cdef int32_t _alloc(self) except -1:
+        cdef int32_t e = self.free_head
+        if e >= 0:
+            self.free_head = self.pool[e].next_free
+            return e
+        _grow(<void**>&self.pool, &self.cappool, self.npool + 1, sizeof(Entry))
+        e = <int32_t>self.npool
+        self.npool += 1
+        return e
+
+    cdef void _free(self, int32_t e) noexcept:
+        self.pool[e].gen += 1
+        self.pool[e].next_free = self.free_head
+        self.free_head = e
+
+    cdef int32_t _thread(self, object ident) except -1:
+        cdef object t = self.thread_of.get(ident)
+        if t is not None:
+            return <int32_t>t
+        _grow(<void**>&self.th, &self.capth, self.nth + 1, sizeof(Thread))
+        self.thread_of[ident] = self.nth
+        self.nth += 1
+        return <int32_t>(self.nth - 1)
+
+    cdef int _push(self, Thread* t, int32_t e) except -1:
+        cdef Py_ssize_t cap = t.cap
+        if t.n >= cap:
+            _grow(<void**>&t.stack, &cap, t.n + 1, sizeof(int32_t))
+            t.cap = <int32_t>cap
+        t.stack[t.n] = e
+        t.n += 1
+        return 0
+
+    cdef int32_t _stash_pop(self, uint64_t key) except -2:
+        cdef int32_t e
+        if key < DIRECT_KEYS:
+            if <Py_ssize_t>key >= self.capstash:
+                return -1
+            e = self.stash[key] - 1
+            self.stash[key] = 0
+            return e
+        return <int32_t>self.big_stash.pop(key, -1)
+
+    cdef int _stash_put(self, uint64_t key, int32_t e) except -1:
+        if key < DIRECT_KEYS:
+            _grow(<void**>&self.stash, &self.capstash, <Py_ssize_t>key + 1, sizeof(int32_t))
+            self.stash[key] = e + 1
+        else:
+            self.big_stash[key] = e
+        self.pool[e].seq = self.seq
+        self.seq += 1
+        return 0
+
+    cdef list _stashed(self):
+        # pool indices of the suspended entries, in the order they were suspended
+        cdef Py_ssize_t k
+        found = [(self.pool[self.stash[k] - 1].seq, self.stash[k] - 1) for k in range(self.capstash) if self.stash[k]]
+        found.extend((self.pool[<int32_t>e].seq, e) for e in self.big_stash.values())
+        found.sort()
+        return [e for _, e in found]
+
+    # -- closing calls -----------------------------------------------------------------------
+    cdef void _close(self, int32_t e, int64_t t1) noexcept:
+        cdef Entry* x = &self.pool[e]
+        cdef Row* row = &self.rows[x.code]
+        cdef Thread* t = &self.th[x.thread]
+        cdef int64_t dt = t1 - x.t0
+        cdef int64_t running
+        if dt < 0:
+            dt = 0
+        running = dt - x.susp
+        if running < 0:
+            running = 0
+        if running > x.child:
+            row.own += running - x.child
+        if x.outer:
+            row.total += dt
+        if x.code < t.ndepth and t.depth[x.code] > 0:
+            t.depth[x.code] -= 1
+        if x.parent >= 0 and self.pool[x.parent].gen == x.parent_gen:
+            self.pool[x.parent].child += running
+
+    cdef void _close_all(self, Thread* t, int64_t t1) noexcept:
+        cdef int32_t e
+        while t.n:
+            t.n -= 1
+            e = t.stack[t.n]
+            if self.pool[e].code >= 0:
+                self._close(e, t1 if t1 > self.pool[e].t0 else self.pool[e].t0)
+                self.incomplete += 1
+            self._free(e)
+
+    cdef int _raise(self, int32_t e, str type_name, str message) except -1:
+        cdef Entry* x = &self.pool[e]
+        cdef int32_t code = x.code
+        self.exceptions += 1
+        self.rows[code].raised += 1
+        parent = (x.parent, x.parent_gen) if x.parent >= 0 else None
+        prev = self.last_exc
+        if (prev is not None and prev[0] is not None and prev[0][0] == e and prev[0][1] == x.gen
+                and prev[1] == type_name and prev[2] == message):
+            err, first = prev[3], prev[4]  # the same exception leaving the caller
+            if err is not None and first and len(err[1]) < 6:
+                err[1].append(code)
+            self.last_exc = (parent, type_name, message, err, first)
+            return 0
+        self.raised += 1
+        key = (type_name, message, code)
+        err = self.errors.get(key)
+        if err is None and len(self.errors) < self.max_errors:
+            err = self.errors[key] = [0, []]
+        if err is None:
+            self.errors_omitted += 1
+        else:
+            err[0] += 1
+        self.last_exc = (parent, type_name, message, err, err is not None and err[0] == 1)
+        return 0
+
+    # -- the fold ----------------------------------------------------------------------------
+    def feed(self, block):
+        """Fold one encoded block (a damaged one up to the damage, counted in ``corrupt_blocks``)."""
+        cdef bytes data = block if type(block) is bytes else bytes(block)
+        cdef const unsigned char* d = data
+        cdef Py_ssize_t end = len(data), pos = 0, size
+        cdef uint64_t ident, base, v, z, key, n, i
+        cdef int64_t ts
+        cdef int tag, kind
+        cdef int32_t ti, e, parent, code, stale
+        cdef Thread* t
+        cdef Entry* x
+        cdef Py_ssize_t cap
+        if not end:
+            return
+        if _varint(d, &pos, end, &ident) < 0 or _varint(d, &pos, end, &base) < 0:
+            self.corrupt_blocks += 1
+            return
+        ts = <int64_t>base
+        if not self.first_ts:
+            self.first_ts = ts
+        ti = self._thread(ident)
+        t = &self.th[ti]
+        try:
+            while pos < end:
+                tag = d[pos]
+                pos += 1
+                kind = tag & 0x0F
+                code = 0
+                if kind == 1:
+                    if _varint(d, &pos, end, &v) < 0 or v > 0x7FFFFFFF:
+                        raise IndexError
+                    code = <int32_t>v
+                if _varint(d, &pos, end, &z) < 0:
+                    raise IndexError
+                ts += <int64_t>((z >> 1) ^ (0 - (z & 1)))
+                if kind == 1:  # CALL
+                    key = 0
+                    if tag & 0x40 and _varint(d, &pos, end, &key) < 0:
+                        raise IndexError
+                    if tag & 0x80:  # argument previews: skipped
+                        if _varint(d, &pos, end, &n) < 0:
+                            raise IndexError
+                        for i in range(n):
+                            if _varint(d, &pos, end, &v) < 0 or v > <uint64_t>(end - pos):
+                                raise IndexError
+                            pos += <Py_ssize_t>v
+                    _grow(<void**>&self.rows, &self.caprows, code + 1, sizeof(Row))
+                    self.rows[code].calls += 1
+                    self.calls += 1
+                    if code >= t.ndepth:
+                        cap = t.ndepth
+                        _grow(<void**>&t.depth, &cap, code + 1, sizeof(int32_t))
+                        t.ndepth = <int32_t>cap
+                    parent = t.stack[t.n - 1] if t.n else -1
+                    if parent >= 0 and self.pool[parent].code < 0:
+                        parent = -1
+                    e = self._alloc()
+                    x = &self.pool[e]
+                    x.t0, x.susp, x.child, x.tsusp, x.key = ts, 0, 0, 0, key
+                    x.code, x.thread, x.parent = code, ti, parent
+                    x.parent_gen = self.pool[parent].gen if parent >= 0 else 0
+                    x.outer = t.depth[code] == 0
+                    t.depth[code] += 1
+                    self._push(t, e)
+                elif kind == 2:  # RETURN
+                    if tag & 0x80:
+                        if _varint(d, &pos, end, &v) < 0 or v > <uint64_t>(end - pos):
+                            raise IndexError
+                        pos += <Py_ssize_t>v
+                    if t.n:
+                        t.n -= 1
+                        e = t.stack[t.n]
+                        if self.pool[e].code >= 0:
+                            self._close(e, ts)
+                        self._free(e)
+                elif kind == 3:  # UNWIND
+                    if _varint(d, &pos, end, &v) < 0 or v > <uint64_t>(end - pos):
+                        raise IndexError
+                    type_name = data[pos : pos + <Py_ssize_t>v].decode("utf-8", "replace")
+                    pos += <Py_ssize_t>v
+                    if _varint(d, &pos, end, &v) < 0 or v > <uint64_t>(end - pos):
+                        raise IndexError
+                    message = data[pos : pos + <Py_ssize_t>v].decode("utf-8", "replace")
+                    pos += <Py_ssize_t>v
+                    if t.n:
+                        t.n -= 1
+                        e = t.stack[t.n]
+                        if self.pool[e].code >= 0:
+                            self._raise(e, type_name, message)
+                            self._close(e, ts)
+                        self._free(e)
+                elif kind == 4:  # YIELD
+                    if _varint(d, &pos, end, &key) < 0:
+                        raise IndexError
+                    if t.n and self.pool[t.stack[t.n - 1]].key == key:
+                        t.n -= 1
+                        e = t.stack[t.n]
+                        stale = self._stash_pop(key)
+                        self.pool[e].tsusp = ts
+                        self._stash_put(key, e)
+                        if stale >= 0:
+                            self.pool[e].seq = self.pool[stale].seq  # the key keeps its place in the order
+                            if self.pool[stale].code >= 0:  # its number went to a new generator
+                                self._close(stale, self.pool[stale].tsusp)
+                                self.abandoned += 1
+                            self._free(stale)
+                elif kind == 5 or kind == 6:  # RESUME, THROW: it may continue on another thread
+                    if _varint(d, &pos, end, &key) < 0:
+                        raise IndexError
+                    e = self._stash_pop(key)
+                    if e < 0:
+                        e = self._alloc()
+                        x = &self.pool[e]
+                        x.t0, x.susp, x.child, x.tsusp, x.key = ts, 0, 0, 0, key
+                        x.code, x.thread, x.parent, x.parent_gen, x.outer = -1, ti, -1, 0, 0
+                    else:
+                        self.pool[e].susp += ts - self.pool[e].tsusp
+                    self._push(t, e)
+                elif kind == 7:  # GAP: records were dropped here; what was open cannot be matched
+                    if _varint(d, &pos, end, &n) < 0:
+                        raise IndexError
+                    self._close_all(t, ts)
+                    self.dropped += n
+                else:
+                    raise IndexError
+        except IndexError:  # a cut or damaged block: what came before the damage stands
+            self.corrupt_blocks += 1
+        finally:
+            if ts > self.last_ts:
+                self.last_ts = ts
+
+    def finish(self, int64_t end_ts):
+        """Close every call still open: on a stack as incomplete at ``end_ts``, suspended as
+        abandoned at its last suspension."""
+        cdef Py_ssize_t i
+        cdef int32_t e
+        for i in range(self.nth):
+            self._close_all(&self.th[i], end_ts)
+        for obj in self._stashed():
+            e = <int32_t>obj
+            if self.pool[e].code >= 0:
+                self._close(e, self.pool[e].tsusp if self.pool[e].tsusp > self.pool[e].t0 else self.pool[e].t0)
+                self.abandoned += 1
+            self._free(e)
+        if self.capstash:
+            memset(self.stash, 0, self.capstash * sizeof(int32_t))
+        self.big_stash.clear()
