@@ -228,6 +228,21 @@ def _install(config: Config, session: Session) -> None:
     _patch_threads(choice.module)
     drain.start()
     lifecycle.sessions_opened(session)
+    if config.instrument_http:
+        _instrument_http(config)
+
+
+def _instrument_http(config: Config) -> None:
+    """HANDIT_INSTRUMENT_HTTP: patch the HTTP clients the program has imported (docs/http.md).
+
+    The instrumentation is a leaf: imported by name here, only when the setting is on.
+    """
+    try:
+        import importlib
+
+        importlib.import_module("handit.instrument").on_first_session(config)
+    except Exception as exc:
+        _warn_once(f"handit could not instrument HTTP clients: {exc!r} (HANDIT_INSTRUMENT_HTTP=0 turns this off)")
 
 
 def _uninstall() -> None:

@@ -60,6 +60,9 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "bounded_memory": False,
     "max_session_memory": 64 * 1024 * 1024,
     "children": True,
+    "instrument_http": True,
+    "redact_headers": (),
+    "max_body": 4096,
 }
 
 
