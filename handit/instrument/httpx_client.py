@@ -24,19 +24,23 @@ def _watch_stream(call: _record.HttpCall, response: Any) -> None:
     iter_bytes, aiter_bytes, close, aclose = response.iter_bytes, response.aiter_bytes, response.close, response.aclose
 
     def recorded_iter_bytes(*args: Any, **kwargs: Any) -> Iterator[bytes]:
-        state["reading"] = True
-        for chunk in iter_bytes(*args, **kwargs):
-            call.tap.feed(chunk)
-            yield chunk
-        state["reading"] = False
+        state["reading"] = True  # httpx closes the response inside the last read: finish after it
+        try:
+            for chunk in iter_bytes(*args, **kwargs):
+                call.tap.feed(chunk)
+                yield chunk
+        finally:
+            state["reading"] = False
         call.finish(status, headers, redirects=redirects)
 
     async def recorded_aiter_bytes(*args: Any, **kwargs: Any) -> AsyncIterator[bytes]:
-        state["reading"] = True
-        async for chunk in aiter_bytes(*args, **kwargs):
-            call.tap.feed(chunk)
-            yield chunk
-        state["reading"] = False
+        state["reading"] = True  # httpx closes the response inside the last read: finish after it
+        try:
+            async for chunk in aiter_bytes(*args, **kwargs):
+                call.tap.feed(chunk)
+                yield chunk
+        finally:
+            state["reading"] = False
         call.finish(status, headers, redirects=redirects)
 
     def recorded_close() -> None:

@@ -14,20 +14,16 @@ def _watch_stream(call: _record.HttpCall, response: Any) -> None:
     """Record what the program reads of a ``stream=True`` response, then finish at its end or close."""
     iter_content, close = response.iter_content, response.close
     status, headers, redirects = response.status_code, response.headers, len(response.history)
-    state = {"reading": False}
 
     def recorded_iter_content(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        state["reading"] = True
         for chunk in iter_content(*args, **kwargs):
             call.tap.feed(chunk)
             yield chunk
-        state["reading"] = False
         call.finish(status, headers, redirects=redirects)
 
     def recorded_close() -> None:
         close()
-        if not state["reading"]:
-            call.finish(status, headers, redirects=redirects)
+        call.finish(status, headers, redirects=redirects)
 
     response.iter_content = recorded_iter_content
     response.close = recorded_close

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import weakref
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from . import _record
 from ._base import BaseInstrumentor
@@ -22,33 +22,40 @@ def _watch_stream(call: _record.HttpCall, response: Any) -> None:
     """Record what the program reads of an unpreloaded response; finish at its end or release."""
     status, headers = response.status, response.headers
     read, read_chunked, release_conn, close = response.read, response.read_chunked, response.release_conn, response.close
-    state = {"reading": False}
+    # urllib3 releases the connection from inside the read that drains it: the exchange
+    # finishes after that read's bytes are counted, not at the release
+    state = {"in_read": False, "ended": False}
 
     def recorded_read(amt: Any = None, *args: Any, **kwargs: Any) -> Any:
-        data = read(amt, *args, **kwargs)
-        if not state["reading"]:
-            call.tap.feed(data)
-            if amt is None or not data:
-                call.finish(status, headers)
+        state["in_read"] = True
+        try:
+            data = read(amt, *args, **kwargs)
+        finally:
+            state["in_read"] = False
+        call.tap.feed(data)
+        if amt is None or not data or state["ended"]:
+            call.finish(status, headers)
         return data
 
     def recorded_read_chunked(*args: Any, **kwargs: Any) -> Iterator[bytes]:
-        state["reading"] = True
-        try:
-            for chunk in read_chunked(*args, **kwargs):
-                call.tap.feed(chunk)
-                yield chunk
-        finally:
-            state["reading"] = False
+        for chunk in read_chunked(*args, **kwargs):
+            call.tap.feed(chunk)
+            yield chunk
         call.finish(status, headers)
+
+    def ended() -> None:
+        if state["in_read"]:
+            state["ended"] = True
+        else:
+            call.finish(status, headers)
 
     def recorded_release_conn() -> None:
         release_conn()
-        call.finish(status, headers)
+        ended()
 
     def recorded_close() -> None:
         close()
-        call.finish(status, headers)
+        ended()
 
     response.read = recorded_read
     response.read_chunked = recorded_read_chunked
@@ -57,44 +64,54 @@ def _watch_stream(call: _record.HttpCall, response: Any) -> None:
     weakref.finalize(response, call.finish, status, headers).atexit = False
 
 
+def _wrap(original: Any, full_url: Callable[[Any, str], str]) -> Any:
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def urlopen(self: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        if _record._recording.get():  # beneath requests, a PoolManager, or a redirect of ours
+            return original(self, method, url, *args, **kwargs)
+        try:
+            bound = signature.bind(self, method, url, *args, **kwargs).arguments
+        except TypeError:
+            bound = {}
+        call = _record.begin(method, full_url(self, url), bound.get("headers"), bound.get("body"))
+        if call is None:
+            return original(self, method, url, *args, **kwargs)
+        call.enter()
+        try:
+            response = original(self, method, url, *args, **kwargs)
+        except BaseException as exc:
+            call.leave()
+            call.finish(error=exc)
+            raise
+        call.leave()
+        try:
+            extra = bound.get("response_kw") or bound.get("kw") or {}  # the pool's and the manager's **kwargs
+            preload = bound.get("preload_content", extra.get("preload_content", True))
+            if preload:
+                call.finish(response.status, response.headers, body=response.data)
+            else:
+                _watch_stream(call, response)
+        except Exception:
+            call.finish(response.status, response.headers)
+        return response
+
+    return urlopen
+
+
 class Instrumentor(BaseInstrumentor):
-    """Patches ``urllib3.connectionpool.HTTPConnectionPool.urlopen``."""
+    """Patches ``PoolManager.urlopen`` (redirects it follows count once) and
+    ``HTTPConnectionPool.urlopen`` (pools used directly)."""
 
     library = "urllib3"
 
     def _patch(self) -> list[tuple[Any, str, Any, Any]]:
         import urllib3.connectionpool
+        import urllib3.poolmanager
 
-        pool_class = urllib3.connectionpool.HTTPConnectionPool
-        original = pool_class.urlopen
-        signature = inspect.signature(original)
-
-        @functools.wraps(original)
-        def urlopen(self: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-            if _record._recording.get():  # beneath requests (or a redirect of ours): recorded already
-                return original(self, method, url, *args, **kwargs)
-            try:
-                bound = signature.bind(self, method, url, *args, **kwargs).arguments
-            except TypeError:
-                bound = {}
-            call = _record.begin(method, _full_url(self, url), bound.get("headers"), bound.get("body"))
-            if call is None:
-                return original(self, method, url, *args, **kwargs)
-            call.enter()
-            try:
-                response = original(self, method, url, *args, **kwargs)
-            except BaseException as exc:
-                call.leave()
-                call.finish(error=exc)
-                raise
-            call.leave()
-            try:
-                if bound.get("preload_content", True):
-                    call.finish(response.status, response.headers, body=response.data)
-                else:
-                    _watch_stream(call, response)
-            except Exception:
-                call.finish(response.status, response.headers)
-            return response
-
-        return [(pool_class, "urlopen", original, urlopen)]
+        pool, manager = urllib3.connectionpool.HTTPConnectionPool, urllib3.poolmanager.PoolManager
+        return [
+            (pool, "urlopen", pool.urlopen, _wrap(pool.urlopen, _full_url)),
+            (manager, "urlopen", manager.urlopen, _wrap(manager.urlopen, lambda _manager, url: url)),
+        ]

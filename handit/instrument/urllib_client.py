@@ -12,7 +12,7 @@ from ._base import BaseInstrumentor
 
 def _watch(call: _record.HttpCall, response: Any) -> None:
     """Record what the program reads of the response; finish at its end or close."""
-    status, headers = response.status, response.headers.items()
+    status, headers = response.status or getattr(response, "code", 0), response.headers.items()
     read, readline, close = response.read, response.readline, response.close
 
     def recorded_read(amt: Any = None, *args: Any) -> Any:
@@ -70,7 +70,10 @@ class Instrumentor(BaseInstrumentor):
                 response = original(self, fullurl, data, *args, **kwargs)
             except urllib.error.HTTPError as exc:
                 call.leave()
-                call.finish(exc.code, exc.headers.items() if exc.headers else None)
+                try:  # an HTTPError is also the response: its body is read through it
+                    _watch(call, exc)
+                except Exception:
+                    call.finish(exc.code, None)
                 raise
             except BaseException as exc:
                 call.leave()
