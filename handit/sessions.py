@@ -137,14 +137,14 @@ class Session:
     def events(self) -> list[dict[str, Any]]:
         """Every event of the session in the JSONL schema (decoded on first use)."""
         if self._events is None or self.t1_ns is None:
-            from .reader import TraceBuilder
+            from .reader import TraceBuilder, link_http_events
 
             builder = TraceBuilder(self.id, self._codes.code_info)
             out = [self.start_event()]
             for block in self._iter_blocks():
                 out.extend(builder.feed(block))
             out.extend(builder.finish(self.t1_ns or time.time_ns()))
-            out.extend(self._extra)
+            out.extend(link_http_events(out, self._extra))
             if self.t1_ns is not None:
                 out.append(self.end_event())
             self._events = out

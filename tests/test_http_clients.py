@@ -284,3 +284,23 @@ def test_request_body_recorded_redacted(server: Server) -> None:
     assert json.loads(reqs[0]["request_body"]) == {"api_key": "<redacted>", "prompt": "hi"}
     assert reqs[0]["bytes_out"] == len(r.content)
     assert json.loads(resps[0]["response_body"]) == {"api_key": "<redacted>", "prompt": "hi"}
+
+
+def _fetch_twice(base: str) -> int:
+    return requests.get(base + "/json").status_code + _inner_fetch(base)
+
+
+def _inner_fetch(base: str) -> int:
+    return httpx.get(base + "/json").status_code
+
+
+def test_http_events_linked_to_the_call_that_made_them(server: Server, engine: Any) -> None:
+    with handit.session("link") as s:
+        assert _fetch_twice(server.base) == 400
+        requests.get(server.base + "/json")  # made by the test itself: no traced caller... or this test
+    events = s.events
+    ids = {e["func"]: e["call_id"] for e in events if e["type"] == "call"}
+    reqs, resps = _http(s)
+    assert [r["parent_id"] for r in reqs[:2]] == [ids["_fetch_twice"], ids["_inner_fetch"]]
+    assert [r["parent_id"] for r in resps[:2]] == [ids["_fetch_twice"], ids["_inner_fetch"]]
+    assert reqs[2]["parent_id"] not in (ids["_fetch_twice"], ids["_inner_fetch"])
