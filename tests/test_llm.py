@@ -108,3 +108,26 @@ def test_anthropic_messages(server: Server, stream: bool) -> None:
     assert llm["gen_ai.response.finish_reasons"] == (["max_tokens"] if stream else ["end_turn"])
     assert llm["gen_ai.streamed"] is stream
     assert "sk-ant-api03-secretsecretsecret" not in json.dumps(s.events)
+
+
+def test_views_list_http_and_llm_calls(server: Server, tmp_path: Any) -> None:
+    import io
+
+    from handit.renderers.chrome import ChromeTraceWriter
+
+    with handit.session("views") as s:
+        httpx.post(server.base + "/v1/chat/completions", json={"model": "gpt-x", "messages": []})
+        requests.get(server.base + "/status/503")
+    text = s.summary()
+    assert "HTTP calls" in text and "/v1/chat/completions" in text and "503" in text
+    assert "LLM calls" in text and "gpt-x-0613" in text
+    assert "2 HTTP calls" in text
+    out = io.BytesIO()
+    writer = ChromeTraceWriter(out)
+    for e in s.events:
+        writer.add(e)
+    writer.close()
+    slices = [e for e in json.loads(out.getvalue())["traceEvents"] if e.get("cat") == "http" and e.get("ph") == "b"]
+    assert sorted(e["args"]["status"] for e in slices) == [200, 503]
+    chat = next(e for e in slices if e["args"]["status"] == 200)
+    assert chat["name"].endswith("/v1/chat/completions → 200") and chat["args"]["gen_ai.usage.input_tokens"] == 12
