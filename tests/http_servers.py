@@ -15,6 +15,7 @@ BIG_TEXT = ("lorem ipsum " * 20_000).encode()  # 240 KB
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms delayed-ACK stall
     seen: list[dict[str, Any]] = []  # what the server received (headers and bodies), for leak checks
 
     def log_message(self, *args: Any) -> None:
