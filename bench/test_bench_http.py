@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -26,15 +26,9 @@ import requests
 import handit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from http_servers import Server  # noqa: E402
+from http_servers import Server, refused_port, server  # noqa: E402,F401 (a fixture)
 
 N_CLIENT = 200
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    with Server() as srv:
-        yield srv
 
 
 def _client_round(session: requests.Session, url: str) -> None:
@@ -76,14 +70,6 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def _load(port: int, threads: int = 4, per_thread: int = 500) -> int:
     ok = [0] * threads
 
@@ -122,7 +108,7 @@ def _uvicorn(port: int, middleware: str) -> subprocess.Popen:
 @pytest.mark.benchmark(group="asgi")
 def test_asgi_throughput_with_and_without_middleware(benchmark: Any) -> None:
     """Both servers run at once; each round loads one then the other, so machine noise hits both."""
-    ports = {"without": _free_port(), "with": _free_port(), "warm": _free_port()}
+    ports = {"without": refused_port(), "with": refused_port(), "warm": refused_port()}
     procs = [_uvicorn(ports["without"], "0"), _uvicorn(ports["with"], "1"), _uvicorn(ports["warm"], "warm")]
     times: dict[str, list[float]] = {"without": [], "with": [], "warm": []}
     cpu: dict[str, list[float]] = {"without": [], "with": [], "warm": []}

@@ -9,6 +9,10 @@ import threading
 import time
 from typing import Any, Iterator
 
+import pytest
+
+import handit
+
 BINARY = bytes(range(256)) * 800  # 200 KiB, not text
 BIG_TEXT = ("lorem ipsum " * 20_000).encode()  # 240 KB
 
@@ -162,3 +166,16 @@ def refused_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    """A :class:`Server` for the test module."""
+    with Server() as srv:
+        yield srv
+
+
+@pytest.fixture(autouse=True)
+def instrumented() -> None:
+    """Every client patched (the first session of a process patches only the imported ones)."""
+    handit.instrument()

@@ -19,19 +19,8 @@ import handit
 from handit.instrument import _record, instrumentors
 from handit.tracefile import iter_trace
 
-from http_servers import BIG_TEXT, BINARY, Server, refused_port
+from http_servers import BIG_TEXT, BINARY, Server, refused_port, instrumented, server  # noqa: F401 (fixtures)
 
-
-@pytest.fixture(scope="module")
-def server():
-    with Server() as srv:
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def patched():
-    handit.instrument()
-    yield
 
 
 def _requests(url: str, **kw: Any) -> tuple[int, bytes]:

@@ -13,19 +13,8 @@ import requests
 
 import handit
 
-from http_servers import Server
+from http_servers import Server, instrumented, server  # noqa: F401 (fixtures)
 
-
-@pytest.fixture(scope="module")
-def server():
-    with Server() as srv:
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def patched():
-    handit.instrument()
-    yield
 
 
 def _llm(session: handit.Session) -> list[dict[str, Any]]:

@@ -21,22 +21,11 @@ from werkzeug.serving import make_server
 import handit
 from handit.middleware import HanditASGIMiddleware, HanditWSGIMiddleware
 
-from http_servers import Server
+from http_servers import Server, instrumented, server  # noqa: F401 (fixtures)
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 N = 8
 
-
-@pytest.fixture(scope="module")
-def upstream():
-    with Server() as srv:
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def patched():
-    handit.instrument()
-    yield
 
 
 def compute(i: int) -> int:
@@ -47,12 +36,12 @@ def after_response(i: int) -> int:
     return i + 1000
 
 
-def _asgi_app(upstream: Server, finished: list) -> Any:
+def _asgi_app(server: Server, finished: list) -> Any:
     async def work(request: Any) -> Any:
         i = int(request.path_params["i"])
         await asyncio.sleep(0.02)
         async with httpx.AsyncClient() as c:
-            await c.get(f"{upstream.base}/json?i={i}")
+            await c.get(f"{server.base}/json?i={i}")
         return JSONResponse({"i": compute(i)}, background=BackgroundTask(after_response, i))
 
     async def stream(request: Any) -> Any:
@@ -92,9 +81,9 @@ def _by_tag(sessions: list) -> dict[str, list]:
     return out
 
 
-def test_asgi_session_per_request_under_uvicorn(upstream: Server, engine: Any) -> None:
+def test_asgi_session_per_request_under_uvicorn(server: Server, engine: Any) -> None:
     finished: list = []
-    with _Uvicorn(_asgi_app(upstream, finished)) as base:
+    with _Uvicorn(_asgi_app(server, finished)) as base:
         async def client() -> list:
             async with httpx.AsyncClient() as c:
                 rs = await asyncio.gather(*(c.get(f"{base}/work/{i}", headers={"traceparent": TRACEPARENT}) for i in range(N)))
@@ -118,7 +107,7 @@ def test_asgi_session_per_request_under_uvicorn(upstream: Server, engine: Any) -
         urls = [e["url"] for e in events if e["type"] == "http_request"]
         assert len(computes) == 1 and len(backgrounds) == 1 and len(urls) == 1
         i = int(computes[0]["args_preview"]["i"])
-        assert urls == [f"{upstream.base}/json?i={i}"]
+        assert urls == [f"{server.base}/json?i={i}"]
         assert backgrounds[0]["args_preview"]["i"] == str(i)
         assert s.trace_id == TRACEPARENT.split("-")[1] and s.parent_span_id == TRACEPARENT.split("-")[2]
         assert s.attrs["http.route"] == "/work/{i}"
@@ -128,27 +117,27 @@ def test_asgi_session_per_request_under_uvicorn(upstream: Server, engine: Any) -
     assert len([e for e in streamed.events if e["type"] == "call" and e["func"] == "compute"]) == 3  # body generator ran inside
 
 
-def _wsgi_app(upstream: Server) -> Any:
+def _wsgi_app(server: Server) -> Any:
     class App:
         url_map = Map([Rule("/work/<int:i>", endpoint="work")])
 
         def __call__(self, environ: dict, start_response: Any) -> Any:
             i = int(environ["PATH_INFO"].rsplit("/", 1)[1])
-            requests.get(f"{upstream.base}/json?i={i}")
+            requests.get(f"{server.base}/json?i={i}")
             start_response("200 OK", [("Content-Type", "text/plain")])
             return (b"%d" % compute(k) for k in (i, i))
 
     return App()
 
 
-def test_wsgi_session_per_request_under_werkzeug(upstream: Server, engine: Any) -> None:
+def test_wsgi_session_per_request_under_werkzeug(server: Server, engine: Any) -> None:
     finished: list = []
-    app = HanditWSGIMiddleware(_wsgi_app(upstream), on_end=finished.append)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    app = HanditWSGIMiddleware(_wsgi_app(server), on_end=finished.append)
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        base = f"http://127.0.0.1:{server.server_port}"
+        base = f"http://127.0.0.1:{httpd.server_port}"
         results: dict[int, str] = {}
 
         def get(i: int) -> None:
@@ -164,7 +153,7 @@ def test_wsgi_session_per_request_under_werkzeug(upstream: Server, engine: Any) 
                 break
             time.sleep(0.01)
     finally:
-        server.shutdown()
+        httpd.shutdown()
         thread.join(10)
     assert results == {i: f"{2 * i}{2 * i}" for i in range(N)}
     assert {s.tag for s in finished} == {"GET /work/<int:i>"} and len(finished) == N
@@ -173,5 +162,5 @@ def test_wsgi_session_per_request_under_werkzeug(upstream: Server, engine: Any) 
         computes = [e for e in events if e["type"] == "call" and e["func"] == "compute"]
         urls = [e["url"] for e in events if e["type"] == "http_request"]
         i = int(computes[0]["args_preview"]["i"])
-        assert len(computes) == 2 and urls == [f"{upstream.base}/json?i={i}"]
+        assert len(computes) == 2 and urls == [f"{server.base}/json?i={i}"]
         assert s.trace_id == TRACEPARENT.split("-")[1]

@@ -13,7 +13,7 @@ import json
 import sys
 import threading
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from .. import sessions as _sessions
@@ -176,7 +176,7 @@ class BodyTap:
 class HttpCall:
     """One recorded exchange: its request event is out; :meth:`finish` writes the response."""
 
-    __slots__ = ("session", "id", "t0", "method", "url", "tap", "done", "llm", "token")
+    __slots__ = ("session", "id", "t0", "method", "url", "tap", "done", "llm", "token", "answers")
 
     def __init__(self, session: Any, method: str, url: str, llm: _llm.LlmParser | None) -> None:
         self.session = session
@@ -188,6 +188,7 @@ class HttpCall:
         self.tap = BodyTap(llm)
         self.done = False
         self.token: Any = None
+        self.answers: tuple[type[BaseException], ...] = ()  # exceptions that carry an answer (urllib's HTTPError)
 
     def enter(self) -> None:
         """Mark this context as recording (inner clients skip) until :meth:`leave`."""
@@ -201,6 +202,31 @@ class HttpCall:
             except ValueError:  # left from another context (a generator finished elsewhere)
                 _recording.set(False)
             self.token = None
+
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call the client's own function as this exchange: inner clients skip it, and an
+        exception (not in :attr:`answers`) finishes the exchange with it before propagating."""
+        self.enter()
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as exc:
+            if not isinstance(exc, self.answers):
+                self.finish(error=exc)
+            raise
+        finally:
+            self.leave()
+
+    async def arun(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """:meth:`run` for a coroutine function."""
+        self.enter()
+        try:
+            return await fn(*args, **kwargs)
+        except BaseException as exc:
+            if not isinstance(exc, self.answers):
+                self.finish(error=exc)
+            raise
+        finally:
+            self.leave()
 
     def finish(self, status: int = 0, headers: Any = None, error: BaseException | str | None = None,
                body: bytes | None = None, redirects: int = 0) -> None:
@@ -283,3 +309,16 @@ def begin(method: str, url: str, headers: Any = None, body: Any = None, *, json_
         return call
     except Exception:
         return None
+
+
+def call_after(obj: Any, name: str, after: Callable[[], None]) -> None:
+    """Replace the method ``name`` of the instance ``obj`` by one that calls it, then ``after``."""
+    original = getattr(obj, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(*args, **kwargs)
+        finally:
+            after()
+
+    setattr(obj, name, wrapper)

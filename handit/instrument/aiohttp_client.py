@@ -73,19 +73,8 @@ def _watch(call: _record.HttpCall, response: Any) -> None:
     status, headers = response.status, response.headers
     redirects = len(response.history)
     response.content = _WatchedStream(response.content, call, status, headers)
-    release, close = response.release, response.close
-
-    def recorded_release() -> Any:
-        result = release()
-        call.finish(status, headers, redirects=redirects)
-        return result
-
-    def recorded_close() -> None:
-        close()
-        call.finish(status, headers, redirects=redirects)
-
-    response.release = recorded_release
-    response.close = recorded_close
+    for name in ("release", "close"):
+        _record.call_after(response, name, lambda: call.finish(status, headers, redirects=redirects))
     weakref.finalize(response, call.finish, status, headers, None, None, redirects).atexit = False
 
 
@@ -112,14 +101,7 @@ class Instrumentor(BaseInstrumentor):
                 call = None
             if call is None:
                 return await original(self, method, str_or_url, *args, **kwargs)
-            call.enter()
-            try:
-                response = await original(self, method, str_or_url, *args, **kwargs)
-            except BaseException as exc:
-                call.leave()
-                call.finish(error=exc)
-                raise
-            call.leave()
+            response = await call.arun(original, self, method, str_or_url, *args, **kwargs)
             try:
                 _watch(call, response)
             except Exception:

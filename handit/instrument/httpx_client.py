@@ -85,14 +85,7 @@ class Instrumentor(BaseInstrumentor):
             call = _record.begin(request.method, str(request.url), request.headers.multi_items(), _request_body(request))
             if call is None:
                 return sync_send(self, request, *args, **kwargs)
-            call.enter()
-            try:
-                response = sync_send(self, request, *args, **kwargs)
-            except BaseException as exc:
-                call.leave()
-                call.finish(error=exc)
-                raise
-            call.leave()
+            response = call.run(sync_send, self, request, *args, **kwargs)
             _answered(call, response, bool(kwargs.get("stream")))
             return response
 
@@ -101,14 +94,7 @@ class Instrumentor(BaseInstrumentor):
             call = _record.begin(request.method, str(request.url), request.headers.multi_items(), _request_body(request))
             if call is None:
                 return await async_send(self, request, *args, **kwargs)
-            call.enter()
-            try:
-                response = await async_send(self, request, *args, **kwargs)
-            except BaseException as exc:
-                call.leave()
-                call.finish(error=exc)
-                raise
-            call.leave()
+            response = await call.arun(async_send, self, request, *args, **kwargs)
             _answered(call, response, bool(kwargs.get("stream")))
             return response
 

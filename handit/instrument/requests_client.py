@@ -12,7 +12,7 @@ from ._base import BaseInstrumentor
 
 def _watch_stream(call: _record.HttpCall, response: Any) -> None:
     """Record what the program reads of a ``stream=True`` response, then finish at its end or close."""
-    iter_content, close = response.iter_content, response.close
+    iter_content = response.iter_content
     status, headers, redirects = response.status_code, response.headers, len(response.history)
 
     def recorded_iter_content(*args: Any, **kwargs: Any) -> Iterator[Any]:
@@ -21,12 +21,8 @@ def _watch_stream(call: _record.HttpCall, response: Any) -> None:
             yield chunk
         call.finish(status, headers, redirects=redirects)
 
-    def recorded_close() -> None:
-        close()
-        call.finish(status, headers, redirects=redirects)
-
     response.iter_content = recorded_iter_content
-    response.close = recorded_close
+    _record.call_after(response, "close", lambda: call.finish(status, headers, redirects=redirects))
     # a response dropped unread still gets its answer recorded (status, headers, no body)
     weakref.finalize(response, call.finish, status, headers, None, None, redirects).atexit = False
 
@@ -46,14 +42,7 @@ class Instrumentor(BaseInstrumentor):
             call = _record.begin(request.method, request.url, request.headers, request.body)
             if call is None:
                 return original(self, request, **kwargs)
-            call.enter()
-            try:
-                response = original(self, request, **kwargs)
-            except BaseException as exc:
-                call.leave()
-                call.finish(error=exc)
-                raise
-            call.leave()
+            response = call.run(original, self, request, **kwargs)
             try:
                 if kwargs.get("stream"):
                     _watch_stream(call, response)

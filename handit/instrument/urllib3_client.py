@@ -21,7 +21,7 @@ def _full_url(pool: Any, url: str) -> str:
 def _watch_stream(call: _record.HttpCall, response: Any) -> None:
     """Record what the program reads of an unpreloaded response; finish at its end or release."""
     status, headers = response.status, response.headers
-    read, read_chunked, release_conn, close = response.read, response.read_chunked, response.release_conn, response.close
+    read, read_chunked = response.read, response.read_chunked
     # urllib3 releases the connection from inside the read that drains it: the exchange
     # finishes after that read's bytes are counted, not at the release
     state = {"in_read": False, "ended": False}
@@ -49,18 +49,10 @@ def _watch_stream(call: _record.HttpCall, response: Any) -> None:
         else:
             call.finish(status, headers)
 
-    def recorded_release_conn() -> None:
-        release_conn()
-        ended()
-
-    def recorded_close() -> None:
-        close()
-        ended()
-
     response.read = recorded_read
     response.read_chunked = recorded_read_chunked
-    response.release_conn = recorded_release_conn
-    response.close = recorded_close
+    _record.call_after(response, "release_conn", ended)
+    _record.call_after(response, "close", ended)
     weakref.finalize(response, call.finish, status, headers).atexit = False
 
 
@@ -78,14 +70,7 @@ def _wrap(original: Any, full_url: Callable[[Any, str], str]) -> Any:
         call = _record.begin(method, full_url(self, url), bound.get("headers"), bound.get("body"))
         if call is None:
             return original(self, method, url, *args, **kwargs)
-        call.enter()
-        try:
-            response = original(self, method, url, *args, **kwargs)
-        except BaseException as exc:
-            call.leave()
-            call.finish(error=exc)
-            raise
-        call.leave()
+        response = call.run(original, self, method, url, *args, **kwargs)
         try:
             extra = bound.get("response_kw") or bound.get("kw") or {}  # the pool's and the manager's **kwargs
             preload = bound.get("preload_content", extra.get("preload_content", True))

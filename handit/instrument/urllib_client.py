@@ -13,7 +13,7 @@ from ._base import BaseInstrumentor
 def _watch(call: _record.HttpCall, response: Any) -> None:
     """Record what the program reads of the response; finish at its end or close."""
     status, headers = response.status or getattr(response, "code", 0), response.headers.items()
-    read, readline, close = response.read, response.readline, response.close
+    read, readline = response.read, response.readline
 
     def recorded_read(amt: Any = None, *args: Any) -> Any:
         data = read(amt, *args) if amt is not None or args else read()
@@ -29,13 +29,9 @@ def _watch(call: _record.HttpCall, response: Any) -> None:
             call.finish(status, headers)
         return line
 
-    def recorded_close() -> None:
-        close()
-        call.finish(status, headers)
-
     response.read = recorded_read
     response.readline = recorded_readline
-    response.close = recorded_close
+    _record.call_after(response, "close", lambda: call.finish(status, headers))
     weakref.finalize(response, call.finish, status, headers).atexit = False
 
 
@@ -65,21 +61,15 @@ class Instrumentor(BaseInstrumentor):
                 call = None
             if call is None:
                 return original(self, fullurl, data, *args, **kwargs)
-            call.enter()
+            call.answers = (urllib.error.HTTPError,)
             try:
-                response = original(self, fullurl, data, *args, **kwargs)
+                response = call.run(original, self, fullurl, data, *args, **kwargs)
             except urllib.error.HTTPError as exc:
-                call.leave()
                 try:  # an HTTPError is also the response: its body is read through it
                     _watch(call, exc)
                 except Exception:
                     call.finish(exc.code, None)
                 raise
-            except BaseException as exc:
-                call.leave()
-                call.finish(error=exc)
-                raise
-            call.leave()
             try:
                 _watch(call, response)
             except Exception:
