@@ -293,3 +293,20 @@ def test_http_events_linked_to_the_call_that_made_them(server: Server, engine: A
     assert [r["parent_id"] for r in reqs[:2]] == [ids["_fetch_twice"], ids["_inner_fetch"]]
     assert [r["parent_id"] for r in resps[:2]] == [ids["_fetch_twice"], ids["_inner_fetch"]]
     assert reqs[2]["parent_id"] not in (ids["_fetch_twice"], ids["_inner_fetch"])
+
+
+def test_exporter_traffic_never_recorded(server: Server, tmp_path: Any) -> None:
+    from ingest_server import IngestServer
+
+    with IngestServer() as ingest:
+        handit.configure(endpoint=ingest.url, api_key="exporter-key-eeee5555", flush_every_events=1, flush_every_ms=50,
+                         spool_dir=str(tmp_path / "spool"))
+        with handit.session("exported") as s:
+            requests.get(server.base + "/json")
+            ingest.wait_for_events(2)  # batches went out while the session ran
+            urllib.request.urlopen(server.base + "/json").read()
+        sent = ingest.wait_for_events(6)
+    reqs, _ = _http(s)
+    assert [r["url"] for r in reqs] == [server.base + "/json"] * 2  # the program's, not the exporter's
+    assert [e["url"] for e in sent if e["type"] == "http_request"] == [server.base + "/json"] * 2
+    assert "exporter-key-eeee5555" not in json.dumps(sent)
