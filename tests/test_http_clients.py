@@ -308,7 +308,10 @@ def test_exporter_traffic_never_recorded(server: Server, tmp_path: Any) -> None:
             requests.get(server.base + "/json")
             ingest.wait_for_events(2)  # batches went out while the session ran
             urllib.request.urlopen(server.base + "/json").read()
+        exporter = importlib.import_module("handit.sinks")._exporters.pop(ingest.url)
+        exporter.flush(10)
         sent = ingest.wait_for_events(6)
+        exporter.close()  # its thread ends (the webhook tests check none is left)
     reqs, _ = _http(s)
     assert [r["url"] for r in reqs] == [server.base + "/json"] * 2  # the program's, not the exporter's
     assert [e["url"] for e in sent if e["type"] == "http_request"] == [server.base + "/json"] * 2
