@@ -21,6 +21,7 @@ __all__ = [
     "entrypoint",
     "flush_events_to_file",
     "get_config",
+    "instrument",
     "on_call",
     "on_call_with_args",
     "on_exception",
@@ -40,6 +41,7 @@ __all__ = [
     "suppressed",
     "trace",
     "tracing",
+    "uninstrument",
     "unregister_preview",
 ]
 
@@ -49,6 +51,7 @@ _HOMES = {
                      "trace", "tracing"), "api"),
     **dict.fromkeys(("Config", "configure", "get_config", "reset_config"), "config"),
     **dict.fromkeys(("ConfigError", "HanditError"), "errors"),
+    **dict.fromkeys(("instrument", "uninstrument"), "instrument"),
     **dict.fromkeys(("end_session", "flush_events_to_file", "on_call", "on_call_with_args", "on_exception",
                      "on_http_request", "on_http_response", "on_return", "on_return_with_preview",
                      "start_session", "suppress_profiler_enter", "suppress_profiler_exit"), "lowlevel"),
@@ -78,6 +81,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from .api import end_tracing, entrypoint, session, start, start_tracing, stop, suppressed, trace, tracing
     from .config import Config, configure, get_config, reset_config
     from .errors import ConfigError, HanditError
+    from .instrument import instrument, uninstrument
     from .lowlevel import (
         end_session,
         flush_events_to_file,

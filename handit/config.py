@@ -311,6 +311,13 @@ class Config:
     (or spilled to a temporary file when it writes none)."""
     children: bool = _setting(True, _BOOL)
     """Continue open sessions into the Python processes they start (fork, multiprocessing, subprocess)."""
+    # -- HTTP instrumentation (handit/instrument/, docs/http.md) --
+    instrument_http: bool = _setting(True, _BOOL)
+    """Record HTTP client calls (requests, httpx, urllib3, aiohttp, urllib) made inside sessions."""
+    redact_headers: tuple[str, ...] = _setting((), _Names())
+    """Extra header names whose values are redacted, besides the built-in ones (comma-separated)."""
+    max_body: int = _setting(4096, _Number(int, 0))
+    """Bytes of a text or JSON HTTP body recorded (request and response); 0: no bodies."""
 
     def __repr__(self) -> str:
         # Not the generated repr: an endpoint URL may carry a token in its path or query.

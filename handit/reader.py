@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 from .records import CALL, GAP, RESUME, RETURN, THROW, UNWIND, YIELD, put_string, put_varint
 
-__all__ = ["BlockEncoder", "CorruptBlockError", "TraceBuilder", "read_string", "read_uvarint"]
+__all__ = ["BlockEncoder", "CorruptBlockError", "TraceBuilder", "link_http_events", "read_string", "read_uvarint"]
 
 # A stack entry is a list: [call_id, func, t0_ns, key, suspended_ns].
 # call_id None marks a phantom: a generator resumed in the session but started
@@ -451,3 +451,51 @@ class BlockEncoder:
     def to_bytes(self) -> bytes:
         """The encoded block."""
         return bytes(self._out)
+
+
+def link_http_events(events: list[dict[str, Any]], extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give each HTTP event of ``extra`` the ``parent_id`` of the innermost call open on its
+    thread at its request's start (None if none was); the response takes its request's.
+
+    Calls and HTTP events share a clock (epoch ns) and a thread id, so the parent is the
+    latest-started call on that thread still open at the request's ``t0_ns``. A coroutine
+    suspended at that moment still counts as open: with several coroutines of one session
+    interleaved on one thread, the link may name one that was waiting (block records carry
+    no suspension times in the event stream).
+
+    Args:
+        events: one session's call and return events (any order of threads, each in time order).
+        extra: events made outside the engine; HTTP ones are updated in place.
+    Returns:
+        ``extra``.
+    """
+    requests = [e for e in extra if e.get("type") == "http_request" and "thread" in e]
+    if not requests:
+        return extra
+    ends: dict[Any, int] = {}
+    for e in events:
+        kind = e.get("type")
+        if kind == "return":
+            ends[e.get("call_id")] = e.get("t1_ns") or 0
+    spans: dict[int, list[tuple[int, int, Any]]] = {}
+    for e in events:
+        if e.get("type") == "call" and "thread" in e:
+            spans.setdefault(e["thread"], []).append((e["t0_ns"], ends.get(e["call_id"], 1 << 63), e["call_id"]))
+    parents: dict[Any, Any] = {}
+    for thread, calls in spans.items():
+        calls.sort(key=lambda c: c[0])
+        mine = sorted((e for e in requests if e["thread"] == thread), key=lambda e: e["t0_ns"])
+        stack: list[tuple[int, int, Any]] = []
+        i = 0
+        for request in mine:
+            t = request["t0_ns"]
+            while i < len(calls) and calls[i][0] <= t:
+                stack.append(calls[i])
+                i += 1
+            while stack and stack[-1][1] < t:
+                stack.pop()
+            parents[request.get("request_id")] = stack[-1][2] if stack else None
+    for e in extra:
+        if e.get("type") in ("http_request", "http_response") and "thread" in e:
+            e["parent_id"] = parents.get(e.get("request_id"))
+    return extra

@@ -173,7 +173,7 @@ class Session:
         """
         if self._events is not None:
             return self._events
-        from .reader import TraceBuilder
+        from .reader import TraceBuilder, link_http_events
 
         running = self.t1_ns is None
         if running:
@@ -183,7 +183,7 @@ class Session:
         for block in self._iter_blocks():
             out.extend(builder.feed(block))
         out.extend(builder.finish(self.t1_ns or time.time_ns()))
-        out.extend(self._extra)
+        out.extend(link_http_events(out, self._extra))
         if not running:
             out.append(self.end_event())
             self._events = out
@@ -307,6 +307,21 @@ def _install(config: Config, session: Session) -> None:
     _patch_threads(choice.module)
     drain.start()
     lifecycle.sessions_opened(session)
+    if config.instrument_http:
+        _instrument_http(config)
+
+
+def _instrument_http(config: Config) -> None:
+    """HANDIT_INSTRUMENT_HTTP: patch the HTTP clients the program has imported (docs/http.md).
+
+    The instrumentation is a leaf: imported by name here, only when the setting is on.
+    """
+    try:
+        import importlib
+
+        importlib.import_module("handit.instrument").on_first_session(config)
+    except Exception as exc:
+        _warn_once(f"handit could not instrument HTTP clients: {exc!r} (HANDIT_INSTRUMENT_HTTP=0 turns this off)")
 
 
 def _uninstall() -> None:

@@ -62,6 +62,9 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "bounded_memory": False,
     "max_session_memory": 16 * 1024 * 1024,
     "children": True,
+    "instrument_http": True,
+    "redact_headers": (),
+    "max_body": 4096,
 }
 
 

@@ -48,7 +48,7 @@ class ChromeTraceWriter:
         self._tags: dict[Any, Any] = {}
         self._threads: dict[int, set[Any]] = {}  # pid -> tids named so far
         self._open: dict[tuple[Any, Any], tuple[str, str, int, Any, dict[str, Any]]] = {}
-        self._http: dict[Any, deque[tuple[int, str, int]]] = {}
+        self._http: dict[Any, deque[tuple[int, str, int, Any]]] = {}
         self._async_id = 0
         self.name = name
         self.events_written = 0
@@ -139,11 +139,14 @@ class ChromeTraceWriter:
             t0 = e.get("t0_ns")
             self._us(t0)
             label = f"{e.get('method') or '?'} {e.get('url') or '?'}"
-            self._http.setdefault(sid, deque()).append((self._async_id, label, t0 if isinstance(t0, int) else 0))
+            self._http.setdefault(sid, deque()).append((self._async_id, label, t0 if isinstance(t0, int) else 0, e.get("request_id")))
         elif kind == "http_response":
             queue = self._http.get(sid)
             if queue:
-                self._http_slice(sid, queue.popleft(), e)
+                rid = e.get("request_id")
+                match = next((r for r in queue if rid is not None and r[3] == rid), queue[0])
+                queue.remove(match)
+                self._http_slice(sid, match, e)
 
     def _return(self, e: dict[str, Any], sid: Any) -> None:
         call = self._open.pop((sid, e.get("call_id")), None)
@@ -173,12 +176,18 @@ class ChromeTraceWriter:
         self._emit({"name": func, "cat": module, "ph": "X", "ts": ts, "dur": round(self._us(t1) - ts, 3),
                     "pid": pid, "tid": tid, "args": args})
 
-    def _http_slice(self, sid: Any, request: tuple[int, str, int], response: dict[str, Any] | None) -> None:
-        ident, label, t0 = request
+    def _http_slice(self, sid: Any, request: tuple[int, str, int, Any], response: dict[str, Any] | None) -> None:
+        ident, label, t0, _ = request
         pid = self._pid(sid)
         tid = self._tid(pid, 0, "http")
         t1 = t0 + int((response or {}).get("dt_ns") or 0)
         args = {"status": (response or {}).get("status"), "error": (response or {}).get("error", "no response" if response is None else None)}
+        if response is not None:
+            args["bytes_in"] = response.get("bytes_in")
+            if isinstance(response.get("llm"), dict):
+                args.update(response["llm"])
+            status = response.get("status")
+            label = f"{label} → {status}" if status else f"{label} → {response.get('error') or 'error'}"
         common = {"name": label, "cat": "http", "id": f"http-{ident}", "pid": pid, "tid": tid}
         self._emit({**common, "ph": "b", "ts": self._us(t0), "args": args})
         self._emit({**common, "ph": "e", "ts": self._us(t1)})

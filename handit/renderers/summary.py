@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from . import Lines, Table, fmt_ns, plain_text, shorten
 
-__all__ = ["ErrorStats", "FuncStats", "HttpStats", "SessionInfo", "Stats", "func_matcher", "render_summary", "summary_blocks"]
+__all__ = ["ErrorStats", "FuncStats", "HttpStats", "LlmStats", "SessionInfo", "Stats", "func_matcher", "render_summary", "summary_blocks"]
 
 FuncFilter = Callable[[str, str], bool]
 
@@ -70,6 +70,16 @@ class ErrorStats:
     def name(self) -> str:
         """Where it was raised: ``module.func``, or just ``func`` for ``__main__``."""
         return _display(self.module, self.func)
+
+
+class LlmStats:
+    """LLM API calls answered by one provider and model: count, tokens in and out, times."""
+
+    __slots__ = ("system", "model", "count", "input_tokens", "output_tokens", "total_ns", "max_ns", "ttft_ns", "streams")
+
+    def __init__(self, system: str, model: str) -> None:
+        self.system, self.model = system, model
+        self.count = self.input_tokens = self.output_tokens = self.total_ns = self.max_ns = self.ttft_ns = self.streams = 0
 
 
 class HttpStats:
@@ -138,6 +148,7 @@ class Stats:
         self.sessions: dict[str, SessionInfo] = {}
         self.errors: dict[tuple[str, str, str], ErrorStats] = {}
         self.http: dict[tuple[str, str], HttpStats] = {}
+        self.llm: dict[tuple[str, str], LlmStats] = {}
         self.events = self.calls = self.exceptions = self.raised = self.http_calls = 0
         self.incomplete = self.abandoned = self.dropped = self.corrupt_blocks = 0
         self.session_count = self.errors_omitted = self.http_omitted = 0
@@ -318,6 +329,26 @@ class Stats:
         dt = int((response or {}).get("dt_ns") or 0)
         hs.total_ns += dt
         hs.max_ns = max(hs.max_ns, dt)
+        llm = (response or {}).get("llm")
+        if isinstance(llm, dict):
+            self._record_llm(llm, dt)
+
+    def _record_llm(self, llm: dict[str, Any], dt: int) -> None:
+        model = str(llm.get("gen_ai.response.model") or llm.get("gen_ai.request.model") or "?")
+        key = (str(llm.get("gen_ai.system") or "?"), model)
+        ls = self.llm.get(key)
+        if ls is None:
+            if len(self.llm) >= self.max_http:
+                return
+            ls = self.llm[key] = LlmStats(*key)
+        ls.count += 1
+        ls.input_tokens += int(llm.get("gen_ai.usage.input_tokens") or 0)
+        ls.output_tokens += int(llm.get("gen_ai.usage.output_tokens") or 0)
+        ls.total_ns += dt
+        ls.max_ns = max(ls.max_ns, dt)
+        if llm.get("gen_ai.streamed"):
+            ls.streams += 1
+            ls.ttft_ns += int(llm.get("gen_ai.server.time_to_first_token_ns") or 0)
 
     def add_fold(self, fold: dict[str, Any], code_info: Callable[[int], Any], session_id: Any = None) -> None:
         """Add a session's folded figures (:meth:`handit.blocks.Fold.to_json`, or a trace file's ``F`` frame).
@@ -446,6 +477,12 @@ def summary_blocks(stats: Stats, *, top: int = 10, func_filter: FuncFilter | Non
         more = len(https) - len(rows) + stats.http_omitted
         blocks.append(Table("HTTP calls", ["method", "url", ">calls", "status", ">errors", ">total", ">slowest"], rows,
                             note=f"… and {more:,} more" if more > 0 else ""))
+    if stats.llm:
+        llms = sorted(stats.llm.values(), key=lambda m: m.total_ns, reverse=True)
+        rows = [[m.system, shorten(m.model, 40), f"{m.count:,}", f"{m.input_tokens:,}", f"{m.output_tokens:,}", fmt_ns(m.total_ns),
+                 fmt_ns(m.max_ns), fmt_ns(m.ttft_ns // m.streams) if m.streams else "-"] for m in llms[:top]]
+        blocks.append(Table("LLM calls", ["provider", "model", ">calls", ">tokens in", ">tokens out", ">total", ">slowest",
+                                          ">first token"], rows))
     totals: list[tuple[str, str]] = [
         (f"{stats.session_count:,} session{'s' if stats.session_count != 1 else ''} · {stats.calls:,} calls · "
          f"{stats.raised:,} exceptions · {stats.http_calls:,} HTTP calls", ""),

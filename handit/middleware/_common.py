@@ -1,0 +1,28 @@
+"""Inbound stage, shared part: start and stop a request's session without ever failing the request."""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+from .. import sessions as _sessions
+
+
+def start(tag: str, attrs: dict[str, str], traceparent: str | None) -> Any:
+    """Start the request's session, or return None if handit cannot (the request runs untraced)."""
+    try:
+        return _sessions.start(tag, attrs=attrs, traceparent=traceparent)
+    except Exception as exc:
+        _sessions._warn_once(f"handit could not start a session for a request: {exc!r} (said once)", key=f"mw:{exc!r}")
+        return None
+
+
+def stop(session: Any, on_end: Callable[[Any], None] | None) -> None:
+    """Stop the request's session and hand it to ``on_end``; nothing raised reaches the server."""
+    if session is None:
+        return
+    try:
+        _sessions.stop(session)
+        if on_end is not None:
+            on_end(session)
+    except Exception as exc:
+        warnings.warn(f"handit: ending a request's session failed: {exc!r}", _sessions.SessionWarning, stacklevel=2)

@@ -1,0 +1,60 @@
+"""Inbound stage, ASGI (Starlette, FastAPI): each HTTP request -> a session tagged ``METHOD route``,
+joining the request's W3C ``traceparent``, open until the response body has ended."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from . import _common
+
+
+def _route(scope: dict[str, Any]) -> str:
+    """The route template (``/items/{id}``) if the app is a Starlette/FastAPI one, else the path."""
+    path = scope.get("path") or "/"
+    route = scope.get("route")
+    if route is not None and isinstance(getattr(route, "path", None), str):
+        return route.path
+    app = scope.get("app")
+    for candidate in getattr(getattr(app, "router", None), "routes", ()) or ():
+        try:
+            match, _ = candidate.matches(scope)
+        except Exception:
+            continue
+        if getattr(match, "name", "") == "FULL" and isinstance(getattr(candidate, "path", None), str):
+            return candidate.path
+    return path
+
+
+class HanditASGIMiddleware:
+    """ASGI middleware: a session per HTTP request (lifespan and websocket scopes pass through).
+
+    The session covers the whole application call, so a streaming response and the
+    background tasks Starlette runs after it stay in the request's session.
+
+    Args:
+        app: the ASGI application.
+        attrs: extra string attributes for every request's session.
+        on_end: called with each finished session (e.g. to log its summary).
+    """
+
+    def __init__(self, app: Any, *, attrs: dict[str, str] | None = None, on_end: Callable[[Any], None] | None = None) -> None:
+        self.app = app
+        self.attrs = dict(attrs or {})
+        self.on_end = on_end
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        traceparent = None
+        for name, value in scope.get("headers") or ():
+            if name == b"traceparent":
+                traceparent = value.decode("latin-1")
+                break
+        method = str(scope.get("method") or "GET")
+        route = _route(scope)
+        attrs = {**self.attrs, "http.request.method": method, "http.route": route}
+        session = _common.start(f"{method} {route}", attrs, traceparent)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _common.stop(session, self.on_end)

@@ -1,0 +1,318 @@
+"""HTTP clients inside sessions: one ``http_request`` / ``http_response`` pair per call, against a
+real loopback server, with the program's results unchanged and no secret in any output."""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import urllib.error
+import urllib.request
+from typing import Any, Callable
+
+import aiohttp
+import httpx
+import pytest
+import requests
+import urllib3
+
+import handit
+from handit.instrument import _record, instrumentors
+from handit.tracefile import iter_trace
+
+from http_servers import BIG_TEXT, BINARY, Server, refused_port, instrumented, server  # noqa: F401 (fixtures)
+
+
+
+def _requests(url: str, **kw: Any) -> tuple[int, bytes]:
+    if kw.get("stream"):
+        r = requests.get(url, stream=True, timeout=kw.get("timeout", 5))
+        return r.status_code, b"".join(r.iter_content(100))
+    r = requests.get(url, timeout=kw.get("timeout", 5), headers=kw.get("headers"))
+    return r.status_code, r.content
+
+
+def _httpx(url: str, **kw: Any) -> tuple[int, bytes]:
+    if kw.get("stream"):
+        with httpx.stream("GET", url, timeout=kw.get("timeout", 5)) as r:
+            return r.status_code, b"".join(r.iter_bytes())
+    r = httpx.get(url, timeout=kw.get("timeout", 5), follow_redirects=True, headers=kw.get("headers"))
+    return r.status_code, r.content
+
+
+def _httpx_async(url: str, **kw: Any) -> tuple[int, bytes]:
+    async def go() -> tuple[int, bytes]:
+        async with httpx.AsyncClient(timeout=kw.get("timeout", 5), follow_redirects=True) as c:
+            if kw.get("stream"):
+                async with c.stream("GET", url) as r:
+                    return r.status_code, b"".join([chunk async for chunk in r.aiter_bytes()])
+            r = await c.get(url, headers=kw.get("headers"))
+            return r.status_code, r.content
+    return asyncio.run(go())
+
+
+def _urllib3(url: str, **kw: Any) -> tuple[int, bytes]:
+    pool = urllib3.PoolManager(retries=urllib3.Retry(total=3, connect=0, read=0), timeout=kw.get("timeout", 5))
+    if kw.get("stream"):
+        r = pool.request("GET", url, preload_content=False)
+        data = b"".join(r.stream(100))
+        r.release_conn()
+        return r.status, data
+    r = pool.request("GET", url, headers=kw.get("headers"), redirect=True)
+    return r.status, r.data
+
+
+def _aiohttp(url: str, **kw: Any) -> tuple[int, bytes]:
+    async def go() -> tuple[int, bytes]:
+        timeout = aiohttp.ClientTimeout(total=kw.get("timeout", 5))
+        async with aiohttp.ClientSession(timeout=timeout) as s:
+            async with s.get(url, headers=kw.get("headers")) as r:
+                if kw.get("stream"):
+                    return r.status, b"".join([chunk async for chunk in r.content.iter_chunked(100)])
+                return r.status, await r.read()
+    return asyncio.run(go())
+
+
+def _urllib(url: str, **kw: Any) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=kw.get("headers") or {}), timeout=kw.get("timeout", 5)) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+CLIENTS: dict[str, Callable[..., tuple[int, bytes]]] = {
+    "requests": _requests, "httpx": _httpx, "httpx-async": _httpx_async, "urllib3": _urllib3,
+    "aiohttp": _aiohttp, "urllib": _urllib,
+}
+
+
+def _outcome(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    try:
+        return fn(*args, **kw)
+    except Exception as exc:
+        return type(exc)
+
+
+def _http(session: handit.Session) -> tuple[list[dict], list[dict]]:
+    events = session.events
+    return [e for e in events if e["type"] == "http_request"], [e for e in events if e["type"] == "http_response"]
+
+
+@pytest.mark.parametrize("client", sorted(CLIENTS))
+@pytest.mark.parametrize("path,status", [("/json", 200), ("/status/404", 404), ("/status/500", 500), ("/redirect", 200)])
+def test_one_pair_per_call_same_result(server: Server, client: str, path: str, status: int) -> None:
+    fn = CLIENTS[client]
+    plain = _outcome(fn, server.base + path)
+    with handit.session("http") as s:
+        traced = _outcome(fn, server.base + path)
+    assert traced == plain
+    assert traced[0] == status
+    reqs, resps = _http(s)
+    assert len(reqs) == 1 and len(resps) == 1, (reqs, resps)
+    req, resp = reqs[0], resps[0]
+    assert req["method"] == "GET" and req["url"] == server.base + path
+    assert resp["request_id"] == req["request_id"]
+    assert resp["status"] == status and resp["error"] is None
+    assert resp["t1_ns"] >= req["t0_ns"] and resp["dt_ns"] == resp["t1_ns"] - req["t0_ns"]
+    assert resp["bytes_in"] == len(traced[1])
+    if path != "/redirect" or client in ("requests", "httpx", "httpx-async", "aiohttp", "urllib"):
+        assert resp["response_body"] == (traced[1].decode() if "token" not in traced[1].decode() else
+                                         json.dumps({**json.loads(traced[1]), "token": "<redacted>"}))
+
+
+@pytest.mark.parametrize("client", sorted(CLIENTS))
+def test_connection_refused_recorded_with_error(client: str) -> None:
+    url = f"http://127.0.0.1:{refused_port()}/json"
+    plain = _outcome(CLIENTS[client], url)
+    with handit.session("refused") as s:
+        traced = _outcome(CLIENTS[client], url)
+    assert traced is plain and isinstance(plain, type)
+    reqs, resps = _http(s)
+    assert len(reqs) == 1 and len(resps) == 1
+    assert resps[0]["status"] == 0 and resps[0]["error"] and resps[0]["dt_ns"] > 0
+
+
+@pytest.mark.parametrize("client", sorted(CLIENTS))
+def test_timeout_recorded_with_error(server: Server, client: str) -> None:
+    with handit.session("timeout") as s:
+        traced = _outcome(CLIENTS[client], server.base + "/slow", timeout=0.3)
+    assert isinstance(traced, type) and issubclass(traced, Exception)
+    _, resps = _http(s)
+    assert len(resps) == 1 and resps[0]["error"] and resps[0]["dt_ns"] >= 200_000_000
+
+
+@pytest.mark.parametrize("client", sorted(CLIENTS))
+@pytest.mark.parametrize("path", ["/chunked", "/sse", "/big"])
+def test_streams_recorded_as_read_up_to_the_cap(server: Server, client: str, path: str) -> None:
+    handit.configure(max_body=64)
+    plain = CLIENTS[client](server.base + path, stream=True)
+    with handit.session("stream") as s:
+        traced = CLIENTS[client](server.base + path, stream=True)
+    assert traced == plain
+    _, resps = _http(s)
+    assert len(resps) == 1
+    resp = resps[0]
+    assert resp["bytes_in"] == len(traced[1])
+    body = resp["response_body"]
+    assert body.startswith(traced[1][:64].decode())
+    if len(traced[1]) > 64:
+        assert body.endswith(f"... <{len(traced[1]) - 64} more bytes>")
+
+
+@pytest.mark.parametrize("client", sorted(CLIENTS))
+def test_binary_body_is_size_and_type(server: Server, client: str) -> None:
+    with handit.session("bin") as s:
+        status, data = CLIENTS[client](server.base + "/binary")
+    assert data == BINARY
+    _, resps = _http(s)
+    assert resps[0]["response_body"] == f"<binary {len(BINARY)} bytes, image/png>"
+    assert resps[0]["bytes_in"] == len(BINARY)
+
+
+def test_streamed_response_never_read_by_handit(server: Server) -> None:
+    with handit.session("unread") as s:
+        r = requests.get(server.base + "/big", stream=True)
+        first = next(r.iter_content(10))
+        # still open: nothing read past what the program took (s.events inside a session is
+        # cached past its end, so the raw extra events are looked at here)
+        assert [e["type"] for e in s._extra] == ["http_request"]
+        r.close()
+    assert first == BIG_TEXT[:10]
+    _, resps = _http(s)
+    assert len(resps) == 1 and resps[0]["bytes_in"] == 10
+
+
+def test_concurrent_async_requests_each_in_its_own_session(server: Server) -> None:
+    async def one(i: int) -> handit.Session:
+        with handit.session(f"task-{i}") as s:
+            async with httpx.AsyncClient() as c:
+                await c.get(f"{server.base}/json?i={i}")
+            async with aiohttp.ClientSession() as a:
+                async with a.get(f"{server.base}/json?j={i}") as r:
+                    await r.read()
+        return s
+
+    async def main() -> list[handit.Session]:
+        return await asyncio.gather(*(one(i) for i in range(8)))
+
+    sessions = asyncio.run(main())
+    for i, s in enumerate(sessions):
+        reqs, resps = _http(s)
+        assert sorted(r["url"].rsplit("/", 1)[1] for r in reqs) == [f"json?i={i}", f"json?j={i}"]
+        assert len(resps) == 2
+
+
+def test_nothing_recorded_outside_a_session(server: Server) -> None:
+    before = next(_record._ids)
+    requests.get(server.base + "/json")
+    httpx.get(server.base + "/json")
+    assert next(_record._ids) == before + 1  # no exchange was begun in between
+
+
+def test_instrument_is_idempotent_and_uninstrument_restores(server: Server) -> None:
+    original = requests.Session.send
+    assert handit.instrument() == []  # already patched by the fixture
+    handit.configure(instrument_http=False)  # the first session of the process would patch again
+    assert set(handit.uninstrument()) == set(instrumentors())
+    assert handit.uninstrument() == []
+    assert requests.Session.send is not original
+    with handit.session("off") as s:
+        requests.get(server.base + "/json")
+    assert _http(s) == ([], [])
+    assert "requests" in handit.instrument("requests")
+    with handit.session("on") as s:
+        requests.get(server.base + "/json")
+    assert len(_http(s)[0]) == 1
+    with pytest.raises(ValueError, match="supported libraries"):
+        handit.instrument("nosuchlib")
+    importlib.import_module("handit.instrument.requests_client")  # binds handit.instrument to the package
+    assert handit.instrument("requests") == [] and "instrument" in handit.__all__  # still callable
+
+
+def test_instrument_http_off_patches_nothing(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    from conftest import child_env
+
+    code = ("import requests, handit\norig = requests.Session.send\n"
+            "with handit.session('x'):\n    pass\nprint(requests.Session.send is orig)\n")
+    for value, expect in (("0", "True"), ("1", "False")):
+        out = subprocess.run([sys.executable, "-c", code], env=child_env(HANDIT_INSTRUMENT_HTTP=value, HANDIT_ENGINE="fallback"),
+                             capture_output=True, text=True, cwd=tmp_path, check=True)
+        assert out.stdout.strip() == expect, out.stderr
+
+
+SECRETS = ["hdr-secret-aaaa1111", "query-secret-bbbb2222", "userinfo-secret-cccc3333", "body-secret-dddd4444",
+           "tok-in-response-0001", "cookie-secret-0002"]
+
+
+@pytest.mark.parametrize("fmt", ["handit", "jsonl"])
+def test_no_secret_in_any_output(server: Server, tmp_path: Any, fmt: str, engine: Any) -> None:
+    out = tmp_path / f"trace.{fmt}"
+    handit.configure(output_file=str(out), redact_headers=["X-Custom-Auth"])
+    url = f"http://user:userinfo-secret-cccc3333@127.0.0.1:{server.port}/echo?access_token=query-secret-bbbb2222&q=1"
+    with handit.session("secrets") as s:
+        requests.post(url, json={"password": "body-secret-dddd4444", "n": 1},
+                      headers={"Authorization": "Bearer hdr-secret-aaaa1111", "X-Custom-Auth": "hdr-secret-aaaa1111"})
+        httpx.get(server.base + "/json", headers={"Api-Key": "hdr-secret-aaaa1111"})
+    text = json.dumps(s.events)
+    assert "<redacted>" in text
+    data = out.read_bytes()
+    if fmt == "handit":
+        data = json.dumps(list(iter_trace(str(out)))).encode()
+    assert b"http_response" in data
+    for secret in SECRETS:
+        assert secret not in text and secret.encode() not in data, secret
+    assert oct(os.stat(out).st_mode & 0o777) == "0o600"
+
+
+def test_request_body_recorded_redacted(server: Server) -> None:
+    with handit.session("post") as s:
+        r = httpx.post(server.base + "/echo", json={"api_key": "sk-body-secret-0123456789abcdef", "prompt": "hi"})
+    assert r.json()["prompt"] == "hi"
+    reqs, resps = _http(s)
+    assert json.loads(reqs[0]["request_body"]) == {"api_key": "<redacted>", "prompt": "hi"}
+    assert reqs[0]["bytes_out"] == len(r.content)
+    assert json.loads(resps[0]["response_body"]) == {"api_key": "<redacted>", "prompt": "hi"}
+
+
+def _fetch_twice(base: str) -> int:
+    return requests.get(base + "/json").status_code + _inner_fetch(base)
+
+
+def _inner_fetch(base: str) -> int:
+    return httpx.get(base + "/json").status_code
+
+
+def test_http_events_linked_to_the_call_that_made_them(server: Server, engine: Any) -> None:
+    with handit.session("link") as s:
+        assert _fetch_twice(server.base) == 400
+        requests.get(server.base + "/json")  # made by the test itself: no traced caller... or this test
+    events = s.events
+    ids = {e["func"]: e["call_id"] for e in events if e["type"] == "call"}
+    reqs, resps = _http(s)
+    assert [r["parent_id"] for r in reqs[:2]] == [ids["_fetch_twice"], ids["_inner_fetch"]]
+    assert [r["parent_id"] for r in resps[:2]] == [ids["_fetch_twice"], ids["_inner_fetch"]]
+    assert reqs[2]["parent_id"] not in (ids["_fetch_twice"], ids["_inner_fetch"])
+
+
+def test_exporter_traffic_never_recorded(server: Server, tmp_path: Any) -> None:
+    from ingest_server import IngestServer
+
+    with IngestServer() as ingest:
+        handit.configure(endpoint=ingest.url, api_key="exporter-key-eeee5555", flush_every_events=1, flush_every_ms=50,
+                         spool_dir=str(tmp_path / "spool"))
+        with handit.session("exported") as s:
+            requests.get(server.base + "/json")
+            ingest.wait_for_events(2)  # batches went out while the session ran
+            urllib.request.urlopen(server.base + "/json").read()
+        exporter = importlib.import_module("handit.sinks")._exporters.pop(ingest.url)
+        exporter.flush(10)
+        sent = ingest.wait_for_events(6)
+        exporter.close()  # its thread ends (the webhook tests check none is left)
+    reqs, _ = _http(s)
+    assert [r["url"] for r in reqs] == [server.base + "/json"] * 2  # the program's, not the exporter's
+    assert [e["url"] for e in sent if e["type"] == "http_request"] == [server.base + "/json"] * 2
+    assert "exporter-key-eeee5555" not in json.dumps(sent)
