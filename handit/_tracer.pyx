@@ -89,6 +89,7 @@ cdef extern from "_compat.h":
     void handit_q_unlock() nogil
     void handit_enc_lock() nogil
     void handit_enc_unlock() nogil
+    int handit_enc_trylock() nogil
     void handit_q_signal() nogil
     int handit_q_wait(double) nogil
     uint64_t handit_mono_ns() nogil
@@ -525,10 +526,10 @@ cdef PyObject* _c_py_start(PyObject* self, PyObject** args, Py_ssize_t nargs) no
         return _none()
     t = handit_tstate_for(ts.fast_tstate)
     slot = _current_slot(ts, t)
-    if slot == 0:
-        return _none()
     ci = _cinfo(code)
     if ci == NULL or ci.generation != _generation:
+        # decided even with no session here: excluded code is switched off whichever thread
+        # runs it first (a thread without a session, an engine kept between sessions)
         frame = PyEval_GetFrame()
         ci = _decide(code, frame)
         if ci == NULL:
@@ -536,7 +537,8 @@ cdef PyObject* _c_py_start(PyObject* self, PyObject** args, Py_ssize_t nargs) no
     if not ci.traced:
         Py_INCREF(_DISABLE)
         return <PyObject*>_DISABLE
-    _on_call(ts, t, slot, ci, NULL, K_CALL)  # keys and arguments from the interpreter frame
+    if slot != 0:
+        _on_call(ts, t, slot, ci, NULL, K_CALL)  # keys and arguments from the interpreter frame
     return _none()
 
 
@@ -811,10 +813,17 @@ def activate(int slot):
     _active[slot] = 1
 
 
+cdef inline void _enc_lock_holding_gil() noexcept:
+    # the GIL is let go only if the drain thread holds the lock (releasing and taking the
+    # GIL back costs more than a session's start and stop otherwise spend here)
+    if not handit_enc_trylock():
+        with nogil:
+            handit_enc_lock()
+
+
 def take_counts(int slot):
     """``(calls, exceptions, dropped)`` for ``slot`` since the last call; resets them."""
-    with nogil:
-        handit_enc_lock()  # the drain thread counts the calls it encodes
+    _enc_lock_holding_gil()  # the drain thread counts the calls it encodes
     out = (_n_calls[slot], _n_exceptions[slot], _n_dropped[slot])
     _n_calls[slot] = 0
     _n_exceptions[slot] = 0
@@ -1377,6 +1386,23 @@ cdef void _free_exited_states() noexcept:
         free(gone.out)
         free(gone)
         gone = nxt
+
+
+def pending():
+    """Whether drain() has work: records, blocks encoded by the drain thread, or the state of
+    a thread that exited to free."""
+    cdef TState* ts
+    cdef bint found = False
+    _enc_lock_holding_gil()  # the drain thread may be encoding a chunk it took: its blocks count
+    handit_q_lock()
+    ts = _all_states
+    while ts != NULL and not found:
+        found = (ts.head != NULL or (ts.tail != NULL and ts.tail.n > ts.tail.start) or ts.nout > 0
+                 or ts.gap_count > 0 or handit_has_exited(&ts.exited))
+        ts = ts.next_all
+    handit_q_unlock()
+    handit_enc_unlock()
+    return found
 
 
 def thread_states():
