@@ -145,17 +145,24 @@ def untraced(work: str = "rec", reps: int = wl.REPS) -> Sample:
     return Sample(ns, wl.expected_stdlib_calls())
 
 
-def floor(source: str) -> Sample:
-    """The workload under the no-op callback floor of ``source``."""
-    fl = wl.floor_for(source)
+def floor(source: str, tsc: bool = False) -> Sample:
+    """The workload under the no-op callback floor of ``source`` (``tsc``: storing a clock reading per event)."""
+    from handit import _tracer
+
+    fl = wl.floor_for(source, tsc)
     fl.start()
     try:
+        events0 = _tracer.tsc_floor_events() if tsc else 0  # (C functions: no events of their own)
         t0 = time.perf_counter_ns()
         result = wl.run()
         ns = time.perf_counter_ns() - t0
+        events1 = _tracer.tsc_floor_events() if tsc else 0
     finally:
         fl.stop()
     _check_run(result)
+    if tsc:  # a PY_START and a PY_RETURN per call (run() and every rec), each stored once
+        stored = events1 - events0
+        check(stored == 2 * wl.expected_calls(), f"the clock-storing floor stored {stored} readings, expected {2 * wl.expected_calls()}")
     return Sample(ns, wl.expected_calls())
 
 

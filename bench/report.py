@@ -112,6 +112,8 @@ def build_variants(tmp: str, fallback: bool) -> dict[str, Variant]:
     add("untraced", _measure.untraced)
     for src in sources:
         add(f"floor {src}", lambda src=src: _measure.floor(src))
+    if wl.PY312 and _compiled_available():
+        add("floor sysmon tsc", lambda: _measure.floor("sysmon", tsc=True))
     for eng in engines:
         slow = 2 if eng == "fallback" else 99
         for src in sources:
@@ -210,6 +212,14 @@ def table(variants: dict[str, Variant], bytes_per_call: dict[str, Any]) -> tuple
     for src in sources:
         row(f"no-op floor, {src}", f"floor {src}", lambda src=src: f"+{fmt_ns(added(f'floor {src}'))} per call")
         raw[f"floor_{src}_ns"] = added(f"floor {src}")
+    tsc_floor = added("floor sysmon tsc")
+    raw["floor_sysmon_tsc_ns"] = tsc_floor
+    row(
+        "no-op floor storing one TSC read per event, sysmon",
+        "floor sysmon tsc",
+        lambda: f"+{fmt_ns(tsc_floor)} per call",
+        lambda: f"{tsc_floor / added('floor sysmon'):.2f}× the sysmon floor" if added("floor sysmon") else "",
+    )
     for eng in engines:
         for src in sources:
             tag = f"{eng}-{src}"
@@ -222,7 +232,8 @@ def table(variants: dict[str, Variant], bytes_per_call: dict[str, Any]) -> tuple
                 f"handit timing, {tag} (hot path)",
                 f"capture timing {tag}",
                 lambda t=t: f"+{fmt_ns(t)} per call",
-                lambda t=t, fl=fl, src=src: f"{t / fl:.2f}× the {src} floor" if fl else "",
+                lambda t=t, fl=fl, src=src: (f"{t / fl:.2f}× the {src} floor" if fl else "") + (
+                    f", {t / tsc_floor:.2f}× the TSC-storing floor" if src == "sysmon" and tsc_floor else ""),
             )
             row(
                 f"handit args, {tag} (hot path)",
