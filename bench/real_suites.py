@@ -243,7 +243,7 @@ def report(python_version: str, suite: Suite, results: dict[str, list[Result]], 
         same = base is not None and all(x.outcome == base.outcome for x in results[mode])
         if r.error or not same:
             ok = False
-        verdict = r.error or ("same" if same else "DIFFERENT: " + _outcome_text(r.outcome))
+        verdict = "; ".join(filter(None, [r.error, "same" if same else "DIFFERENT: " + _outcome_text(r.outcome)]))
         ratio = f"{r.wall_s / base.wall_s:.2f}×" if base else ""
         own = f"{r.own_s:.1f} s" if r.own_s is not None else "?"
         own_ratio = f"{r.own_s / base.own_s:.2f}×" if base and base.own_s and r.own_s is not None else ""
