@@ -14,7 +14,7 @@ import pytest
 
 import handit
 
-from conftest import PY312
+from conftest import PY312, child_env
 
 sessions = importlib.import_module("handit.sessions")
 
@@ -130,7 +130,7 @@ def test_kept_engine_released_at_exit(engine, tmp_path):
         atexit.register(sessions._at_exit)
         print(s.stats["calls"])
         """))
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=child_env(), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["1", "released"], r.stdout
 
