@@ -510,6 +510,7 @@ def stop(session: Session | None = None) -> Session | None:
                 except Exception as exc:
                     _warn_once(f"handit could not finish writing session {session.id}: {exc!r}", key=f"sink-end:{exc!r}")
             if not _by_slot:
+                lifecycle.sessions_closed()
                 _last_stopped()
     return session
 
@@ -557,7 +558,7 @@ def uninstall_after_fork() -> None:
             choice.module.uninstall()
         finally:
             _unpatch_threads()
-    _state.update(choice=None, drain=None, policy=None)
+    _state.update(choice=None, drain=None, policy=None, idle_since=None)
 
 
 def require_no_sessions() -> None:
