@@ -145,17 +145,24 @@ def untraced(work: str = "rec", reps: int = wl.REPS) -> Sample:
     return Sample(ns, wl.expected_stdlib_calls())
 
 
-def floor(source: str) -> Sample:
-    """The workload under the no-op callback floor of ``source``."""
-    fl = wl.floor_for(source)
+def floor(source: str, tsc: bool = False) -> Sample:
+    """The workload under the no-op callback floor of ``source`` (``tsc``: storing a clock reading per event)."""
+    from handit import _tracer
+
+    fl = wl.floor_for(source, tsc)
     fl.start()
     try:
+        events0 = _tracer.tsc_floor_events() if tsc else 0  # (C functions: no events of their own)
         t0 = time.perf_counter_ns()
         result = wl.run()
         ns = time.perf_counter_ns() - t0
+        events1 = _tracer.tsc_floor_events() if tsc else 0
     finally:
         fl.stop()
     _check_run(result)
+    if tsc:  # a PY_START and a PY_RETURN per call (run() and every rec), each stored once
+        stored = events1 - events0
+        check(stored == 2 * wl.expected_calls(), f"the clock-storing floor stored {stored} readings, expected {2 * wl.expected_calls()}")
     return Sample(ns, wl.expected_calls())
 
 
@@ -378,3 +385,69 @@ def viztracer_capture(args: bool = False) -> Sample:
     tracer.data = {}  # the parsed events otherwise outlive this function (200k dicts slow every later gc)
     return Sample(ns, wl.expected_calls())
 
+
+
+# ---- sessions: start and stop ------------------------------------------------------------------
+
+SESSIONS = 2000
+"""Sessions started and stopped in one :func:`session_cycles` measurement."""
+
+
+def session_cycles(mode: str = "empty", n: int = SESSIONS, threads: int = 2) -> Sample:
+    """``n`` sessions started and stopped back to back; ``items`` is the number of sessions.
+
+    ``mode``: ``empty`` (nothing recorded), ``one call`` (one traced call each, as a
+    request handler's session would have), ``nested`` (each inside one outer session), or
+    ``threads`` (``threads`` threads at once, ``n`` sessions in all). Checks that every
+    session stopped with the calls it made and that none is left active.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    call = mode == "one call"
+    done: list[Any] = []
+
+    def cycles(k: int) -> None:
+        start, stop, step = handit.start, handit.stop, wl.rec
+        for _ in range(k):
+            s = start("cycle")
+            if call:
+                step(0, "abc", 1.5)
+            stop(s)
+            done.append(s)
+
+    outer = handit.start("outer") if mode == "nested" else None
+    try:
+        if mode == "threads":
+            with ThreadPoolExecutor(threads) as pool:
+                t0 = time.perf_counter_ns()
+                for f in [pool.submit(cycles, n // threads) for _ in range(threads)]:
+                    f.result()
+                ns = time.perf_counter_ns() - t0
+        else:
+            t0 = time.perf_counter_ns()
+            cycles(n)
+            ns = time.perf_counter_ns() - t0
+    finally:
+        if outer is not None:
+            handit.stop(outer)
+    expected = n // threads * threads if mode == "threads" else n
+    check(len(done) == expected, f"{len(done)} sessions stopped, expected {expected}")
+    check(handit.current() is None, f"a session is left active: {handit.current()!r}")
+    calls = {s.stats["calls"] for s in done}
+    check(calls == {1 if call else 0}, f"sessions counted {sorted(calls)} calls, expected {1 if call else 0} each")
+    if mode == "nested":
+        check(all(s.parent is outer for s in done), "a nested session lost its parent")
+    return Sample(ns, 0, expected)
+
+
+def session_cycles_released(n: int = SESSIONS // 4) -> Sample:
+    """:func:`session_cycles` with the engine installed and released by every session
+    (``handit.sessions.LINGER_S = 0``): what each session costs when none follows soon."""
+    from handit import sessions
+
+    saved = sessions.LINGER_S
+    sessions.LINGER_S = 0
+    try:
+        return session_cycles("empty", n)
+    finally:
+        sessions.LINGER_S = saved

@@ -90,13 +90,16 @@ class SysmonFloor:
     """``handit._tracer.noop_callback`` for PY_START and PY_RETURN under a free sys.monitoring tool id.
 
     The floor for the ``sysmon`` source (PY312+): what the interpreter charges to
-    call a C callback twice per call, before the callback does any work.
+    call a C callback twice per call, before the callback does any work. With
+    ``tsc=True``, ``handit._tracer.tsc_floor_callback`` instead: the same callback
+    storing one clock (TSC) reading per event into a buffer, so the floor includes
+    the two timestamps a traced call needs.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tsc: bool = False) -> None:
         from handit import _tracer
 
-        self.callback = _tracer.noop_callback
+        self.callback = _tracer.tsc_floor_callback if tsc else _tracer.noop_callback
         self.tool: int | None = None
 
     def start(self) -> None:
@@ -151,9 +154,9 @@ class ProfileFloor:
         _tracer.set_noop_profile(False)
 
 
-def floor_for(source: str) -> SysmonFloor | ProfileFloor:
-    """The no-op floor matching an event source."""
-    return SysmonFloor() if source == "sysmon" else ProfileFloor()
+def floor_for(source: str, tsc: bool = False) -> SysmonFloor | ProfileFloor:
+    """The no-op floor matching an event source (``tsc``: the clock-storing one, sysmon only)."""
+    return SysmonFloor(tsc) if source == "sysmon" else ProfileFloor()
 
 
 def cprofile_calls(profile: Any, name: str = "rec") -> int:

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 import handit
+from handit.sessions import release_idle
 
 import _measure
 import _workloads as wl
@@ -100,6 +101,7 @@ def nothing_left_behind() -> Iterator[None]:
     before_profile = sys.getprofile()
     yield
     assert handit.current() is None, f"session left active: {handit.current()!r}"
+    release_idle()  # an engine kept installed for the next session (handit.sessions.LINGER_S)
     assert sys.getprofile() is before_profile, f"profile function left: {sys.getprofile()!r}"
     assert threading.getprofile() is None, f"threading profile hook left: {threading.getprofile()!r}"
     assert _monitoring_tools() == before_tools, f"monitoring tools left: {_monitoring_tools()}"

@@ -35,6 +35,8 @@ except ImportError:  # run from a checkout with the extension built in place
     sys.path.insert(0, ROOT)
     import handit
 
+from handit.sessions import release_idle  # noqa: E402
+
 import _measure  # noqa: E402  (bench/ is sys.path[0] when this file is run)
 import _workloads as wl  # noqa: E402
 from _measure import CheckFailed, Sample  # noqa: E402
@@ -63,6 +65,7 @@ class Variant:
             handit.configure(**self.settings)
         try:
             for _ in range(self.inner):
+                release_idle()  # no engine kept from the measurement before (handit.sessions.LINGER_S)
                 gc.collect()
                 self.samples.append(self.fn())
         except CheckFailed as exc:
@@ -109,6 +112,8 @@ def build_variants(tmp: str, fallback: bool) -> dict[str, Variant]:
     add("untraced", _measure.untraced)
     for src in sources:
         add(f"floor {src}", lambda src=src: _measure.floor(src))
+    if wl.PY312 and _compiled_available():
+        add("floor sysmon tsc", lambda: _measure.floor("sysmon", tsc=True))
     for eng in engines:
         slow = 2 if eng == "fallback" else 99
         for src in sources:
@@ -122,6 +127,9 @@ def build_variants(tmp: str, fallback: bool) -> dict[str, Variant]:
                 path = os.path.join(tmp, f"e2e-{cap}-{tag}.handit")
                 add(f"e2e {cap} {tag}", lambda path=path: _measure.end_to_end(path), slow, engine=eng, source=src, capture=cap)
     add("excluded untraced", lambda: _measure.untraced("stdlib"))
+    for mode in ("empty", "one call", "nested", "threads"):
+        add(f"sessions {mode}", lambda mode=mode: _measure.session_cycles(mode))
+    add("sessions released", _measure.session_cycles_released)
     add("cProfile", _measure.cprofile)
     main = engines[0]
     for cap in ("timing", "args"):
@@ -204,6 +212,14 @@ def table(variants: dict[str, Variant], bytes_per_call: dict[str, Any]) -> tuple
     for src in sources:
         row(f"no-op floor, {src}", f"floor {src}", lambda src=src: f"+{fmt_ns(added(f'floor {src}'))} per call")
         raw[f"floor_{src}_ns"] = added(f"floor {src}")
+    tsc_floor = added("floor sysmon tsc")
+    raw["floor_sysmon_tsc_ns"] = tsc_floor
+    row(
+        "no-op floor storing one TSC read per event, sysmon",
+        "floor sysmon tsc",
+        lambda: f"+{fmt_ns(tsc_floor)} per call",
+        lambda: f"{tsc_floor / added('floor sysmon'):.2f}× the sysmon floor" if added("floor sysmon") else "",
+    )
     for eng in engines:
         for src in sources:
             tag = f"{eng}-{src}"
@@ -216,7 +232,8 @@ def table(variants: dict[str, Variant], bytes_per_call: dict[str, Any]) -> tuple
                 f"handit timing, {tag} (hot path)",
                 f"capture timing {tag}",
                 lambda t=t: f"+{fmt_ns(t)} per call",
-                lambda t=t, fl=fl, src=src: f"{t / fl:.2f}× the {src} floor" if fl else "",
+                lambda t=t, fl=fl, src=src: (f"{t / fl:.2f}× the {src} floor" if fl else "") + (
+                    f", {t / tsc_floor:.2f}× the TSC-storing floor" if src == "sysmon" and tsc_floor else ""),
             )
             row(
                 f"handit args, {tag} (hot path)",
@@ -305,6 +322,26 @@ def table(variants: dict[str, Variant], bytes_per_call: dict[str, Any]) -> tuple
         t0 = added("trace0")
         raw["trace0_e2e_ns"] = t0
         row("trace0 end to end (protobuf file)", "trace0", lambda: f"+{fmt_ns(t0)} per call", lambda: f"{s.nbytes / s.calls:.1f} bytes per call" if s else "")
+    for mode, label in (
+        ("empty", "empty"),
+        ("one call", "one traced call each"),
+        ("nested", "nested in an outer session"),
+        ("threads", "two threads at once"),
+        ("released", "empty, engine released by each (LINGER_S=0)"),
+    ):
+        name = f"sessions {mode}"
+        s = best(name)
+        if s is None:
+            row(f"session start + stop, {label}", name, lambda: "no sample")
+            continue
+        per = s.ns / s.items
+        raw[f"session_{mode.replace(' ', '_')}_us"] = per / 1e3
+        row(
+            f"session start + stop, {label}",
+            name,
+            lambda per=per: f"{per / 1e3:,.1f} µs per session",
+            lambda per=per: f"{1e9 / per / 1e3:,.1f} k sessions/s",
+        )
     for cap, value in bytes_per_call.items():
         raw[f"bytes_per_call_{cap}"] = value
         rows.append((f"bytes per call, .handit file, {cap}", value if isinstance(value, str) else f"{value:.1f} bytes", ""))

@@ -6,6 +6,11 @@ program pays — against untraced and, where it is installed, trace0 (Rust,
 sys.monitoring, Python 3.13+; its Perfetto protobuf file written).
 ``extra_info["bytes_per_call"]`` is the size of a new trace file holding one
 such session divided by its calls (the file is read back and checked).
+
+Group ``session-cycles``: sessions started and stopped back to back — empty, with
+one traced call each (a request handler's), nested in an outer session, and on two
+threads at once — as a server with a session per request or the pytest plugin with a
+session per test has them.
 """
 from __future__ import annotations
 
@@ -47,3 +52,13 @@ def test_session_trace0(benchmark: Any, hand_timed: Callable[..., Any], tmp_path
     samples = hand_timed(lambda: _measure.trace0_run(next(paths)), rounds=10)
     best = min(samples, key=lambda s: s.ns)
     benchmark.extra_info["bytes_per_call"] = round(best.nbytes / best.calls, 2)
+
+
+@pytest.mark.benchmark(group="session-cycles", timer=HAND_CLOCK)
+@pytest.mark.parametrize("mode", ["empty", "one call", "nested", "threads"])
+def test_session_start_stop(benchmark: Any, hand_timed: Callable[..., Any], engine: tuple[str, str], mode: str) -> None:
+    """_measure.SESSIONS sessions started and stopped back to back (the table's time is for all of them)."""
+    samples = hand_timed(functools.partial(_measure.session_cycles, mode), rounds=10)
+    best = min(samples, key=lambda s: s.ns)
+    benchmark.extra_info["us_per_session"] = round(best.ns / best.items / 1e3, 2)
+    benchmark.extra_info["sessions_per_s"] = round(best.items / (best.ns / 1e9))

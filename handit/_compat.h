@@ -57,6 +57,7 @@ static inline void handit_q_lock(void) { pthread_mutex_lock(&handit_q_mutex); }
 static inline void handit_q_unlock(void) { pthread_mutex_unlock(&handit_q_mutex); }
 static inline void handit_enc_lock(void) { pthread_mutex_lock(&handit_enc_mutex); }
 static inline void handit_enc_unlock(void) { pthread_mutex_unlock(&handit_enc_mutex); }
+static inline int handit_enc_trylock(void) { return pthread_mutex_trylock(&handit_enc_mutex) == 0; }
 static inline void handit_q_signal(void) { pthread_cond_signal(&handit_q_cond); }
 /* Waits (q lock held) until signalled or `seconds` from now have passed; 1 when the time is up. */
 static inline int handit_q_wait(double seconds) {

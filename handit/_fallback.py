@@ -37,6 +37,7 @@ __all__ = [
     "ensure_thread",
     "install",
     "mark_internal_thread",
+    "pending",
     "profile_callback",
     "read_ticks",
     "reset_slot",
@@ -767,6 +768,12 @@ def mark_internal_thread() -> None:
     session_var.set(0)
     if _source == "setprofile" and sys.getprofile() is profile_callback:
         sys.setprofile(None)  # not even the profile function's call: never traced
+
+
+def pending() -> bool:
+    """Whether :func:`drain` has work: records, or the buffer of a thread that exited to free."""
+    with _buffers_lock:
+        return any(buf.records or buf.gap or buf.exited for buf in _buffers)
 
 
 def thread_states() -> int:

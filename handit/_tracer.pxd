@@ -42,24 +42,27 @@ ctypedef struct OutBuf:
     int64_t last      # time of the last record written (ns since the epoch)
     int slot
 
+# what a callback reads comes first: one cache line, each field one load from the state
 ctypedef struct TState:
+    int busy          # handit's own work or an internal thread: record nothing
+    int fast_tstate   # this thread reads CPython's thread state from its TLS slot directly
+    void* ctx              # the context the cached slot was read in
+    uint64_t ctx_ver
+    int ctx_slot           # the session slot read from handit's ContextVar there
+    Record* wp        # where the next record goes in `tail` (NULL without one); tail.n is
+    Record* wend      # brought up to date from it when the chunk is handed on (_sync_tail)
+    Chunk* tail       # chunk being written (its thread only, or a drain holding the GIL)
     unsigned long ident
     Chunk* head       # oldest full chunk waiting for the drain (q lock)
     Chunk* qlast      # newest full chunk waiting for the drain (q lock)
-    Chunk* tail       # chunk being written (its thread only, or a drain holding the GIL)
     OutBuf* out       # blocks encoded but not yet handed to sessions (enc lock), 64 of them
     int nout
-    int busy          # handit's own work or an internal thread: record nothing
-    int fast_tstate   # this thread reads CPython's thread state from its TLS slot directly
     int fast_tstate_proven  # 1: that read was proven valid on this thread; 0: not; -1: not checked (switched off)
     int exited        # the thread has exited (set without the GIL at its exit)
     int idle_drains   # drains since it exited that found nothing of it left
     TState* next_all
     PyObject* last_exc
     PyObject* last_exc_text
-    void* ctx              # the context the cached slot was read in
-    uint64_t ctx_ver
-    int ctx_slot           # the session slot read from handit's ContextVar there
     int nchunks            # full chunks waiting for the drain (q lock; bounded-memory mode caps it)
     uint64_t gap_count     # records dropped since the last one written (bounded-memory mode)
     int gap_slot
@@ -77,6 +80,7 @@ ctypedef struct CInfo:
     uint8_t traced
     uint8_t suspendable
     uint16_t nargs
+    uint8_t plain          # a call records time only (not suspendable, no arguments kept)
     uint32_t first_yield   # code unit of the first yield (profile source)
     uint32_t key_id        # the decision rules it was decided under
     PyObject* info         # the CodeInfo tuple (owned)

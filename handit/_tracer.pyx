@@ -89,6 +89,7 @@ cdef extern from "_compat.h":
     void handit_q_unlock() nogil
     void handit_enc_lock() nogil
     void handit_enc_unlock() nogil
+    int handit_enc_trylock() nogil
     void handit_q_signal() nogil
     int handit_q_wait(double) nogil
     uint64_t handit_mono_ns() nogil
@@ -270,17 +271,40 @@ cdef void _hand_over(TState* ts) noexcept:
     ts.busy = 0
 
 
-cdef Chunk* _make_room(TState* ts, int slot, int need) noexcept:
+cdef inline bint _room_for(TState* ts, int need) noexcept nogil:
+    # `need` more records fit in the chunk being written (false without one: wp = wend = NULL)
+    return <size_t>ts.wend - <size_t>ts.wp >= <size_t>need * sizeof(Record)
+
+
+cdef inline void _sync_tail(TState* ts) noexcept nogil:
+    # the chunk being written learns how many records it holds (they are counted by ts.wp)
+    if ts.tail != NULL:
+        ts.tail.n = <int>(ts.wp - ts.tail.recs)
+
+
+cdef inline void _set_tail(TState* ts, Chunk* c) noexcept nogil:
+    ts.tail = c
+    if c == NULL:
+        ts.wp = NULL
+        ts.wend = NULL
+    else:
+        ts.wp = &c.recs[c.n]
+        ts.wend = &c.recs[CHUNK_RECORDS]
+
+
+cdef Record* _make_room(TState* ts, int slot, int need) noexcept:
     global _n_queued
     # _record's slow path: a new chunk, a pending gap mark, or (bounded-memory mode) a drop.
-    # Returns the chunk with room for `need` records, or NULL when the record is dropped.
+    # Returns where the `need` records go (ts.wp), or NULL when the record is dropped.
     cdef Chunk* c = ts.tail
     cdef Record* r
     cdef RecordExt* e
-    if c != NULL and c.n + need > CHUNK_RECORDS and not _bounded and ts.nchunks + 1 >= _max_chunks and not ts.busy:
-        _hand_over(ts)
+    if c != NULL and not _room_for(ts, need) and not _bounded and ts.nchunks + 1 >= _max_chunks and not ts.busy:
+        _sync_tail(ts)
+        _hand_over(ts)  # the drain syncs and takes the tail too (then wp = wend = NULL)
         c = ts.tail  # NULL once drained: every chunk was taken
-    if c == NULL or c.n + need > CHUNK_RECORDS:
+    if not _room_for(ts, need):
+        _sync_tail(ts)
         handit_q_lock()
         if _bounded and ts.nchunks + 1 >= _max_chunks:  # bounded-memory mode: the drain is behind
             handit_q_unlock()
@@ -295,69 +319,71 @@ cdef Chunk* _make_room(TState* ts, int slot, int need) noexcept:
             ts.nchunks += 1
             _n_queued += 1
         c = _new_chunk()
-        ts.tail = c
+        _set_tail(ts, c)
         handit_q_unlock()
         handit_q_signal()
         if c == NULL:  # out of memory
             _drop(ts, slot)
             return NULL
-    if ts.gap_count and c.n + need + 2 <= CHUNK_RECORDS:
-        r = &c.recs[c.n]
+    if ts.gap_count and _room_for(ts, need + 2):
+        r = ts.wp
         r.ts = handit_ticks()
         r.code = 0
         r.kind = K_GAP
         r.slot = <uint16_t>ts.gap_slot
         r.ext = 1
-        e = <RecordExt*>&c.recs[c.n + 1]
+        e = <RecordExt*>(r + 1)
         e.aux = NULL
         e.key = ts.gap_count
         c.has_ext = 1
-        c.n += 2
+        ts.wp = r + 2
         ts.gap_count = 0
-    return c
+    return ts.wp
 
 
 cdef inline void _record_plain(TState* ts, uint8_t kind, int slot, uint32_t code) noexcept:
-    # a record with no value or key (timing-only calls and returns): the hot path
-    cdef Chunk* c = ts.tail
-    cdef Record* r
-    if c == NULL or c.n >= CHUNK_RECORDS:  # (a pending gap implies this: records drop only when full)
-        c = _make_room(ts, slot, 1)
-        if c == NULL:
+    # a record with no value or key (timing-only calls and returns): the hot path. The write
+    # position is read from the thread's state itself (not through its chunk), and the clock
+    # reading is stored with nothing computed from it.
+    cdef Record* r = ts.wp
+    if not _room_for(ts, 1):  # (a pending gap implies this: records drop only when full)
+        r = _make_room(ts, slot, 1)
+        if r == NULL:
             return
-    r = &c.recs[c.n]
+    _write_plain(r, kind, slot, code)
+    ts.wp = r + 1
+
+
+cdef inline void _write_plain(Record* r, uint8_t kind, int slot, uint32_t code) noexcept:
     r.ts = handit_ticks()
     r.code = code
     r.kind = kind
     r.ext = 0
     r.slot = <uint16_t>slot
-    c.n += 1
 
 
 cdef void _record(TState* ts, uint8_t kind, int slot, uint32_t code, PyObject* aux, uint64_t key) noexcept:
     # never raises; takes aux (a blob for calls and returns, else a reference; dropped
     # if memory runs out)
-    cdef Chunk* c = ts.tail
-    cdef Record* r
+    cdef Record* r = ts.wp
     cdef RecordExt* e
     cdef int need = 2 if (aux != NULL or key != 0) else 1
-    if c == NULL or c.n + need > CHUNK_RECORDS:
-        c = _make_room(ts, slot, need)
-        if c == NULL:
+    if not _room_for(ts, need):
+        r = _make_room(ts, slot, need)
+        if r == NULL:
             _free_aux(kind, aux)
             return
-    r = &c.recs[c.n]
     r.ts = handit_ticks()
     r.code = code
     r.kind = kind
     r.slot = <uint16_t>slot
     r.ext = need - 1
     if need == 2:
-        c.has_ext = 1
-        e = <RecordExt*>&c.recs[c.n + 1]
+        ts.tail.has_ext = 1
+        e = <RecordExt*>(r + 1)
         e.aux = aux
         e.key = key
-    c.n += need
+    ts.wp = r + need
 
 
 cdef inline int _current_slot(TState* ts, PyThreadState* t) noexcept:
@@ -471,6 +497,7 @@ cdef CInfo* _decide(PyObject* code, PyFrameObject* frame) noexcept:
             ci.index = info.index
             ci.suspendable = info.suspendable
             ci.nargs = len(info.argnames)
+            ci.plain = not ci.suspendable and not (_capture and ci.nargs)  # (capture is in the key)
             Py_INCREF(info)
             ci.info = <PyObject*>info
             _arm(ci, ocode)
@@ -527,10 +554,11 @@ cdef inline void _on_call(TState* ts, PyThreadState* t, int slot, CInfo* ci, PyF
     cdef uint64_t key = 0
     cdef PyObject* aux = NULL
     cdef void* iframe = NULL
-    cdef bint want_args = kind == K_CALL and _capture and ci.nargs
-    if not ci.suspendable and not want_args:  # timing only
+    cdef bint want_args
+    if ci.plain:  # timing only
         _record_plain(ts, kind, slot, ci.index)
         return
+    want_args = kind == K_CALL and _capture and ci.nargs
     if frame == NULL:
         iframe = handit_current_iframe(t)
     if ci.suspendable:
@@ -570,8 +598,41 @@ cdef inline PyObject* _none() noexcept:
     return handit_return_none()
 
 
+cdef inline int _cached_slot(TState* ts) noexcept:
+    # The callbacks' first step: the session slot cached for the context this thread runs in,
+    # when nothing else needs looking at (0: no active session there); -1 sends the event
+    # down the full path (_current_slot and the rest).
+    cdef PyThreadState* t
+    if ts == NULL or ts.busy or not ts.fast_tstate:
+        return -1
+    t = handit_tstate_for(1)
+    if handit_context_ptr(t) != ts.ctx or handit_context_ver(t) != ts.ctx_ver or ts.ctx == NULL:
+        return -1
+    return ts.ctx_slot if _active[ts.ctx_slot] else 0
+
+
 cdef PyObject* _c_py_start(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
-    # PY_START(code, offset): decide the code once; record a call (DISABLE for excluded code)
+    # PY_START(code, offset): decide the code once; record a call (DISABLE for excluded code).
+    # A timing-only call of decided code, in a context seen before, is written here and calls
+    # nothing (so no register is saved and restored); everything else takes _py_start_full.
+    cdef TState* ts = <TState*>handit_get_tls()
+    cdef int slot = _cached_slot(ts)
+    cdef CInfo* ci
+    cdef Record* r
+    if slot >= 0:
+        ci = _cinfo(args[0])
+        if ci != NULL and ci.generation == _generation and ci.traced:
+            if slot == 0:
+                return _none()
+            r = ts.wp
+            if ci.plain and _room_for(ts, 1):
+                _write_plain(r, K_CALL, slot, ci.index)
+                ts.wp = r + 1
+                return _none()
+    return _start_full(self, args, nargs)
+
+
+cdef PyObject* _py_start_full(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
     cdef TState* ts = _tstate()
     cdef PyThreadState* t
     cdef int slot
@@ -582,10 +643,10 @@ cdef PyObject* _c_py_start(PyObject* self, PyObject** args, Py_ssize_t nargs) no
         return _none()
     t = handit_tstate_for(ts.fast_tstate)
     slot = _current_slot(ts, t)
-    if slot == 0:
-        return _none()
     ci = _cinfo(code)
     if ci == NULL or ci.generation != _generation:
+        # decided even with no session here: excluded code is switched off whichever thread
+        # runs it first (a thread without a session, an engine kept between sessions)
         frame = PyEval_GetFrame()
         ci = _decide(code, frame)
         if ci == NULL:
@@ -593,7 +654,8 @@ cdef PyObject* _c_py_start(PyObject* self, PyObject** args, Py_ssize_t nargs) no
     if not ci.traced:
         Py_INCREF(_DISABLE)
         return <PyObject*>_DISABLE
-    _on_call(ts, t, slot, ci, NULL, K_CALL)  # keys and arguments from the interpreter frame
+    if slot != 0:
+        _on_call(ts, t, slot, ci, NULL, K_CALL)  # keys and arguments from the interpreter frame
     return _none()
 
 
@@ -617,7 +679,26 @@ cdef inline CInfo* _traced_event(PyObject* code, TState** ts_out, PyThreadState*
 
 
 cdef PyObject* _c_py_return(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
-    # PY_RETURN(code, offset, retval): the call ends with a value
+    # PY_RETURN(code, offset, retval): the call ends with a value. Fast path as PY_START's.
+    cdef TState* ts = <TState*>handit_get_tls()
+    cdef int slot = _cached_slot(ts)
+    cdef CInfo* ci
+    cdef Record* r
+    if slot == 0:
+        return _none()
+    if slot > 0 and not _capture:
+        ci = _traced(args[0])
+        if ci == NULL:
+            return _none()
+        r = ts.wp
+        if _room_for(ts, 1):
+            _write_plain(r, K_RETURN, slot, ci.index)
+            ts.wp = r + 1
+            return _none()
+    return _return_full(self, args, nargs)
+
+
+cdef PyObject* _py_return_full(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
     cdef TState* ts = NULL
     cdef PyThreadState* t = NULL
     cdef int slot = 0
@@ -663,11 +744,35 @@ cdef PyObject* _c_py_unwind(PyObject* self, PyObject** args, Py_ssize_t nargs) n
     return _none()
 
 
+# The full paths are called through pointers set at run time, so the C compiler cannot inline
+# them into the fast paths above (whose prologues would then save six registers for them).
+ctypedef PyObject* (*_callback_t)(PyObject*, PyObject**, Py_ssize_t) noexcept
+cdef _callback_t _start_full = _py_start_full
+cdef _callback_t _return_full = _py_return_full
+
+
 cdef PyObject* _c_noop(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
     return _none()
 
 
-cdef PyMethodDef _defs[7]
+cdef uint64_t _tsc_floor[4096]
+cdef uint64_t _tsc_floor_n = 0
+
+
+cdef PyObject* _c_tsc_floor(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
+    # the clock-storing floor: one TSC read stored per event, nothing else
+    global _tsc_floor_n
+    _tsc_floor[_tsc_floor_n & 4095] = handit_ticks()
+    _tsc_floor_n += 1
+    return _none()
+
+
+def tsc_floor_events():
+    """How many events ``tsc_floor_callback`` has stored a clock reading for (benchmarks check it)."""
+    return _tsc_floor_n
+
+
+cdef PyMethodDef _defs[8]
 sysmon_py_start = handit_make_fastcall(&_defs[0], _c_py_start, "sysmon_py_start", "PY_START callback")
 sysmon_py_return = handit_make_fastcall(&_defs[1], _c_py_return, "sysmon_py_return", "PY_RETURN callback")
 sysmon_py_yield = handit_make_fastcall(&_defs[2], _c_py_yield, "sysmon_py_yield", "PY_YIELD callback")
@@ -675,6 +780,8 @@ sysmon_py_resume = handit_make_fastcall(&_defs[3], _c_py_resume, "sysmon_py_resu
 sysmon_py_throw = handit_make_fastcall(&_defs[4], _c_py_throw, "sysmon_py_throw", "PY_THROW callback")
 sysmon_py_unwind = handit_make_fastcall(&_defs[5], _c_py_unwind, "sysmon_py_unwind", "PY_UNWIND callback")
 noop_callback = handit_make_fastcall(&_defs[6], _c_noop, "noop_callback", "A callback that does nothing: the benchmark floor")
+tsc_floor_callback = handit_make_fastcall(&_defs[7], _c_tsc_floor, "tsc_floor_callback",
+                                          "A callback that stores one clock reading: the clock-storing benchmark floor")
 
 
 # ---- profile-function source ------------------------------------------------------------------
@@ -743,11 +850,13 @@ cdef void _remember_unwind(TState* ts, PyFrameObject* frame) noexcept:
     # sees an exception being handled whose traceback holds the frame, the record gets its
     # type and message (_resolve_unwinds). The drain ends the wait.
     cdef Chunk* c = ts.tail
-    if c == NULL or c.n < 2 or ts.npending >= 8:
+    cdef int n
+    if c == NULL or ts.npending >= 8:
         return
-    if c.recs[c.n - 2].kind != K_UNWIND or not c.recs[c.n - 2].ext:
+    n = <int>(ts.wp - c.recs)
+    if n < 2 or c.recs[n - 2].kind != K_UNWIND or not c.recs[n - 2].ext:
         return
-    ts.pending_ext[ts.npending] = <void*>&c.recs[c.n - 1]
+    ts.pending_ext[ts.npending] = <void*>&c.recs[n - 1]
     ts.pending_frame[ts.npending] = <void*>frame
     ts.npending += 1
 
@@ -892,10 +1001,17 @@ def activate(int slot):
     _active[slot] = 1
 
 
+cdef inline void _enc_lock_holding_gil() noexcept:
+    # the GIL is let go only if the drain thread holds the lock (releasing and taking the
+    # GIL back costs more than a session's start and stop otherwise spend here)
+    if not handit_enc_trylock():
+        with nogil:
+            handit_enc_lock()
+
+
 def take_counts(int slot):
     """``(calls, exceptions, dropped)`` for ``slot`` since the last call; resets them."""
-    with nogil:
-        handit_enc_lock()  # the drain thread counts the calls it encodes
+    _enc_lock_holding_gil()  # the drain thread counts the calls it encodes
     out = (_n_calls[slot], _n_exceptions[slot], _n_dropped[slot])
     _gen_keys_free(slot)  # a new session (or none) on this slot: its keys start again
     _n_calls[slot] = 0
@@ -1008,7 +1124,7 @@ def after_fork_in_child():
     while ts != NULL:
         ts.head = NULL  # the parent's records (and their references) stay the parent's
         ts.qlast = NULL
-        ts.tail = NULL
+        _set_tail(ts, NULL)
         ts.nchunks = 0
         for i in range(ts.nout):
             free(ts.out[i].data)
@@ -1469,6 +1585,7 @@ cdef Chunk* _take_all(TState* ts) noexcept:
     # (its writer is stopped: drain() holds the GIL)
     cdef Chunk* chunk
     cdef Chunk* cur
+    _sync_tail(ts)
     handit_q_lock()
     chunk = ts.head
     cur = ts.tail
@@ -1478,7 +1595,7 @@ cdef Chunk* _take_all(TState* ts) noexcept:
         ts.qlast.next = cur
     ts.head = NULL
     ts.qlast = NULL
-    ts.tail = NULL
+    _set_tail(ts, NULL)
     ts.nchunks = 0
     handit_q_unlock()
     ts.npending = 0  # pending unwinds point into the chunks taken here
@@ -1615,6 +1732,23 @@ cdef void _free_exited_states() noexcept:
         free(gone.out)
         free(gone)
         gone = nxt
+
+
+def pending():
+    """Whether drain() has work: records, blocks encoded by the drain thread, or the state of
+    a thread that exited to free."""
+    cdef TState* ts
+    cdef bint found = False
+    _enc_lock_holding_gil()  # the drain thread may be encoding a chunk it took: its blocks count
+    handit_q_lock()
+    ts = _all_states
+    while ts != NULL and not found:
+        found = (ts.head != NULL or (ts.tail != NULL and ts.wp != ts.tail.recs) or ts.nout > 0
+                 or ts.gap_count > 0 or handit_has_exited(&ts.exited))
+        ts = ts.next_all
+    handit_q_unlock()
+    handit_enc_unlock()
+    return found
 
 
 def thread_states():

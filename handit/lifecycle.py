@@ -85,6 +85,10 @@ def stop_all(reason: str) -> None:
             sessions.stop(session)
         except Exception:
             pass
+    try:
+        sessions.release_idle()  # an engine kept for a next session (sessions.LINGER_S): none comes
+    except Exception:
+        pass
     sinks.flush_all()
 
 

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import tempfile
 import threading
 import time
-import uuid
 import warnings
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +25,41 @@ _lock = threading.RLock()
 _by_slot: dict[int, Session] = {}
 _by_id: dict[str, Session] = {}
 _next_slot = 0
-_state: dict[str, Any] = {"choice": None, "drain": None, "policy": None, "patched": None}
+_state: dict[str, Any] = {"choice": None, "drain": None, "policy": None, "patched": None, "idle_since": None}
+
+LINGER_S = 0.5
+"""After the last session stops, a sys.monitoring engine stays installed this long, idle.
+
+Installing and releasing it bumps CPython's instrumentation version, and every function
+that runs after each bump is instrumented again (callgrind, 3.12: ~135,000 instructions
+for an empty session's start and stop, the largest share of it, and more for a program
+with more code). Back-to-back sessions — one per request or per test — reuse the
+installation instead. While idle, excluded code stays switched off (DISABLE) and a
+traced function's call costs about a no-op callback. The drain thread releases the
+engine after this many seconds without a session; so do :func:`release_idle`, exit and
+fork. 0: release at the last stop.
+"""
+
+
+# Session, trace and span ids: 128 random bits from a generator seeded from os.urandom once
+# per process (and again in a forked child), not uuid4()'s os.urandom call per id (~1.5 us
+# each, three a session). Not secrets: they name sessions, unguessability is not needed.
+_ids = random.Random()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ids.seed)
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def _session_id() -> str:
+    """A random UUID (version 4 bits set) in its canonical text form."""
+    h = ((_ids.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET).to_bytes(16, "big").hex()  # 2x "%032x"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _random_hex(bits: int) -> str:
+    """``bits`` random bits as lower-case hex, never all zero (W3C trace and span ids)."""
+    return (_ids.getrandbits(bits) or 1).to_bytes(bits // 8, "big").hex()
 
 
 class SessionWarning(UserWarning):
@@ -45,7 +79,7 @@ def parse_traceparent(value: str | None) -> tuple[str, str | None, bool]:
         if m and m.group(1) != "ff" and set(m.group(2)) != {"0"} and set(m.group(3)) != {"0"}:
             return m.group(2), m.group(3), True
         warnings.warn(f"traceparent {value[:80]!r} is not a valid W3C traceparent; starting a new trace", SessionWarning, stacklevel=4)
-    return uuid.uuid4().hex, None, not value
+    return _random_hex(128), None, not value
 
 
 class Session:
@@ -62,7 +96,7 @@ class Session:
     """The id of the session this one continues in another process (:mod:`handit.propagation`)."""
 
     def __init__(self, tag: str | None, attrs: dict[str, str] | None, traceparent: str | None, config: Config) -> None:
-        self.id = str(uuid.uuid4())
+        self.id = _session_id()
         self.tag = tag
         self.attrs = {str(k): str(v) for k, v in (attrs or {}).items()}
         if self.attrs:  # redacted here, once, so every sink and Session.attrs hold the safe form
@@ -70,7 +104,7 @@ class Session:
 
             self.attrs = Redactor(config.redact, config.redact_replace, config.safe_keys).redact_mapping(self.attrs)
         self.trace_id, self.parent_span_id, _ = parse_traceparent(traceparent)
-        self.span_id = uuid.uuid4().hex[:16]
+        self.span_id = _random_hex(64)
         self.config = config
         self.parent: Session | None = None
         self.slot = 0
@@ -295,10 +329,32 @@ def _warn_once(message: str, key: str | None = None) -> None:
         warnings.warn(message, SessionWarning, stacklevel=3)
 
 
-def _install(config: Config, session: Session) -> None:
-    lifecycle.install()
+# The engine choice and the Policy of the last install, reused while the settings they come
+# from are the same (a session per request or per test would rebuild them each time:
+# ~15 us each, a third of an empty session's start and stop).
+_last_choice: list[tuple[Config, _engine.EngineChoice]] = []
+_last_policy: list[Policy] = []
+
+
+def _choose(config: Config) -> _engine.EngineChoice:
+    if _last_choice and _last_choice[0][0] is config:
+        return _last_choice[0][1]
     choice = _engine.choose(config.engine, config.source, config.require_compiled)
+    _last_choice[:] = [(config, choice)]
+    return choice
+
+
+def _policy_for(config: Config) -> Policy:
+    if _last_policy and _last_policy[0].config is config:
+        return _last_policy[0]
     policy = Policy(config, generation=0)
+    _last_policy[:] = [policy]
+    return policy
+
+
+def _install(config: Config) -> None:
+    choice = _choose(config)
+    policy = _policy_for(config)
     drain = Drain(choice.module, _route)
     drain.previewer = policy.previewer
     choice.module.install(choice.source, policy)
@@ -306,7 +362,6 @@ def _install(config: Config, session: Session) -> None:
     _internal._hooks[:] = [choice.module.mark_internal_thread]
     _patch_threads(choice.module)
     drain.start()
-    lifecycle.sessions_opened(session)
     if config.instrument_http:
         _instrument_http(config)
 
@@ -324,16 +379,42 @@ def _instrument_http(config: Config) -> None:
         _warn_once(f"handit could not instrument HTTP clients: {exc!r} (HANDIT_INSTRUMENT_HTTP=0 turns this off)")
 
 
-def _uninstall() -> None:
+def _uninstall(drained: bool = False) -> None:
+    """Release the engine; ``drained``: the caller has just drained with no session active."""
     choice, drain = _state["choice"], _state["drain"]
-    if choice is None:
+    if choice is None or drain is None:
         return
     drain.stop()
-    drain.run_once()
+    if not drained:
+        drain.run_once()
     choice.module.uninstall()
     _unpatch_threads()
-    _state.update(drain=None, policy=None)
-    lifecycle.sessions_closed()
+    _state.update(drain=None, policy=None, idle_since=None)
+
+
+def _last_stopped() -> None:
+    """No session is left: release the engine, or keep it installed for LINGER_S (see there)."""
+    drain = _state["drain"]
+    if LINGER_S > 0 and _state["choice"].source == "sysmon" and drain is not None and drain.background:
+        _state["idle_since"] = time.monotonic()
+        drain.on_idle = _release_if_idle
+        return
+    _uninstall(drained=True)
+
+
+def _release_if_idle() -> None:
+    # the drain thread, after each drain while the engine lingers
+    with _lock:
+        since = _state["idle_since"]
+        if since is not None and not _by_slot and time.monotonic() - since >= LINGER_S:
+            _uninstall()
+
+
+def release_idle() -> None:
+    """Release an engine kept installed after its last session (see LINGER_S) now."""
+    with _lock:
+        if not _by_slot:
+            _uninstall()
 
 
 def _patch_threads(engine: Any) -> None:
@@ -390,8 +471,10 @@ def _policy_changed(config: Config) -> None:
     """configure() between or during sessions: new filters take effect for new decisions."""
     with _lock:
         choice = _state["choice"]
-        if choice is not None and _by_slot:
-            policy = Policy(config, generation=0)
+        if not _by_slot:
+            _uninstall()  # an idle engine: the next session installs one under the new settings
+        elif choice is not None:
+            policy = _policy_for(config)
             choice.module.set_policy(policy)
             _state["policy"] = policy
             _state["drain"].previewer = policy.previewer
@@ -427,7 +510,13 @@ def start(tag: str | None = None, *, attrs: dict[str, str] | None = None, tracep
         raise HanditError(f"HANDIT_REQUIRE_COMPILED is set but the compiled fold is not built ({exc})") from None
     with _lock:
         if not _by_slot:
-            _install(config, session)
+            lifecycle.install()
+            if _state["drain"] is not None and _state["config"] is not config:
+                _uninstall()  # idle under other settings
+            if _state["drain"] is None:
+                _install(config)
+            _state["idle_since"] = None
+            lifecycle.sessions_opened(session)
         choice = _state["choice"]
         var = choice.module.session_var
         parent_slot = var.get()
@@ -504,7 +593,7 @@ def stop(session: Session | None = None) -> Session | None:
         choice.module.deactivate(session.slot)
         session.t1_ns = time.time_ns()
         try:
-            _state["drain"].run_once()
+            _state["drain"].run_once(if_pending=True)
         finally:
             session._fold.finish(session.t1_ns)
             calls, exceptions, dropped = choice.module.take_counts(session.slot)
@@ -522,7 +611,8 @@ def stop(session: Session | None = None) -> Session | None:
                     _warn_once(f"handit could not finish writing session {session.id}: {exc!r}", key=f"sink-end:{exc!r}")
             _tell_ancestors(session)
             if not _by_slot:
-                _uninstall()
+                lifecycle.sessions_closed()
+                _last_stopped()
     return session
 
 
@@ -592,7 +682,7 @@ def uninstall_after_fork() -> None:
             choice.module.uninstall()
         finally:
             _unpatch_threads()
-    _state.update(choice=None, drain=None, policy=None)
+    _state.update(choice=None, drain=None, policy=None, idle_since=None)
 
 
 def require_no_sessions() -> None:

@@ -104,6 +104,7 @@ def nothing_left_behind():
     leftover = session_mod.active_sessions()
     for s in leftover:
         handit.stop(s)
+    session_mod.release_idle()  # an engine kept for the next session (sessions.LINGER_S; tested on its own)
     assert not leftover, f"sessions left active: {leftover}"
     assert sys.getprofile() is before_profile, f"profile function left: {sys.getprofile()!r}"
     assert getattr(threading, "_profile_hook", None) is None, "threading profile hook left"
