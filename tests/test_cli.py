@@ -564,7 +564,7 @@ def test_show_large_trace_in_bounded_memory(tmp_path: Path, capsys: pytest.Captu
     size = path.stat().st_size
     try:
         r = subprocess.run([sys.executable, "-c", _MEASURE, sys.executable, "-m", "handit", "show", str(path), "--top", "5"],
-                           capture_output=True, env=_env(), timeout=900)
+                           capture_output=True, env=_env(), timeout=900, cwd=tmp_path)
     finally:
         path.unlink()  # pytest keeps recent temporary directories: do not leave 300 MB behind
     assert r.returncode == 0, r.stderr.decode()

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import handit
-from conftest import calls_of
+from conftest import calls_of, child_env
 from corpus import PROGRAMS, rec
 from handit.blocks import Fold, fold_type
 from handit.reader import BlockEncoder
@@ -17,7 +17,6 @@ from handit.renderers.summary import Stats
 from handit.tracefile import iter_trace, read_folds
 
 session_mod = importlib.import_module("handit.sessions")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def figures(stats: Stats) -> dict:
@@ -113,9 +112,9 @@ def test_handit_run_writes_the_fold_and_show_uses_it(tmp_path):
                       "for i in range(5):\n    try:\n        f(i)\n    except ValueError:\n        pass\n"
                       "print(sum(g()))\n")
     trace = str(tmp_path / "t.handit")
-    env = {**os.environ, "PYTHONPATH": ROOT}
+    env = child_env()
     run = subprocess.run([sys.executable, "-m", "handit", "run", "-o", trace, str(script)], env=env,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "· 7 calls · 1 exceptions ·" in run.stderr  # the exit summary, from the fold
     folds = read_folds(trace)
@@ -126,7 +125,7 @@ def test_handit_run_writes_the_fold_and_show_uses_it(tmp_path):
     from_events = Stats().feed(e for e in iter_trace(trace) if e["type"] in ("call", "return", "exception"))
     assert figures(from_fold) == figures(from_events)
     show = subprocess.run([sys.executable, "-m", "handit", "show", "--no-tree", trace], env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert show.returncode == 0, show.stderr
     assert "· 7 calls · 1 exceptions ·" in show.stdout
 
@@ -137,8 +136,8 @@ def test_the_run_summary_adds_child_processes_from_their_folds(tmp_path):
                       "if __name__ == '__main__':\n"
                       "    p = mp.get_context('fork').Process(target=work, args=(1,))\n"
                       "    p.start()\n    p.join()\n    work(2)\n")
-    env = {**os.environ, "PYTHONPATH": ROOT}
+    env = child_env()
     run = subprocess.run([sys.executable, "-m", "handit", "run", "-o", str(tmp_path / "t.handit"), str(script)],
-                         env=env, capture_output=True, text=True, timeout=120)
+                         env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "2 sessions · 3 calls" in run.stderr  # the child's work(1) came from its F frame

@@ -158,7 +158,7 @@ def test_fast_thread_state_switch(tmp_path, setting, expected):
     (tmp_path / "work.py").write_text(textwrap.dedent(WORK))
     environ, code = _fast_states(HANDIT_FAST_TSTATE=setting)
     environ["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(Path(handit.__file__).resolve().parent.parent)])
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=60)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=60, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"{[expected] * 4} 30"
 
@@ -215,7 +215,7 @@ def test_unknown_python_runs_the_pure_engine_with_one_message(tmp_path, pretend)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("HANDIT_")}
     environ.update(_HANDIT_SIMULATE_PYTHON=pretend,
                    PYTHONPATH=os.pathsep.join([str(tmp_path), str(Path(handit.__file__).resolve().parent.parent)]))
-    r = subprocess.run([sys.executable, "-c", UNKNOWN], capture_output=True, text=True, env=environ, timeout=60)
+    r = subprocess.run([sys.executable, "-c", UNKNOWN], capture_output=True, text=True, env=environ, timeout=60, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == "fallback 5"
@@ -226,7 +226,7 @@ def test_unknown_python_runs_the_pure_engine_with_one_message(tmp_path, pretend)
     assert why in warnings_seen[0]
 
     environ["HANDIT_REQUIRE_COMPILED"] = "1"
-    r = subprocess.run([sys.executable, "-c", UNKNOWN], capture_output=True, text=True, env=environ, timeout=60)
+    r = subprocess.run([sys.executable, "-c", UNKNOWN], capture_output=True, text=True, env=environ, timeout=60, cwd=tmp_path)
     assert r.returncode != 0
     assert f"HanditError: the compiled engine is required but the compiled engine cannot run on Python {pretend}" in r.stderr
 

@@ -78,12 +78,12 @@ def test_import_defines_names_only(tmp_path):
     assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
 
 
-def test_import_time_modules():
+def test_import_time_modules(tmp_path):
     """`python -X importtime -c "import handit"` lists a handful of modules."""
     r = subprocess.run([sys.executable, "-X", "importtime", "-c", "import handit"], capture_output=True, text=True,
-                       timeout=60, env=_env())
+                       timeout=60, env=_env(), cwd=tmp_path)
     baseline = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"], capture_output=True, text=True,
-                              timeout=60, env=_env())
+                              timeout=60, env=_env(), cwd=tmp_path)
     extra = len(r.stderr.splitlines()) - len(baseline.stderr.splitlines())
     assert 1 <= extra <= 3, r.stderr
 

@@ -15,8 +15,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import child_env
 
-ROOT = Path(__file__).resolve().parent.parent
 
 PROGRAM = textwrap.dedent(
     """
@@ -104,7 +104,7 @@ INTERRUPT = textwrap.dedent(
 def _run(tmp_path: Path, source: str, engine: tuple[str, str] | None) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "prog.py"
     script.write_text(source)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HANDIT_PREVIEW="repr", HANDIT_INCLUDE="__main__")
+    env = child_env(HANDIT_PREVIEW="repr", HANDIT_INCLUDE="__main__")
     env.pop("HANDIT_ENGINE", None)
     if engine is not None:
         env.update(TRACED="1", HANDIT_ENGINE=engine[0], HANDIT_SOURCE=engine[1])

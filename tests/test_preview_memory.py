@@ -18,8 +18,8 @@ import weakref
 from pathlib import Path
 
 import handit
+from conftest import child_env
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class Arg:
@@ -143,7 +143,7 @@ BIG_STRINGS = textwrap.dedent(
 def _peak_rss_kib(tmp_path: Path, engine: tuple[str, str] | None) -> int:
     script = tmp_path / "big.py"
     script.write_text(BIG_STRINGS)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HANDIT_INCLUDE="__main__")
+    env = child_env(HANDIT_INCLUDE="__main__")
     env.pop("HANDIT_ENGINE", None)
     if engine is not None:
         env.update(TRACED="1", HANDIT_ENGINE=engine[0], HANDIT_SOURCE=engine[1])
