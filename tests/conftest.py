@@ -54,11 +54,11 @@ ENGINE_PARAMS = engine_params()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``slow`` (hundreds of MB written and read) run where HANDIT_SLOW_TESTS=1:
+    """Tests marked ``slow`` (hundreds of MB written and read) run where SLOW_TESTS=1:
     CI sets it for one pass of one Python, so they run once per CI run, not eight times."""
-    if os.environ.get("HANDIT_SLOW_TESTS") == "1":
+    if os.environ.get("SLOW_TESTS") == "1":
         return
-    skip = pytest.mark.skip(reason="slow: runs once per CI run (set HANDIT_SLOW_TESTS=1 to run it)")
+    skip = pytest.mark.skip(reason="slow: runs once per CI run (set SLOW_TESTS=1 to run it)")
     for item in items:
         if item.get_closest_marker("slow"):
             item.add_marker(skip)
