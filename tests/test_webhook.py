@@ -369,7 +369,8 @@ def test_exit_without_close_keeps_every_event(spool: Path, make_exporter: Any, s
     assert "Traceback" not in child.stderr and "Exception ignored" not in child.stderr, child.stderr
     # A probe of the dead endpoint may have been merging files when the exit stopped waiting:
     # they are then still claimed, and the next process sends them alone. A batch whose spool
-    # write was slow may be spooled twice, under one id (the receiver drops the second).
+    # write was slow may be spooled twice, under one id: a merge keeps one copy, a lone resend
+    # is dropped by the receiver (exactly once below).
     assert {e["seq"] for e in spool_events(spool)} == set(range(60))
     with server.start():
         exporter = make_exporter(url)

@@ -195,10 +195,19 @@ class Spool:
         if not _mergeable(original, name):
             return first
         members = [first]
+        ids = {first.batch_id}
         size = len(first.body)
         for original, name in candidates[index + 1:]:
             if len(members) >= _MERGE_MAX_FILES or size >= self.merge_bytes:
                 break
+            spooled = _SPOOL_NAME.match(original)
+            if spooled is not None and spooled.group(2) in ids and _mergeable(original, name):
+                # a second copy of a batch already in this merge (an exit wrote a batch the
+                # sender was still spooling): merged under a new id it would be delivered twice
+                copy = self._take(original, name)
+                if copy is not None:
+                    self.finish(copy)
+                continue
             try:
                 if not _mergeable(original, name) or size + os.stat(os.path.join(directory, name)).st_size > self.merge_bytes:
                     continue
@@ -207,6 +216,7 @@ class Spool:
             member = self._take(original, name)
             if member is not None:
                 members.append(member)
+                ids.add(member.batch_id)
                 size += len(member.body)
         return self._merge(members) if len(members) > 1 else first
 
