@@ -29,15 +29,30 @@ def _env(engine: tuple[str, str] | None = None, **extra: str) -> dict[str, str]:
     return env
 
 
+# The programs start with SIGHUP at its default, as from a terminal, whatever the test run
+# inherited (nohup, some CI runners: SIGHUP ignored, where handit rightly installs nothing).
+_DEFAULT_SIGHUP = "import signal as _signal\n_signal.signal(_signal.SIGHUP, _signal.SIG_DFL)\n"
+
+
 def _program(tmp_path, code: str) -> str:
     path = tmp_path / "prog.py"
-    path.write_text(textwrap.dedent(code))
+    path.write_text(_DEFAULT_SIGHUP + textwrap.dedent(code))
     return str(path)
 
 
 def _run(tmp_path, code: str, engine=None, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, _program(tmp_path, code)], capture_output=True, text=True,
                           timeout=120, cwd=tmp_path, env=_env(engine), **kw)
+
+
+def _communicate(proc: subprocess.Popen, timeout: float = 60) -> tuple[str, str]:
+    """The program's output once it ended; killed (and the test failed) if it does not end."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"the program did not end within {timeout} s: {err[-2000:]}")
 
 
 def _events(path) -> list[dict]:
@@ -195,7 +210,7 @@ def _slow(tmp_path, engine, before="", after="", in_loop="pass"):
     proc = subprocess.Popen([sys.executable, _program(tmp_path, code)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=tmp_path, env=_env(engine))
     if proc.stdout.readline() != "ready\n":
-        _, err = proc.communicate(timeout=60)
+        _, err = _communicate(proc)
         pytest.fail(f"the program did not start: {err}")
     return proc, trace
 
@@ -219,7 +234,7 @@ def test_signal_writes_every_session_then_dies_of_it(tmp_path, engine, signame):
     proc, trace = _slow(tmp_path, engine)
     time.sleep(0.3)
     proc.send_signal(signum)
-    _, err = proc.communicate(timeout=60)
+    _, err = _communicate(proc)
     assert proc.returncode == -signum, err
     end, _ = _one_whole_session(trace)
     assert end["reason"] == f"signal {signame}"
@@ -234,7 +249,7 @@ def test_programs_own_handler_is_kept(tmp_path, engine):
         sys.exit(3)
     signal.signal(signal.SIGTERM, bye)""")
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    out, err = _communicate(proc)
     assert proc.returncode == 3, err
     assert out == f"handled {int(signal.SIGTERM)}\n"
     end, _ = _one_whole_session(trace)
@@ -256,7 +271,7 @@ def test_handler_installed_after_handit_and_one_that_returns(tmp_path, engine):
     assert proc.stdout.readline() == "reloaded\n"
     time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    _, err = _communicate(proc)
     assert proc.returncode == 4, err
     _one_whole_session(trace)
 
@@ -269,7 +284,7 @@ def test_chained_handler_that_returns_keeps_recording(tmp_path, engine):
     signal.signal(signal.SIGHUP, reload)""", in_loop="""if i == 400:
                 sys.exit(0)""")
     proc.send_signal(signal.SIGHUP)
-    out, err = proc.communicate(timeout=60)
+    out, err = _communicate(proc)
     assert proc.returncode == 0, err
     assert out == "reloaded\n"
     _, calls = _one_whole_session(trace)
