@@ -210,8 +210,7 @@ class HttpCall:
         try:
             return fn(*args, **kwargs)
         except BaseException as exc:
-            if not isinstance(exc, self.answers):
-                self.finish(error=exc)
+            self._failed(exc)
             raise
         finally:
             self.leave()
@@ -222,11 +221,15 @@ class HttpCall:
         try:
             return await fn(*args, **kwargs)
         except BaseException as exc:
-            if not isinstance(exc, self.answers):
-                self.finish(error=exc)
+            self._failed(exc)
             raise
         finally:
             self.leave()
+
+    def _failed(self, exc: BaseException) -> None:
+        # an exception that is not an answer (an HTTPError is one) ends the exchange with it
+        if not isinstance(exc, self.answers):
+            self.finish(error=exc)
 
     def finish(self, status: int = 0, headers: Any = None, error: BaseException | str | None = None,
                body: bytes | None = None, redirects: int = 0) -> None:
