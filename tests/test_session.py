@@ -183,6 +183,27 @@ def test_long_session_spills_to_disk(engine):
     assert s.stats["calls"] == 200 * 21
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_spill_file_is_private_and_nameless(engine, tmp_path, monkeypatch):
+    """With no file sink, a session past HANDIT_MAX_SESSION_MEMORY spills to a temporary file:
+    created 0600 whatever the umask, with no name left in the directory (docs/sessions.md)."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    handit.configure(max_session_memory=4096, capture="args")
+    old = os.umask(0)
+    try:
+        with handit.session("long") as s:
+            for _ in range(100):
+                rec(20)
+        assert s._spill is not None and not s._sinks
+        assert stat.S_IMODE(os.fstat(s._spill.fileno()).st_mode) == 0o600
+        assert os.listdir(tmp_path) == []
+    finally:
+        os.umask(old)
+    assert len(calls_of(s.events, "rec")) == 100 * 21
+
+
 def test_summary_names_the_busiest_function(engine):
     with handit.session("sum") as s:
         rec(10)
