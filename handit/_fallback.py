@@ -194,8 +194,9 @@ def _fail(exc: BaseException) -> None:
         warnings.warn(f"handit stopped tracing after an internal error: {exc!r}", RuntimeWarning, stacklevel=2)
 
 
-# At the recursion limit a callback of this engine (itself a Python call) cannot make even
-# one more call: its event is lost. The except clauses count it inline (attribute stores
+# Past the recursion window's margin (see _LIMIT_MARGIN below), or where no window could be
+# opened, a callback of this engine (itself a Python call) cannot make even one more call:
+# its event is lost. The except clauses count it inline (attribute stores
 # only) in the thread's buffer, as a gap that the thread's next record places in its session
 # (issue 10.8). CPython removes a profile function that fails, so the setprofile source
 # puts it back: PY310 lets a trace function armed near the limit fail in its place (the
@@ -244,6 +245,92 @@ def _rearm_after_limit(warn: bool) -> None:
 
 
 _rearmed = False
+
+
+# The recursion window (issue 10.8). A Python callback is a frame of its own, counted against
+# the program's recursion limit: at the program's deepest allowed frame (depth L) its
+# callback would need depth L+1 and could not even start, so the program's recursion would
+# end one frame sooner, and nothing pure Python can lower the limit again between that
+# callback and the program's next call (sys.setrecursionlimit refuses a limit at or below
+# the current depth). So when a callback first runs out of stack (its own nested calls fail
+# near the limit), it raises the limit by _LIMIT_MARGIN frames and does its event again;
+# while this window is open, handit refuses, as CPython would have, a new frame deeper than
+# the program's limit L (a RecursionError with CPython's message, raised before the frame's
+# first line: by _limit_guard, the thread's trace function, on the setprofile source, by
+# sysmon_py_start on sys.monitoring); the window closes once a callback runs at least
+# _LIMIT_MARGIN frames below L, and at uninstall. Meanwhile sys.getrecursionlimit() reads
+# L + _LIMIT_MARGIN; a limit the program sets then is kept and ends the window.
+_LIMIT_MARGIN = 50
+_user_limit = 0  # while the window is open: the program's recursion limit (0: closed)
+_LIMIT_MESSAGE = "maximum recursion depth exceeded"
+# before 3.12 the call of a builtin (sys.setrecursionlimit here) counts as a level of its own
+_C_CALL_DEPTH = 0 if PY312 else 1
+
+
+def _window_opened() -> None:
+    """Note the window open, once a callback has raised the limit by _LIMIT_MARGIN (inline)."""
+    global _user_limit
+    if not _user_limit:  # (unless another thread, between that and this, opened it too)
+        _user_limit = sys.getrecursionlimit() - _LIMIT_MARGIN
+
+
+def _past_limit(up: int) -> bool:
+    """While the window is open: whether the frame ``up`` frames above this call is deeper than
+    the program's limit (it must be refused). Closes the window when the stack is far below it."""
+    global _user_limit
+    limit = _user_limit
+    if not limit:
+        return False
+    try:
+        sys.setrecursionlimit(1)  # always refused; the message gives this frame's depth
+        return False
+    except RecursionError as exc:
+        depth = int(str(exc).rpartition("depth ")[2].partition(":")[0]) - up - _C_CALL_DEPTH
+    except ValueError:
+        return False
+    if sys.getrecursionlimit() != limit + _LIMIT_MARGIN:  # the program set a limit of its own
+        _user_limit = 0
+        return False
+    if depth > limit:
+        return True
+    if depth < limit - _LIMIT_MARGIN:
+        _close_window()
+    return False
+
+
+def _close_window() -> None:
+    """Give the program its own limit back (refused only when called deeper than it)."""
+    global _user_limit
+    limit = _user_limit
+    if limit:
+        if sys.getrecursionlimit() == limit + _LIMIT_MARGIN:
+            try:
+                sys.setrecursionlimit(limit)
+            except RecursionError:
+                return  # still too deep for it: a later callback closes the window
+        _user_limit = 0
+    if sys.gettrace() is _limit_guard:
+        sys.settrace(None)
+
+
+def _guard_thread() -> None:
+    if not getattr(_tls, "internal", False):
+        sys.settrace(_limit_guard)
+
+
+def _limit_guard(frame: Any, event: str, arg: Any) -> None:
+    """Setprofile source, while the window is open: the thread's trace function. CPython calls
+    it before the profile function for each new frame; a frame past the program's limit is
+    refused here, and CPython then removes this function (put back at the next event), never
+    the profile function."""
+    if not _user_limit:  # the window closed (on another thread): this thread needs no guard
+        sys.settrace(None)
+    elif event == "call" and _past_limit(2):
+        if PY311:  # PY311+: the refused frame still gets a "return" event, not to be recorded
+            buf = getattr(_tls, "buffer", None)
+            if buf is not None and _traced(frame.f_code) is not None:
+                buf.skip += 1
+        raise RecursionError(_LIMIT_MESSAGE)
 
 
 # ---- per-code decisions -------------------------------------------------------------------
@@ -358,6 +445,8 @@ def _on_return(buf: _ThreadBuffer, slot: int, info: CodeInfo, kind: int, value: 
         try:
             aux = _value(buf, value)
         except RecursionError:  # at the limit: the exit is recorded without its value
+            if not _user_limit:
+                raise  # the callback opens the recursion window and calls again
             aux = NO_VALUE
         finally:
             buf.busy = False
@@ -373,6 +462,8 @@ def _on_unwind(buf: _ThreadBuffer, slot: int, info: CodeInfo, exc: Any, key: int
     try:
         text = _exception_text(buf, exc) if exc is not None else ("<unknown>", "")
     except RecursionError:  # at the limit the message cannot be made: the type is read in place
+        if not _user_limit:
+            raise  # the callback opens the recursion window and calls again
         text = (exc.__class__.__qualname__, "")
     finally:
         buf.busy = False
@@ -398,10 +489,24 @@ def _current(code: Any) -> tuple[_ThreadBuffer, int] | None:
 
 def sysmon_py_start(code: Any, offset: int) -> Any:
     """PY_START: decide the code once; record a call (DISABLE for excluded code)."""
+    if _user_limit and _past_limit(2):  # the recursion window is open (see _LIMIT_MARGIN)
+        _refuse(code)
+        raise RecursionError(_LIMIT_MESSAGE)
     try:
         return _started(code, CALL)
-    except RecursionError:  # too near the recursion limit to enter it: the event and its pair are lost
-        return None
+    except RecursionError:
+        if not _user_limit:  # near the recursion limit: open the window (inline: no call fits yet)
+            sys.setrecursionlimit(sys.getrecursionlimit() + _LIMIT_MARGIN)
+            _window_opened()
+            return _started(code, CALL)
+        return None  # open already: the event and its pair are lost, and counted (_started)
+
+
+def _refuse(code: Any) -> None:
+    """A frame refused at the program's limit unwinds at once: its PY_UNWIND is not recorded."""
+    t = _traced(code)
+    if t is not None:
+        t[0].skip += 1
 
 
 def _started(code: Any, kind: int) -> Any:
@@ -427,6 +532,8 @@ def _started(code: Any, kind: int) -> Any:
             key = id(sys._getframe(2))
         _on_call(buf, slot, info, frame, kind, key)
     except RecursionError:  # at the recursion limit, where not even a call can be made
+        if not _user_limit and kind == CALL:
+            raise  # sysmon_py_start opens the recursion window and calls again
         if buf is not None and info is not None:
             buf.skip += 1  # its exit is not recorded either
             buf.lost_calls += 1
@@ -458,7 +565,11 @@ def sysmon_py_return(code: Any, offset: int, retval: Any) -> Any:
     """PY_RETURN: the call ends with a value."""
     try:
         return _ended(code, RETURN, retval)
-    except RecursionError:  # too near the recursion limit to enter it: the event and its pair are lost
+    except RecursionError:
+        if not _user_limit:  # near the recursion limit: open the window (inline: no call fits yet)
+            sys.setrecursionlimit(sys.getrecursionlimit() + _LIMIT_MARGIN)
+            _window_opened()
+            return _ended(code, RETURN, retval)
         return None
 
 
@@ -466,7 +577,11 @@ def sysmon_py_yield(code: Any, offset: int, retval: Any) -> Any:
     """PY_YIELD: a generator or coroutine is suspended."""
     try:
         return _ended(code, YIELD, None)
-    except RecursionError:  # too near the recursion limit to enter it: the event and its pair are lost
+    except RecursionError:
+        if not _user_limit:  # near the recursion limit: open the window (inline: no call fits yet)
+            sys.setrecursionlimit(sys.getrecursionlimit() + _LIMIT_MARGIN)
+            _window_opened()
+            return _ended(code, YIELD, None)
         return None
 
 
@@ -490,7 +605,11 @@ def sysmon_py_unwind(code: Any, offset: int, exc: Any) -> Any:
     """PY_UNWIND: the call ends with an exception."""
     try:
         return _ended(code, UNWIND, exc)
-    except RecursionError:  # too near the recursion limit to enter it: the event and its pair are lost
+    except RecursionError:
+        if not _user_limit:  # near the recursion limit: open the window (inline: no call fits yet)
+            sys.setrecursionlimit(sys.getrecursionlimit() + _LIMIT_MARGIN)
+            _window_opened()
+            return _ended(code, UNWIND, exc)
         return None
 
 
@@ -511,6 +630,8 @@ def _ended(code: Any, kind: int, value: Any) -> None:
             else:
                 _on_return(t[0], t[1], t[2], RETURN, value, id(sys._getframe(2)) if t[2].suspendable else 0)
     except RecursionError:  # at the recursion limit, where not even a call can be made
+        if not _user_limit:
+            raise  # the callback opens the recursion window and calls again
         # (failing before the code is known mirrors a call that failed as early: neither is kept)
         if t is not None:
             if t[0].skip:  # the exit of a call lost here too
@@ -536,6 +657,8 @@ def profile_callback(frame: Any, event: str, arg: Any) -> None:
             # left behind on a thread uninstall() could not reach (before 3.12): remove itself
             sys.setprofile(None)
             return
+        if _user_limit and sys.gettrace() is None:  # the recursion window is open: guard this thread
+            _guard_thread()
         buf = getattr(_tls, "buffer", None)
         if buf is not None and buf.pending and not buf.busy:
             _resolve_unwinds(buf)
@@ -587,6 +710,10 @@ def profile_callback(frame: Any, event: str, arg: Any) -> None:
             except RecursionError:
                 pass
     except RecursionError:  # at the recursion limit, where not even a call can be made (see _limit_hit)
+        if not _user_limit:  # near the recursion limit: open the window (inline: no call fits yet)
+            sys.setrecursionlimit(sys.getrecursionlimit() + _LIMIT_MARGIN)
+            _window_opened()
+            return profile_callback(frame, event, arg)  # the event again, with room for it
         _limit_hit = True
         try:
             b = _tls.buffer
@@ -695,6 +822,7 @@ def ensure_thread() -> None:
 def uninstall() -> None:
     """Stop delivering events; leave no callback, local event or disabled location behind."""
     global _source, _tool_id
+    _close_window()
     if _source == "sysmon" and _tool_id is not None:
         release_sysmon(_tool_id, _local_codes)
     elif _source == "setprofile":
@@ -748,6 +876,8 @@ def take_counts(slot: int) -> tuple[int, int, int]:
 def deactivate(slot: int) -> None:
     """Drop records for ``slot`` from now on (work outliving its session)."""
     _active.discard(slot)
+    if not _active:
+        _close_window()
     _rearm_after_limit(warn=True)
 
 
