@@ -20,8 +20,19 @@ PY312 = sys.version_info >= (3, 12)
 HANDIT_HOME = os.path.dirname(os.path.dirname(os.path.abspath(handit.__file__)))
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment for a Python child process that must run the handit under test."""
+_children_started: list[int] = []  # child_env() calls, for the pass check (engine_dependent)
+
+
+def child_env(*, traced: bool = True, **extra: str) -> dict[str, str]:
+    """The environment for a Python child process that must run the handit under test.
+
+    Args:
+        traced: the child may record (start a session, ``handit run``): the test depends on the
+            engine and must say so (the ``engine`` fixture or ``@pytest.mark.engine_dependent``).
+            False for a child that only uses an exporter or the reader.
+    """
+    if traced:
+        _children_started.append(1)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([HANDIT_HOME, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(extra)
@@ -53,15 +64,53 @@ def engine_params() -> list:
 ENGINE_PARAMS = engine_params()
 
 
+PURE_PASS = os.environ.get("HANDIT_ENGINE") == "fallback"
+
+
+def _depends_on_engine(item: pytest.Item) -> bool:
+    """The test runs an engine: through the ``engine`` fixture, or (marked) in a session with the
+    run's default engine or in a child process."""
+    return "engine" in getattr(item, "fixturenames", ()) or item.get_closest_marker("engine_dependent") is not None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``slow`` (hundreds of MB written and read) run where SLOW_TESTS=1:
-    CI sets it for one pass of one Python, so they run once per CI run, not eight times."""
+    """Two selections.
+
+    - Tests marked ``slow`` (hundreds of MB written and read) run where SLOW_TESTS=1: CI sets it
+      for one pass of one Python, so they run once per CI run, not eight times.
+    - The pure-Python pass (HANDIT_ENGINE=fallback, CI's second pass) runs only the tests whose
+      outcome can depend on the engine; the others (reader, config, exporters, renderers...)
+      ran in the first pass and would run the same code again. The first pass checks that
+      each of those really runs no engine (``engine_use_is_declared``).
+    """
+    if PURE_PASS:
+        kept = [item for item in items if _depends_on_engine(item)]
+        if len(kept) < len(items):
+            config.hook.pytest_deselected(items=[item for item in items if not _depends_on_engine(item)])
+            items[:] = kept
     if os.environ.get("SLOW_TESTS") == "1":
         return
     skip = pytest.mark.skip(reason="slow: runs once per CI run (set SLOW_TESTS=1 to run it)")
     for item in items:
         if item.get_closest_marker("slow"):
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def engine_use_is_declared(request: pytest.FixtureRequest):
+    """Fail a test that runs an engine without saying so: the pure-Python pass would leave it out.
+
+    Seen here: a session started in this process, or a child process given ``child_env()``.
+    """
+    if _depends_on_engine(request.node):
+        yield
+        return
+    slot = session_mod._next_slot
+    del _children_started[:]
+    yield
+    assert session_mod._next_slot == slot and not _children_started, (
+        "this test runs handit's engine (a session, or a child process that may trace) but takes no "
+        "`engine` fixture and is not marked engine_dependent, so the pure-Python pass would skip it")
 
 
 @pytest.fixture(params=ENGINE_PARAMS)

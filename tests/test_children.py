@@ -16,6 +16,8 @@ from conftest import child_env
 import handit
 from handit.tracefile import iter_events
 
+pytestmark = pytest.mark.engine_dependent  # its tests run an engine outside the `engine` fixture
+
 REPO_PTH = Path(handit.__file__).resolve().parent.parent / "handit.pth"
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 

@@ -19,6 +19,8 @@ from conftest import child_env
 from handit.reader import BlockEncoder
 from handit.tracefile import TraceFileWriter, detect_format, read_trace
 
+pytestmark = pytest.mark.engine_dependent  # its tests run an engine outside the `engine` fixture
+
 ROOT = Path(__file__).resolve().parents[1]
 AGENT = ROOT / "examples" / "agent.py"
 # The profile-function source (the only one before 3.12) learns an exception's type only

@@ -16,6 +16,8 @@ from handit.reader import BlockEncoder
 from handit.renderers.summary import Stats
 from handit.tracefile import iter_trace, read_folds
 
+pytestmark = pytest.mark.engine_dependent  # its tests run an engine outside the `engine` fixture
+
 session_mod = importlib.import_module("handit.sessions")
 
 

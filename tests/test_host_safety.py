@@ -13,6 +13,8 @@ import pytest
 
 import handit
 
+pytestmark = pytest.mark.engine_dependent  # its tests run an engine outside the `engine` fixture
+
 PY312 = sys.version_info >= (3, 12)
 
 HOST_C = r"""

@@ -22,6 +22,8 @@ from handit.tracefile import iter_trace
 
 from http_servers import BIG_TEXT, BINARY, Server, refused_port, instrumented, server  # noqa: F401 (fixtures)
 
+pytestmark = pytest.mark.engine_dependent  # its tests run an engine outside the `engine` fixture
+
 
 
 def _requests(url: str, **kw: Any) -> tuple[int, bytes]:

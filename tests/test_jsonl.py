@@ -158,7 +158,7 @@ def test_processes_appending_to_one_file(tmp_path: Path, buffer_bytes: int) -> N
     children = [
         subprocess.Popen(
             [sys.executable, "-c", APPENDER, str(path), str(p), str(count), str(buffer_bytes), str(start_at)],
-            env=child_env(), cwd=tmp_path,
+            env=child_env(traced=False), cwd=tmp_path,
         )
         for p in range(procs)
     ]

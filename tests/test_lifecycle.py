@@ -15,6 +15,8 @@ from conftest import child_env
 
 from handit.tracefile import iter_events
 
+pytestmark = pytest.mark.engine_dependent  # its tests run an engine outside the `engine` fixture
+
 POSIX = os.name == "posix"
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 needs_posix = pytest.mark.skipif(not POSIX, reason="POSIX signals")

@@ -15,6 +15,8 @@ import handit
 
 from http_servers import Server, instrumented, server  # noqa: F401 (fixtures)
 
+pytestmark = pytest.mark.engine_dependent  # its tests run an engine outside the `engine` fixture
+
 
 
 def _llm(session: handit.Session) -> list[dict[str, Any]]:

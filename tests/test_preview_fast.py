@@ -15,6 +15,8 @@ from handit.preview import Previewer, register_preview, unregister_preview
 from handit.redact import Redactor
 from secrets_corpus import HARMLESS, SECRETS
 
+pytestmark = pytest.mark.engine_dependent  # its tests run an engine outside the `engine` fixture
+
 FAST = [None, True, False, 0, 5, -3, 10**12 - 1, -(10**12) + 1, 2.5, -0.0, 1e-300, 999999999999.5, float("nan"), "", "x", "abc def", "it's", '"q"', "tab", "GET", "~!@#$%^", "eleven char", "back\\slash"]
 
 

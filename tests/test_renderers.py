@@ -130,6 +130,7 @@ def test_render_summary_text() -> None:
     assert "2 records dropped" in text
 
 
+@pytest.mark.engine_dependent
 def test_session_summary_uses_the_renderer() -> None:
     def traced_helper(x: int) -> int:
         return x + 1

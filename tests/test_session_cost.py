@@ -16,6 +16,8 @@ import handit
 
 from conftest import PY312, child_env
 
+pytestmark = pytest.mark.engine_dependent  # its tests run an engine outside the `engine` fixture
+
 sessions = importlib.import_module("handit.sessions")
 
 

@@ -124,7 +124,7 @@ LIMITED = textwrap.dedent(
 
 def _limited(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """``python -m ARGS`` with at most 1 GB of address space."""
-    return subprocess.run([sys.executable, "-c", LIMITED, "-m", *args], cwd=cwd, env=child_env(),
+    return subprocess.run([sys.executable, "-c", LIMITED, "-m", *args], cwd=cwd, env=child_env(traced=False),
                           capture_output=True, text=True, timeout=120)
 
 
@@ -320,7 +320,7 @@ def test_fuzz_mutated_trace_files(tmp_path: Path) -> None:
     base = tmp_path / "base.handit"
     _sample(base, sessions=2)
     r = subprocess.run([sys.executable, "-c", FUZZ, str(base), str(tmp_path / "work.handit"), "20261129", "2100"],
-                       env=child_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+                       env=child_env(traced=False), cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
     worst, seen = out["worst"], out["seen"]

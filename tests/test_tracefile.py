@@ -325,7 +325,7 @@ APPENDER = textwrap.dedent(
 def test_processes_appending_to_one_file(tmp_path: Path, buffer_bytes: int) -> None:
     path = tmp_path / "shared.handit"
     procs, calls = 4, 2000
-    env = child_env()
+    env = child_env(traced=False)  # the writer alone
     start_at = time.time() + 1.0
     children = [
         subprocess.Popen(
@@ -393,7 +393,7 @@ def test_streaming_a_200mb_file_in_bounded_memory(tmp_path: Path) -> None:
     assert size >= 200 * 1024 * 1024
     result = subprocess.run(
         [sys.executable, "-c", STREAM_READER, str(path)],
-        env=child_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300, check=True,
+        env=child_env(traced=False), cwd=tmp_path, capture_output=True, text=True, timeout=300, check=True,
     )
     out = json.loads(result.stdout)
     assert out["counts"] == {"session_start": 1, "call": blocks * calls_per_block, "return": blocks * calls_per_block, "session_end": 1}
