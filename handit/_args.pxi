@@ -97,11 +97,11 @@ cdef inline bint _holds_blob(uint8_t kind) noexcept nogil:
 cdef inline void _free_aux(uint8_t kind, PyObject* aux) noexcept:
     if _holds_blob(kind):
         free(aux)
-    else:
+    elif kind != K_PAUSE:  # a pause's aux is a count of clock ticks
         Py_XDECREF(aux)
 
 
-cdef inline int _put_blob(OutBuf* b, PyObject* blob) noexcept:
+cdef inline int _put_blob(OutBuf* b, PyObject* blob) noexcept nogil:
     # a blob's bytes appended to a block; frees the blob. 0, or -1 when memory runs out
     cdef uint32_t n
     memcpy(&n, blob, 4)

@@ -426,6 +426,11 @@ cdef class Fold:
                     else:
                         self.pool[e].susp += ts - self.pool[e].tsusp
                     self._push(t, e)
+                elif kind == 8:  # PAUSE: the generator on top was suspended this long, and runs again
+                    if _varint(d, &pos, end, &key) < 0 or _varint(d, &pos, end, &n) < 0:
+                        raise IndexError
+                    if t.n and self.pool[t.stack[t.n - 1]].key == key:
+                        self.pool[t.stack[t.n - 1]].susp += <int64_t>n
                 elif kind == 7:  # GAP: records were dropped here; what was open cannot be matched
                     if _varint(d, &pos, end, &n) < 0:
                         raise IndexError

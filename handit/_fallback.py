@@ -12,13 +12,13 @@ import warnings
 import weakref
 from contextvars import ContextVar
 from time import perf_counter_ns
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ._engine import claim_sysmon, release_sysmon
 from ._policy import ARGS, EXIT_RETURN, EXIT_YIELD, CodeInfo, Policy, exit_kinds, first_yield_unit, module_of
 from .preview import _type_name as type_name
 from .records import (
-    BLOCK_BYTES, CALL, GAP, NO_VALUE, RESUME, RETURN, THROW, UNWIND, YIELD, GenKeys, Rendered, put_string, put_varint,
+    BLOCK_BYTES, CALL, GAP, NO_VALUE, PAUSE, RESUME, RETURN, THROW, UNWIND, YIELD, GenKeys, Rendered, put_string, put_varint,
 )
 
 __all__ = [
@@ -912,6 +912,42 @@ def thread_states() -> int:
         return len(_buffers)
 
 
+def _fold_pauses(records: list[tuple[int, int, int, int, Any, int]]) -> Iterator[tuple[int, int, int, int, Any, int]]:
+    """The records with each YIELD followed at once by the same generator's RESUME folded into a
+    PAUSE (the compiled engine folds them as it records): a PAUSE's ``ts`` is its last resume,
+    its ``aux`` the time suspended (this engine's ticks are ns), summed over the pairs folded."""
+    held = None  # a YIELD not yet written: the next record may be its RESUME
+    paused = None  # a PAUSE not yet written: further pairs of its generator add to it
+    for rec in records:
+        kind = rec[0]
+        if held is not None:
+            if kind == RESUME and rec[5] == held[5] and rec[1] == held[1]:
+                if paused is not None and paused[5] == held[5] and paused[1] == held[1]:
+                    paused = (PAUSE, rec[1], rec[2], rec[3], paused[4] + rec[3] - held[3], rec[5])
+                else:
+                    if paused is not None:
+                        yield paused
+                    paused = (PAUSE, rec[1], rec[2], rec[3], rec[3] - held[3], rec[5])
+                held = None
+                continue
+            if paused is not None:
+                yield paused
+                paused = None
+            yield held
+            held = None
+        if kind == YIELD:
+            held = rec
+            continue
+        if paused is not None:
+            yield paused
+            paused = None
+        yield rec
+    if paused is not None:
+        yield paused
+    if held is not None:
+        yield held
+
+
 def _collect() -> list[tuple[int, list[tuple[int, int, int, int, Any, int]]]]:
     """Take every thread's pending records, oldest first per thread."""
     out = []
@@ -1021,7 +1057,7 @@ def drain(calibration: Any, previewer: Any) -> list[tuple[int, bytes]]:
     to_ns = calibration.to_epoch_ns
     for ident, records in _collect():
         blocks: dict[int, tuple[bytearray, list[int]]] = {}
-        for kind, slot, code, ts, aux, key in records:
+        for kind, slot, code, ts, aux, key in _fold_pauses(records):
             t = to_ns(ts)
             if key and kind != GAP:  # a generator's frame: written as its small key
                 keys = _gen_keys.get(slot)
@@ -1076,6 +1112,8 @@ def drain(calibration: Any, previewer: Any) -> list[tuple[int, bytes]]:
                 buf.append(tag)
                 put_varint(buf, (dts << 1) ^ (dts >> 63))
                 put_varint(buf, key)
+                if kind == PAUSE:
+                    put_varint(buf, aux)
             if len(buf) >= BLOCK_BYTES:  # cut: the next record of this slot starts a new block
                 out.append((slot, bytes(buf)))
                 del blocks[slot]

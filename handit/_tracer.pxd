@@ -10,6 +10,7 @@ cdef enum:
     K_RESUME = 5
     K_THROW = 6
     K_GAP = 7
+    K_PAUSE = 8   # a yield and the resume right after it, folded: aux = ticks suspended
 
 cdef enum:
     CHUNK_RECORDS = 16384

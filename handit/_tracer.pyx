@@ -12,7 +12,7 @@ The pure-Python twin is ``handit._fallback``; both keep the same names.
 cimport cython
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_DECREF, Py_XDECREF
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, uintptr_t
 from libc.stdlib cimport malloc, calloc, free, realloc
 from libc.string cimport memcmp, memcpy, memset, strlen
 
@@ -379,7 +379,8 @@ cdef void _record(TState* ts, uint8_t kind, int slot, uint32_t code, PyObject* a
     r.slot = <uint16_t>slot
     r.ext = need - 1
     if need == 2:
-        ts.tail.has_ext = 1
+        if kind == K_UNWIND:  # its text is a Python object: encoded by drain(), with the GIL
+            ts.tail.has_ext = 1
         e = <RecordExt*>(r + 1)
         e.aux = aux
         e.key = key
@@ -563,9 +564,50 @@ cdef inline void _on_call(TState* ts, PyThreadState* t, int slot, CInfo* ci, PyF
         iframe = handit_current_iframe(t)
     if ci.suspendable:
         key = <uint64_t>frame if frame != NULL else <uint64_t>iframe
+        if kind == K_RESUME:
+            _on_resume(ts, slot, ci, key)
+            return
     if want_args:
         aux = _args(ts, ci, frame, iframe)
     _record(ts, kind, slot, ci.index, aux, key)
+
+
+cdef inline bint _is_suspend(Record* r, uint8_t kind, int slot, uint64_t key) noexcept:
+    return r.kind == kind and r.ext and r.slot == slot and (<RecordExt*>(r + 1)).key == key
+
+
+cdef void _on_resume(TState* ts, int slot, CInfo* ci, uint64_t key) noexcept:
+    # never raises. A generator resumed right after its own yield, nothing traced having run
+    # while it was suspended (an untraced consumer: a for loop, list(), sum()), has the pair
+    # folded into one PAUSE record holding the time suspended, and later such pairs added to
+    # it: a generator yielding a million items to an untraced loop costs one record, not two
+    # million (more-itertools' suite: 213 M of its records, 90% of its trace, were these).
+    cdef Chunk* c = ts.tail
+    cdef Record* y
+    cdef Record* p
+    cdef RecordExt* e
+    cdef uint64_t now
+    cdef int n
+    if c != NULL:
+        n = <int>(ts.wp - c.recs)  # records before c.start are encoded already: left alone
+        if n - 2 >= c.start and _is_suspend(&c.recs[n - 2], K_YIELD, slot, key):
+            y = &c.recs[n - 2]
+            now = handit_ticks()
+            if now < y.ts:
+                now = y.ts
+            if n - 4 >= c.start and _is_suspend(&c.recs[n - 4], K_PAUSE, slot, key):
+                p = &c.recs[n - 4]
+                e = <RecordExt*>(p + 1)
+                e.aux = <PyObject*>(<uintptr_t>e.aux + (now - y.ts))
+                p.ts = now
+                ts.wp = y
+            else:
+                e = <RecordExt*>(y + 1)
+                e.aux = <PyObject*>(<uintptr_t>(now - y.ts))
+                y.ts = now
+                y.kind = K_PAUSE
+            return
+    _record(ts, K_RESUME, slot, ci.index, NULL, key)
 
 
 cdef inline void _on_return(TState* ts, int slot, CInfo* ci, PyObject* value, uint64_t key) noexcept:
@@ -714,7 +756,10 @@ cdef inline PyObject* _suspend_event(PyObject* code, uint8_t kind) noexcept:
     cdef int slot = 0
     cdef CInfo* ci = _traced_event(code, &ts, &t, &slot)
     if ci != NULL:
-        _record(ts, kind, slot, ci.index, NULL, <uint64_t>handit_current_iframe(t))
+        if kind == K_RESUME:
+            _on_resume(ts, slot, ci, <uint64_t>handit_current_iframe(t))
+        else:
+            _record(ts, kind, slot, ci.index, NULL, <uint64_t>handit_current_iframe(t))
     return _none()
 
 
@@ -1257,13 +1302,17 @@ cdef int _encode_plain(Chunk* chunk, int i, OutBuf* bufs, int* nbufs, int64_t ep
     cdef int n = chunk.n
     while i < n:
         r = &chunk.recs[i]
-        if r.ext:
+        if r.ext and (r.kind == K_UNWIND or r.kind == K_GAP):
             return i
         t = _epoch_ns(r.ts, epoch0, ticks0, inv)
         if b == NULL or b.slot != r.slot:
             b = _buf_for(bufs, nbufs, r.slot, t, ident)
             if b == NULL:
                 return i
+        if r.ext:  # a key (generator), a blob of previews or a pause: no Python object
+            _encode_keyed(b, r, <RecordExt*>(r + 1), t, inv)
+            i += 2
+            continue
         i += 1
         if b.len + 24 > b.cap and _reserve(b, 24) < 0:
             continue
@@ -1412,7 +1461,7 @@ ctypedef struct GenKeys:
     uint64_t next
 
 
-cdef GenKeys* _gen_keys[65536]  # per session slot (drain only: GIL and enc lock held)
+cdef GenKeys* _gen_keys[65536]  # per session slot (the enc lock held: drain() or the drain thread)
 
 
 cdef inline size_t _gen_hash(uint64_t frame, size_t cap) noexcept nogil:
@@ -1521,24 +1570,28 @@ cdef void _gen_release(int slot, uint64_t frame) noexcept nogil:
             h = j
 
 
-cdef int _encode_valued(OutBuf* b, Record* r, RecordExt* ext, int64_t t) except -1:
-    # one record that has a value or key (takes the record's blob or reference); unwinds'
-    # texts are Python strings, so this runs with the GIL
+cdef double _enc_inv = 1.0  # ns per clock tick, for the pauses drain() encodes
+
+
+cdef void _encode_keyed(OutBuf* b, Record* r, RecordExt* ext, int64_t t, double inv) noexcept nogil:
+    # a call, return, yield, resume, throw or pause with a key, a blob or a pause's ticks
+    # (no Python object): encoded without the GIL, so generators' and previews' records are
+    # encoded beside the program too. Takes the record's blob.
     cdef PyObject* raux = ext.aux
     cdef uint64_t rkey = ext.key
     cdef int64_t dts
     cdef uint8_t tag = r.kind
-    cdef object aux
-    if _reserve(b, 40) < 0:
-        _free_aux(r.kind, raux)
-        return 0
-    if raux != NULL and not _holds_blob(r.kind):
-        aux = <object>raux
-        Py_DECREF(aux)  # the record's reference; `aux` holds one
+    cdef uint32_t size = 0
+    if raux != NULL and _holds_blob(r.kind):
+        memcpy(&size, raux, 4)
+    if _reserve(b, 40 + size) < 0:  # room for all of it: nothing below can fail
+        if _holds_blob(r.kind):
+            free(raux)
+        return
     dts = t - b.last
     b.last = t
-    if rkey and r.kind != K_GAP:  # a generator's frame: written as its small key
-        if r.kind == K_RETURN or r.kind == K_UNWIND:
+    if rkey:  # a generator's frame: written as its small key
+        if r.kind == K_RETURN:
             _gen_release(r.slot, rkey)  # its final exit: the key is free again
             rkey = 0
         else:
@@ -1555,28 +1608,53 @@ cdef int _encode_valued(OutBuf* b, Record* r, RecordExt* ext, int64_t t) except 
         _put_varint(b, _zigzag(dts))
         if rkey:
             _put_varint(b, rkey)
-        if raux != NULL and _put_blob(b, raux) < 0:
-            raise MemoryError
+        if raux != NULL:
+            _put_blob(b, raux)  # (room reserved above)
     elif r.kind == K_RETURN:
         if raux != NULL:
             tag |= 0x80
         b.data[b.len] = <char>tag
         b.len += 1
         _put_varint(b, _zigzag(dts))
-        if raux != NULL and _put_blob(b, raux) < 0:
-            raise MemoryError
-    elif r.kind == K_UNWIND:
-        _n_exceptions[r.slot] += 1
-        b.data[b.len] = <char>tag
-        b.len += 1
-        _put_varint(b, _zigzag(dts))
-        _put_string(b, "<unknown>" if raux == NULL else aux[0])
-        _put_string(b, "" if raux == NULL else aux[1])
+        if raux != NULL:
+            _put_blob(b, raux)
     else:
         b.data[b.len] = <char>tag
         b.len += 1
         _put_varint(b, _zigzag(dts))
         _put_varint(b, rkey)
+        if r.kind == K_PAUSE:  # then the time suspended, in ns
+            _put_varint(b, <uint64_t>(<double>(<uintptr_t>raux) * inv))
+
+
+cdef int _encode_valued(OutBuf* b, Record* r, RecordExt* ext, int64_t t) except -1:
+    # one record with a value or key: an unwind (its texts are Python strings, so this runs
+    # with the GIL) or a gap here; the others go to _encode_keyed
+    cdef PyObject* raux = ext.aux
+    cdef int64_t dts
+    cdef object aux
+    if r.kind != K_UNWIND and r.kind != K_GAP:
+        _encode_keyed(b, r, ext, t, _enc_inv)
+        return 0
+    if _reserve(b, 40) < 0:
+        _free_aux(r.kind, raux)
+        return 0
+    if raux != NULL:
+        aux = <object>raux
+        Py_DECREF(aux)  # the record's reference; `aux` holds one
+    dts = t - b.last
+    b.last = t
+    b.data[b.len] = <char>r.kind
+    b.len += 1
+    _put_varint(b, _zigzag(dts))
+    if r.kind == K_GAP:
+        _put_varint(b, ext.key)  # how many records were dropped
+        return 0
+    if ext.key:  # a generator's final exit: its key is free again
+        _gen_release(r.slot, ext.key)
+    _n_exceptions[r.slot] += 1
+    _put_string(b, "<unknown>" if raux == NULL else aux[0])
+    _put_string(b, "" if raux == NULL else aux[1])
     return 0
 
 
@@ -1623,8 +1701,10 @@ def drain(calibration, previewer):
     cdef int64_t epoch0
     cdef uint64_t ticks0
     cdef list out = []
+    global _enc_inv
     calibration.refine()
     inv = 1.0 / calibration.scale
+    _enc_inv = inv
     ticks0 = calibration.ticks0
     epoch0 = calibration.epoch0
     with nogil:

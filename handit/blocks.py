@@ -207,6 +207,11 @@ class Fold:
                     else:
                         entry[_SUSP] += ts - entry[_TSUSP]
                     stack.append(entry)
+                elif kind == 8:  # PAUSE: the generator on top was suspended this long, and runs again
+                    key, pos = read_uvarint(data, pos)
+                    ns, pos = read_uvarint(data, pos)
+                    if stack and stack[-1][_KEY] == key:
+                        stack[-1][_SUSP] += ns
                 elif kind == 7:  # GAP: records were dropped here; what was open cannot be matched
                     n, pos = read_uvarint(data, pos)
                     self._close_all(stack, ts)

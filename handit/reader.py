@@ -13,6 +13,7 @@ the previous event's time (the first event's from ``base_ts``):
     RETURN  dts, [string]
     UNWIND  dts, string type_name, string message
     YIELD / RESUME / THROW   dts, varint key
+    PAUSE   dts, varint key, varint ns (a YIELD and the RESUME right after it)
 
 :class:`TraceBuilder` turns blocks into ``call`` / ``return`` / ``exception``
 events, keeping call stacks and suspended generators across blocks.
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
-from .records import CALL, GAP, RESUME, RETURN, THROW, UNWIND, YIELD, put_string, put_varint
+from .records import CALL, GAP, PAUSE, RESUME, RETURN, THROW, UNWIND, YIELD, put_string, put_varint
 
 __all__ = ["BlockEncoder", "CorruptBlockError", "TraceBuilder", "link_http_events", "read_string", "read_uvarint"]
 
@@ -322,6 +323,11 @@ class TraceBuilder:
                         push(entry)
                         if len(stack) > max_depth:
                             max_depth = len(stack)
+                elif kind == PAUSE:  # the generator on top was suspended this long, and runs again
+                    key, pos = read_uvarint(data, pos)
+                    ns, pos = read_uvarint(data, pos)
+                    if stack and stack[-1][3] == key:
+                        stack[-1][4] += ns
                 elif kind == GAP:  # records were dropped here (bounded-memory mode)
                     n = data[pos]
                     pos += 1
@@ -447,6 +453,12 @@ class BlockEncoder:
     def throw(self, ts: int, key: int) -> BlockEncoder:
         """A THROW: the generator with ``key`` continues with an exception thrown in."""
         return self._keyed(THROW, ts, key)
+
+    def pause(self, ts: int, key: int, ns: int) -> BlockEncoder:
+        """A PAUSE: the generator with ``key`` was suspended ``ns`` and continues at ``ts``."""
+        self._keyed(PAUSE, ts, key)
+        put_varint(self._out, ns)
+        return self
 
     def to_bytes(self) -> bytes:
         """The encoded block."""

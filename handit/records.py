@@ -7,8 +7,9 @@ A record is ``(kind, slot, code, ts, aux, key)``:
 - ``code``: index of the code object in the engine's code table;
 - ``ts``: raw clock ticks (see :mod:`handit.clock`);
 - ``aux``: CALL: tuple of argument values or None; RETURN: the return value or
-  :data:`NO_VALUE`; UNWIND: ``(type_name, message)``; otherwise None;
-- ``key``: generator/coroutine frame identity for its CALL, YIELD, RESUME, THROW and
+  :data:`NO_VALUE`; UNWIND: ``(type_name, message)``; PAUSE: the time suspended (in the
+  engine's clock units); otherwise None;
+- ``key``: generator/coroutine frame identity for its CALL, YIELD, RESUME, THROW, PAUSE and
   final RETURN/UNWIND (the encoder turns it into a small number, :class:`GenKeys`); for
   GAP the number of records dropped before it (0 otherwise).
 
@@ -25,6 +26,7 @@ YIELD = 4
 RESUME = 5
 THROW = 6
 GAP = 7  # bounded-memory mode: records were dropped here; key = how many
+PAUSE = 8  # a YIELD and the RESUME right after it (nothing traced ran between), folded; aux = ns suspended
 
 KIND_NAMES = {
     CALL: "call",
@@ -34,6 +36,7 @@ KIND_NAMES = {
     RESUME: "resume",
     THROW: "throw",
     GAP: "gap",
+    PAUSE: "pause",
 }
 
 # code-object flags (CPython's CO_* values) that make a call suspendable

@@ -172,6 +172,22 @@ def test_generator_counts_once(engine):
     assert len(calls_of(s.events, "gen")) == 2
 
 
+@pytest.mark.parametrize("capture", ["timing", "args"])
+def test_a_generator_feeding_an_untraced_loop_costs_a_few_records(engine, capture):
+    """Each yield followed at once by its resume is folded into one PAUSE: 20,000 of them written
+    one by one took ~170 KB; folded, a few records (more after each drain), the same figures."""
+    def gen(n):
+        yield from range(0)  # a generator function however it is called
+        for i in range(n):
+            yield i
+
+    s, total = run_traced(lambda: sum(gen(20_000)), capture=capture)
+    assert total == sum(range(20_000))
+    (ret,) = [e for e in s.events if e["type"] == "return" and e["func"].endswith("gen")]
+    assert 0 < ret["suspended_ns"] < ret["dt_ns"]
+    assert s.stats["bytes"] < 2_000, s.stats
+
+
 def test_async_tasks_get_their_own_sessions(engine):
     import asyncio
 

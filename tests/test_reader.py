@@ -351,8 +351,7 @@ def test_the_fallback_drain_writes_what_the_reader_reads(monkeypatch: pytest.Mon
         BlockEncoder(A, T + 10)
         .call(1, T + 10, args=["1", "'r'"])
         .call(3, T + 20, key=1, args=[""])  # the frame's address is written as the small key 1
-        .yield_(T + 30, 1)
-        .resume(T + 200, 1)
+        .pause(T + 200, 1, 170)  # a yield and the resume right after it: one PAUSE
         .ret(T + 250)
         .call(2, T + 300)
         .unwind(T + 400, "ValueError", "bad")
@@ -365,6 +364,22 @@ def test_the_fallback_drain_writes_what_the_reader_reads(monkeypatch: pytest.Mon
     assert events[0]["args_preview"] == {"x": "1", "y": "'r'"}
     assert events[2]["suspended_ns"] == 170 and events[2]["dt_ns"] == 230
     assert events[-1]["locals_preview"] == {"return": "42"} and events[-1]["dt_ns"] == 490
+
+
+def test_a_pause_is_time_suspended_of_the_generator_on_top() -> None:
+    """PAUSE (a yield and the resume right after it) adds to the running generator's suspended time;
+    one naming another generator (not on top: started before the session) changes nothing."""
+    block = (
+        BlockEncoder(A, T).call(0, T).call(3, T + 10, key=1).pause(T + 60, 1, 40).pause(T + 70, 2, 5)
+        .call(2, T + 80).ret(T + 90).ret(T + 100).ret(T + 110).to_bytes()
+    )
+    b = builder()
+    events = b.feed(block)
+    gen_ret = next(e for e in events if e["type"] == "return" and e["func"] == "gen")
+    assert gen_ret["dt_ns"] == 90 and gen_ret["suspended_ns"] == 40
+    leaf = next(e for e in events if e["type"] == "call" and e["func"] == "leaf")
+    assert leaf["parent_id"] == 2  # the generator kept running: still on the stack
+    assert b.stats["calls"] == 3 and b.stats["returns"] == 3
 
 
 @pytest.mark.parametrize("cut", range(1, 12))
