@@ -97,7 +97,7 @@ cdef inline bint _holds_blob(uint8_t kind) noexcept nogil:
 cdef inline void _free_aux(uint8_t kind, PyObject* aux) noexcept:
     if _holds_blob(kind):
         free(aux)
-    elif kind != K_PAUSE:  # a pause's aux is a count of clock ticks
+    elif kind != K_PAUSE and kind != K_STEP:  # their aux is a count of clock ticks
         Py_XDECREF(aux)
 
 

@@ -431,6 +431,14 @@ cdef class Fold:
                         raise IndexError
                     if t.n and self.pool[t.stack[t.n - 1]].key == key:
                         self.pool[t.stack[t.n - 1]].susp += <int64_t>n
+                elif kind == 9:  # STEP: a suspended generator ran this long (to now), suspended again
+                    if _varint(d, &pos, end, &key) < 0 or _varint(d, &pos, end, &n) < 0:
+                        raise IndexError
+                    e = self._stash_pop(key)
+                    if e >= 0:
+                        self.pool[e].susp += ts - <int64_t>n - self.pool[e].tsusp
+                        self.pool[e].tsusp = ts
+                        self._stash_put(key, e)
                 elif kind == 7:  # GAP: records were dropped here; what was open cannot be matched
                     if _varint(d, &pos, end, &n) < 0:
                         raise IndexError

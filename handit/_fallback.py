@@ -12,13 +12,13 @@ import warnings
 import weakref
 from contextvars import ContextVar
 from time import perf_counter_ns
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from ._engine import claim_sysmon, release_sysmon
 from ._policy import ARGS, EXIT_RETURN, EXIT_YIELD, CodeInfo, Policy, exit_kinds, first_yield_unit, module_of
 from .preview import _type_name as type_name
 from .records import (
-    BLOCK_BYTES, CALL, GAP, NO_VALUE, PAUSE, RESUME, RETURN, THROW, UNWIND, YIELD, GenKeys, Rendered, put_string, put_varint,
+    BLOCK_BYTES, CALL, GAP, NO_VALUE, PAUSE, RESUME, STEP, RETURN, THROW, UNWIND, YIELD, GenKeys, Rendered, put_string, put_varint,
 )
 
 __all__ = [
@@ -912,40 +912,33 @@ def thread_states() -> int:
         return len(_buffers)
 
 
-def _fold_pauses(records: list[tuple[int, int, int, int, Any, int]]) -> Iterator[tuple[int, int, int, int, Any, int]]:
-    """The records with each YIELD followed at once by the same generator's RESUME folded into a
-    PAUSE (the compiled engine folds them as it records): a PAUSE's ``ts`` is its last resume,
-    its ``aux`` the time suspended (this engine's ticks are ns), summed over the pairs folded."""
-    held = None  # a YIELD not yet written: the next record may be its RESUME
-    paused = None  # a PAUSE not yet written: further pairs of its generator add to it
+def _fold_suspends(records: list[tuple[int, int, int, int, Any, int]]) -> list[Any]:
+    """The records with a generator's YIELD and its RESUME right after it folded into a PAUSE
+    (time suspended), its RESUME and its YIELD right after it into a STEP (time running), and
+    further such pairs added to them, by the compiled engine's rules (``_on_resume``,
+    ``_on_yield``), which fold them as they record. This engine's ticks are ns."""
+    out: list[Any] = []
     for rec in records:
         kind = rec[0]
-        if held is not None:
-            if kind == RESUME and rec[5] == held[5] and rec[1] == held[1]:
-                if paused is not None and paused[5] == held[5] and paused[1] == held[1]:
-                    paused = (PAUSE, rec[1], rec[2], rec[3], paused[4] + rec[3] - held[3], rec[5])
-                else:
-                    if paused is not None:
-                        yield paused
-                    paused = (PAUSE, rec[1], rec[2], rec[3], rec[3] - held[3], rec[5])
-                held = None
-                continue
-            if paused is not None:
-                yield paused
-                paused = None
-            yield held
-            held = None
-        if kind == YIELD:
-            held = rec
-            continue
-        if paused is not None:
-            yield paused
-            paused = None
-        yield rec
-    if paused is not None:
-        yield paused
-    if held is not None:
-        yield held
+        if kind == RESUME and out and out[-1][0] == YIELD and out[-1][5] == rec[5] and out[-1][1] == rec[1]:
+            y = out.pop()
+            if out and out[-1][0] == PAUSE and out[-1][5] == rec[5] and out[-1][1] == rec[1]:
+                out[-1] = (PAUSE, rec[1], rec[2], rec[3], out[-1][4] + rec[3] - y[3], rec[5])
+            elif (len(out) > 1 and out[-1][0] == STEP and out[-1][1] == rec[1] and out[-2][0] == PAUSE
+                  and out[-2][5] == rec[5] and out[-2][1] == rec[1]):
+                p = out[-2]
+                out[-2] = (PAUSE, p[1], p[2], p[3], p[4] + rec[3] - y[3], p[5])  # (its time stays)
+            else:
+                out.append((PAUSE, rec[1], rec[2], rec[3], rec[3] - y[3], rec[5]))
+        elif kind == YIELD and out and out[-1][0] == RESUME and out[-1][5] == rec[5] and out[-1][1] == rec[1]:
+            r = out.pop()
+            if out and out[-1][0] == STEP and out[-1][5] == rec[5] and out[-1][1] == rec[1]:
+                out[-1] = (STEP, rec[1], rec[2], rec[3], out[-1][4] + rec[3] - r[3], rec[5])
+            else:
+                out.append((STEP, rec[1], rec[2], rec[3], rec[3] - r[3], rec[5]))
+        else:
+            out.append(rec)
+    return out
 
 
 def _collect() -> list[tuple[int, list[tuple[int, int, int, int, Any, int]]]]:
@@ -1057,7 +1050,7 @@ def drain(calibration: Any, previewer: Any) -> list[tuple[int, bytes]]:
     to_ns = calibration.to_epoch_ns
     for ident, records in _collect():
         blocks: dict[int, tuple[bytearray, list[int]]] = {}
-        for kind, slot, code, ts, aux, key in _fold_pauses(records):
+        for kind, slot, code, ts, aux, key in _fold_suspends(records):
             t = to_ns(ts)
             if key and kind != GAP:  # a generator's frame: written as its small key
                 keys = _gen_keys.get(slot)
@@ -1112,7 +1105,7 @@ def drain(calibration: Any, previewer: Any) -> list[tuple[int, bytes]]:
                 buf.append(tag)
                 put_varint(buf, (dts << 1) ^ (dts >> 63))
                 put_varint(buf, key)
-                if kind == PAUSE:
+                if kind == PAUSE or kind == STEP:
                     put_varint(buf, aux)
             if len(buf) >= BLOCK_BYTES:  # cut: the next record of this slot starts a new block
                 out.append((slot, bytes(buf)))

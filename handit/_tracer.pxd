@@ -11,6 +11,7 @@ cdef enum:
     K_THROW = 6
     K_GAP = 7
     K_PAUSE = 8   # a yield and the resume right after it, folded: aux = ticks suspended
+    K_STEP = 9    # a resume and the yield right after it, folded: aux = ticks running
 
 cdef enum:
     CHUNK_RECORDS = 16384

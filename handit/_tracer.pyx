@@ -576,16 +576,29 @@ cdef inline bint _is_suspend(Record* r, uint8_t kind, int slot, uint64_t key) no
     return r.kind == kind and r.ext and r.slot == slot and (<RecordExt*>(r + 1)).key == key
 
 
+cdef inline void _fold_into(TState* ts, Record* into, Record* last, uint64_t now) noexcept:
+    # the pair ending with `last` (the chunk's last record) is added to `into`'s ticks
+    cdef RecordExt* e = <RecordExt*>(into + 1)
+    e.aux = <PyObject*>(<uintptr_t>e.aux + (now - last.ts))
+    ts.wp = last
+
+
+cdef inline void _fold_as(Record* last, uint8_t kind, uint64_t now) noexcept:
+    # the chunk's last record and the event now become one record of `kind`, at `now`
+    (<RecordExt*>(last + 1)).aux = <PyObject*>(<uintptr_t>(now - last.ts))
+    last.ts = now
+    last.kind = kind
+
+
 cdef void _on_resume(TState* ts, int slot, CInfo* ci, uint64_t key) noexcept:
     # never raises. A generator resumed right after its own yield, nothing traced having run
     # while it was suspended (an untraced consumer: a for loop, list(), sum()), has the pair
     # folded into one PAUSE record holding the time suspended, and later such pairs added to
-    # it: a generator yielding a million items to an untraced loop costs one record, not two
-    # million (more-itertools' suite: 213 M of its records, 90% of its trace, were these).
+    # it, also across one STEP of a generator it drives (a pipeline: its items come from an
+    # inner generator): a generator yielding a million items to an untraced loop costs one
+    # record, not two million (more-itertools' suite: 213 M records, 90% of its trace).
     cdef Chunk* c = ts.tail
     cdef Record* y
-    cdef Record* p
-    cdef RecordExt* e
     cdef uint64_t now
     cdef int n
     if c != NULL:
@@ -596,18 +609,39 @@ cdef void _on_resume(TState* ts, int slot, CInfo* ci, uint64_t key) noexcept:
             if now < y.ts:
                 now = y.ts
             if n - 4 >= c.start and _is_suspend(&c.recs[n - 4], K_PAUSE, slot, key):
-                p = &c.recs[n - 4]
-                e = <RecordExt*>(p + 1)
-                e.aux = <PyObject*>(<uintptr_t>e.aux + (now - y.ts))
-                p.ts = now
-                ts.wp = y
+                _fold_into(ts, &c.recs[n - 4], y, now)
+                c.recs[n - 4].ts = now
+            elif (n - 6 >= c.start and c.recs[n - 4].kind == K_STEP and c.recs[n - 4].slot == slot
+                  and _is_suspend(&c.recs[n - 6], K_PAUSE, slot, key)):
+                _fold_into(ts, &c.recs[n - 6], y, now)  # (its time stays before the step's)
             else:
-                e = <RecordExt*>(y + 1)
-                e.aux = <PyObject*>(<uintptr_t>(now - y.ts))
-                y.ts = now
-                y.kind = K_PAUSE
+                _fold_as(y, K_PAUSE, now)
             return
     _record(ts, K_RESUME, slot, ci.index, NULL, key)
+
+
+cdef void _on_yield(TState* ts, int slot, CInfo* ci, uint64_t key) noexcept:
+    # never raises. A generator yielding right after it was resumed, nothing traced having
+    # run in between (a pipeline's inner stage), has the pair folded into one STEP record
+    # holding the time it ran, and later such steps added to it.
+    cdef Chunk* c = ts.tail
+    cdef Record* r
+    cdef uint64_t now
+    cdef int n
+    if c != NULL:
+        n = <int>(ts.wp - c.recs)
+        if n - 2 >= c.start and _is_suspend(&c.recs[n - 2], K_RESUME, slot, key):
+            r = &c.recs[n - 2]
+            now = handit_ticks()
+            if now < r.ts:
+                now = r.ts
+            if n - 4 >= c.start and _is_suspend(&c.recs[n - 4], K_STEP, slot, key):
+                _fold_into(ts, &c.recs[n - 4], r, now)
+                c.recs[n - 4].ts = now
+            else:
+                _fold_as(r, K_STEP, now)
+            return
+    _record(ts, K_YIELD, slot, ci.index, NULL, key)
 
 
 cdef inline void _on_return(TState* ts, int slot, CInfo* ci, PyObject* value, uint64_t key) noexcept:
@@ -758,6 +792,8 @@ cdef inline PyObject* _suspend_event(PyObject* code, uint8_t kind) noexcept:
     if ci != NULL:
         if kind == K_RESUME:
             _on_resume(ts, slot, ci, <uint64_t>handit_current_iframe(t))
+        elif kind == K_YIELD:
+            _on_yield(ts, slot, ci, <uint64_t>handit_current_iframe(t))
         else:
             _record(ts, kind, slot, ci.index, NULL, <uint64_t>handit_current_iframe(t))
     return _none()
@@ -882,7 +918,7 @@ cdef int profile_call(PyObject* obj, PyFrameObject* frame, int what, PyObject* a
     if how == 1:
         _on_return(ts, slot, ci, arg, <uint64_t>frame if ci.suspendable else 0)
     elif how == 2:
-        _record(ts, K_YIELD, slot, ci.index, NULL, <uint64_t>frame)
+        _on_yield(ts, slot, ci, <uint64_t>frame)
     else:
         _on_unwind(ts, slot, ci, NULL, <uint64_t>frame if ci.suspendable else 0)
         _remember_unwind(ts, frame)
@@ -1623,7 +1659,7 @@ cdef void _encode_keyed(OutBuf* b, Record* r, RecordExt* ext, int64_t t, double 
         b.len += 1
         _put_varint(b, _zigzag(dts))
         _put_varint(b, rkey)
-        if r.kind == K_PAUSE:  # then the time suspended, in ns
+        if r.kind == K_PAUSE or r.kind == K_STEP:  # then the time suspended or running, in ns
             _put_varint(b, <uint64_t>(<double>(<uintptr_t>raux) * inv))
 
 

@@ -212,6 +212,14 @@ class Fold:
                     ns, pos = read_uvarint(data, pos)
                     if stack and stack[-1][_KEY] == key:
                         stack[-1][_SUSP] += ns
+                elif kind == 9:  # STEP: a suspended generator ran this long (to now), suspended again
+                    key, pos = read_uvarint(data, pos)
+                    ns, pos = read_uvarint(data, pos)
+                    entry = stash.pop(key, None)
+                    if entry is not None:
+                        entry[_SUSP] += ts - ns - entry[_TSUSP]
+                        entry[_TSUSP] = ts
+                        stash[key] = entry
                 elif kind == 7:  # GAP: records were dropped here; what was open cannot be matched
                     n, pos = read_uvarint(data, pos)
                     self._close_all(stack, ts)

@@ -14,6 +14,7 @@ the previous event's time (the first event's from ``base_ts``):
     UNWIND  dts, string type_name, string message
     YIELD / RESUME / THROW   dts, varint key
     PAUSE   dts, varint key, varint ns (a YIELD and the RESUME right after it)
+    STEP    dts, varint key, varint ns (a RESUME and the YIELD right after it)
 
 :class:`TraceBuilder` turns blocks into ``call`` / ``return`` / ``exception``
 events, keeping call stacks and suspended generators across blocks.
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
-from .records import CALL, GAP, PAUSE, RESUME, RETURN, THROW, UNWIND, YIELD, put_string, put_varint
+from .records import CALL, GAP, PAUSE, RESUME, STEP, RETURN, THROW, UNWIND, YIELD, put_string, put_varint
 
 __all__ = ["BlockEncoder", "CorruptBlockError", "TraceBuilder", "link_http_events", "read_string", "read_uvarint"]
 
@@ -328,6 +329,15 @@ class TraceBuilder:
                     ns, pos = read_uvarint(data, pos)
                     if stack and stack[-1][3] == key:
                         stack[-1][4] += ns
+                elif kind == STEP:  # a suspended generator ran this long (to now) and is suspended again
+                    key, pos = read_uvarint(data, pos)
+                    ns, pos = read_uvarint(data, pos)
+                    got = stash.pop(key, None)
+                    if got is not None:
+                        got[0][4] += ts - ns - got[1]
+                        stash[key] = (got[0], ts)
+                        if len(stack) + 1 > max_depth:  # it ran on top of this thread's stack
+                            max_depth = len(stack) + 1
                 elif kind == GAP:  # records were dropped here (bounded-memory mode)
                     n = data[pos]
                     pos += 1
@@ -457,6 +467,12 @@ class BlockEncoder:
     def pause(self, ts: int, key: int, ns: int) -> BlockEncoder:
         """A PAUSE: the generator with ``key`` was suspended ``ns`` and continues at ``ts``."""
         self._keyed(PAUSE, ts, key)
+        put_varint(self._out, ns)
+        return self
+
+    def step(self, ts: int, key: int, ns: int) -> BlockEncoder:
+        """A STEP: the suspended generator with ``key`` ran ``ns`` up to ``ts``, and is suspended again."""
+        self._keyed(STEP, ts, key)
         put_varint(self._out, ns)
         return self
 

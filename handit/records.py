@@ -7,9 +7,9 @@ A record is ``(kind, slot, code, ts, aux, key)``:
 - ``code``: index of the code object in the engine's code table;
 - ``ts``: raw clock ticks (see :mod:`handit.clock`);
 - ``aux``: CALL: tuple of argument values or None; RETURN: the return value or
-  :data:`NO_VALUE`; UNWIND: ``(type_name, message)``; PAUSE: the time suspended (in the
-  engine's clock units); otherwise None;
-- ``key``: generator/coroutine frame identity for its CALL, YIELD, RESUME, THROW, PAUSE and
+  :data:`NO_VALUE`; UNWIND: ``(type_name, message)``; PAUSE, STEP: the time suspended or
+  running (in the engine's clock units); otherwise None;
+- ``key``: generator/coroutine frame identity for its CALL, YIELD, RESUME, THROW, PAUSE, STEP and
   final RETURN/UNWIND (the encoder turns it into a small number, :class:`GenKeys`); for
   GAP the number of records dropped before it (0 otherwise).
 
@@ -27,6 +27,7 @@ RESUME = 5
 THROW = 6
 GAP = 7  # bounded-memory mode: records were dropped here; key = how many
 PAUSE = 8  # a YIELD and the RESUME right after it (nothing traced ran between), folded; aux = ns suspended
+STEP = 9  # a RESUME and the YIELD right after it (nothing traced ran between), folded; aux = ns running
 
 KIND_NAMES = {
     CALL: "call",
@@ -37,6 +38,7 @@ KIND_NAMES = {
     THROW: "throw",
     GAP: "gap",
     PAUSE: "pause",
+    STEP: "step",
 }
 
 # code-object flags (CPython's CO_* values) that make a call suspendable

@@ -188,6 +188,27 @@ def test_a_generator_feeding_an_untraced_loop_costs_a_few_records(engine, captur
     assert s.stats["bytes"] < 2_000, s.stats
 
 
+@pytest.mark.parametrize("capture", ["timing", "args"])
+def test_a_generator_pipeline_costs_a_few_records(engine, capture):
+    """An outer generator driving an inner one (each item: the inner's resume and yield, the outer's
+    yield and resume) folds into a STEP and a PAUSE, with the same figures as written one by one."""
+    def inner(n):
+        yield from range(0)
+        for i in range(n):
+            yield i
+
+    def outer(n):
+        for i in inner(n):
+            yield i * 2
+
+    s, total = run_traced(lambda: sum(outer(20_000)), capture=capture)
+    assert total == 2 * sum(range(20_000))
+    rets = {e["func"].rsplit(".", 1)[-1]: e for e in s.events if e["type"] == "return"}
+    for name in ("inner", "outer"):
+        assert 0 < rets[name]["suspended_ns"] < rets[name]["dt_ns"], rets[name]
+    assert s.stats["bytes"] < 4_000, s.stats
+
+
 def test_async_tasks_get_their_own_sessions(engine):
     import asyncio
 

@@ -65,6 +65,7 @@ def _blocks_of_every_kind() -> list[bytes]:
          .call(1, 1090, key=1).yield_(1100, 1).resume(1110, 7).ret(1120, "None").to_bytes())
     b = BlockEncoder(12, 2000).resume(2000, 2).call(2, 2010).ret(2020, "3").to_bytes()  # moved threads
     c = (BlockEncoder(13, 3000).call(1, 3000, key=3).pause(3050, 3, 40).pause(3060, 9, 5)  # 9: not on top
+         .call(1, 3061, key=4).yield_(3062, 4).step(3065, 4, 2).step(3066, 9, 1).resume(3068, 4).ret(3069)
          .ret(3070).to_bytes())
     return [a, b, c]
 
@@ -86,7 +87,7 @@ def test_compiled_and_pure_folds_agree(cut):
         got.append(figures_)
     assert got[0] == got[1]
     if cut is None:
-        assert got[0]["counts"]["corrupt_blocks"] == 0 and got[0]["counts"]["calls"] == 7
+        assert got[0]["counts"]["corrupt_blocks"] == 0 and got[0]["counts"]["calls"] == 8
 
 
 def test_the_fold_closes_what_is_left_open():
@@ -98,7 +99,7 @@ def test_the_fold_closes_what_is_left_open():
     counts = fold.to_json()["counts"]
     assert (counts["incomplete"], counts["abandoned"]) == (2, 1)
     assert fold.funcs[0][1] == 2000 and fold.funcs[2][3] == 1  # total to the end; one call raised
-    assert fold.to_json()["counts"]["calls"] == 7
+    assert fold.to_json()["counts"]["calls"] == 8
 
 
 def test_session_memory_past_the_bound_is_the_trace_file(engine, tmp_path):

@@ -382,6 +382,20 @@ def test_a_pause_is_time_suspended_of_the_generator_on_top() -> None:
     assert b.stats["calls"] == 3 and b.stats["returns"] == 3
 
 
+def test_a_step_is_time_run_by_a_suspended_generator() -> None:
+    """STEP (a resume and the yield right after it) moves a stashed generator on: its suspended time
+    grows by the time since it was suspended minus the time it ran; an unknown key changes nothing."""
+    block = (
+        BlockEncoder(A, T).call(0, T).call(3, T + 10, key=1).yield_(T + 20, 1)
+        .step(T + 50, 1, 5).step(T + 60, 9, 5).resume(T + 80, 1).ret(T + 90).ret(T + 100).to_bytes()
+    )
+    b = builder()
+    events = b.feed(block)
+    gen_ret = next(e for e in events if e["type"] == "return" and e["func"] == "gen")
+    assert gen_ret["dt_ns"] == 80 and gen_ret["suspended_ns"] == (50 - 5 - 20) + (80 - 50)
+    assert b.stats["max_depth"] == 2 and b.stats["calls"] == 2
+
+
 @pytest.mark.parametrize("cut", range(1, 12))
 def test_block_cut_inside_a_trailing_string_emits_nothing_half_read(cut: int) -> None:
     block = BlockEncoder(A, T).call(0, T + 1).ret(T + 2, "0123456789").to_bytes()
