@@ -590,58 +590,52 @@ cdef inline void _fold_as(Record* last, uint8_t kind, uint64_t now) noexcept:
     last.kind = kind
 
 
-cdef void _on_resume(TState* ts, int slot, CInfo* ci, uint64_t key) noexcept:
-    # never raises. A generator resumed right after its own yield, nothing traced having run
-    # while it was suspended (an untraced consumer: a for loop, list(), sum()), has the pair
-    # folded into one PAUSE record holding the time suspended, and later such pairs added to
-    # it, also across one STEP of a generator it drives (a pipeline: its items come from an
-    # inner generator): a generator yielding a million items to an untraced loop costs one
-    # record, not two million (more-itertools' suite: 213 M records, 90% of its trace).
+cdef bint _fold_pair(TState* ts, int slot, uint64_t key, uint8_t first, uint8_t into) noexcept:
+    # The chunk's last record is `first` (a yield or a resume) of this generator, nothing
+    # traced having run since: it and the event now become one `into` record (PAUSE or STEP:
+    # the ticks between them), or are added to the `into` of this generator just before it,
+    # or (a pause) to its PAUSE before one STEP of another generator, the one it drives.
+    # Records before c.start are encoded already: left alone. 1 if folded.
     cdef Chunk* c = ts.tail
-    cdef Record* y
+    cdef Record* last
     cdef uint64_t now
     cdef int n
-    if c != NULL:
-        n = <int>(ts.wp - c.recs)  # records before c.start are encoded already: left alone
-        if n - 2 >= c.start and _is_suspend(&c.recs[n - 2], K_YIELD, slot, key):
-            y = &c.recs[n - 2]
-            now = handit_ticks()
-            if now < y.ts:
-                now = y.ts
-            if n - 4 >= c.start and _is_suspend(&c.recs[n - 4], K_PAUSE, slot, key):
-                _fold_into(ts, &c.recs[n - 4], y, now)
-                c.recs[n - 4].ts = now
-            elif (n - 6 >= c.start and c.recs[n - 4].kind == K_STEP and c.recs[n - 4].slot == slot
-                  and _is_suspend(&c.recs[n - 6], K_PAUSE, slot, key)):
-                _fold_into(ts, &c.recs[n - 6], y, now)  # (its time stays before the step's)
-            else:
-                _fold_as(y, K_PAUSE, now)
-            return
-    _record(ts, K_RESUME, slot, ci.index, NULL, key)
+    if c == NULL:
+        return 0
+    n = <int>(ts.wp - c.recs)
+    if n - 2 < c.start or not _is_suspend(&c.recs[n - 2], first, slot, key):
+        return 0
+    last = &c.recs[n - 2]
+    now = handit_ticks()
+    if now < last.ts:
+        now = last.ts
+    if n - 4 >= c.start and _is_suspend(&c.recs[n - 4], into, slot, key):
+        _fold_into(ts, &c.recs[n - 4], last, now)
+        c.recs[n - 4].ts = now
+    elif (into == K_PAUSE and n - 6 >= c.start and c.recs[n - 4].kind == K_STEP and c.recs[n - 4].slot == slot
+          and _is_suspend(&c.recs[n - 6], K_PAUSE, slot, key)):
+        _fold_into(ts, &c.recs[n - 6], last, now)  # (its time stays before the step's)
+    else:
+        _fold_as(last, into, now)
+    return 1
+
+
+cdef void _on_resume(TState* ts, int slot, CInfo* ci, uint64_t key) noexcept:
+    # never raises. A generator resumed right after its own yield, nothing traced having run
+    # while it was suspended (an untraced consumer: a for loop, list(), sum()), costs no
+    # record: the pair is a PAUSE (_fold_pair). A generator yielding a million items to an
+    # untraced loop costs one record, not two million (more-itertools' suite: 213 M records,
+    # 90% of its trace, were such pairs).
+    if not _fold_pair(ts, slot, key, K_YIELD, K_PAUSE):
+        _record(ts, K_RESUME, slot, ci.index, NULL, key)
 
 
 cdef void _on_yield(TState* ts, int slot, CInfo* ci, uint64_t key) noexcept:
     # never raises. A generator yielding right after it was resumed, nothing traced having
-    # run in between (a pipeline's inner stage), has the pair folded into one STEP record
-    # holding the time it ran, and later such steps added to it.
-    cdef Chunk* c = ts.tail
-    cdef Record* r
-    cdef uint64_t now
-    cdef int n
-    if c != NULL:
-        n = <int>(ts.wp - c.recs)
-        if n - 2 >= c.start and _is_suspend(&c.recs[n - 2], K_RESUME, slot, key):
-            r = &c.recs[n - 2]
-            now = handit_ticks()
-            if now < r.ts:
-                now = r.ts
-            if n - 4 >= c.start and _is_suspend(&c.recs[n - 4], K_STEP, slot, key):
-                _fold_into(ts, &c.recs[n - 4], r, now)
-                c.recs[n - 4].ts = now
-            else:
-                _fold_as(r, K_STEP, now)
-            return
-    _record(ts, K_YIELD, slot, ci.index, NULL, key)
+    # run in between (a pipeline's inner stage, driven by a traced outer one), costs no
+    # record: the pair is a STEP (_fold_pair).
+    if not _fold_pair(ts, slot, key, K_RESUME, K_STEP):
+        _record(ts, K_YIELD, slot, ci.index, NULL, key)
 
 
 cdef inline void _on_return(TState* ts, int slot, CInfo* ci, PyObject* value, uint64_t key) noexcept:
