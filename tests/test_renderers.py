@@ -223,8 +223,28 @@ def test_chrome_writer_events() -> None:
     inner = next(e for e in by_ph["X"] if e["name"] == "inner")
     assert inner["args"]["raised"] is True and (inner["ts"], inner["dur"]) == (1.0, 1.0)
     assert [e["name"] for e in by_ph["i"]] == ["ValueError"]
-    assert [(e["name"], e["ts"]) for e in by_ph["b"] + by_ph["e"]] == [("gen", 3.0), ("gen", 9.0)]
-    assert {e["name"] for e in by_ph["M"]} == {"process_name", "process_sort_index", "thread_name"}
+    gen = next(e for e in by_ph["X"] if e["name"] == "gen")  # it nests on its track: a complete event
+    assert (gen["ts"], gen["dur"], gen["args"]["suspended_ns"]) == (3.0, 6.0, 4_000)
+    assert "b" not in by_ph
+    assert {e["name"] for e in by_ph["M"]} == {"process_name", "process_sort_index", "thread_name", "thread_sort_index"}
+
+
+def test_chrome_interleaved_generators_are_async_slices() -> None:
+    # g1 starts, g2 starts while g1 is suspended, g1 ends first: g1 cannot be a complete event on the track
+    ev = Events().call("main", 0).call("g1", 10)
+    ev.call("g2", 20)
+    g2 = ev.stack.pop()
+    ev.ret(30, suspended_ns=5)
+    ev.stack.append(g2)
+    ev.ret(40, suspended_ns=5).ret(50)
+    out = io.BytesIO()
+    writer = ChromeTraceWriter(out)
+    for e in ev.end(50):
+        writer.add(e)
+    writer.close()
+    events = json.loads(out.getvalue())["traceEvents"]
+    assert sorted(e["name"] for e in events if e["ph"] == "X") == ["g2", "main"]
+    assert [(e["name"], e["ph"]) for e in events if e["ph"] in "be"] == [("g1", "b"), ("g1", "e")]
 
 
 def test_speedscope_interleaved_generators_stay_nested() -> None:

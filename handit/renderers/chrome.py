@@ -3,13 +3,16 @@
 Format: https://docs.google.com/document/d/1CvAClvFfyA5R-PhYUmn5OOQtYMH4h6I0nSsKchNAySU
 
 - every session is a process (``pid`` 1, 2, … in order of appearance, named
-  by its tag) and every thread a track in it (``tid`` = the thread ident);
+  by its tag) and every track of :mod:`handit.calltree` a thread in it: a thread
+  (``tid`` = the thread ident) or an asyncio task (``tid`` = the task's number,
+  named ``<task name> · <thread>`` and sorted right after its thread), so
+  concurrent coroutines never share a track;
 - a call is a complete event (``"ph": "X"``) with ``ts`` and ``dur`` in
   microseconds, relative to the first timestamp in the trace; its ``args`` are
   the argument previews plus ``return``;
-- a generator or coroutine is an async slice (``"b"`` / ``"e"``): its first
-  start to final exit overlaps the calls that ran while it was suspended, which
-  complete events on one track may not;
+- a call that does not nest on its track (a generator interleaved with others,
+  :attr:`handit.calltree.Call.nests`) is an async slice (``"b"`` / ``"e"``), so
+  complete events on one track never overlap partly;
 - an exception is an instant event (``"i"``) on the thread of the call it left;
 - an HTTP call is an async slice on the session's ``http`` track (tid 0).
 
@@ -20,6 +23,8 @@ from __future__ import annotations
 import json
 from collections import deque
 from typing import IO, Any
+
+from ..calltree import Call, CallTree, Track
 
 __all__ = ["ChromeTraceWriter"]
 
@@ -47,7 +52,7 @@ class ChromeTraceWriter:
         self._next_pid = 0
         self._tags: dict[Any, Any] = {}
         self._threads: dict[int, set[Any]] = {}  # pid -> tids named so far
-        self._open: dict[tuple[Any, Any], tuple[str, str, int, Any, dict[str, Any]]] = {}
+        self._tree = CallTree()
         self._http: dict[Any, deque[tuple[int, str, int, Any]]] = {}
         self._async_id = 0
         self.name = name
@@ -92,14 +97,25 @@ class ChromeTraceWriter:
             self._emit({"name": "process_sort_index", "ph": "M", "ts": 0, "pid": pid, "tid": 0, "args": {"sort_index": pid}})
         return pid
 
-    def _tid(self, pid: int, thread: Any, name: str | None = None) -> Any:
+    def _tid(self, pid: int, thread: Any, name: str | None = None, sort_index: int | None = None) -> Any:
         tid = thread if isinstance(thread, int) else 0
         named = self._threads.setdefault(pid, set())
         if tid not in named:
             named.add(tid)
             label = name or f"thread {tid}"
             self._emit({"name": "thread_name", "ph": "M", "ts": 0, "pid": pid, "tid": tid, "args": {"name": label}})
+            if sort_index is not None:
+                self._emit({"name": "thread_sort_index", "ph": "M", "ts": 0, "pid": pid, "tid": tid,
+                            "args": {"sort_index": sort_index}})
         return tid
+
+    def _track_tid(self, pid: int, track: Track) -> Any:
+        """The tid of a call tree track: its thread's ident, or a task's number (named after its thread)."""
+        if track.task_id is None:
+            return self._tid(pid, track.thread, track.name, track.index * 2)
+        thread = self._tree.tracks.get((track.session_id, "thread", track.thread))
+        where = thread.name if thread is not None else f"thread {track.thread}"
+        return self._tid(pid, track.task_id, f"{track.name} · {where}", (thread.index if thread else track.index) * 2 + 1)
 
     # -- input -----------------------------------------------------------------------------
     def add(self, e: dict[str, Any]) -> None:
@@ -107,20 +123,16 @@ class ChromeTraceWriter:
         kind = e.get("type")
         sid = e.get("session_id")
         if kind == "call":
-            pid = self._pid(sid)
-            tid = self._tid(pid, e.get("thread"))
-            ts = e.get("t0_ns")
-            self._us(ts)  # the first timestamp seen becomes the base
-            self._open[(sid, e.get("call_id"))] = (
-                str(e.get("func") or "?"), str(e.get("module") or "?"), ts if isinstance(ts, int) else 0, tid,
-                dict(e.get("args_preview") or {}),
-            )
+            self._pid(sid)
+            self._us(e.get("t0_ns"))  # the first timestamp seen becomes the base
+            self._tree.add(e)
         elif kind == "return":
-            self._return(e, sid)
+            for call in self._tree.add(e):
+                self._call(call)
         elif kind == "exception":
-            call = self._open.get((sid, e.get("call_id")))
+            call = self._tree.open_call(sid, e.get("call_id"))
             pid = self._pid(sid)
-            tid = call[3] if call is not None else self._tid(pid, 0)
+            tid = self._track_tid(pid, call.track) if call is not None else self._tid(pid, 0)
             self._emit({"name": str(e.get("type_name") or "exception"), "cat": "exception", "ph": "i", "s": "t",
                         "ts": self._us(e.get("ts_ns")), "pid": pid, "tid": tid,
                         "args": {"function": e.get("func"), "message": e.get("message")}})
@@ -131,7 +143,7 @@ class ChromeTraceWriter:
         elif kind == "session_end":
             for request in self._http.pop(sid, ()):
                 self._http_slice(sid, request, None)
-            if not any(key[0] == sid for key in self._open):  # a session's events end with it: forget it
+            if not self._tree.has_open(sid):  # a session's events end with it: forget it
                 self._tags.pop(sid, None)
                 self._threads.pop(self._pids.pop(sid, 0), None)
         elif kind == "http_request":
@@ -148,32 +160,27 @@ class ChromeTraceWriter:
                 queue.remove(match)
                 self._http_slice(sid, match, e)
 
-    def _return(self, e: dict[str, Any], sid: Any) -> None:
-        call = self._open.pop((sid, e.get("call_id")), None)
-        if call is None:
-            return
-        func, module, t0, tid, args = call
-        pid = self._pid(sid)
-        t1 = e.get("t1_ns")
-        if not isinstance(t1, int):
-            t1 = t0 + int(e.get("dt_ns") or 0)
-        t1 = max(t1, t0)
-        ret = (e.get("locals_preview") or {}).get("return")
-        if ret is not None:
-            args["return"] = ret
-        for flag in ("raised", "incomplete", "abandoned"):
-            if e.get(flag):
-                args[flag] = True
-        ts = self._us(t0)
-        if "suspended_ns" in e:
-            args["suspended_ns"] = e["suspended_ns"]
+    def _call(self, call: Call) -> None:
+        pid = self._pid(call.session_id)
+        tid = self._track_tid(pid, call.track)
+        args = call.args
+        if call.ret is not None:
+            args["return"] = call.ret
+        for flag in call.flags:
+            args[flag] = True
+        if call.track.task_id is not None:
+            args["task"] = call.track.name
+        ts = self._us(call.t0_ns)
+        if call.suspendable:
+            args["suspended_ns"] = call.suspended_ns
+        if not call.nests:
             self._async_id += 1
             ident = f"0x{self._async_id:x}"
-            self._emit({"name": func, "cat": module, "ph": "b", "id": ident, "ts": ts, "pid": pid, "tid": tid, "args": args})
-            self._emit({"name": func, "cat": module, "ph": "e", "id": ident, "ts": self._us(t1), "pid": pid, "tid": tid})
+            self._emit({"name": call.func, "cat": call.module, "ph": "b", "id": ident, "ts": ts, "pid": pid, "tid": tid, "args": args})
+            self._emit({"name": call.func, "cat": call.module, "ph": "e", "id": ident, "ts": self._us(call.t1_ns), "pid": pid, "tid": tid})
             return
         # dur from the rounded end, so ts + dur lands on the same value a child's end is rounded to
-        self._emit({"name": func, "cat": module, "ph": "X", "ts": ts, "dur": round(self._us(t1) - ts, 3),
+        self._emit({"name": call.func, "cat": call.module, "ph": "X", "ts": ts, "dur": round(self._us(call.t1_ns) - ts, 3),
                     "pid": pid, "tid": tid, "args": args})
 
     def _http_slice(self, sid: Any, request: tuple[int, str, int, Any], response: dict[str, Any] | None) -> None:
@@ -194,12 +201,8 @@ class ChromeTraceWriter:
 
     def close(self) -> None:
         """Write calls still open as complete events up to the last timestamp, then the closing brackets."""
-        last = self._last
-        for (sid, _), (func, module, t0, tid, args) in list(self._open.items()):
-            args["incomplete"] = True
-            self._emit({"name": func, "cat": module, "ph": "X", "ts": self._us(t0), "dur": round(self._us(max(last, t0)) - self._us(t0), 3),
-                        "pid": self._pid(sid), "tid": tid, "args": args})
-        self._open.clear()
+        for call in self._tree.close(self._last):
+            self._call(call)
         for sid in list(self._http):
             for request in self._http.pop(sid):
                 self._http_slice(sid, request, None)

@@ -1,4 +1,7 @@
-"""Speedscope view: a stream of events -> speedscope's file format, one "evented" profile per session and thread.
+"""Speedscope view: a stream of events -> speedscope's file format, one "evented" profile per session and track.
+
+Tracks are :mod:`handit.calltree`'s: a thread, or an asyncio task (its own stack),
+so concurrent coroutines are never drawn as nested in one another.
 
 Format: https://www.speedscope.app/file-format-schema.json. Frames (function,
 file, line) are shared by every profile; a profile lists open (``O``) and close
@@ -16,6 +19,8 @@ from __future__ import annotations
 import json
 import tempfile
 from typing import IO, Any
+
+from ..calltree import CallTree
 
 __all__ = ["SCHEMA", "SpeedscopeWriter"]
 
@@ -58,6 +63,7 @@ class SpeedscopeWriter:
         self._open: dict[tuple[Any, Any], _Profile] = {}
         self._tags: dict[Any, Any] = {}
         self._base: int | None = None
+        self._tree = CallTree()
 
     def _frame(self, e: dict[str, Any]) -> int:
         module = str(e.get("module") or "")
@@ -103,17 +109,23 @@ class SpeedscopeWriter:
         kind = e.get("type")
         sid = e.get("session_id")
         if kind == "call":
-            key = (sid, e.get("thread"))
-            profile = self._profiles.get(key)
+            self._tree.add(e)
+            track = self._tree.track_of(e)
+            profile = self._profiles.get(track.key)
             if profile is None:
                 tag = self._tags.get(sid)
-                label = f"{tag if tag is not None else 'session'} {str(sid)[:8]} · thread {e.get('thread')}"
-                profile = self._profiles[key] = _Profile(label)
+                where = track.name
+                if track.task_id is not None:
+                    thread = self._tree.tracks.get((sid, "thread", track.thread))
+                    where = f"{track.name} · {thread.name if thread is not None else f'thread {track.thread}'}"
+                label = f"{tag if tag is not None else 'session'} {str(sid)[:8]} · {where}"
+                profile = self._profiles[track.key] = _Profile(label)
             frame = self._frame(e)
             self._event(profile, "O", frame, self._at(profile, e.get("t0_ns")))
             profile.stack.append((e.get("call_id"), frame))
             self._open[(sid, e.get("call_id"))] = profile
         elif kind == "return":
+            self._tree.add(e)
             profile = self._open.pop((sid, e.get("call_id")), None)
             if profile is not None:
                 self._close_call(profile, e.get("call_id"), e.get("t1_ns"))
