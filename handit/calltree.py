@@ -26,9 +26,10 @@ Typical use::
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Iterable, Iterator
 
-__all__ = ["Call", "CallTree", "Track", "calls"]
+__all__ = ["Call", "CallTree", "HttpCall", "HttpPairs", "Track", "calls"]
 
 
 class Track:
@@ -247,6 +248,74 @@ class CallTree:
             self._end(call)
             out.append(call)
         self._open.clear()
+        return out
+
+
+class HttpCall:
+    """One HTTP call: a request and its response (or none).
+
+    Attributes:
+        session_id, method, url, request_id: from the request.
+        t0_ns, t1_ns: request start and response end (``t1_ns == t0_ns`` without a response).
+        status, error, bytes_in: from the response; ``error`` is ``"no response"`` when none came.
+        llm: the response's LLM fields (a dict) or None.
+        answered: a response was seen.
+    """
+
+    __slots__ = ("session_id", "method", "url", "request_id", "t0_ns", "t1_ns", "status", "error", "bytes_in",
+                 "llm", "answered")
+
+    def __init__(self, request: dict[str, Any], response: dict[str, Any] | None) -> None:
+        self.session_id = request.get("session_id")
+        self.method = str(request.get("method") or "?")
+        self.url = str(request.get("url") or "?")
+        self.request_id = request.get("request_id")
+        t0 = request.get("t0_ns")
+        self.t0_ns = t0 if isinstance(t0, int) else 0
+        got = response or {}
+        self.t1_ns = self.t0_ns + int(got.get("dt_ns") or 0)
+        self.status = got.get("status")
+        self.error = got.get("error", "no response" if response is None else None)
+        self.bytes_in = got.get("bytes_in")
+        self.llm = got.get("llm") if isinstance(got.get("llm"), dict) else None
+        self.answered = response is not None
+
+    @property
+    def label(self) -> str:
+        """``GET https://… → 200`` (the error, or nothing, in place of a status)."""
+        head = f"{self.method} {self.url}"
+        if not self.answered:
+            return head
+        return f"{head} → {self.status}" if self.status else f"{head} → {self.error or 'error'}"
+
+
+class HttpPairs:
+    """Pairs ``http_request`` and ``http_response`` events (by ``request_id``, else in order) into :class:`HttpCall`."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[Any, deque[dict[str, Any]]] = {}
+
+    def add(self, e: dict[str, Any]) -> list[HttpCall]:
+        """Take one event; returns the HTTP calls it completes (a session's end closes its unanswered ones)."""
+        kind = e.get("type")
+        sid = e.get("session_id")
+        if kind == "http_request":
+            self._waiting.setdefault(sid, deque()).append(e)
+        elif kind == "http_response":
+            queue = self._waiting.get(sid)
+            if queue:
+                rid = e.get("request_id")
+                match = next((r for r in queue if rid is not None and r.get("request_id") == rid), queue[0])
+                queue.remove(match)
+                return [HttpCall(match, e)]
+        elif kind == "session_end":
+            return [HttpCall(r, None) for r in self._waiting.pop(sid, ())]
+        return []
+
+    def close(self) -> list[HttpCall]:
+        """The requests never answered, as calls without a response."""
+        out = [HttpCall(r, None) for queue in self._waiting.values() for r in queue]
+        self._waiting.clear()
         return out
 
 

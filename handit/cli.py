@@ -492,15 +492,40 @@ class _JsonlOut:
         self.batch.clear()
 
 
+# A browser holds a JSON file as one string: V8's longest is 2**29 - 24 characters (~512 MB),
+# so viewers (Perfetto's UI, chrome://tracing, speedscope) cannot open a bigger JSON export.
+JSON_OPEN_LIMIT = 500 << 20
+# Output bytes per input byte of a .handit trace with argument previews (docs/cli.md: a call
+# took 16 bytes in .handit, 146 in Chrome JSON, 76 in speedscope's)
+_JSON_GROWTH = {"chrome": 9, "speedscope": 5}
+
+
+def _too_big_warning(fmt: str, size: int, *, expected: bool) -> str:
+    """The warning for a JSON export of ``size`` bytes that no viewer will open, saying what to do."""
+    what = f"about {fmt_bytes(size)}" if expected else fmt_bytes(size)
+    return (f"handit: warning: this {fmt} export {'will be' if expected else 'is'} {what}; viewers cannot open JSON "
+            f"over ~{fmt_bytes(JSON_OPEN_LIMIT)}. Export fewer sessions (--session ID, --tag T) or use "
+            f"--format perfetto (Perfetto's protobuf format: about half the size, streamed, and Perfetto's UI and "
+            f"trace processor read it)")
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from .renderers.chrome import ChromeTraceWriter
+    from .renderers.perfetto import PerfettoTraceWriter
     from .renderers.speedscope import SpeedscopeWriter
 
     if args.file is None:
         args.file = _newest_trace()
-    _check_trace(args.file)
+    fmt = _check_trace(args.file)
     base = os.path.splitext(args.file)[0]
-    output = args.output or base + {"chrome": ".chrome.json", "speedscope": ".speedscope.json", "jsonl": ".jsonl"}[args.format]
+    output = args.output or base + {"chrome": ".chrome.json", "speedscope": ".speedscope.json", "jsonl": ".jsonl",
+                                    "perfetto": ".pftrace"}[args.format]
+    warned = False
+    if args.format in _JSON_GROWTH and fmt == "handit" and not (args.session or args.tag):
+        expected = os.path.getsize(args.file) * _JSON_GROWTH[args.format]
+        if expected > JSON_OPEN_LIMIT:
+            print(_too_big_warning(args.format, expected, expected=True), file=sys.stderr)
+            warned = True
     if output != "-" and os.path.exists(output) and os.path.samefile(output, args.file):
         raise CliError(f"the output {output} is the input file; choose another -o")
     out = _open_output(output)
@@ -508,7 +533,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     try:
         name = os.path.basename(args.file)
         writer: Any = {"chrome": lambda: ChromeTraceWriter(out, name), "speedscope": lambda: SpeedscopeWriter(out, name),
-                       "jsonl": lambda: _JsonlOut(out)}[args.format]()
+                       "jsonl": lambda: _JsonlOut(out), "perfetto": lambda: PerfettoTraceWriter(out, name)}[args.format]()
         intact = _read(args.file, _Selector(args.session, args.tag), [writer])
         writer.close()
         out.flush()
@@ -523,7 +548,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
             except OSError:
                 pass
     if output != "-":
-        print(f"handit: wrote {output} ({fmt_bytes(os.path.getsize(output))}, {args.format})", file=sys.stderr)
+        size = os.path.getsize(output)
+        print(f"handit: wrote {output} ({fmt_bytes(size)}, {args.format})", file=sys.stderr)
+        if args.format in _JSON_GROWTH and size > JSON_OPEN_LIMIT and not warned:
+            print(_too_big_warning(args.format, size, expected=False), file=sys.stderr)
     return 0 if intact else DAMAGED
 
 
@@ -568,9 +596,10 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--no-tree", action="store_true", help="leave out the call tree")
     show.set_defaults(handler=_cmd_show)
 
-    export = sub.add_parser("export", help="convert a trace for Perfetto / chrome://tracing, speedscope, or to JSONL")
+    export = sub.add_parser("export", help="convert a trace for Perfetto, chrome://tracing, speedscope, or to JSONL")
     export.add_argument("file", nargs="?", help="a .handit or .jsonl trace (default: the newest here)")
-    export.add_argument("--format", required=True, choices=("chrome", "speedscope", "jsonl"))
+    export.add_argument("--format", required=True, choices=("chrome", "perfetto", "speedscope", "jsonl"),
+                        help="perfetto: Perfetto's protobuf trace (.pftrace, for big traces); chrome: Trace Event JSON")
     export.add_argument("-o", "--output", metavar="OUT", help="output file, - for stdout (default: next to FILE)")
     _session_options(export)
     export.set_defaults(handler=_cmd_export)

@@ -21,10 +21,9 @@ Only open calls are kept in memory; each event is written when its call ends.
 from __future__ import annotations
 
 import json
-from collections import deque
 from typing import IO, Any
 
-from ..calltree import Call, CallTree, Track
+from ..calltree import Call, CallTree, HttpCall, HttpPairs, Track
 
 __all__ = ["ChromeTraceWriter"]
 
@@ -53,7 +52,7 @@ class ChromeTraceWriter:
         self._tags: dict[Any, Any] = {}
         self._threads: dict[int, set[Any]] = {}  # pid -> tids named so far
         self._tree = CallTree()
-        self._http: dict[Any, deque[tuple[int, str, int, Any]]] = {}
+        self._http = HttpPairs()
         self._async_id = 0
         self.name = name
         self.events_written = 0
@@ -141,24 +140,16 @@ class ChromeTraceWriter:
             self._us(e.get("ts_ns"))
             self._pid(sid)
         elif kind == "session_end":
-            for request in self._http.pop(sid, ()):
-                self._http_slice(sid, request, None)
+            for http in self._http.add(e):
+                self._http_slice(http)
             if not self._tree.has_open(sid):  # a session's events end with it: forget it
                 self._tags.pop(sid, None)
                 self._threads.pop(self._pids.pop(sid, 0), None)
-        elif kind == "http_request":
-            self._async_id += 1
-            t0 = e.get("t0_ns")
-            self._us(t0)
-            label = f"{e.get('method') or '?'} {e.get('url') or '?'}"
-            self._http.setdefault(sid, deque()).append((self._async_id, label, t0 if isinstance(t0, int) else 0, e.get("request_id")))
-        elif kind == "http_response":
-            queue = self._http.get(sid)
-            if queue:
-                rid = e.get("request_id")
-                match = next((r for r in queue if rid is not None and r[3] == rid), queue[0])
-                queue.remove(match)
-                self._http_slice(sid, match, e)
+        elif kind == "http_request" or kind == "http_response":
+            if kind == "http_request":
+                self._us(e.get("t0_ns"))
+            for http in self._http.add(e):
+                self._http_slice(http)
 
     def _call(self, call: Call) -> None:
         pid = self._pid(call.session_id)
@@ -183,29 +174,24 @@ class ChromeTraceWriter:
         self._emit({"name": call.func, "cat": call.module, "ph": "X", "ts": ts, "dur": round(self._us(call.t1_ns) - ts, 3),
                     "pid": pid, "tid": tid, "args": args})
 
-    def _http_slice(self, sid: Any, request: tuple[int, str, int, Any], response: dict[str, Any] | None) -> None:
-        ident, label, t0, _ = request
-        pid = self._pid(sid)
+    def _http_slice(self, http: HttpCall) -> None:
+        pid = self._pid(http.session_id)
         tid = self._tid(pid, 0, "http")
-        t1 = t0 + int((response or {}).get("dt_ns") or 0)
-        args = {"status": (response or {}).get("status"), "error": (response or {}).get("error", "no response" if response is None else None)}
-        if response is not None:
-            args["bytes_in"] = response.get("bytes_in")
-            if isinstance(response.get("llm"), dict):
-                args.update(response["llm"])
-            status = response.get("status")
-            label = f"{label} → {status}" if status else f"{label} → {response.get('error') or 'error'}"
-        common = {"name": label, "cat": "http", "id": f"http-{ident}", "pid": pid, "tid": tid}
-        self._emit({**common, "ph": "b", "ts": self._us(t0), "args": args})
-        self._emit({**common, "ph": "e", "ts": self._us(t1)})
+        args = {"status": http.status, "error": http.error}
+        if http.answered:
+            args["bytes_in"] = http.bytes_in
+            args.update(http.llm or {})
+        self._async_id += 1
+        common = {"name": http.label, "cat": "http", "id": f"http-{self._async_id}", "pid": pid, "tid": tid}
+        self._emit({**common, "ph": "b", "ts": self._us(http.t0_ns), "args": args})
+        self._emit({**common, "ph": "e", "ts": self._us(http.t1_ns)})
 
     def close(self) -> None:
         """Write calls still open as complete events up to the last timestamp, then the closing brackets."""
         for call in self._tree.close(self._last):
             self._call(call)
-        for sid in list(self._http):
-            for request in self._http.pop(sid):
-                self._http_slice(sid, request, None)
+        for http in self._http.close():
+            self._http_slice(http)
         self._flush()
         other = {"exporter": "handit", "source": self.name, "base_ns": self._base or 0}
         self._out.write(b"\n],\"displayTimeUnit\":\"ns\",\"otherData\":" + _encode(other).encode("utf-8", "backslashreplace") + b"}\n")
