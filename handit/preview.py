@@ -15,8 +15,10 @@ secret that straddles the cut is still replaced; every result encodes to UTF-8 s
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import datetime
 import decimal
+import enum
 import math
 import threading
 import types
@@ -40,6 +42,7 @@ _CACHE_MAX = 4096
 _SCALAR_IDS = frozenset(id(t) for t in (str, bytes, int, float, bool, type(None), complex))
 _TYPE_QUALNAME = type.__dict__["__qualname__"].__get__
 _TYPE_MRO = type.__dict__["__mro__"].__get__
+_TYPE_DICT = type.__dict__["__dict__"].__get__  # a class's own namespace, no metaclass code
 _FUNC_QUALNAME = types.FunctionType.__dict__["__qualname__"].__get__
 _BUILTIN_QUALNAME = types.BuiltinFunctionType.__dict__["__qualname__"].__get__
 _EXC_ARGS = BaseException.__dict__["args"].__get__
@@ -56,6 +59,7 @@ _EXC_STR_ATTRS: tuple[tuple[type, tuple[str, ...]], ...] = (
 _GROUP = getattr(builtins, "BaseExceptionGroup", None)  # PY311+
 
 _type_names: dict[int, tuple[type, str]] = {}
+_records: dict[int, tuple[type, str | None, tuple[str, ...]]] = {}
 _registry: dict[int, tuple[type, Callable[[Any], str]]] = {}
 _resolved: dict[int, tuple[type, Callable[[Any], str] | None]] = {}
 _registry_lock = threading.Lock()
@@ -168,6 +172,87 @@ def _clock_text(v: datetime.datetime | datetime.time) -> str:
         return f"{kind.__name__}({kind.isoformat(v)})"
     naive = kind.replace(v, tzinfo=None)
     return f"{kind.__name__}({kind.isoformat(naive)} <{_type_name(type(tz))}>)"
+
+
+def _class_attr(tp: type, name: str) -> Any:
+    """``name`` from the first class of ``tp``'s MRO that defines it, read from the class
+    namespaces (no descriptor, ``__getattr__`` or metaclass code runs); None when absent."""
+    for base in _TYPE_MRO(tp):
+        ns = _TYPE_DICT(base)
+        if name in ns:
+            return ns[name]
+    return None
+
+
+def _record_kind(tp: type) -> tuple[str | None, tuple[str, ...]]:
+    """``("enum", ())``, ``("dataclass", fields)``, ``("namedtuple", fields)`` or
+    ``(None, ())``: how instances of ``tp`` are previewed by their fields (decided once per type)."""
+    hit = _records.get(id(tp))
+    if hit is not None and hit[0] is tp:
+        return hit[1], hit[2]
+    kind: str | None = None
+    fields: tuple[str, ...] = ()
+    mro = _TYPE_MRO(tp)
+    if any(base is enum.Enum for base in mro):
+        kind = "enum"
+    elif any(base is tuple for base in mro):
+        names = _class_attr(tp, "_fields")
+        if type(names) is tuple and all(type(f) is str for f in names):
+            kind, fields = "namedtuple", names
+    else:
+        spec = _class_attr(tp, "__dataclass_fields__")
+        if type(spec) is dict:
+            kind = "dataclass"
+            fields = tuple(
+                name for name, f in spec.items()
+                if type(name) is str and type(f) is dataclasses.Field
+                and f._field_type is dataclasses._FIELD and f.repr  # type: ignore[attr-defined]
+            )
+    if len(_records) >= _CACHE_MAX:
+        _records.clear()
+    _records[id(tp)] = (tp, kind, fields)
+    return kind, fields
+
+
+def _field_value(obj: Any, tp: type, name: str) -> tuple[bool, Any]:
+    """A dataclass field's value without user code: the instance ``__dict__`` (when the
+    class's ``__dict__`` is the interpreter's own descriptor) or a ``__slots__`` member."""
+    descr = _class_attr(tp, name)
+    if type(descr) is types.MemberDescriptorType:
+        try:
+            return True, descr.__get__(obj, tp)
+        except AttributeError:  # a slot not set yet
+            return False, None
+    if descr is not None and _class_attr(type(descr), "__get__") is not None:
+        return False, None  # a property or another descriptor: user code
+    attrs = _class_attr(tp, "__dict__")
+    if type(attrs) is not types.GetSetDescriptorType:
+        return False, None
+    namespace = attrs.__get__(obj, tp)
+    if type(namespace) is not dict or name not in namespace:
+        return False, None
+    return True, namespace[name]
+
+
+def _type_text(tp: type) -> str | None:
+    """Return ``"<TypeName>"`` when every instance of ``tp`` previews so in safe mode with
+    no registered previews, else None (its values are formatted: builtins, standard-library
+    values, classes, functions, dataclasses, named tuples, enum members). The compiled
+    engine asks this once per type.
+
+    Args:
+        tp: A type.
+
+    Returns:
+        The preview text, or None.
+    """
+    if id(tp) in _DISPATCH or id(tp) in _SCALAR_IDS or id(tp) in _STDLIB:
+        return None
+    if tp is type or issubclass(tp, type) or tp is types.FunctionType or tp is types.BuiltinFunctionType:
+        return None
+    if _record_kind(tp)[0] is not None:
+        return None
+    return f"<{_type_name(tp)}>"
 
 
 # Exact standard-library value types with a safe, C-implemented or slot-reading format.
@@ -328,7 +413,7 @@ class Previewer:
         fmt = _DISPATCH.get(id(tp))
         if fmt is not None:
             return fmt(self, obj, depth, limit, seen)
-        return self._other(obj, tp, limit)
+        return self._other(obj, tp, limit, depth, seen)
 
     # Container and scalar formatters: one signature, looked up in _DISPATCH by exact type.
 
@@ -358,7 +443,7 @@ class Previewer:
             return "frozenset()"
         return "frozenset(" + self._seq(obj, depth, limit, seen, "{", "}", n) + ")"
 
-    def _other(self, obj: Any, tp: type, limit: int) -> str:
+    def _other(self, obj: Any, tp: type, limit: int, depth: int, seen: list[int]) -> str:
         if _registry:
             fn = _lookup(tp)
             if fn is not None:
@@ -374,7 +459,45 @@ class Previewer:
             return f"<function {_utf8(_FUNC_QUALNAME(obj))}>"
         if tp is types.BuiltinFunctionType:
             return f"<built-in function {_utf8(_BUILTIN_QUALNAME(obj))}>"
+        kind, fields = _record_kind(tp)
+        if kind is not None:
+            return self._record(obj, tp, kind, fields, depth, limit, seen)
         return f"<{_type_name(tp)}>"
+
+    def _record(
+        self, obj: Any, tp: type, kind: str, fields: tuple[str, ...], depth: int, limit: int, seen: list[int]
+    ) -> str:
+        """An enum member as ``Color.RED``; a dataclass or named tuple as ``Point(x=1, y=2)``
+        (fields previewed like a container's items, within ``limit``)."""
+        name = _type_name(tp)
+        if kind == "enum":
+            ok, member = _field_value(obj, tp, "_name_")
+            return f"{name}.{_utf8(member)}" if ok and type(member) is str else f"<{name}>"
+        if depth >= self.max_depth or id(obj) in seen:
+            return f"{name}(...)"
+        values = tuple.__getitem__(obj, slice(0, len(fields))) if kind == "namedtuple" else None
+        parts: list[str] = []
+        used = len(name) + 2
+        seen.append(id(obj))
+        try:
+            for i, field in enumerate(fields[: self.max_items]):
+                if used >= limit:
+                    break
+                if values is not None:
+                    ok, value = i < len(values), values[i] if i < len(values) else None
+                else:
+                    ok, value = _field_value(obj, tp, field)
+                if self.redactor.is_secret_name(field):
+                    p = f"{field}={REDACTED}"
+                elif ok:
+                    p = f"{field}={self._any(value, depth + 1, max(1, limit - used - len(field) - 1), seen)}"
+                else:
+                    p = f"{field}=?"
+                parts.append(p)
+                used += len(p) + 2
+        finally:
+            seen.pop()
+        return _join(parts, len(fields), limit - len(name), name + "(", ")", False)
 
     def _text(self, s: str, limit: int) -> str:
         """Redact, bound and UTF-8-clean a free-form string (no quotes added)."""

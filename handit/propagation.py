@@ -36,6 +36,9 @@ _PATH_SETTINGS = ("output_file", "spool_dir")  # made absolute: a child may run 
 _MULTIPROCESSING_HELPERS = ("from multiprocessing.forkserver import", "from multiprocessing.resource_tracker import")
 
 _env_value: str | None = None  # what this process put in os.environ[ENV]
+_settings_json: tuple[Any, str] | None = None  # (config, its settings as JSON): one config, one encoding
+_ENV_KEY = ENV.encode()
+_ENV_CAP = 4096  # bytes of the link kept in handit's own environment string (longer: os.environ)
 _original_fork: Any = None
 _fork_wrapper: Any = None
 _fork_link: dict[str, Any] | None = None  # the forkserver's: every fork continues this link
@@ -64,6 +67,84 @@ def link_of(session: Any) -> dict[str, Any]:
             "tag": session.tag, "pid": os.getpid(), "settings": settings}
 
 
+def _link_text(session: Any) -> str:
+    """``link_of(session)`` as JSON, the settings' part encoded once per config (a session a
+    request or a test opens the same few configs again and again)."""
+    global _settings_json
+    cached = _settings_json
+    if cached is None or cached[0] is not session.config:
+        settings = json.dumps(link_of(session)["settings"], separators=(",", ":"))
+        cached = _settings_json = (session.config, settings)
+    return (f'{{"session":"{session.id}","trace":"{session.trace_id}","span":"{session.span_id}",'
+            f'"tag":{json.dumps(session.tag)},"pid":{os.getpid()},"settings":{cached[1]}}}')
+
+
+class _OwnEnvString:
+    """The link put in the C environment from one buffer handit owns (``putenv``), rewritten
+    in place for every period with sessions open, and in ``os.environ`` beside it.
+
+    ``os.environ[ENV] = value`` calls ``setenv()``, and glibc keeps every value it was
+    ever given (``setenv.c``: replaced strings may still be referenced, so they are never
+    freed): a new session id each period grew RSS by ~26 MB per 100,000 sessions and cost
+    ~128k instructions (``tests/test_session_cost.py``). ``putenv()`` stores the pointer
+    it is given instead, so one buffer serves every period. Linux only (glibc and musl
+    both keep the caller's pointer); elsewhere, or for a link past ``_ENV_CAP`` bytes,
+    ``os.environ`` is used as before.
+    """
+
+    def __init__(self) -> None:
+        import ctypes
+
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._libc.putenv.argtypes = [ctypes.c_char_p]
+        self._libc.putenv.restype = ctypes.c_int
+        self._prefix = _ENV_KEY + b"="
+        self._buffer = ctypes.create_string_buffer(len(self._prefix) + _ENV_CAP + 1)
+        self._address = ctypes.addressof(self._buffer)
+        self._memmove = ctypes.memmove
+        self._memmove(self._address, self._prefix, len(self._prefix))
+        self._data: dict[bytes, bytes] = os.environ._data  # type: ignore[attr-defined]
+
+    def set(self, value: str) -> bool:
+        """Put ``value`` in the environment; False when it does not fit (the caller uses ``os.environ``)."""
+        raw = value.encode()
+        if len(raw) > _ENV_CAP or b"\0" in raw:
+            return False
+        self._memmove(self._address + len(self._prefix), raw + b"\0", len(raw) + 1)  # not in environ now
+        if self._libc.putenv(self._buffer) != 0:
+            return False
+        self._data[_ENV_KEY] = raw
+        return True
+
+    def clear(self, value: str) -> None:
+        """Take the link out of the environment, unless someone has replaced it since."""
+        if self._data.get(_ENV_KEY) == value.encode():
+            os.unsetenv(ENV)  # takes the pointer out; frees nothing of handit's buffer
+            del self._data[_ENV_KEY]
+
+
+_own_env: _OwnEnvString | None = None
+_own_env_failed = not sys.platform.startswith("linux")
+
+
+def _put_env(value: str) -> None:
+    global _own_env, _own_env_failed
+    if not _own_env_failed and _own_env is None:
+        try:
+            _own_env = _OwnEnvString()
+        except Exception:  # no ctypes, no putenv: os.environ does it
+            _own_env_failed = True
+    if _own_env is None or not _own_env.set(value):
+        os.environ[ENV] = value
+
+
+def _clear_env(value: str) -> None:
+    if _own_env is not None and _own_env._data.get(_ENV_KEY) == value.encode():
+        _own_env.clear(value)
+    elif os.environ.get(ENV) == value:
+        del os.environ[ENV]
+
+
 def _children_on(session: Any) -> bool:
     return bool(getattr(session.config, "children", True))
 
@@ -77,8 +158,8 @@ def sessions_opened(session: Any) -> None:
     global _env_value, _original_fork, _fork_wrapper
     if not _children_on(session):
         return
-    _env_value = json.dumps(link_of(session), separators=(",", ":"))
-    os.environ[ENV] = _env_value
+    _env_value = _link_text(session)
+    _put_env(_env_value)
     if _fork_wrapper is None and hasattr(os, "fork"):
         _original_fork = os.fork
         _fork_wrapper = _make_fork_wrapper(_original_fork)
@@ -88,8 +169,8 @@ def sessions_opened(session: Any) -> None:
 def sessions_closed() -> None:
     """The last session stopped: children started from now on are not traced."""
     global _env_value, _original_fork, _fork_wrapper
-    if _env_value is not None and os.environ.get(ENV) == _env_value:
-        del os.environ[ENV]
+    if _env_value is not None:
+        _clear_env(_env_value)
     _env_value = None
     if _fork_wrapper is not None and _fork_link is None:
         if os.fork is _fork_wrapper:

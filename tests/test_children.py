@@ -2,6 +2,7 @@
 (handit/propagation.py, handit.pth), and `handit run` records them in its trace."""
 from __future__ import annotations
 
+import json
 import os
 import site
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 from conftest import child_env
 
 import handit
+from handit import propagation
 from handit.tracefile import iter_events
 
 pytestmark = pytest.mark.engine_dependent  # its tests run an engine outside the `engine` fixture
@@ -182,3 +184,25 @@ def test_a_bad_variable_warns_and_the_child_runs(child_python, tmp_path):
                        env={**_env(), "HANDIT_PARENT_SESSION": "{not json"})
     assert r.returncode == 0 and r.stdout == "ran\n"
     assert "could not continue" in r.stderr
+
+
+def test_back_to_back_sessions_each_reach_a_child_through_the_c_environment(tmp_path):
+    # a shell reads the C environment (subprocess with env=None passes it as it is); the
+    # link is rewritten in handit's own buffer each period, and os.environ agrees with it
+    shown = []
+    for tag in ("one", "two", "three"):
+        with handit.session(tag) as s:
+            out = subprocess.run(["/bin/sh", "-c", 'printf %s "$HANDIT_PARENT_SESSION"'], capture_output=True, text=True, timeout=30).stdout
+            assert json.loads(out) == json.loads(os.environ[propagation.ENV])
+            shown.append(json.loads(out)["session"] == s.id)
+        out = subprocess.run(["/bin/sh", "-c", 'printf %s "${HANDIT_PARENT_SESSION-unset}"'], capture_output=True, text=True, timeout=30).stdout
+        assert out == "unset" and propagation.ENV not in os.environ
+    assert shown == [True, True, True]
+    with handit.session("replaced"):
+        os.environ[propagation.ENV] = "theirs"  # someone else's value is left to them
+    try:
+        assert os.environ[propagation.ENV] == "theirs"
+        out = subprocess.run(["/bin/sh", "-c", 'printf %s "$HANDIT_PARENT_SESSION"'], capture_output=True, text=True, timeout=30).stdout
+        assert out == "theirs"
+    finally:
+        del os.environ[propagation.ENV]
