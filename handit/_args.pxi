@@ -36,8 +36,8 @@ cdef int _pv_str = 256             # the previewer's max_str, max_items and max_
 cdef int _pv_items = 8
 cdef int _pv_depth = 3
 cdef bint _pv_repr = False         # HANDIT_PREVIEW=repr: user __repr__ runs (the previewer's job)
-cdef PyObject* _type_cache_tp[256]     # type -> b"<TypeName>" or None (both owned)
-cdef PyObject* _type_cache_text[256]
+cdef PyObject* _type_cache_tp[1024]    # type -> b"<TypeName>" or None (both owned); 1024: a
+cdef PyObject* _type_cache_text[1024]  # test suite's hundreds of TestCase classes thrashed 256
 
 
 cdef void _set_previewer(object previewer) noexcept:
@@ -649,9 +649,9 @@ cdef int _type_text(char* out, int room, PyObject* v) noexcept:
     cdef void* tp = Py_TYPE(v)
     cdef int h
     cdef PyObject* text
-    if _pv_repr or len(_registry):
+    if _pv_repr or PyDict_GET_SIZE(<PyObject*>_registry):
         return -1
-    h = <int>((<size_t>tp >> 4) & 255)
+    h = <int>(((<size_t>tp >> 4) ^ (<size_t>tp >> 14)) & 1023)
     if _type_cache_tp[h] != <PyObject*>tp:
         try:
             decided = _type_decision(<object>tp)
@@ -771,7 +771,7 @@ cdef PyObject* _args(TState* ts, CInfo* ci, PyFrameObject* frame, void* iframe) 
     cdef OutBuf b
     cdef int failed = 0
     _forget_exception(ts)
-    if _blob_start(&b, 16 + 16 * n) < 0:
+    if _blob_start(&b, 256 + 16 * n) < 0:  # a string near max_str fits without a realloc
         return NULL
     _put_varint(&b, n)
     for i in range(n):

@@ -1034,15 +1034,26 @@ def encode_while_waiting(seconds: float, calibration: Any) -> None:
     time.sleep(seconds)
 
 
-def drain(calibration: Any, previewer: Any) -> list[tuple[int, bytes]]:
+def drain(calibration: Any, previewer: Any, route: Callable[[int, bytes], None] | None = None) -> Any:
     """Turn every pending record into encoded blocks, one per (session slot, thread).
 
     Args:
         calibration: a :class:`handit.clock.Calibration` for this engine's clock.
         previewer: turns kept values into redacted preview strings.
+        route: called with ``(slot, block)`` for each block, in order.
     Returns:
-        ``(slot, block)`` pairs in the block format of :mod:`handit.records`.
+        ``(slot, block)`` pairs in the block format of :mod:`handit.records`; with
+        ``route``, the number of blocks routed.
     """
+    out = _drain_blocks(calibration, previewer)
+    if route is None:
+        return out
+    for slot, block in out:
+        route(slot, block)
+    return len(out)
+
+
+def _drain_blocks(calibration: Any, previewer: Any) -> list[tuple[int, bytes]]:
     out: list[tuple[int, bytes]] = []
     if PY312:
         _rearm_after_limit(warn=False)

@@ -1407,7 +1407,7 @@ cdef void _encode_queued_plain() noexcept nogil:
     ts = _all_states
     handit_q_unlock()
     while ts != NULL:
-        while _out_ready(ts) and _out_bytes(ts) < 4 * BLOCK_BYTES:  # past that, drain() hands them out
+        while _out_ready(ts) and _out_bytes(ts) < PRE_ENCODED_BYTES:  # past that, drain() hands them out
             c = _take_plain(ts)
             if c == NULL:
                 break
@@ -1474,7 +1474,8 @@ cdef OutBuf* _buf_or_flush(TState* ts, uint16_t slot, int64_t t, list out) noexc
 
 
 cdef uint64_t MAX_GEN_KEYS = 65536  # records.MAX_GEN_KEYS
-cdef size_t BLOCK_BYTES = 1 << 20  # records.BLOCK_BYTES
+cdef size_t BLOCK_BYTES = 1 << 16  # records.BLOCK_BYTES
+cdef size_t PRE_ENCODED_BYTES = 4 << 20  # encoded by the drain thread ahead of drain(), per thread
 
 
 ctypedef struct GenKeys:
@@ -1711,14 +1712,18 @@ cdef Chunk* _take_all(TState* ts) noexcept:
     return chunk
 
 
-def drain(calibration, previewer):
+def drain(calibration, previewer, route=None):
     """Turn every pending record into encoded blocks, one per (session slot, thread).
 
     Args:
         calibration: a :class:`handit.clock.Calibration` for this engine's clock.
         previewer: turns kept values into redacted preview strings.
+        route: called with ``(slot, block)`` for each block, in order, each block made
+            just before its call (the encoded bytes wait in memory Python does not
+            allocate: under ``tracemalloc`` a drain shows one block at most).
     Returns:
-        ``(slot, block)`` pairs in the block format of :mod:`handit.records`.
+        ``(slot, block)`` pairs in the block format of :mod:`handit.records`; with
+        ``route``, the number of blocks routed.
     """
     cdef TState* ts
     cdef Chunk* chunk
@@ -1768,6 +1773,8 @@ def drain(calibration, previewer):
                         continue
                     _encode_valued(b, r, <RecordExt*>&chunk.recs[i + 1], t)
                     i += 2
+                    if b.len >= BLOCK_BYTES:  # previews make big records: cut at the record
+                        _cut_full(ts, out)
                 nxt = chunk.next
                 handit_q_lock()
                 _release_chunk(chunk)
@@ -1791,7 +1798,31 @@ def drain(calibration, previewer):
         _free_exited_states()
     finally:
         handit_enc_unlock()
-    return out
+    return _hand_out(out, route)
+
+
+cdef object _hand_out(list out, object route):
+    # the encoded blocks (slot, address, length) as bytes: to `route` one at a time, each
+    # freed before the next is made, or as a list; whatever is not handed out is freed
+    cdef Py_ssize_t k = 0, n = len(out)
+    cdef list blocks = []
+    try:
+        while k < n:
+            slot, addr, size = out[k]
+            block = PyBytes_FromStringAndSize(<char*><size_t>addr, size)
+            free(<void*><size_t>addr)
+            out[k] = None
+            k += 1
+            if route is None:
+                blocks.append((slot, block))
+            else:
+                route(slot, block)
+            block = None
+    finally:
+        for rest in out[k:]:
+            if rest is not None:
+                free(<void*><size_t>rest[1])
+    return blocks if route is None else n
 
 
 cdef void _cut_full(TState* ts, list out) noexcept:
@@ -1875,11 +1906,12 @@ def thread_states():
 
 
 cdef void _flush_buf(OutBuf* b, list out) noexcept:
+    # a finished block handed to `out` as (slot, address, length): drain() makes the bytes
     try:
-        out.append((b.slot, PyBytes_FromStringAndSize(b.data, b.len)))
+        out.append((b.slot, <size_t>b.data, b.len))
     except BaseException:
         PyErr_Clear()
-    free(b.data)
+        free(b.data)
     b.data = NULL
 
 

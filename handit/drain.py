@@ -55,10 +55,7 @@ class Drain:
         global _drain_owner
         _drain_owner = threading.get_ident()
         try:
-            blocks = self.engine.drain(self.calibration, self.previewer)
-            for slot, block in blocks:
-                self.route(slot, block)
-            return len(blocks)
+            return int(self.engine.drain(self.calibration, self.previewer, self.route))
         finally:
             _drain_owner = 0
 

@@ -67,7 +67,8 @@ class Rendered(str):
     __slots__ = ()
 
 
-BLOCK_BYTES = 1 << 20  # a block is cut about here: a reader or writer never holds a larger one
+BLOCK_BYTES = 1 << 16  # a block is cut about here: a reader or writer never holds a larger one
+# (64 KiB: a block waiting for the GIL under tracemalloc is the program's memory, see drain())
 MAX_GEN_KEYS = 65536  # generator keys in use per session before the table starts again
 
 

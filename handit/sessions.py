@@ -154,17 +154,20 @@ class Session:
             sink.block(self, block)
 
     def _keep(self, block: bytes) -> None:
-        """Keep a block for :attr:`events`: in memory up to HANDIT_MAX_SESSION_MEMORY; past it
-        the trace file this session writes holds them (no second copy), or else a spill file."""
+        """Keep a block for :attr:`events`: the trace file this session writes holds them (no
+        second copy); without one, in memory up to HANDIT_MAX_SESSION_MEMORY, then a spill file."""
         if self._in_file is not None:
             return
+        # a trace file this session writes holds the blocks from the first: no copy in memory
+        # (under tracemalloc, kept blocks were the program's memory: more-itertools'
+        # test_repeated_zero_cache_peek_has_bounded_memory saw ~1 MB of them)
+        path = next((s.path for s in self._sinks if getattr(s, "fmt", "") == "handit"), None)
+        if path is not None:
+            self._in_file = path
+            self._blocks.clear()
+            self._mem = 0
+            return
         if self._spill is None and self._mem + len(block) > self.config.max_session_memory:
-            path = next((s.path for s in self._sinks if getattr(s, "fmt", "") == "handit"), None)
-            if path is not None:
-                self._in_file = path
-                self._blocks.clear()
-                self._mem = 0
-                return
             self._spill = tempfile.TemporaryFile(prefix="handit-spill-")  # created 0600
             weakref.finalize(self, self._spill.close)
         if self._spill is not None:
