@@ -1,0 +1,327 @@
+"""The pytest plugin, run as a user runs it: pytest in a subprocess on a small project (pytester)."""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import stat
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+from conftest import PY312, child_env
+
+from handit.tracefile import read_trace
+
+pytest_plugins = ["pytester"]
+
+PKG = '''
+class Cart:
+    def __init__(self, items):
+        self.items = items
+
+    def total(self, discount=0):
+        s = sum(price(i) for i in self.items)
+        return apply_discount(s, discount)
+
+
+def price(item):
+    return item["price"] * item.get("qty", 1)
+
+
+def apply_discount(total, discount):
+    check(discount)
+    return total - total * discount / 100
+
+
+def check(discount):
+    if discount > 50:
+        raise ValueError(f"discount {discount}% too large")
+
+
+def unrelated(n):
+    return n + 1
+'''
+
+TESTS = '''
+import pytest
+from shop.cart import Cart, price, unrelated
+
+
+@pytest.fixture
+def broken():
+    return unrelated("x")
+
+
+def test_passes():
+    for i in range(5):
+        unrelated(i)
+    assert Cart([{"price": 3}]).total() == 3
+
+
+def test_raises_deep():
+    cart = Cart([{"price": 10, "qty": 2}, {"price": 5}])
+    assert cart.total(10) == 22.5
+    assert cart.total(60) == 10
+
+
+def test_assertion():
+    assert price({"price": 4, "qty": 3}) == 11
+
+
+def test_errors_in_fixture(broken):
+    pass
+
+
+@pytest.mark.skip(reason="not today")
+def test_skipped():
+    pass
+
+
+@pytest.mark.xfail(reason="known")
+def test_xfails():
+    unrelated(None)
+
+
+@pytest.mark.parametrize("discount", [0, 20, 70])
+def test_param(discount):
+    assert Cart([{"price": 10}]).total(discount) <= 10
+'''
+
+OUTCOMES = {"passed": 3, "failed": 3, "errors": 1, "skipped": 1, "xfailed": 1}
+
+
+def _plugin_args() -> list[str]:
+    """Load the plugin by name unless the installed handit's entry point already does (CI's install)."""
+    entry_points = importlib.metadata.entry_points(group="pytest11")
+    return [] if any(ep.value == "handit.pytest_plugin" for ep in entry_points) else ["-p", "handit.pytest_plugin"]
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """A project with a package and its tests; children run the handit under test."""
+    monkeypatch.setenv("PYTHONPATH", child_env()["PYTHONPATH"])
+    pytester.mkpydir("shop")
+    pytester.path.joinpath("shop", "cart.py").write_text(PKG)
+    pytester.makepyfile(test_cart=TESTS)
+    return pytester
+
+
+def run(project: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return project.runpytest_subprocess(*_plugin_args(), "-p", "no:cacheprovider", *args, timeout=120)
+
+
+def section_of(output: str, test: str) -> str:
+    """The call-tree section printed in the report of ``test`` (a node id, in test_cart.py if no file is named)."""
+    head = output.index(f"traced in {test if '::' in test else 'test_cart.py::' + test}")
+    end = output.find("\n___", head)
+    end = output.find("\n===", head) if end < 0 else min(end, output.find("\n===", head))
+    return output[head:end]
+
+
+def trace_sessions(path: str) -> dict[str, list[dict]]:
+    """Events of each session in a trace file, by tag."""
+    events = read_trace(path)
+    tags = {e["session_id"]: e["tag"] for e in events if e["type"] == "session_start"}
+    out: dict[str, list[dict]] = {}
+    for e in events:
+        out.setdefault(tags.get(e.get("session_id")), []).append(e)
+    return out
+
+
+def test_off_by_default(project: pytest.Pytester) -> None:
+    result = run(project)
+    result.assert_outcomes(**OUTCOMES)
+    assert "handit call tree" not in result.stdout.str()
+    assert "==== handit ====" not in result.stdout.str()
+    assert not project.path.joinpath(".handit").exists()
+
+
+def test_failure_sections_outcomes_and_file(project: pytest.Pytester, engine: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    eng, src = engine
+    monkeypatch.setenv("HANDIT_ENGINE", eng)
+    monkeypatch.setenv("HANDIT_SOURCE", src)
+    result = run(project, "--handit")
+    result.assert_outcomes(**OUTCOMES)  # the same outcomes as without the plugin (test above)
+    out = result.stdout.str()
+
+    deep = section_of(out, "test_raises_deep")
+    lines = deep.splitlines()
+    # the branch that raised, with arguments, return values and the exception, indented by depth
+    assert lines[1].startswith("test_raises_deep() raised ValueError: discount 60% too large")
+    assert any(line.startswith("├─ Cart.total(self=<Cart>, discount=10) → 22.5") for line in lines)
+    assert any(line.startswith("└─ Cart.total(self=<Cart>, discount=60) raised ValueError") for line in lines)
+    assert any(line.startswith("   └─ apply_discount(total=25, discount=60) raised ValueError") for line in lines)
+    assert any(line.startswith("      └─ check(discount=60) raised ValueError: discount 60% too large") for line in lines)
+    assert "unrelated" not in deep  # only the failing test's own calls
+
+    assertion = section_of(out, "test_assertion")
+    assert "test_assertion() raised AssertionError: assert 12 == 11" in assertion
+    assert "├─ price(item={'price': 4, 'qty': 3}) → 12" in assertion  # the value the assertion compared
+
+    param = section_of(out, "test_param[70]")
+    assert "Cart.total(self=<Cart>, discount=70)" in param
+    assert "traced in test_cart.py::test_passes" not in out  # passing tests get no section by default
+    assert "traced in test_cart.py::test_xfails" not in out
+
+    path = project.path / ".handit" / "pytest-main.handit"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    sessions = trace_sessions(str(path))
+    ran = {"test_cart.py::test_passes", "test_cart.py::test_raises_deep", "test_cart.py::test_assertion",
+           "test_cart.py::test_xfails", "test_cart.py::test_param[0]", "test_cart.py::test_param[20]",
+           "test_cart.py::test_param[70]"}
+    assert set(sessions) == ran  # a session per test that ran its call; none for the skipped and the erroring one
+    passes = [e for e in sessions["test_cart.py::test_passes"] if e["type"] == "call"]
+    assert [e["func"] for e in passes].count("unrelated") == 5
+    assert passes[0]["func"] == "test_passes" and passes[0]["module"] == "test_cart"  # pytest itself is not traced
+    assert not any(e["module"].startswith(("_pytest", "pytest", "pluggy")) for e in passes)
+
+    summary = out[out.index("==== handit ===="):]
+    assert "7 tests traced" in summary
+    assert os.path.join(".handit", "pytest-main.handit") in summary
+    row = next(line for line in summary.splitlines() if "shop.cart.unrelated" in line)
+    assert "6 calls" in row.split("shop.cart.unrelated")[1]  # 5 in test_passes, 1 in test_xfails
+
+
+def test_junit_xml_has_the_tree_and_the_session(project: pytest.Pytester) -> None:
+    result = run(project, "--handit", "--junitxml=report.xml")
+    result.assert_outcomes(**OUTCOMES)
+    root = ET.parse(project.path / "report.xml").getroot()
+    cases = {c.get("name"): c for c in root.iter("testcase")}
+    failure = cases["test_raises_deep"].find("failure")
+    assert failure is not None and "check(discount=60) raised ValueError" in failure.text
+    props = {p.get("name"): p.get("value") for p in cases["test_passes"].iter("property")}
+    assert props["handit_trace"].endswith(os.path.join(".handit", "pytest-main.handit"))
+    assert len(props["handit_session"]) == 36
+
+
+def test_show_all_and_none(project: pytest.Pytester) -> None:
+    shown = run(project, "--handit", "--handit-show=all", "-rP").stdout.str()
+    passing = shown[shown.index("traced in test_cart.py::test_passes"):]
+    assert "unrelated(n=4) → 5  (the last of 5 calls" in passing
+    result = run(project, "--handit", "--handit-show=none")
+    result.assert_outcomes(**OUTCOMES)
+    assert "handit call tree" not in result.stdout.str()
+    assert "==== handit ====" in result.stdout.str()
+
+
+def test_ini_setting_turns_it_on(project: pytest.Pytester) -> None:
+    project.makeini("[pytest]\nhandit = true\n")
+    result = run(project)
+    result.assert_outcomes(**OUTCOMES)
+    assert "traced in test_cart.py::test_raises_deep" in result.stdout.str()
+
+
+def test_include_and_exclude(project: pytest.Pytester) -> None:
+    # only check() named: the tests are traced anyway, the functions between them are not
+    result = run(project, "--handit", r"--handit-include=^shop\.cart::check$", "-k", "raises_deep")
+    section = section_of(result.stdout.str(), "test_raises_deep")
+    assert "└─ check(discount=60) raised ValueError" in section
+    assert "Cart.total" not in section and "apply_discount" not in section
+    result = run(project, "--handit", r"--handit-exclude=::check$", "-k", "raises_deep")
+    section = section_of(result.stdout.str(), "test_raises_deep")
+    assert "apply_discount(total=25, discount=60) raised ValueError" in section
+    assert "check(" not in section
+
+
+def test_bad_option_is_a_usage_error(project: pytest.Pytester) -> None:
+    result = run(project, "--handit", "--handit-include=(")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--handit-include='(' is not a valid regular expression" in result.stderr.str()
+
+
+def test_fixtures_are_traced_on_request(project: pytest.Pytester) -> None:
+    result = run(project, "--handit", "--handit-fixtures", "-k", "fixture")
+    result.assert_outcomes(errors=1)
+    section = section_of(result.stdout.str(), "test_errors_in_fixture (setup)")
+    assert "broken() raised TypeError" in section
+    assert "└─ unrelated(n='x') raised TypeError" in section
+
+
+def test_handit_session_fixture(project: pytest.Pytester) -> None:
+    project.makepyfile(test_fixture='''
+        from shop.cart import unrelated
+
+        def test_own_session(handit_session):
+            unrelated(1)
+            unrelated(2)
+            calls = [e["func"] for e in handit_session.events if e["type"] == "call"]
+            assert calls.count("unrelated") == 2, calls
+            assert handit_session.tag == "test_fixture.py::test_own_session"
+            print("engine", handit_session.engine, handit_session.source)
+    ''')
+    for args in ((), ("--handit",)):
+        result = run(project, "test_fixture.py", "-s", *args)
+        result.assert_outcomes(passed=1)
+        result.stdout.fnmatch_lines(["*engine *"])
+
+
+def test_xdist_two_workers(project: pytest.Pytester) -> None:
+    pytest.importorskip("xdist")
+    result = run(project, "--handit", "-n", "2")
+    result.assert_outcomes(**OUTCOMES)
+    out = result.stdout.str()
+    assert "check(discount=60) raised ValueError: discount 60% too large" in section_of(out, "test_raises_deep")
+    files = sorted(p.name for p in (project.path / ".handit").glob("pytest-*.handit"))
+    assert set(files) <= {"pytest-gw0.handit", "pytest-gw1.handit"} and files
+    tags: set[str] = set()
+    for name in files:
+        tags |= set(trace_sessions(str(project.path / ".handit" / name)))
+    assert len(tags) == 7
+    summary = out[out.index("==== handit ===="):]
+    assert "7 tests traced" in summary
+    row = next(line for line in summary.splitlines() if "shop.cart.unrelated" in line)
+    assert "6 calls" in row.split("shop.cart.unrelated")[1]  # added up over the workers
+
+
+@pytest.mark.parametrize("core", ["ctrace", "sysmon"] if PY312 else ["ctrace"])
+def test_with_pytest_cov(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, core: str) -> None:
+    pytest.importorskip("pytest_cov")
+    monkeypatch.setenv("COVERAGE_CORE", core)
+    result = run(project, "--handit", "--cov=shop", "--cov-report=term-missing")
+    result.assert_outcomes(**OUTCOMES)
+    out = result.stdout.str()
+    assert "check(discount=60) raised ValueError" in section_of(out, "test_raises_deep")
+    # coverage saw every line of the package: both tools measured the same run
+    row = next(line for line in out.splitlines() if line.startswith("shop" + os.sep + "cart.py "))
+    assert row.split()[2:4] == ["0", "100%"], row
+
+
+def test_pdb(project: pytest.Pytester) -> None:
+    result = run(project, "--handit", "--pdb", "-k", "raises_deep")
+    out = result.stdout.str()
+    assert "check(discount=60) raised ValueError" in section_of(out, "test_raises_deep")
+    assert "entering PDB" in out
+
+
+def test_async_tests(project: pytest.Pytester) -> None:
+    pytest.importorskip("pytest_asyncio")
+    project.makepyfile(test_async='''
+        import asyncio
+        import pytest
+        from shop.cart import check
+
+        async def fetch(n):
+            await asyncio.sleep(0)
+            check(n)
+            return n
+
+        @pytest.mark.asyncio
+        async def test_async_fails():
+            assert await fetch(1) == 1
+            await asyncio.gather(fetch(2), fetch(80))
+    ''')
+    result = run(project, "--handit", "test_async.py", "-o", "asyncio_default_fixture_loop_scope=function")
+    result.assert_outcomes(failed=1)
+    section = section_of(result.stdout.str(), "test_async.py::test_async_fails")
+    assert "fetch(n=1) → 1" in section
+    assert "check(discount=80) raised ValueError: discount 80% too large" in section
+
+
+def test_unconfigured_plugin_costs_nothing() -> None:
+    """Importing the plugin (pytest does, for every run, once handit is installed) starts nothing."""
+    import subprocess
+
+    code = ("import sys, handit.pytest_plugin; "
+            "print(sorted(m for m in sys.modules if m.startswith('handit')))")
+    out = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['handit', 'handit.pytest_plugin']"
