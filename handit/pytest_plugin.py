@@ -265,10 +265,10 @@ class HanditPlugin:
         from .renderers.failure import build_calls, render_failure, render_tree
 
         width = max(self.config.get_terminal_writer().fullwidth, 100)
-        events = session.events
+        events = session.iter_calls()  # not kept: a test may make millions of calls
         tree = render_failure(events, width=width) if report.failed else render_tree(build_calls(events), width=width)
-        calls = session.stats.get("calls", 0) or sum(1 for e in events if e.get("type") == "call")
-        head = (f"{calls} call{'s' if calls != 1 else ''} traced in {report.nodeid} ({report.when}); "
+        calls = session.stats["calls"] if session.t1_ns is not None else session.fold()["counts"].get("calls", 0)
+        head = (f"{calls:,} call{'s' if calls != 1 else ''} traced in {report.nodeid} ({report.when}); "
                 f"all of them: handit show {os.path.relpath(self.path)} --session {session.id[:8]}")
         text = head + "\n" + (tree or "(no traced call: the code it ran is outside what --handit-include selects)")
         longrepr = report.longrepr

@@ -259,6 +259,21 @@ class Session:
         """Call events only."""
         return [e for e in self.events if e["type"] == "call"]
 
+    def iter_calls(self) -> Iterator[dict[str, Any]]:
+        """The ``call``, ``return`` and ``exception`` events one at a time, decoded as they are read
+        and not kept (:attr:`events` keeps them all): for a view of a session of any size."""
+        if self._events is not None:
+            yield from (e for e in self._events if e["type"] in ("call", "return", "exception"))
+            return
+        from .reader import TraceBuilder
+
+        if self.t1_ns is None:
+            _drain_now()
+        builder = TraceBuilder(self.id, self._codes.code_info)
+        for block in self._iter_blocks():
+            yield from builder.feed(block)
+        yield from builder.finish(self.t1_ns or time.time_ns())
+
     def fold(self) -> dict[str, Any]:
         """The session's per-function figures so far (:meth:`handit.blocks.Fold.to_json`), without events.
 

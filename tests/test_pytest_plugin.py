@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import stat
 import sys
 import xml.etree.ElementTree as ET
@@ -325,3 +326,29 @@ def test_unconfigured_plugin_costs_nothing() -> None:
             "print(sorted(m for m in sys.modules if m.startswith('handit')))")
     out = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['handit', 'handit.pytest_plugin']"
+
+
+def test_a_long_test_is_folded_in_bounded_memory() -> None:
+    """200,000 calls before the failure: a few lines, and at most 2 x KEEP calls kept under a parent."""
+    from handit.renderers.failure import KEEP, build_calls, render_failure
+
+    def events(n: int):
+        yield {"type": "call", "call_id": 1, "parent_id": None, "func": "test_long", "module": "t", "args_preview": {}}
+        for i in range(2, n + 2):
+            yield {"type": "call", "call_id": i, "parent_id": 1, "func": "step", "module": "t", "args_preview": {"i": str(i)}}
+            yield {"type": "return", "call_id": i, "dt_ns": 10, "locals_preview": {"return": "None"}}
+        yield {"type": "call", "call_id": n + 2, "parent_id": 1, "func": "last", "module": "t", "args_preview": {}}
+        yield {"type": "exception", "call_id": n + 2, "type_name": "KeyError", "message": "'k'"}
+        yield {"type": "return", "call_id": n + 2, "dt_ns": 10, "raised": True}
+        yield {"type": "exception", "call_id": 1, "type_name": "KeyError", "message": "'k'"}
+        yield {"type": "return", "call_id": 1, "dt_ns": 99, "raised": True}
+
+    roots = build_calls(events(200_000))
+    assert len(roots[0].children) <= 2 * KEEP and roots[0].size() == 200_002
+    lines = render_failure(events(200_000)).splitlines()
+    assert lines[0] == "test_long() raised KeyError: 'k'  [99 ns]"
+    earlier = re.fullmatch(r"├─ … ([\d,]+) earlier calls: step ×([\d,]+)", lines[1])
+    run = re.fullmatch(r"├─ step\(i=200001\) → None  \(the last of (\d+) calls, [\d.]+ [nµ]s in all\)", lines[2])
+    assert earlier and run, lines
+    assert int(earlier[1].replace(",", "")) + int(run[1]) == 200_000
+    assert lines[3:] == ["└─ last() raised KeyError: 'k'  [10 ns]"]

@@ -25,10 +25,15 @@ MAX_DEPTH = 6
 """Levels of a whole (non-failure) tree shown; deeper calls are counted on their parent's line."""
 
 
+KEEP = 50
+"""Finished calls kept under one parent while the events are read; earlier ones are only counted
+(so a test that made a million calls is rendered in bounded memory)."""
+
+
 class Call:
     """One call of the session: what it was given, what it gave back or raised, what it called."""
 
-    __slots__ = ("func", "module", "args", "ret", "exc", "raised", "dt_ns", "end", "children")
+    __slots__ = ("func", "module", "args", "ret", "exc", "raised", "dt_ns", "end", "children", "folded", "folded_calls")
 
     def __init__(self, func: str, module: str, args: dict[str, Any] | None) -> None:
         self.func, self.module, self.args = func, module, args or {}
@@ -38,29 +43,35 @@ class Call:
         self.dt_ns: int | None = None  # None: no return seen (still running when the events were read)
         self.end = 1 << 62  # the position of its return among the events (unfinished: after all)
         self.children: list[Call] = []
+        self.folded: dict[str, int] = {}  # function -> children dropped from ``children`` (only counted)
+        self.folded_calls = 0  # calls in those children's subtrees
 
     def size(self) -> int:
         """Calls in this subtree, this one included."""
-        return 1 + sum(c.size() for c in self.children)
+        return 1 + self.folded_calls + sum(c.size() for c in self.children)
 
 
-def build_calls(events: Iterable[dict[str, Any]]) -> list[Call]:
+def build_calls(events: Iterable[dict[str, Any]], keep: int = KEEP) -> list[Call]:
     """The root calls of a stream of events (``call_id``/``parent_id`` linked), in call order.
 
     A call whose parent is not among the events (a thread's first call, or a call under
-    an excluded function's caller) is a root.
+    an excluded function's caller) is a root. Under each parent (and among the roots) the
+    last ``keep`` finished calls are kept, and the last that raised; earlier ones are
+    counted in the parent's ``folded``.
     """
     by_id: dict[Any, Call] = {}
-    roots: list[Call] = []
+    top = Call("", "", None)  # holds the roots
     for position, e in enumerate(events):
         kind = e.get("type")
         if kind == "call":
             call = Call(str(e.get("func") or "?"), str(e.get("module") or "?"), e.get("args_preview"))
-            parent = by_id.get(e.get("parent_id")) if e.get("parent_id") is not None else None
-            (parent.children if parent is not None else roots).append(call)
+            parent = by_id.get(e.get("parent_id"), top) if e.get("parent_id") is not None else top
+            parent.children.append(call)
+            if len(parent.children) > 2 * keep:
+                _fold_early(parent, keep)
             by_id[e.get("call_id")] = call
         elif kind == "return":
-            call = by_id.get(e.get("call_id"))
+            call = by_id.pop(e.get("call_id"), None)
             if call is not None:
                 call.dt_ns = e.get("dt_ns")
                 call.end = position
@@ -72,7 +83,22 @@ def build_calls(events: Iterable[dict[str, Any]]) -> list[Call]:
             call = by_id.get(e.get("call_id"))
             if call is not None:
                 call.exc = (str(e.get("type_name") or "?"), str(e.get("message") or ""))
-    return roots
+    return top.children
+
+
+def _fold_early(parent: Call, keep: int) -> None:
+    """Drop ``parent``'s earliest finished children past the last ``keep`` (never one still
+    running, nor the last that raised) into its counts."""
+    children = parent.children
+    last_raised = max((c for c in children if c.raised), key=lambda c: c.end, default=None)
+    kept: list[Call] = []
+    for i, child in enumerate(children):
+        if i >= len(children) - keep or child.dt_ns is None or child is last_raised:
+            kept.append(child)
+        else:
+            parent.folded[child.func] = parent.folded.get(child.func, 0) + 1
+            parent.folded_calls += child.size()
+    parent.children = kept
 
 
 def _raised(call: Call) -> bool:
@@ -104,23 +130,25 @@ def _line(call: Call, width: int, count: int = 1, inside: bool = True, run_ns: i
     else:
         outcome = " (unfinished)" if call.dt_ns is None else ""
     if count > 1:
-        outcome += f"  (the last of {count} calls, {fmt_ns(run_ns)} in all)"
+        outcome += f"  (the last of {count:,} calls, {fmt_ns(run_ns)} in all)"
     elif call.dt_ns is not None:
         outcome += f"  [{fmt_ns(call.dt_ns)}]"
-    n = call.size() - 1 if inside else 0
+    n = call.size() - 1 if inside and count == 1 else 0
     outcome += f"  (+{n} calls inside)" if n else ""
     room = max(width - len(call.func) - 2 - len(outcome), 24)
     return f"{call.func}({fmt_args(call.args, width=room)}){outcome}"
 
 
-def _folded(calls: list[Call], what: str) -> str:
-    by_func: dict[str, int] = {}
+def _folded(calls: list[Call], what: str, parent: Call | None = None) -> str:
+    """One line for calls not shown: how many (their subtrees included) and of which functions;
+    ``parent``'s calls counted while reading are added."""
+    by_func: dict[str, int] = dict(parent.folded) if parent is not None else {}
     for c in calls:
         by_func[c.func] = by_func.get(c.func, 0) + 1
     top = sorted(by_func.items(), key=lambda kv: -kv[1])
-    names = ", ".join(f"{f} ×{n}" if n > 1 else f for f, n in top[:4]) + (", …" if len(top) > 4 else "")
-    n = sum(c.size() for c in calls)
-    return f"… {n} {what} call{'s' if n != 1 else ''}: {names}"
+    names = ", ".join(f"{f} ×{n:,}" if n > 1 else f for f, n in top[:4]) + (", …" if len(top) > 4 else "")
+    n = sum(c.size() for c in calls) + (parent.folded_calls if parent is not None else 0)
+    return f"… {n:,} {what} call{'s' if n != 1 else ''}: {names}"
 
 
 def _runs(calls: list[Call]) -> list[tuple[Call, int, int]]:
@@ -173,20 +201,20 @@ def _branch_lines(branch: list[Call], roots: list[Call], width: int, context: in
     for depth, call in enumerate(branch):
         pad = "   " * (depth - 1) if depth else ""
         if depth:
-            _context_lines(siblings[: siblings.index(call)], pad, width, context, lines)
+            _context_lines(siblings[: siblings.index(call)], branch[depth - 1], pad, width, context, lines)
         lines.append(f"{pad}{'└─ ' if depth else ''}{_line(call, width - len(pad), inside=False)}")
         siblings = call.children
     # where the exception started: the calls it made first (the values an assertion compared)
-    _context_lines(branch[-1].children, "   " * (len(branch) - 1), width, context, lines)
+    _context_lines(branch[-1].children, branch[-1], "   " * (len(branch) - 1), width, context, lines)
     return lines
 
 
-def _context_lines(calls: list[Call], pad: str, width: int, context: int, out: list[str]) -> None:
+def _context_lines(calls: list[Call], parent: Call, pad: str, width: int, context: int, out: list[str]) -> None:
     runs = _runs(calls)
     shown = runs[-context:] if context else []
     hidden = calls[: len(calls) - sum(n for _, n, _ in shown)]
-    if hidden:
-        out.append(f"{pad}├─ {_folded(hidden, 'earlier')}")
+    if hidden or parent.folded:
+        out.append(f"{pad}├─ {_folded(hidden, 'earlier', parent)}")
     for call, count, run_ns in shown:
         out.append(f"{pad}├─ {_line(call, width - len(pad) - 3, count, run_ns=run_ns)}")
 
@@ -215,6 +243,8 @@ def render_tree(roots: list[Call], *, width: int = 120, max_lines: int = MAX_LIN
             expand = depth + 1 < max_depth and count == 1
             lines.append(f"{pad}{_line(call, width - len(pad), count, inside=not expand, run_ns=run_ns)}")
             if expand:
+                if call.folded:
+                    lines.append(f"{'   ' * depth}├─ {_folded([], 'earlier', call)}")
                 walk(call.children, depth + 1)
 
     walk(roots, 0)
