@@ -183,8 +183,10 @@ def command(mode: str, suite: Suite, venv_py: str, out_dir: str) -> tuple[list[s
     raise ValueError(mode)
 
 
-def run_one(mode: str, suite: Suite, venv_py: str, src: str, handit_dir: str, timeout: float) -> Result:
-    """One run: wall time, peak RSS (``os.wait4``), outcome counts, trace size."""
+def run_one(mode: str, suite: Suite, venv_py: str, src: str, handit_dir: str, timeout: float,
+            command: Any = command) -> Result:
+    """One run: wall time, peak RSS (``os.wait4``), outcome counts, trace size (every file the run
+    wrote to its output directory); ``command`` gives its argv and environment."""
     result = Result()
     with tempfile.TemporaryDirectory(prefix="run-", dir=os.path.dirname(src)) as out_dir:
         argv, extra = command(mode, suite, venv_py, out_dir)
@@ -215,7 +217,7 @@ def run_one(mode: str, suite: Suite, venv_py: str, src: str, handit_dir: str, ti
         if not result.outcome and result.error is None:
             result.error = "no outcome line; output ends: " + " | ".join(text.strip().splitlines()[-5:])[-400:]
         for name in os.listdir(out_dir):
-            if name.startswith("out."):
+            if name not in ("log.txt", ".gitignore"):
                 result.trace_bytes += os.path.getsize(os.path.join(out_dir, name))
     return result
 
@@ -224,7 +226,8 @@ def _outcome_text(outcome: dict[str, int]) -> str:
     return ", ".join(f"{v} {k}" for k, v in outcome.items())
 
 
-def report(python_version: str, suite: Suite, results: dict[str, list[Result]], handit_dir: str) -> tuple[list[str], bool]:
+def report(python_version: str, suite: Suite, results: dict[str, list[Result]], handit_dir: str,
+           modes: tuple[str, ...] = MODES) -> tuple[list[str], bool]:
     """Markdown rows for one suite; and whether every outcome equals the untraced one."""
     best = {m: min(rs, key=lambda r: r.wall_s) for m, rs in results.items() if rs}
     base = best.get("untraced")
@@ -236,7 +239,7 @@ def report(python_version: str, suite: Suite, results: dict[str, list[Result]], 
         "| run | wall time | × untraced | suite's own time | × untraced | peak RSS | vs untraced | trace file | outcome |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for mode in MODES:
+    for mode in modes:
         r = best.get(mode)
         if r is None:
             continue
@@ -254,19 +257,21 @@ def report(python_version: str, suite: Suite, results: dict[str, list[Result]], 
     return lines, ok
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, *, suites_known: dict[str, Suite] = SUITES, modes_known: tuple[str, ...] = MODES,
+         command: Any = command, doc: str = __doc__) -> int:
+    """Run and compare; the keywords let another bench (bench/pytest_plugin_suites.py) bring its own suites and modes."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--python", default=sys.executable, help="the interpreter to measure (default: this one)")
-    parser.add_argument("--suites", default=",".join(SUITES), help=f"comma-separated, of {', '.join(SUITES)}")
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, of: " + ", ".join(MODES))
+    parser.add_argument("--suites", default=",".join(suites_known), help=f"comma-separated, of {', '.join(suites_known)}")
+    parser.add_argument("--modes", default=",".join(modes_known), help="comma-separated, of: " + ", ".join(modes_known))
     parser.add_argument("--repeat", type=int, default=1, help="interleaved runs per mode; the fastest is reported")
     parser.add_argument("--handit", default=ROOT, help="the handit checkout to import (extension built in place)")
     parser.add_argument("--cache", help="scratch directory (default $HANDIT_BENCH_CACHE or ~/.cache/handit-bench)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds before one run is killed")
     parser.add_argument("--out", help="also write the markdown table to this file")
     args = parser.parse_args(argv)
-    suites = [SUITES[name] for name in args.suites.split(",")]
-    modes = [m for m in MODES if m in args.modes.split(",")]
+    suites = [suites_known[name] for name in args.suites.split(",")]
+    modes = [m for m in modes_known if m in args.modes.split(",")]
     if "untraced" not in modes:
         modes.insert(0, "untraced")
     cache = _cache_dir(args.cache)
@@ -283,11 +288,11 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.repeat):
             order = modes[rep % len(modes):] + modes[: rep % len(modes)]
             for mode in order:
-                r = run_one(mode, suite, venv_py, dirs[suite.name], args.handit, args.timeout)
+                r = run_one(mode, suite, venv_py, dirs[suite.name], args.handit, args.timeout, command)
                 results[mode].append(r)
                 print(f"  {suite.name} {mode}: {r.wall_s:.1f} s, {r.maxrss_kb / 1024:.0f} MB, "
                       f"{_outcome_text(r.outcome)}{' ' + r.error if r.error else ''}", file=sys.stderr, flush=True)
-        lines, ok = report(info, suite, results, args.handit)
+        lines, ok = report(info, suite, results, args.handit, modes_known)
         all_ok = all_ok and ok
         out.extend(lines + [""])
     text = "\n".join(out)

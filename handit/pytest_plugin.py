@@ -20,6 +20,13 @@ RUNNER_MODULES = r"^(?:_pytest|pytest|pluggy|py|xdist|execnet|pytest_cov|coverag
 """Never traced by the plugin, wherever they are installed (a source checkout of pytest is under its rootdir)."""
 SITE_PACKAGES = r"|[\\/](?:site|dist)-packages[\\/]"
 """The part of :data:`handit.config.DEFAULT_EXCLUDE_FILES` an explicit ``--handit-include`` lifts."""
+SESSION_MEMORY = 64 * 1024
+"""HANDIT_MAX_SESSION_MEMORY for test sessions (unless set): past it a session's blocks are read
+back from the trace file the plugin writes anyway. A test that measures its own allocations
+with tracemalloc counts what handit keeps in memory while it runs: with the 16 MiB default,
+more-itertools' ``test_repeated_zero_cache_peek_has_bounded_memory`` saw 1.4 MB retained
+(its limit: 256 KiB) and failed; with 64 KiB it passes. A failed test that made more than
+~10,000 calls pays for it: its tree is read back from the file (~1 s per 400 MB)."""
 TOP_FUNCTIONS = 10
 WORKER_FUNCTIONS = 50  # a worker sends its 50 busiest functions to the controller (xdist)
 
@@ -73,6 +80,12 @@ def handit_session(request: pytest.FixtureRequest) -> Iterator[Any]:
         api.stop(session)
 
 
+def _shown_path(path: str) -> str:
+    """``path`` relative to the working directory when it lies under it, else absolute."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith(os.pardir) else rel
+
+
 class _Trace:
     """One test's session and how it is run."""
 
@@ -122,7 +135,7 @@ class HanditPlugin:
             raise pytest.UsageError(f"handit: {exc}") from None
 
     def _settings(self, base: Any, config: pytest.Config) -> dict[str, Any]:
-        from .config import DEFAULT_EXCLUDE_FILES
+        from .config import DEFAULT_EXCLUDE_FILES, Config
 
         for option in ("handit_include", "handit_exclude"):
             value = config.getoption(option)
@@ -143,6 +156,8 @@ class HanditPlugin:
             files = files.replace(SITE_PACKAGES, "")  # named functions are traced wherever installed
         changes: dict[str, Any] = {"exclude": exclude, "exclude_files": files, "include": include,
                                    "output_file": self.path, "output_format": "handit"}
+        if base.max_session_memory == Config.__dataclass_fields__["max_session_memory"].default:
+            changes["max_session_memory"] = SESSION_MEMORY
         capture = config.getoption("handit_capture")
         if capture is not None:
             changes["capture"] = capture
@@ -269,7 +284,7 @@ class HanditPlugin:
         tree = render_failure(events, width=width) if report.failed else render_tree(build_calls(events), width=width)
         calls = session.stats["calls"] if session.t1_ns is not None else session.fold()["counts"].get("calls", 0)
         head = (f"{calls:,} call{'s' if calls != 1 else ''} traced in {report.nodeid} ({report.when}); "
-                f"all of them: handit show {os.path.relpath(self.path)} --session {session.id[:8]}")
+                f"all of them: handit show {_shown_path(self.path)} --session {session.id[:8]}")
         text = head + "\n" + (tree or "(no traced call: the code it ran is outside what --handit-include selects)")
         longrepr = report.longrepr
         if report.failed and hasattr(longrepr, "addsection"):
@@ -319,7 +334,7 @@ class HanditPlugin:
             files.append(self.path)
         tw = terminalreporter
         tw.write_sep("=", "handit")
-        shown = [os.path.relpath(f) for f in sorted(files) if os.path.exists(f)]
+        shown = [_shown_path(f) for f in sorted(files) if os.path.exists(f)]
         tw.write_line(f"{tests} test{'s' if tests != 1 else ''} traced, {calls:,} calls; traces: "
                       f"{', '.join(shown) or '(none written)'}")
         if shown:
@@ -345,5 +360,6 @@ class HanditPlugin:
         if not self.controller:
             prev = self.previous
             settings.configure(exclude=prev.exclude, exclude_files=prev.exclude_files, include=prev.include,
-                               output_file=prev.output_file, output_format=prev.output_format, capture=prev.capture)
+                               output_file=prev.output_file, output_format=prev.output_format, capture=prev.capture,
+                               max_session_memory=prev.max_session_memory)
             release_idle()

@@ -352,3 +352,33 @@ def test_a_long_test_is_folded_in_bounded_memory() -> None:
     assert earlier and run, lines
     assert int(earlier[1].replace(",", "")) + int(run[1]) == 200_000
     assert lines[3:] == ["└─ last() raised KeyError: 'k'  [10 ns]"]
+
+
+def test_long_tests_keep_little_in_memory(project: pytest.Pytester) -> None:
+    """A test's trace waits in memory only up to 64 KiB (the rest is in the file): a test that
+    measures its allocations with tracemalloc passes, and a long failed test's tree is read back."""
+    project.makepyfile(test_long='''
+        import tracemalloc
+        from shop.cart import unrelated, check
+
+        def test_allocations_measured():
+            tracemalloc.start()
+            try:
+                for i in range(30_000):
+                    unrelated(i)
+                retained = tracemalloc.get_traced_memory()[0]
+            finally:
+                tracemalloc.stop()
+            assert retained < 256 * 1024
+
+        def test_long_then_fails():
+            for i in range(30_000):
+                unrelated(i)
+            check(99)
+    ''')
+    result = run(project, "--handit", "test_long.py")
+    result.assert_outcomes(passed=1, failed=1)
+    assert "30,002 calls traced in test_long.py::test_long_then_fails" in result.stdout.str()
+    section = section_of(result.stdout.str(), "test_long.py::test_long_then_fails")
+    assert "├─ unrelated(n=29999) → 30000  (the last of" in section
+    assert "└─ check(discount=99) raised ValueError: discount 99% too large" in section
