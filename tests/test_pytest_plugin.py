@@ -16,6 +16,9 @@ from handit.tracefile import read_trace
 pytest_plugins = ["pytester"]
 
 PKG = '''
+import time
+
+
 class Cart:
     def __init__(self, items):
         self.items = items
@@ -41,11 +44,16 @@ def check(discount):
 
 def unrelated(n):
     return n + 1
+
+
+def slow(n):
+    time.sleep(0.05)  # first in the slowest functions, whatever the machine's speed
+    return n
 '''
 
 TESTS = '''
 import pytest
-from shop.cart import Cart, price, unrelated
+from shop.cart import Cart, price, slow, unrelated
 
 
 @pytest.fixture
@@ -56,6 +64,7 @@ def broken():
 def test_passes():
     for i in range(5):
         unrelated(i)
+    slow(1)
     assert Cart([{"price": 3}]).total() == 3
 
 
@@ -80,6 +89,7 @@ def test_skipped():
 
 @pytest.mark.xfail(reason="known")
 def test_xfails():
+    slow(2)
     unrelated(None)
 
 
@@ -179,8 +189,8 @@ def test_failure_sections_outcomes_and_file(project: pytest.Pytester, engine: tu
     summary = out[out.index("==== handit ===="):]
     assert "7 tests traced" in summary
     assert os.path.join(".handit", "pytest-main.handit") in summary
-    row = next(line for line in summary.splitlines() if "shop.cart.unrelated" in line)
-    assert "6 calls" in row.split("shop.cart.unrelated")[1]  # 5 in test_passes, 1 in test_xfails
+    row = next(line for line in summary.splitlines() if "shop.cart.slow" in line)
+    assert "2 calls" in row.split("shop.cart.slow")[1]  # one in test_passes, one in test_xfails
 
 
 def test_junit_xml_has_the_tree_and_the_session(project: pytest.Pytester) -> None:
@@ -270,8 +280,8 @@ def test_xdist_two_workers(project: pytest.Pytester) -> None:
     assert len(tags) == 7
     summary = out[out.index("==== handit ===="):]
     assert "7 tests traced" in summary
-    row = next(line for line in summary.splitlines() if "shop.cart.unrelated" in line)
-    assert "6 calls" in row.split("shop.cart.unrelated")[1]  # added up over the workers
+    row = next(line for line in summary.splitlines() if "shop.cart.slow" in line)
+    assert "2 calls" in row.split("shop.cart.slow")[1]  # added up over the workers
 
 
 @pytest.mark.parametrize("core", ["ctrace", "sysmon"] if PY312 else ["ctrace"])
