@@ -217,7 +217,8 @@ def test_show_all_and_none(project: pytest.Pytester) -> None:
 
 def test_ini_setting_turns_it_on(project: pytest.Pytester) -> None:
     project.makeini("[pytest]\nhandit = true\n")
-    result = run(project)
+    # loaded by name as well as by its entry point (named after the module): registered once
+    result = project.runpytest_subprocess("-p", "handit.pytest_plugin", "-p", "no:cacheprovider", timeout=120)
     result.assert_outcomes(**OUTCOMES)
     assert "traced in test_cart.py::test_raises_deep" in result.stdout.str()
 
