@@ -73,7 +73,7 @@ def handit_session(request: pytest.FixtureRequest) -> Iterator[Any]:
         return
     from . import api
 
-    session = api.start(request.node.nodeid, attrs={"test": request.node.nodeid})
+    session = api.start(request.node.nodeid)
     try:
         yield session
     finally:
@@ -251,7 +251,7 @@ class HanditPlugin:
         from . import api
 
         try:
-            session = api.start(item.nodeid, attrs={"test": item.nodeid})
+            session = api.start(item.nodeid)
         except Exception as exc:
             self.problems.append(f"{item.nodeid} not traced: {exc!r}")
             return False
