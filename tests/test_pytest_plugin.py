@@ -14,6 +14,7 @@ from conftest import PY312, child_env
 from handit.tracefile import read_trace
 
 pytest_plugins = ["pytester"]
+pytestmark = pytest.mark.engine_dependent  # pytest runs in children that trace with the run's engine
 
 PKG = '''
 import time
