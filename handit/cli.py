@@ -555,13 +555,48 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0 if intact else DAMAGED
 
 
+def _cmd_view(args: argparse.Namespace) -> int:
+    import webbrowser
+    from pathlib import Path
+
+    from .viewer import PageData, write_page
+
+    if not args.file:
+        args.file = [_newest_trace()]
+    for path in args.file:
+        _check_trace(path)
+    if args.max_previews < 0:
+        raise CliError(f"--max-previews must be 0 or more, not {args.max_previews}")
+    output = args.output or os.path.splitext(args.file[0])[0] + ".html"
+    if any(os.path.exists(output) and os.path.samefile(output, path) for path in args.file):
+        raise CliError(f"the output {output} is an input file; choose another -o")
+    data = PageData(preview_budget=args.max_previews)
+    selector = _Selector(args.session, args.tag)
+    intact = True
+    for path in args.file:
+        intact = _read(path, selector, [data]) and intact
+    if selector.active and not selector.matched:
+        _err(f"no session in {' '.join(args.file)} matches" + (f" --session {args.session}" if args.session else "") +
+             (f" --tag {args.tag}" if args.tag else ""))
+        return 1
+    try:
+        size = write_page(data, output, " + ".join(os.path.basename(p) for p in args.file))
+    except OSError as exc:
+        raise CliError(f"cannot write {output}: {exc.strerror or exc}") from None
+    left_out = f"; previews of {data.previews_left_out:,} calls left out (--max-previews)" if data.previews_left_out else ""
+    print(f"handit: wrote {output} ({fmt_bytes(size)}, {data.calls:,} calls{left_out})", file=sys.stderr)
+    if not args.no_open:
+        webbrowser.open(Path(output).resolve().as_uri())
+    return 0 if intact else DAMAGED
+
+
 # ---- argv --------------------------------------------------------------------------------------
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="handit", description="Record what a Python program's functions did, and look at it.")
     parser.add_argument("--version", action="version", version=f"handit {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{run,show,export}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,show,export,view}")
     sub.required = True
 
     run = sub.add_parser("run", help="run a script or module under the tracer",
@@ -603,6 +638,15 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", metavar="OUT", help="output file, - for stdout (default: next to FILE)")
     _session_options(export)
     export.set_defaults(handler=_cmd_export)
+
+    view = sub.add_parser("view", help="write a trace as one self-contained HTML page (timeline, call tree, search) and open it")
+    view.add_argument("file", nargs="*", help="a .handit or .jsonl trace (several make one page; default: the newest here)")
+    view.add_argument("-o", "--output", metavar="PAGE", help="the HTML file (default: next to FILE, .html)")
+    view.add_argument("--no-open", action="store_true", help="only write the page; do not open it in the browser")
+    view.add_argument("--max-previews", type=int, default=48 << 20, metavar="CHARS",
+                      help="characters of argument and result previews kept in the page (default: 48 Mi)")
+    _session_options(view)
+    view.set_defaults(handler=_cmd_view)
     return parser
 
 
