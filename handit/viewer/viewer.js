@@ -40,9 +40,13 @@
   // ---- data ---------------------------------------------------------------------------
   async function inflate() {
     const text = $('blob').textContent.trim();
-    const bin = atob(text);
-    const bytes = new Uint8Array(bin.length);
-    for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+    let bytes;
+    if (Uint8Array.fromBase64) bytes = Uint8Array.fromBase64(text);  // native where the browser has it (Chromium 140+)
+    else {
+      const bin = atob(text);
+      bytes = new Uint8Array(bin.length);
+      for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+    }
     const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('deflate'));
     return new Response(stream).arrayBuffer();
   }
@@ -94,13 +98,10 @@
         idx.set(part, start[r]);
       }
     }
-    // children lists (in start order) from parent pointers
+    // children lists from parent pointers, row by row: a parent's children on its own track are one row, in start order
     const first = new Int32Array(D.n).fill(-1), next = new Int32Array(D.n).fill(-1), last = new Int32Array(D.n).fill(-1);
-    const order = new Int32Array(D.n);
-    for (let k = 0; k < D.n; k++) order[k] = idx[k];
-    const byStart = Array.from(order).sort((a, b) => t0[a] - t0[b] || D.depth[a] - D.depth[b]);
-    for (const i of byStart) {
-      const p = D.parent[i];
+    for (let k = 0; k < D.n; k++) {
+      const i = idx[k], p = D.parent[i];
       if (p < 0) continue;
       if (last[p] < 0) first[p] = i; else next[last[p]] = i;
       last[p] = i;
@@ -426,7 +427,13 @@
     return dl;
   }
 
-  function children(i) { const out = []; for (let c = D.firstChild[i]; c >= 0; c = D.nextSibling[c]) out.push(c); return out; }
+  function children(i) {
+    const out = [];
+    for (let c = D.firstChild[i]; c >= 0; c = D.nextSibling[c]) out.push(c);
+    // children on other tracks (tasks, threads) come after those on the caller's own: merge them in by start
+    if (out.length < 100000) out.sort((a, b) => D.t0[a] - D.t0[b]);
+    return out;
+  }
 
   function showCall(i) {
     const box = $('details'), c = codes[D.code[i]], tr = tracks[D.track[i]], s = sessionById.get(tr.session) || {};
@@ -816,8 +823,11 @@
     try { theme = localStorage.getItem('handit-view-theme'); } catch (e) { /* no storage */ }
     document.documentElement.dataset.theme = theme || (matchMedia('(prefers-color-scheme: dark)').matches ? 'dark' : 'light');
     readTheme();
-    D = decode(await inflate());
+    const t_data = performance.now(), buf = await inflate(), t_inflated = performance.now();
+    D = decode(buf);
+    const t_decoded = performance.now();
     buildRows(D, tracks);
+    api.timings = { inflate: t_inflated - t_data, decode: t_decoded - t_inflated, rows: performance.now() - t_decoded };
     fillPickers(); bindInput();
     relayout(); resize(); fit();
     renderTree(); renderHttp(); renderSessions();
