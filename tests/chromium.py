@@ -6,6 +6,7 @@ the browser's file descriptors 3 (commands in) and 4 (replies and events out).
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import queue
@@ -44,8 +45,13 @@ class Browser:
         self._profile = tempfile.mkdtemp(prefix="viewer-chromium-")
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
-        # the browser expects its pipes on fds 3 and 4: the shell puts them there
-        cmd = ["sh", "-c", f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w}', executable,
+        # the child's ends must not be 3 or 4 themselves, or one redirection would undo the other
+        for_child = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_browser_r, from_browser_w)]
+        os.close(to_browser_r)
+        os.close(from_browser_w)
+        to_browser_r, from_browser_w = for_child
+        # the browser expects its pipes on fds 3 and 4: bash puts them there (dash takes one-digit fds only)
+        cmd = ["bash", "-c", f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w}', executable,
                "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
                "--disable-extensions", "--disable-background-networking", "--disable-sync", "--mute-audio",
                f"--user-data-dir={self._profile}", "--remote-debugging-pipe", f"--window-size={width},{height}",
@@ -62,12 +68,17 @@ class Browser:
         self._reader.start()
         self._stderr: list[bytes] = []
         threading.Thread(target=lambda: self._stderr.extend(self.proc.stderr or ()), daemon=True).start()
-        targets = self.send("Target.getTargets")["targetInfos"]
-        page = next(t for t in targets if t["type"] == "page")
-        self.session = self.send("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
-        for domain in ("Page", "Runtime", "Log"):
-            self.page(f"{domain}.enable")
-        self.page("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        try:
+            targets = self.send("Target.getTargets")["targetInfos"]
+            page = next(t for t in targets if t["type"] == "page")
+            self.session = self.send("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
+            for domain in ("Page", "Runtime", "Log"):
+                self.page(f"{domain}.enable")
+            self.page("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        except (OSError, ProtocolError) as exc:
+            self.close()
+            said = b"".join(self._stderr).decode(errors="replace")[-2000:]
+            raise ProtocolError(f"{executable} did not start: {exc}\n{said}") from None
 
     def _read(self) -> None:
         buf = b""
@@ -184,7 +195,7 @@ class Browser:
         """End the browser and remove its profile."""
         try:
             self.send("Browser.close", _timeout=5)
-        except ProtocolError:
+        except (OSError, ProtocolError):
             pass
         try:
             self.proc.wait(timeout=10)

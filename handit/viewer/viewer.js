@@ -23,6 +23,14 @@
     }
     return '';
   }
+  // a ruler tick: in the unit of the step, with the decimals that tell ticks apart (369.02 ms, 369.04 ms)
+  function fmtTick(t, step, magnitude) {
+    const units = [['ns', 1], ['µs', 1e3], ['ms', 1e6], ['s', 1e9]];
+    let k = 0;
+    while (k < units.length - 1 && magnitude >= units[k + 1][1]) k++;
+    const [unit, scale] = units[k], decimals = Math.max(0, Math.min(6, Math.ceil(-Math.log10(step / scale) - 1e-9)));
+    return (t / scale).toFixed(decimals) + ' ' + unit;
+  }
   const fmtInt = (n) => n.toLocaleString('en-US');
   function shorten(s, n) { s = String(s).replace(/\r/g, '\\r').replace(/\n/g, '\\n'); return s.length <= n ? s : s.slice(0, n - 1) + '…'; }
   function el(tag, attrs, ...kids) {
@@ -333,7 +341,7 @@
     for (let t = Math.ceil(view.t0 / step) * step; t <= view.t1; t += step) {
       const x = Math.round((t - view.t0) * scale) + 0.5;
       ctx.beginPath(); ctx.moveTo(x, RULER_H - 6); ctx.lineTo(x, RULER_H); ctx.stroke();
-      ctx.fillText(fmtNs(t), x + 3, RULER_H / 2);
+      ctx.fillText(fmtTick(t, step, Math.max(Math.abs(view.t0), Math.abs(view.t1), step)), x + 3, RULER_H / 2);
     }
     const label = 'span ' + fmtNs(span), lw = ctx.measureText(label).width + 12;
     ctx.fillStyle = C.ruler; ctx.fillRect(W - lw, 0, lw, RULER_H - 1);
@@ -759,6 +767,7 @@
   }
 
   function onKey(e) {
+    $('tooltip').hidden = true;
     const tag = e.target && e.target.tagName;
     if (tag === 'INPUT' || tag === 'SELECT' || e.ctrlKey || e.metaKey || e.altKey) return;
     const onCanvas = e.target === canvas || e.target === document.body;
