@@ -27,6 +27,7 @@ HOSTILE = "</script><script>document.title='pwned'</script>"
 
 PROGRAM = textwrap.dedent(f"""
     import threading
+    import handit
 
     def leaf(i):
         return i * 2
@@ -46,6 +47,8 @@ PROGRAM = textwrap.dedent(f"""
     t = threading.Thread(target=work)
     t.start(); t.join()
     branch(5)
+    with handit.session("inner"):
+        branch(2)
     hostile({HOSTILE!r})
     try:
         fails("input")
@@ -112,7 +115,10 @@ def test_view_writes_one_self_contained_private_page(tmp_path: Path) -> None:
     assert per_track == calls_by_thread(events)
     funcs = [meta["codes"][c][0] for c in cols["code"]]
     leafs = [i for i, f in enumerate(funcs) if f == "leaf"]
-    assert len(leafs) == 8
+    assert len(leafs) == 10
+    # a session the program opened is a session of its own, with its calls
+    inner = next(s for s in meta["sessions"] if s["tag"] == "inner")
+    assert inner["calls"] == 3 and inner["parent"] == meta["sessions"][0]["id"]
     # parent rows point at the caller; depth counts the callers on the track
     for i in leafs:
         parent = cols["parent"][i]
@@ -183,6 +189,10 @@ def test_view_reads_jsonl_with_http_and_llm_calls(tmp_path: Path) -> None:
          "url": "http://127.0.0.1:1/v1/chat/completions", "t0_ns": 3_000},
         {"type": "http_response", "session_id": sid, "request_id": "r1", "status": 200, "t1_ns": 9_000, "dt_ns": 6_000,
          "llm": {"gen_ai.request.model": "gpt-x", "gen_ai.usage.input_tokens": 12, "gen_ai.usage.output_tokens": 2}},
+        {"type": "call", "session_id": sid, "func": "job", "module": "m", "file": "m.py", "line": 9, "t0_ns": 4_000,
+         "args_preview": {}, "call_id": 2, "parent_id": 1, "thread": 5, "task_id": 1, "task": "job-1"},
+        {"type": "return", "session_id": sid, "func": "job", "t1_ns": 5_000, "dt_ns": 1_000, "suspended_ns": 400,
+         "locals_preview": {}, "call_id": 2},
         {"type": "return", "session_id": sid, "func": "ask", "t1_ns": 10_000, "dt_ns": 8_000,
          "locals_preview": {"return": "'answer'"}, "call_id": 1},
         {"type": "session_end", "session_id": sid, "ts_ns": 11_000},
@@ -191,12 +201,17 @@ def test_view_reads_jsonl_with_http_and_llm_calls(tmp_path: Path) -> None:
     done = run_handit("view", "--no-open", "handit-x.jsonl", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     meta, cols, _ = read_page(tmp_path / "handit-x.html")
-    assert meta["base_ns"] == 1_000 and cols["t0"] == [1_000] and cols["dur"] == [8_000]
+    assert meta["base_ns"] == 1_000 and cols["t0"] == [3_000, -2_000] and cols["dur"] == [1_000, 8_000]
+    # an asyncio task is a track of its own; its first call's parent is the call on the thread that made it
+    job, ask = (meta["tracks"][t] for t in cols["track"])
+    assert (job["kind"], job["name"], job["task"]) == ("task", "job-1", 1) and ask["kind"] == "thread"
+    assert cols["parent"] == [1, -1] and cols["depth"] == [0, 0] and cols["susp"] == [400, 0]
+    assert cols["own"] == [600, 8_000] and cols["flags"][0] & 8  # a task runs beside its creator: not taken from its own time
     (http,) = meta["http"]
     assert http["method"] == "POST" and http["status"] == 200 and http["t0"] == 2_000 and http["t1"] == 8_000
     assert http["llm"] == {"model": "gpt-x", "input_tokens": 12, "output_tokens": 2}
     assert meta["tracks"][http["track"]]["thread"] == "5"
-    assert meta["sessions"][0]["calls"] == 1 and meta["sessions"][0]["t1"] == 10_000
+    assert meta["sessions"][0]["calls"] == 2 and meta["sessions"][0]["t1"] == 10_000
 
 
 def test_view_usage_errors(tmp_path: Path) -> None:

@@ -66,8 +66,8 @@ LLM_PROGRAM = textwrap.dedent("""
         def reply(self, status, payload):
             data = json.dumps(payload).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
+            for name, value in (("Content-Type", "application/json"), ("Content-Length", str(len(data)))):
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
 
@@ -242,13 +242,27 @@ def test_http_and_llm_calls_and_keyboard(browser: Browser, tmp_path: Path, artif
     assert browser.console_errors() == []
 
 
-def test_hostile_previews_stay_text(browser: Browser, tmp_path: Path) -> None:
+def test_hostile_previews_and_the_session_picker(browser: Browser, tmp_path: Path, artifacts: Path) -> None:
     trace = trace_of(tmp_path, PROGRAM)
     open_page(browser, tmp_path, trace)
     assert browser.evaluate("document.title") != "pwned"
     text = click_call(browser, "hostile")
     assert HOSTILE in text
     assert browser.evaluate("document.title") != "pwned"
+    # the picker: only the chosen session's tracks are drawn, and its tree
+    tracks = browser.evaluate("handitViewer.tracks()")
+    inner = next(s for s in browser.evaluate("JSON.parse(document.getElementById('meta').textContent).sessions")
+                 if s["tag"] == "inner")
+    browser.evaluate(f"document.getElementById('session').value = {json.dumps(inner['id'])}; "
+                     "document.getElementById('session').dispatchEvent(new Event('change'))")
+    frame = browser.evaluate("handitViewer.frame()")
+    drawn = {t["session"]: 0 for t in tracks}
+    for t, rects, blocks in zip(tracks, frame["rects"], frame["aggregated"]):
+        drawn[t["session"]] += rects + blocks
+    assert drawn[inner["id"]] == 3 and sum(drawn.values()) == 3
+    tree = browser.evaluate("document.getElementById('pane-tree').innerText")
+    assert "inner" in tree and "prog.py" not in tree
+    browser.screenshot(str(artifacts / "session-picker.png"))
     assert browser.console_errors() == []
 
 
