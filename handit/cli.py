@@ -586,7 +586,9 @@ def _cmd_view(args: argparse.Namespace) -> int:
     left_out = f"; previews of {data.previews_left_out:,} calls left out (--max-previews)" if data.previews_left_out else ""
     print(f"handit: wrote {output} ({fmt_bytes(size)}, {data.calls:,} calls{left_out})", file=sys.stderr)
     if not args.no_open:
-        webbrowser.open(Path(output).resolve().as_uri())
+        uri = Path(output).resolve().as_uri()
+        if not webbrowser.open(uri):
+            print(f"handit: found no browser to open it; open {uri}", file=sys.stderr)
     return 0 if intact else DAMAGED
 
 
