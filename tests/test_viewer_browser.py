@@ -184,7 +184,8 @@ def test_agent_page(browser: Browser, tmp_path: Path, artifacts: Path) -> None:
     assert "question" in text and "What is the 12th Fibonacci number" in text
     assert "Callers" in text.title() and "main" in text
     text = click_call(browser, "call_api", where="c.flags & 1")  # the search the fake API answers with 404
-    assert "HTTPError" in text
+    (raised,) = [e for e in events if e["type"] == "exception" and e["func"] == "call_api"]
+    assert "RAISED" in text.upper() and raised["type_name"] in text  # HTTPError where the engine knows the type
     n_fib = sum(1 for e in events if e["type"] == "call" and e["func"] == "fibonacci")
     assert browser.evaluate("handitViewer.search('fibonacci')") == n_fib > 0
     assert "1 function" in browser.evaluate("document.getElementById('matches').textContent")
