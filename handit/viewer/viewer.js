@@ -369,8 +369,13 @@
       }
       const d = Math.floor((cy - item.rowsY) / ROW_H);
       if (d < 0 || d >= tr.depth) return null;
+      // the latest-starting call holding t is the one drawn on top (interleaved generators may overlap on a row)
       const r = tr.rowBase + d, k = lowerBound(r, t + 1e-9) - 1;
-      for (const q of [k, k + 1]) {
+      for (let q = k; q >= D.rowStart[r] && q > k - 16; q--) {
+        const i = D.rowIdx[q];
+        if (t <= D.t0[i] + D.dur[i]) return { call: i };
+      }
+      for (const q of [k, k + 1]) {  // a call narrower than the mouse's slack
         if (q < D.rowStart[r] || q >= D.rowStart[r + 1]) continue;
         const i = D.rowIdx[q];
         if (t >= D.t0[i] - slack && t <= D.t0[i] + D.dur[i] + slack) return { call: i };
@@ -852,7 +857,13 @@
       locate: (i) => {
         reveal(i); draw();
         const r = canvas.getBoundingClientRect(), scale = W / (view.t1 - view.t0);
-        const x0 = Math.max(0, (D.t0[i] - view.t0) * scale), x1 = Math.min(W, (D.t0[i] + D.dur[i] - view.t0) * scale);
+        // the part of the call no later call on its row covers
+        const row = tracks[D.track[i]].rowBase + D.depth[i];
+        let q = lowerBound(row, D.t0[i]);
+        while (q < D.rowStart[row + 1] && D.rowIdx[q] !== i) q++;
+        const nextStart = q + 1 < D.rowStart[row + 1] ? D.t0[D.rowIdx[q + 1]] : Infinity;
+        const end = Math.min(D.t0[i] + D.dur[i], nextStart);
+        const x0 = Math.max(0, (D.t0[i] - view.t0) * scale), x1 = Math.min(W, (end - view.t0) * scale);
         return { x: r.left + (x0 + x1) / 2, y: r.top + RULER_H - view.scrollY + rowY(i) + ROW_H / 2 };
       },
       zoomTo: (a, b) => { zoomTo(a, b); draw(); }, fit: () => { fit(); draw(); }, select, search, nextMatch, setSession, setTheme, showTab,
