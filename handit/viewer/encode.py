@@ -79,8 +79,10 @@ class PageData:
         self._folded = TreeBuilder(max_nodes=tree_nodes, max_depth=tree_depth, max_children=50)
         self._cols = {name: array(code) for name, code, _ in _COLUMNS}
         self._t0_abs = self._cols["t0"]  # absolute until finish() makes them deltas
-        for name, _, _ in _COLUMNS:  # bound appends: the hot path calls them a million times
-            setattr(self, "_c_" + name, self._cols[name].append)
+        cols = self._cols  # bound appends: the hot path calls them a million times
+        self._c_t0, self._c_dur, self._c_own, self._c_susp = (cols[n].append for n in ("t0", "dur", "own", "susp"))
+        self._c_code, self._c_track, self._c_depth = (cols[n].append for n in ("code", "track", "depth"))
+        self._c_parent, self._c_flags, self._c_args, self._c_ret = (cols[n].append for n in ("parent", "flags", "args", "ret"))
         self._track_of: dict[Any, int] = {}  # Track object -> index
         self._codes: dict[tuple[str, str, str, int], int] = {}
         self._tracks: dict[Any, int] = {}
@@ -174,18 +176,16 @@ class PageData:
                 text = _SEP.join([part for pair in call.args.items() for part in pair])
             except TypeError:  # a JSONL trace may hold non-string previews
                 text = _SEP.join([str(part) for pair in call.args.items() for part in pair])
-            args = self._strings.get(text)
-            if args is None:
-                args = self._string(text)
+            known = self._strings.get(text)
+            args = self._string(text) if known is None else known
         if call.exception is not None:
             flags |= _RAISED
             kind, message = call.exception
             ret = self._string(f"{kind}: {message}" if message else kind)
         elif call.ret is not None:
             text = call.ret if type(call.ret) is str else str(call.ret)
-            ret = self._strings.get(text)
-            if ret is None:
-                ret = self._string(text)
+            known = self._strings.get(text)
+            ret = self._string(text) if known is None else known
         if args == _LEFT_OUT or ret == _LEFT_OUT:
             self.previews_left_out += 1
         t0 = call.t0_ns
