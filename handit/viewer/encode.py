@@ -29,7 +29,9 @@ characters; calls past it keep their timing and lose their previews, counted in
 """
 from __future__ import annotations
 
+import itertools
 import json
+import operator
 import sys
 import zlib
 from array import array
@@ -254,12 +256,7 @@ class PageData:
         starts = [min(t0)] if t0 else []
         starts += [h["t0"] for h in http] + [s["t0"] for s in self._sessions.values() if isinstance(s["t0"], int)]
         base = min(starts) if starts else 0
-        deltas = array("q", [0]) * len(t0)
-        last = base
-        for i, value in enumerate(t0):
-            deltas[i] = value - last
-            last = value
-        self._cols["t0"] = deltas
+        self._cols["t0"] = array("q", map(operator.sub, t0, itertools.chain((base,), t0)))  # each from the one before
         http_meta = [self._http_meta(h, base) for h in http]  # before the tracks: it may add some
         parts, layout, offset = [], {}, 0
         for name, _, js in _COLUMNS:
