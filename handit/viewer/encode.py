@@ -114,7 +114,8 @@ class PageData:
             s = self._session(event)
             s["t1"] = event.get("ts_ns")
             stats = event.get("stats") or {}
-            s["dropped"] = int(stats.get("dropped") or 0) if isinstance(stats, dict) else 0
+            said = int(stats.get("dropped") or 0) if isinstance(stats, dict) else 0
+            s["dropped"] = max(s["dropped"], said)  # the end's count, or the gaps' when it has none
             s["incomplete"] = bool(event.get("incomplete"))
             self._folded.add(event)
         elif kind in ("http_request", "http_response"):
