@@ -21,6 +21,8 @@ from handit.tracefile import read_trace
 
 from conftest import child_env
 
+pytestmark = pytest.mark.engine_dependent  # the pages are made from traces `handit run` records
+
 ROOT = Path(__file__).resolve().parent.parent
 AGENT = ROOT / "examples" / "agent.py"
 HOSTILE = "</script><script>document.title='pwned'</script>"

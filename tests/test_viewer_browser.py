@@ -23,6 +23,7 @@ from test_viewer import AGENT, HOSTILE, PROGRAM, run_handit, trace_of
 
 CHROMIUM = find_chromium()
 pytestmark = [
+    pytest.mark.engine_dependent,  # the pages are made from traces `handit run` records
     pytest.mark.skipif(os.environ.get("BROWSER_TESTS") != "1",
                        reason="browser tests run where BROWSER_TESTS=1 (CI runs them once, on one Python)"),
     pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)"),
