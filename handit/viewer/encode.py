@@ -39,10 +39,7 @@ from typing import Any
 
 from ..renderers.tree import Node, SessionRoot, TreeBuilder
 
-try:
-    from ..calltree import Call, CallTree  # type: ignore[import-not-found, unused-ignore]
-except ImportError:  # until the asyncio helper's handit/calltree.py is on main
-    from ._calltree import Call, CallTree
+from ..calltree import Call, CallTree
 
 __all__ = ["PageData"]
 
