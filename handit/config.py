@@ -318,6 +318,13 @@ class Config:
     """Extra header names whose values are redacted, besides the built-in ones (comma-separated)."""
     max_body: int = _setting(4096, _Number(int, 0))
     """Bytes of a text or JSON HTTP body recorded (request and response); 0: no bodies."""
+    # -- OpenTelemetry (handit/otel/, docs/otel.md) --
+    otel: bool = _setting(False, _BOOL)
+    """Export each finished session as an OpenTelemetry trace (needs ``pip install 'handit[otel]'``)."""
+    otel_min_duration: float = _setting(0.0, _Number(float, 0.0))
+    """Seconds: calls shorter than this become no span of their own; they are counted on the span they ran in."""
+    otel_max_spans: int = _setting(1000, _Number(int, 1))
+    """Most spans one session exports (its root span included); the shortest calls past it are cut, counted on the root."""
 
     def __repr__(self) -> str:
         # Not the generated repr: an endpoint URL may carry a token in its path or query.

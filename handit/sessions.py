@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -94,6 +95,12 @@ class Session:
     ``"exec"``, ``"os._exit"`` (set by :mod:`handit.lifecycle`; ``"stop"`` when unset)."""
     remote_parent: str | None = None
     """The id of the session this one continues in another process (:mod:`handit.propagation`)."""
+    span_kind: str = "internal"
+    """``"server"`` for a request's session opened by :mod:`handit.middleware` (its OpenTelemetry
+    root span is then a SERVER span); ``http_status`` is that request's response status."""
+    http_status: int | None = None
+    otel_flags: str | None = None
+    """The W3C trace flags of the ``traceparent`` sent on its HTTP calls when HANDIT_OTEL exports it (:mod:`handit.otel`)."""
 
     def __init__(self, tag: str | None, attrs: dict[str, str] | None, traceparent: str | None, config: Config) -> None:
         self.id = _session_id()
@@ -104,6 +111,7 @@ class Session:
 
             self.attrs = Redactor(config.redact, config.redact_replace, config.safe_keys).redact_mapping(self.attrs)
         self.trace_id, self.parent_span_id, _ = parse_traceparent(traceparent)
+        self.traceparent = traceparent
         self.span_id = _random_hex(64)
         self.config = config
         self.parent: Session | None = None
@@ -520,6 +528,8 @@ def start(tag: str | None = None, *, attrs: dict[str, str] | None = None, tracep
     """
     global _next_slot
     config = get_config()
+    if traceparent is None and config.otel:
+        traceparent = _otel_parent()
     session = Session(tag, attrs, traceparent, config)
     session.remote_parent = parent_session_id
     try:
@@ -557,6 +567,19 @@ def start(tag: str | None = None, *, attrs: dict[str, str] | None = None, tracep
     return session
 
 
+def _otel_parent() -> str | None:
+    """HANDIT_OTEL: a session without a traceparent joins the session it runs in, else the
+    OpenTelemetry span active now (its root span becomes that span's child)."""
+    outer = current()
+    if outer is not None:
+        return f"00-{outer.trace_id}-{outer.span_id}-{outer.otel_flags or '01'}"
+    if "opentelemetry.trace" not in sys.modules:  # no span can be active: OpenTelemetry is not loaded
+        return None
+    from .otel import active_traceparent
+
+    return active_traceparent()
+
+
 def _session_sampled(session: Session, config: Config) -> bool:
     rate = config.session_sample_rate
     if rate >= 1.0:
@@ -566,6 +589,13 @@ def _session_sampled(session: Session, config: Config) -> bool:
 
 
 def _open_sinks(session: Session, config: Config) -> None:
+    if config.otel:
+        from . import otel
+
+        sink = otel.open_sink(session, config)
+        if sink is not None:
+            sink.start(session)
+            session._sinks.append(sink)
     if config.output_file:
         try:
             sink = sinks.FileSink(config.output_file, config.resolved_output_format, config.flush_every_ms / 1000)

@@ -65,6 +65,9 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "instrument_http": True,
     "redact_headers": (),
     "max_body": 4096,
+    "otel": False,
+    "otel_min_duration": 0.0,
+    "otel_max_spans": 1000,
 }
 
 
@@ -384,7 +387,7 @@ def test_env_bad_regex_default_is_shortened() -> None:
 @pytest.mark.parametrize(("name", "message"), [
     ("HANDIT_SAMPLERATE", "HANDIT_SAMPLERATE is not a handit setting; ignored; did you mean HANDIT_SAMPLE_RATE?"),
     ("HANDIT_MAX_STRING", "HANDIT_MAX_STRING is not a handit setting; ignored; did you mean HANDIT_MAX_STR?"),
-    ("HANDIT_QQQQ", "HANDIT_QQQQ is not a handit setting; ignored"),
+    ("HANDIT_QQQQQQQQQ", "HANDIT_QQQQQQQQQ is not a handit setting; ignored"),
 ])
 def test_env_unknown_name_warns(name: str, message: str) -> None:
     with pytest.warns(HanditConfigWarning) as record:

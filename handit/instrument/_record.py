@@ -176,7 +176,7 @@ class BodyTap:
 class HttpCall:
     """One recorded exchange: its request event is out; :meth:`finish` writes the response."""
 
-    __slots__ = ("session", "id", "t0", "method", "url", "tap", "done", "llm", "token", "answers")
+    __slots__ = ("session", "id", "t0", "method", "url", "tap", "done", "llm", "token", "answers", "traceparent")
 
     def __init__(self, session: Any, method: str, url: str, llm: _llm.LlmParser | None) -> None:
         self.session = session
@@ -189,6 +189,7 @@ class HttpCall:
         self.done = False
         self.token: Any = None
         self.answers: tuple[type[BaseException], ...] = ()  # exceptions that carry an answer (urllib's HTTPError)
+        self.traceparent: str | None = None  # sent with the request when HANDIT_OTEL exports the session
 
     def enter(self) -> None:
         """Mark this context as recording (inner clients skip) until :meth:`leave`."""
@@ -308,10 +309,40 @@ def begin(method: str, url: str, headers: Any = None, body: Any = None, *, json_
             "request_body": render_body(data[: max(config.max_body, 1)], len(data), header(hdrs, "content-type")) if data else None,
             "thread": threading.get_ident(),
         }
+        if session.otel_flags is not None:  # HANDIT_OTEL: the request's CLIENT span id, announced downstream
+            from ..otel import client_traceparent
+
+            call.traceparent, event["span_id"] = client_traceparent(session) or (None, None)
         session.add_events([event])
         return call
     except Exception:
         return None
+
+
+def add_traceparent(call: HttpCall, headers: Any, in_place: bool = False) -> Any:
+    """``headers`` with the call's ``traceparent`` (HANDIT_OTEL), unless they carry one already.
+
+    Args:
+        call: the recorded exchange.
+        headers: a mapping, pairs, or None.
+        in_place: change a mutable mapping itself (one made for this request only); else a copy.
+    Returns:
+        the headers to send.
+    """
+    value = call.traceparent
+    if value is None:
+        return headers
+    if headers is None:
+        return {"traceparent": value}
+    items = list(headers.items() if hasattr(headers, "items") else headers)
+    if any(str(k).lower() == "traceparent" for k, _ in items):
+        return headers
+    if hasattr(headers, "__setitem__") and hasattr(headers, "items"):
+        if not in_place:
+            headers = headers.copy()
+        headers["traceparent"] = value
+        return headers
+    return [*items, ("traceparent", value)]
 
 
 def call_after(obj: Any, name: str, after: Callable[[], None]) -> None:

@@ -101,6 +101,8 @@ class Instrumentor(BaseInstrumentor):
                 call = None
             if call is None:
                 return await original(self, method, str_or_url, *args, **kwargs)
+            if call.traceparent and not any(k.lower() == "traceparent" for k in self.headers):
+                kwargs["headers"] = _record.add_traceparent(call, kwargs.get("headers"))
             response = await call.arun(original, self, method, str_or_url, *args, **kwargs)
             try:
                 _watch(call, response)

@@ -85,6 +85,7 @@ class Instrumentor(BaseInstrumentor):
             call = _record.begin(request.method, str(request.url), request.headers.multi_items(), _request_body(request))
             if call is None:
                 return sync_send(self, request, *args, **kwargs)
+            _record.add_traceparent(call, request.headers, in_place=True)
             response = call.run(sync_send, self, request, *args, **kwargs)
             _answered(call, response, bool(kwargs.get("stream")))
             return response
@@ -94,6 +95,7 @@ class Instrumentor(BaseInstrumentor):
             call = _record.begin(request.method, str(request.url), request.headers.multi_items(), _request_body(request))
             if call is None:
                 return await async_send(self, request, *args, **kwargs)
+            _record.add_traceparent(call, request.headers, in_place=True)
             response = await call.arun(async_send, self, request, *args, **kwargs)
             _answered(call, response, bool(kwargs.get("stream")))
             return response

@@ -42,6 +42,7 @@ class Instrumentor(BaseInstrumentor):
             call = _record.begin(request.method, request.url, request.headers, request.body)
             if call is None:
                 return original(self, request, **kwargs)
+            _record.add_traceparent(call, request.headers, in_place=True)
             response = call.run(original, self, request, **kwargs)
             try:
                 if kwargs.get("stream"):

@@ -56,6 +56,18 @@ def _watch_stream(call: _record.HttpCall, response: Any) -> None:
     weakref.finalize(response, call.finish, status, headers).atexit = False
 
 
+def _with_traceparent(call: _record.HttpCall, signature: inspect.Signature, owner: Any, method: str, url: str,
+                      args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The call's arguments with its ``traceparent`` added to the headers (a pool's or a manager's ``kw``)."""
+    try:
+        bound = signature.bind(owner, method, url, *args, **kwargs)
+    except TypeError:
+        return args, kwargs
+    where = bound.arguments if "headers" in signature.parameters else bound.arguments.setdefault("kw", {})
+    where["headers"] = _record.add_traceparent(call, where.get("headers") or getattr(owner, "headers", None))
+    return bound.args[3:], bound.kwargs
+
+
 def _wrap(original: Any, full_url: Callable[[Any, str], str]) -> Any:
     signature = inspect.signature(original)
 
@@ -70,6 +82,8 @@ def _wrap(original: Any, full_url: Callable[[Any, str], str]) -> Any:
         call = _record.begin(method, full_url(self, url), bound.get("headers"), bound.get("body"))
         if call is None:
             return original(self, method, url, *args, **kwargs)
+        if call.traceparent is not None:
+            args, kwargs = _with_traceparent(call, signature, self, method, url, args, kwargs)
         response = call.run(original, self, method, url, *args, **kwargs)
         try:
             extra = bound.get("response_kw") or bound.get("kw") or {}  # the pool's and the manager's **kwargs

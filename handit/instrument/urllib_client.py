@@ -2,6 +2,7 @@
 call (redirects followed inside it count once; handit's own exporter traffic is skipped)."""
 from __future__ import annotations
 
+import copy
 import functools
 import weakref
 from typing import Any
@@ -62,6 +63,9 @@ class Instrumentor(BaseInstrumentor):
             if call is None:
                 return original(self, fullurl, data, *args, **kwargs)
             call.answers = (urllib.error.HTTPError,)
+            if call.traceparent and not request.has_header("Traceparent"):
+                fullurl, data = copy.copy(request), None  # the program's Request object stays as it was
+                fullurl.unredirected_hdrs = {**request.unredirected_hdrs, "Traceparent": call.traceparent}
             try:
                 response = call.run(original, self, fullurl, data, *args, **kwargs)
             except urllib.error.HTTPError as exc:

@@ -10,17 +10,21 @@ from .. import sessions as _sessions
 def start(tag: str, attrs: dict[str, str], traceparent: str | None) -> Any:
     """Start the request's session, or return None if handit cannot (the request runs untraced)."""
     try:
-        return _sessions.start(tag, attrs=attrs, traceparent=traceparent)
+        session = _sessions.start(tag, attrs=attrs, traceparent=traceparent)
+        session.span_kind = "server"
+        return session
     except Exception as exc:
         _sessions._warn_once(f"handit could not start a session for a request: {exc!r} (said once)", key=f"mw:{exc!r}")
         return None
 
 
-def stop(session: Any, on_end: Callable[[Any], None] | None) -> None:
-    """Stop the request's session and hand it to ``on_end``; nothing raised reaches the server."""
+def stop(session: Any, on_end: Callable[[Any], None] | None, status: int | None = None) -> None:
+    """Stop the request's session (``status``: the response's) and hand it to ``on_end``; nothing
+    raised reaches the server."""
     if session is None:
         return
     try:
+        session.http_status = status
         _sessions.stop(session)
         if on_end is not None:
             on_end(session)

@@ -54,7 +54,14 @@ class HanditASGIMiddleware:
         route = _route(scope)
         attrs = {**self.attrs, "http.request.method": method, "http.route": route}
         session = _common.start(f"{method} {route}", attrs, traceparent)
+        status: list[int] = []
+
+        async def send_noting_status(message: Any) -> None:
+            if message.get("type") == "http.response.start":
+                status.append(message.get("status") or 0)
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_noting_status if session is not None else send)
         finally:
-            _common.stop(session, self.on_end)
+            _common.stop(session, self.on_end, status[0] if status else None)

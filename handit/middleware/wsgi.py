@@ -61,9 +61,15 @@ class HanditWSGIMiddleware:
         session = _common.start(f"{method} {route}", attrs, environ.get("HTTP_TRACEPARENT"))
         if session is None:
             return self.app(environ, start_response)
+        status: list[int] = []
+
+        def start_response_noting_status(code: str, *args: Any) -> Any:
+            status[:] = [int(code.split(" ", 1)[0])] if code[:3].isdigit() else []
+            return start_response(code, *args)
+
         try:
-            result = self.app(environ, start_response)
+            result = self.app(environ, start_response_noting_status)
         except BaseException:
-            _common.stop(session, self.on_end)
+            _common.stop(session, self.on_end, 500)
             raise
-        return _Body(result, lambda: _common.stop(session, self.on_end))
+        return _Body(result, lambda: _common.stop(session, self.on_end, status[0] if status else None))
