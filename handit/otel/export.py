@@ -83,13 +83,17 @@ class OtelExporter:
         self.stats = {"sessions": 0, "spans": 0, "unexported": 0, "errors": 0, "blocks_dropped": 0}
         self._cond = threading.Condition(threading.Lock())
         self._jobs: collections.deque[tuple[str, Any, Any]] = collections.deque()
-        self._busy = False
         self._queued_bytes = 0
+        self._flush_asked = self._flush_done = 0  # flush jobs queued / finished by the thread
         self._states: dict[str, _SessionState] = {}
         self._tracers: dict[int, tuple[Any, Any]] = {}
         self._used: list[Any] = []  # providers spans went to (flushed at exit)
         self._own: Any = None
         self._warned: set[str] = set()
+        try:  # here, at a session's start: made at exit, its threads could not start
+            self._own = _own_provider()
+        except Exception as exc:
+            self._warn("own", f"handit could not set up OTLP/HTTP export to OTEL_EXPORTER_OTLP_ENDPOINT: {exc!r}")
         # started now, at a session's start: never at exit (3.12.0-3.12.2 cannot start threads then)
         self._thread = _internal.start_internal_thread(self._run, "otel")
 
@@ -112,17 +116,10 @@ class OtelExporter:
         choice = sessions._state.get("choice")
         if choice is not None:
             choice.module.set_slot(0)  # started inside a session: this thread belongs to none
-        try:
-            self._own = _own_provider()
-        except Exception as exc:
-            self._warn("own", f"handit could not set up OTLP/HTTP export to OTEL_EXPORTER_OTLP_ENDPOINT: {exc!r}")
         while True:
             with self._cond:
                 while not self._jobs:
-                    self._busy = False
-                    self._cond.notify_all()
                     self._cond.wait()
-                self._busy = True
                 kind, session, payload = self._jobs.popleft()
                 if kind == "block":
                     self._queued_bytes -= len(payload)
@@ -130,9 +127,10 @@ class OtelExporter:
                 self._handle(kind, session, payload)
             except Exception as exc:
                 self.stats["errors"] += 1
+                which = getattr(session, "id", "-")
                 if kind == "end":
-                    self._states.pop(session.id, None)
-                self._warn(f"job:{type(exc).__name__}", f"handit could not export session {session.id} to OpenTelemetry: {exc!r} "
+                    self._states.pop(which, None)
+                self._warn(f"job:{type(exc).__name__}", f"handit could not export session {which} to OpenTelemetry: {exc!r} "
                            "(counted in the exporter's stats['errors']; said once)")
 
     def _state(self, session: Any) -> _SessionState:
@@ -154,6 +152,18 @@ class OtelExporter:
         elif kind == "end":
             state = self._states.pop(session.id, None) or _SessionState(session, session.config)
             self._export(session, state)
+        elif kind == "flush":
+            # here, not in the caller: the SDK's force_flush ignores its timeout and waits for
+            # the exporter (opentelemetry-python#4568); the caller waits for this job, bounded
+            try:
+                for provider in list(self._used):
+                    force_flush = getattr(provider, "force_flush", None)
+                    if force_flush is not None:
+                        force_flush(int(payload * 1000))
+            finally:
+                with self._cond:
+                    self._flush_done += 1
+                    self._cond.notify_all()
 
     def _export(self, session: Any, state: _SessionState) -> None:
         from .spans import emit_session, http_exchanges
@@ -203,23 +213,22 @@ class OtelExporter:
         Args:
             timeout: most seconds to wait, in all (None: :attr:`exit_timeout`).
         Returns:
-            True if everything was made and flushed in time. Never raises.
+            True if everything was made and flushed in time. Never raises, starts no thread.
         """
-        deadline = time.monotonic() + (self.exit_timeout if timeout is None else timeout)
+        wait = self.exit_timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
         try:
             with self._cond:
-                while (self._jobs or self._busy) and self._thread.is_alive():
+                self._flush_asked += 1
+                ticket = self._flush_asked
+                self._jobs.append(("flush", None, wait))
+                self._cond.notify_all()
+                while self._flush_done < ticket and self._thread.is_alive():
                     left = deadline - time.monotonic()
                     if left <= 0:
                         return False
                     self._cond.wait(left)
-            done = True
-            for provider in list(self._used):
-                left = deadline - time.monotonic()
-                force_flush = getattr(provider, "force_flush", None)
-                if force_flush is not None:
-                    done = bool(force_flush(max(0, int(left * 1000)))) and done if left > 0 else False
-            return done
+                return self._flush_done >= ticket
         except Exception:
             return False
 
