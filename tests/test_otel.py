@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 import handit
-from handit.middleware import HanditWSGIMiddleware
+from handit.middleware import HanditASGIMiddleware, HanditWSGIMiddleware
 from handit.otel.export import exporter
 
 from http_servers import Handler, Server, instrumented, server  # noqa: F401 (fixtures)
@@ -333,3 +333,51 @@ def test_middleware_session_is_a_server_span_joining_the_request(spans: Any, cod
     assert root.attributes["http.request.method"] == "GET"
     assert root.status.status_code is (StatusCode.ERROR if code >= 500 else StatusCode.UNSET)
     assert [x.name for x in got if parent_of(x) == root.context.span_id] == ["_wsgi"]
+
+
+def test_asgi_session_is_a_server_span_with_the_response_status(spans: Any) -> None:
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        leaf(1)
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"made"})
+
+    ended: list[handit.Session] = []
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/items", "headers": [(b"traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01".encode())]}
+    asyncio.run(HanditASGIMiddleware(app, on_end=ended.append)(scope, receive, send))
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]  # passed through as sent
+    (s,) = ended
+    root = root_of(finished(s), s)
+    assert root.kind is SpanKind.SERVER and root.name == "POST /items" and f"{parent_of(root):016x}" == PARENT_ID
+    assert root.attributes["http.response.status_code"] == 201 and root.status.status_code is StatusCode.UNSET
+
+
+def _call(cid: int, parent: int | None, t0: int) -> dict:
+    return {"type": "call", "call_id": cid, "parent_id": parent, "func": f"f{cid}", "module": "m", "file": "m.py",
+            "line": 1, "t0_ns": t0, "thread": 1}
+
+
+def _ret(cid: int, t1: int) -> dict:
+    return {"type": "return", "call_id": cid, "t1_ns": t1}
+
+
+def test_cut_call_hands_its_kept_children_and_folded_count_to_its_parent() -> None:
+    from handit.otel.tree import CallTree
+
+    # 1 [0, 100] > 2 [10, 40] > 3 [11, 38] > 4 [12, 13] (folded: min 5); 5 [20, 90] on another thread,
+    # started by 2 (as a task would be) and outliving it. The cap of 2 keeps 1 and 5; 2 and 3 are cut.
+    tree = CallTree(min_duration_ns=5, max_calls=2)
+    tree.feed([_call(1, None, 0), _call(2, 1, 10), _call(3, 2, 11), _call(4, 3, 12), _ret(4, 13)])
+    tree.feed([{**_call(5, 2, 20), "thread": 2}, _ret(3, 38), _ret(2, 40), _ret(5, 90), _ret(1, 100)])
+    root = tree.finish()
+    (one,) = root.children
+    assert one.call_id == 1 and [n.call_id for n in one.children] == [5] and one.children[0].parent is one
+    assert one.folded == 1  # 4, folded into 3, which was cut: counted on 3's nearest kept ancestor
+    assert (tree.calls, tree.folded, tree.cut) == (5, 1, 2)
