@@ -29,10 +29,6 @@ for OpenTelemetry only (counted in ``handit.otel.blocks_dropped`` on its root sp
 _KEY = "otel:"  # the exporter's key among sinks._exporters (flushed at exit with the others)
 
 
-class OtelWarning(UserWarning):
-    """OpenTelemetry export could not do something (the program is not affected)."""
-
-
 class _SessionState:
     __slots__ = ("builder", "tree", "extra", "dropped")
 
@@ -243,8 +239,10 @@ class OtelExporter:
     def _warn(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
+            from ..sessions import SessionWarning
+
             try:
-                warnings.warn(message, OtelWarning, stacklevel=2)
+                warnings.warn(message, SessionWarning, stacklevel=2)
             except Exception:  # an error filter in a thread, or at exit
                 pass
 
