@@ -27,6 +27,19 @@ from handit.otel.export import exporter
 import _workloads as wl
 
 _memory = InMemorySpanExporter()
+_PROGRAM = """
+import handit
+
+def step(i):
+    return i * 2
+
+def work(n):
+    return sum(step(i) for i in range(n))
+
+with handit.session("exit"):
+    total = work(5)
+print("done", total, flush=True)
+"""
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -67,3 +80,30 @@ def test_otel_session(benchmark: Any, engine: Any, mode: str) -> None:
     cpu_ms, program_ms = min(cpu[1:] or cpu) * 1000, min(wall[1:] or wall) * 1000  # warm-up left out
     benchmark.extra_info.update(cpu_ms=round(cpu_ms, 1), program_ms=round(program_ms, 1))
     print(f"\n{mode}: cpu {cpu_ms:.0f} ms, program {program_ms:.0f} ms")
+
+
+@pytest.mark.benchmark(group="otel-exit")
+@pytest.mark.parametrize("receiver_hangs", [False, True], ids=["receiver-answers", "receiver-hangs"])
+def test_otel_exit(benchmark: Any, tmp_path: Any, receiver_hangs: bool) -> None:
+    """Wall time of a small traced program (HANDIT_OTEL, OTLP/HTTP) from start to exit, with
+    HANDIT_EXIT_TIMEOUT=1: a receiver that hangs adds about that second, no more."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from otlp_receiver import Receiver
+
+    script = tmp_path / "traced.py"
+    script.write_text(_PROGRAM)
+    with Receiver(hang=receiver_hangs) as receiver:
+        env = dict(os.environ, HANDIT_OTEL="1", OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, HANDIT_EXIT_TIMEOUT="1")
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(handit.__file__).resolve().parent.parent), env.get("PYTHONPATH", "")])
+
+        def run() -> None:
+            done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0 and done.stdout == "done 20\n", done.stderr
+
+        benchmark.pedantic(run, rounds=3, warmup_rounds=0)
+        assert receiver.attempts >= 3 and len(receiver.accepted) == (0 if receiver_hangs else 3 * 7)
