@@ -137,3 +137,29 @@ def test_opentelemetry_missing_is_said_and_harmless(tmp_path: Path) -> None:
     done = run(tmp_path, None, program)
     assert done.returncode == 0 and done.stdout == "done 20\n"
     assert "pip install 'handit[otel]'" in done.stderr
+
+
+def test_failing_provider_does_not_hurt_the_program(tmp_path: Path) -> None:
+    program = """
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    import handit
+
+    class Broken(TracerProvider):
+        def get_tracer(self, *args, **kwargs):
+            raise RuntimeError("no tracer today")
+
+    trace.set_tracer_provider(Broken())
+
+    def work(i):
+        return i + 1
+
+    for i in range(3):
+        with handit.session("broken"):
+            work(i)
+    print("done", flush=True)
+    """
+    done = run(tmp_path, None, program)
+    assert done.returncode == 0 and done.stdout == "done\n"
+    assert done.stderr.count("SessionWarning: handit could not export session") == 1  # three sessions, said once
+    assert "no tracer today" in done.stderr
