@@ -423,6 +423,40 @@ static inline PyObject *handit_handled_exception(void) {
 #endif
 }
 
+/* PY310/PY311: a profile function is not told which exception unwinds a frame (the
+   'return' event has NULL arg, the exception fetched away by call_trace_protected), and the
+   handler that catches it may run no event at all (`except E as e: return f"{e.code}"`), so
+   the unwind stayed <unknown> (issue 11.4). A trace function is told: ceval calls
+   tstate->c_tracefunc with PyTrace_EXCEPTION (type, value, tb) when the exception reaches
+   the caller's frame. After a traced unwind on a thread with no trace function, handit's
+   is set for that one next event (use_tracing is already on: the profile function is) and
+   takes itself out at it, whatever the event. The fields are set directly, as
+   _PyEval_SetTrace does minus its audit event: an audit hook is the user's code. PY312+
+   routes the trace function through sys.monitoring, whose PY_UNWIND gives the exception. */
+static inline int handit_arm_exc_trace(Py_tracefunc func) {
+#if PY_VERSION_HEX < 0x030C0000
+    PyThreadState *t = handit_tstate();
+    if (t == NULL || t->c_tracefunc != NULL || t->c_traceobj != NULL) return 0;
+    t->c_tracefunc = func;
+    return 1;
+#else
+    (void)func;
+    return 0;
+#endif
+}
+
+static inline void handit_disarm_exc_trace(Py_tracefunc func) {
+#if PY_VERSION_HEX < 0x030C0000
+    PyThreadState *t = handit_tstate();
+    if (t != NULL && t->c_tracefunc == func && t->c_traceobj == NULL) {
+        t->c_tracefunc = NULL;
+        /* call_trace recomputes use_tracing when the callback returns */
+    }
+#else
+    (void)func;
+#endif
+}
+
 /* handit's own Python work inside a callback (a code object's decision, a preview, the text
    of an exception) runs on the user's stack. At the user's recursion limit it failed with
    RecursionError (the call lost, the unwind typed <unknown>: issue 10.8), and near it took

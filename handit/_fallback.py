@@ -89,7 +89,8 @@ class _ThreadBuffer:
     """One thread's records, in order, waiting for the drain."""
 
     __slots__ = ("ident", "records", "take_lock", "busy", "last_exc", "last_exc_text", "pending", "gap", "gap_slot",
-                 "exited", "idle_drains", "lost", "absorbing", "skip", "lost_calls", "lost_slot")
+                 "exited", "idle_drains", "lost", "absorbing", "skip", "lost_calls", "lost_slot",
+                 "exc_trace_frame")
 
     def __init__(self) -> None:
         self.ident = threading.get_ident()
@@ -111,6 +112,7 @@ class _ThreadBuffer:
         self.lost_calls = 0  # calls lost at the recursion limit, not yet counted for lost_slot
         self.lost_slot = 0
         self.absorbing = False  # PY310: _absorb_at_limit is this thread's trace function
+        self.exc_trace_frame: Any = None  # PY310/PY311: the frame _exc_trace waits in
 
 
 class _ExitSentinel:
@@ -211,7 +213,7 @@ def _absorb_at_limit(frame: Any, event: str, arg: Any) -> None:
 
 
 def _arm_absorber(buf: _ThreadBuffer | None) -> None:
-    if buf is not None and not buf.absorbing and not PY311 and sys.gettrace() is None:
+    if buf is not None and not buf.absorbing and not PY311 and sys.gettrace() in (None, _exc_trace):
         sys.settrace(_absorb_at_limit)
         buf.absorbing = True
 
@@ -661,7 +663,11 @@ def profile_callback(frame: Any, event: str, arg: Any) -> None:
             _guard_thread()
         buf = getattr(_tls, "buffer", None)
         if buf is not None and buf.pending and not buf.busy:
-            _resolve_unwinds(buf)
+            if buf.exc_trace_frame is not None and event[0] != "c":  # (a C call's end precedes the caller's exception event)
+                _disarm_exc_trace(buf)
+            exc = sys.exc_info()[1]
+            if exc is not None:
+                _resolve_unwinds(buf, exc, exc.__traceback__)
         if event == "call":
             cur = _current(None)
             if cur is None:
@@ -704,6 +710,8 @@ def profile_callback(frame: Any, event: str, arg: Any) -> None:
                 record = _on_unwind(buf, slot, info, None, id(frame) if info.suspendable else 0)
                 if record is not None and len(buf.pending) < 8:
                     buf.pending.append((record, id(frame)))
+                    if not PY312:
+                        _arm_exc_trace(buf, frame)
         if buf is not None and buf.absorbing:
             try:
                 _disarm_absorber(buf)  # PY310: away from the limit again (or not yet)
@@ -735,19 +743,55 @@ def profile_callback(frame: Any, event: str, arg: Any) -> None:
         _fail(exc)
 
 
-def _resolve_unwinds(buf: _ThreadBuffer) -> None:
-    """Give pending unwinds the exception now being handled, if its traceback holds their frame.
-
-    A profile function is not told which exception unwinds a frame; the compiled twin
-    does the same as this (``_tracer._resolve_unwinds``).
-    """
-    exc = sys.exc_info()[1]
-    if exc is None:
+def _arm_exc_trace(buf: _ThreadBuffer, frame: Any) -> None:
+    """PY310/PY311: be the trace function until the next event, to be told the exception
+    that unwound ``frame`` when it reaches the caller (``handit_arm_exc_trace`` in
+    ``_compat.h`` says why). A Python trace function's "exception" event goes to the frame's
+    ``f_trace``, so the caller's is set too."""
+    caller = frame.f_back
+    if caller is None or buf.exc_trace_frame is not None or caller.f_trace is not None or sys.gettrace() is not None:
         return
+    caller.f_trace = _exc_trace
+    buf.exc_trace_frame = caller
+    sys.settrace(_exc_trace)
+
+
+def _disarm_exc_trace(buf: _ThreadBuffer) -> None:
+    frame, buf.exc_trace_frame = buf.exc_trace_frame, None
+    if frame is not None and frame.f_trace is _exc_trace:
+        frame.f_trace = None
+    if sys.gettrace() is _exc_trace:
+        sys.settrace(None)
+
+
+def _exc_trace(frame: Any, event: str, arg: Any) -> None:
+    """PY310/PY311: the trace function for one event after a traced unwind."""
+    try:
+        buf = getattr(_tls, "buffer", None)
+        if buf is None:
+            if sys.gettrace() is _exc_trace:
+                sys.settrace(None)
+            return
+        _disarm_exc_trace(buf)
+        if event == "exception" and buf.pending and not buf.busy:
+            _resolve_unwinds(buf, arg[1], arg[2])
+    except RecursionError:  # at the limit: the unwind stays <unknown>, the user's exception goes on
+        pass
+    except Exception as exc:
+        _fail(exc)
+
+
+def _resolve_unwinds(buf: _ThreadBuffer, exc: BaseException, traceback: Any) -> None:
+    """Give pending unwinds ``exc`` if ``traceback`` holds their frame.
+
+    A profile function is not told which exception unwinds a frame: ``exc`` is the one
+    being handled, or one reaching a frame (``_exc_trace``); the compiled twin does the same
+    as this (``_tracer._match_unwinds``).
+    """
     buf.busy = True
     try:
         frames = set()
-        tb = exc.__traceback__
+        tb = traceback
         while tb is not None:
             frames.add(id(tb.tb_frame))
             tb = tb.tb_next
@@ -832,6 +876,9 @@ def uninstall() -> None:
             threading.setprofile(None)  # type: ignore[arg-type]
             if sys.getprofile() is profile_callback:
                 sys.setprofile(None)
+            buf = getattr(_tls, "buffer", None)
+            if buf is not None and buf.exc_trace_frame is not None:
+                _disarm_exc_trace(buf)  # other threads' take themselves out at their next event
     _tool_id = None
     _source = None
     _code_map.clear()

@@ -32,6 +32,7 @@ cdef extern from "Python.h":
     ctypedef int (*handit_tracefunc)(PyObject*, PyFrameObject*, int, PyObject*) noexcept
     int PyTrace_CALL
     int PyTrace_RETURN
+    int PyTrace_EXCEPTION
     int PyContextVar_Get(PyObject* var, PyObject* default_value, PyObject** value)
     PyFrameObject* PyEval_GetFrame()
     void PyEval_SetProfile(handit_tracefunc func, PyObject* obj)
@@ -81,6 +82,8 @@ cdef extern from "_compat.h":
     void* handit_current_iframe(PyThreadState*)
     void handit_set_profile_all(handit_tracefunc)
     PyObject* handit_handled_exception()
+    int handit_arm_exc_trace(handit_tracefunc)
+    void handit_disarm_exc_trace(handit_tracefunc)
     handit_tracefunc handit_prev_profile(unsigned long, PyObject**)
     void* handit_code_extra_fast(PyObject*, Py_ssize_t)
     ctypedef struct PyThreadState:
@@ -915,11 +918,27 @@ cdef int profile_call(PyObject* obj, PyFrameObject* frame, int what, PyObject* a
         _on_yield(ts, slot, ci, <uint64_t>frame)
     else:
         _on_unwind(ts, slot, ci, NULL, <uint64_t>frame if ci.suspendable else 0)
-        _remember_unwind(ts, frame)
+        if _remember_unwind(ts, frame):
+            handit_arm_exc_trace(exc_trace)
     return 0
 
 
-cdef void _remember_unwind(TState* ts, PyFrameObject* frame) noexcept:
+cdef int exc_trace(PyObject* obj, PyFrameObject* frame, int what, PyObject* arg) noexcept:
+    # PY310/PY311: the trace function for one event after a traced unwind (see
+    # handit_arm_exc_trace): an exception reaching a frame gives the pending unwinds their
+    # exception. Never raises into user code; returns 0.
+    cdef TState* ts
+    handit_disarm_exc_trace(exc_trace)
+    if what != PyTrace_EXCEPTION or arg == NULL:
+        return 0
+    ts = _tstate()
+    if ts == NULL or ts.busy or not ts.npending:
+        return 0
+    _match_unwinds(ts, PyTuple_GET_ITEM(arg, 1), PyTuple_GET_ITEM(arg, 2))
+    return 0
+
+
+cdef bint _remember_unwind(TState* ts, PyFrameObject* frame) noexcept:
     # A profile function is not told which exception unwinds a frame (before 3.12 it is
     # fetched away first). The unwind is kept pending; when a later event of this thread
     # sees an exception being handled whose traceback holds the frame, the record gets its
@@ -927,33 +946,41 @@ cdef void _remember_unwind(TState* ts, PyFrameObject* frame) noexcept:
     cdef Chunk* c = ts.tail
     cdef int n
     if c == NULL or ts.npending >= 8:
-        return
+        return 0
     n = <int>(ts.wp - c.recs)
     if n < 2 or c.recs[n - 2].kind != K_UNWIND or not c.recs[n - 2].ext:
-        return
+        return 0
     ts.pending_ext[ts.npending] = <void*>&c.recs[n - 1]
     ts.pending_frame[ts.npending] = <void*>frame
     ts.npending += 1
+    return 1
 
 
 cdef void _resolve_unwinds(TState* ts) noexcept:
     # never raises; see _remember_unwind
+    cdef PyObject* exc = handit_handled_exception()
+    if exc == NULL:
+        PyErr_Clear()
+        return
+    _match_unwinds(ts, exc, NULL)
+    Py_DECREF(<object>exc)
+
+
+cdef void _match_unwinds(TState* ts, PyObject* exc, PyObject* traceback) noexcept:
+    # never raises: the pending unwinds whose frame is in the traceback (exc's own when
+    # NULL) get exc's type and message.
     # Python runs in here (and may let another thread's drain take this thread's chunks,
     # which ends the wait: npending is 0 then and the pointers are stale); every write into
     # a chunk follows a check that no drain has run since this started.
-    cdef PyObject* exc = handit_handled_exception()
     cdef RecordExt* ext
     cdef int k, n, kept = 0
     cdef uint32_t seen = ts.drains
     cdef bint match
-    if exc == NULL:
-        PyErr_Clear()
-        return
     ts.busy = 1
     handit_headroom(1)
     try:
         frames = set()
-        tb = (<object>exc).__traceback__
+        tb = (<object>exc).__traceback__ if traceback == NULL else <object>traceback
         while tb is not None:
             frames.add(id(tb.tb_frame))
             tb = tb.tb_next
@@ -983,7 +1010,6 @@ cdef void _resolve_unwinds(TState* ts) noexcept:
         ts.npending = 0
     handit_headroom(0)
     ts.busy = 0
-    Py_DECREF(<object>exc)
 
 
 def profile_callback(frame, event, arg):
@@ -1030,6 +1056,7 @@ def uninstall():
     elif _source_kind == 2:
         threading.setprofile(None)
         handit_set_profile_all(NULL)
+        handit_disarm_exc_trace(exc_trace)  # other threads' take themselves out at their next event
     _tool_id = None
     _source_kind = 0
 

@@ -28,6 +28,7 @@ from itertools import islice
 from typing import Any
 
 from handit.errors import ConfigError
+from handit.exception_text import stdlib_str_is_safe
 from handit.redact import REDACTED, Redactor
 
 __all__ = ["Previewer", "is_scalar", "register_preview", "unregister_preview"]
@@ -370,7 +371,9 @@ class Previewer:
         """Return the bounded, redacted message of an exception.
 
         Safe mode never runs a user ``__str__``: builtin exception types whose message is
-        made of scalars use ``str(exc)``; every other exception is formatted from its
+        made of scalars use ``str(exc)``, and so do the standard library's exception
+        classes whose ``__str__`` reads only plain values (:mod:`handit.exception_text`,
+        e.g. ``HTTP Error 404: Not Found``); every other exception is formatted from its
         ``args`` the way ``BaseException.__str__`` would, with non-scalar arguments
         previewed. Repr mode calls ``str(exc)``, guarded, and falls back to the safe form.
 
@@ -396,6 +399,10 @@ class Previewer:
         tp = type(exc)
         if id(tp) in _BUILTIN_EXC_IDS and _builtin_str_is_safe(exc, tp):
             return str(exc)
+        if stdlib_str_is_safe(exc, _builtin_str_is_safe):  # HTTPError and others whose __str__ reads attributes
+            ok, msg = _call_user(str, exc)
+            if ok:
+                return msg
         args = _EXC_ARGS(exc)
         if not args:
             return ""

@@ -23,9 +23,10 @@ pytestmark = pytest.mark.engine_dependent  # its tests run an engine outside the
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT = ROOT / "examples" / "agent.py"
-# The profile-function source (the only one before 3.12) learns an exception's type only
-# once a handler makes a call; the agent's `except HTTPError` handler makes none.
-EXC = "HTTPError" if sys.version_info >= (3, 12) else "<unknown>"
+# every Python: before 3.12 the profile-function source learns it when the exception reaches
+# the caller (the agent's `except HTTPError` handler makes no call); the message is HTTPError's own
+EXC = "HTTPError"
+EXC_MESSAGE = "HTTP Error 404: Not Found"
 PY312 = sys.version_info >= (3, 12)
 M = "Agent."  # methods carry their class on every Python (found from the module before 3.11)
 S = "FakeAPI."
@@ -334,7 +335,7 @@ def test_show_both_formats(agent_traces: dict[str, Path], fmt: str) -> None:
     assert r.returncode == 0, r.stderr
     text = r.stdout.decode()
     for needle in ("Sessions", "agent.py", "Call tree", f"{M}ask(", "fibonacci(n=12) → 144", "Busiest functions",
-                   "Most own time", "call_api", EXC, "api_key=<redacted>", "[thread 2]"):
+                   "Most own time", "call_api", EXC, EXC_MESSAGE, "api_key=<redacted>", "[thread 2]"):
         assert needle in text, needle
     assert "sk-demo" not in text  # the fake key never shows
     only = handit("show", str(path), "--func", "^fibonacci$", "--depth", "2", "--no-tree", cwd=path.parent).stdout.decode()

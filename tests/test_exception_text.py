@@ -1,0 +1,145 @@
+"""Exception messages and types: the standard library's own __str__, and the type of every unwind on every source."""
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import urllib.error
+
+import pytest
+
+import handit
+from conftest import PY312, calls_of
+from handit.preview import Previewer
+
+HTTP_404 = "HTTP Error 404: Not Found"
+
+
+def http_error() -> urllib.error.HTTPError:
+    return urllib.error.HTTPError("http://example.invalid/", 404, "Not Found", {}, io.BytesIO())  # type: ignore[arg-type]
+
+
+class Loud:
+    """A value whose __str__ and __repr__ count their runs (no user code may run for it)."""
+
+    runs = 0
+
+    def __str__(self) -> str:
+        Loud.runs += 1
+        raise SystemExit("user code ran")
+
+    __repr__ = __str__
+
+
+def test_stdlib_messages_from_their_own_str() -> None:
+    p = Previewer()
+    assert p.exception_message(http_error()) == HTTP_404
+    assert p.exception_message(urllib.error.URLError(OSError(111, "Connection refused"))) == \
+        "<urlopen error [Errno 111] Connection refused>"
+    assert p.exception_message(subprocess.CalledProcessError(2, ["ls", "-l"])) == \
+        "Command '['ls', '-l']' returned non-zero exit status 2."
+    assert p.exception_message(KeyError("k")) == "'k'"
+
+
+def test_no_user_code_runs_for_a_message() -> None:
+    p = Previewer()
+    Loud.runs = 0
+
+    class Mine(Exception):
+        def __str__(self) -> str:
+            Loud.runs += 1
+            return "mine"
+
+    class MyHTTPError(urllib.error.HTTPError):  # a user subclass: its attributes may be properties
+        pass
+
+    assert p.exception_message(Mine("a", 1)) == "('a', 1)"  # from args
+    assert p.exception_message(MyHTTPError("u", 500, "Boom", {}, io.BytesIO())) == ""  # type: ignore[arg-type]
+    # the standard library's __str__ would format a user object: it does not run
+    assert p.exception_message(urllib.error.HTTPError("u", 404, Loud(), {}, io.BytesIO())) == ""  # type: ignore[arg-type]
+    assert p.exception_message(urllib.error.URLError(Loud())) == "<Loud>"
+    assert Loud.runs == 0
+
+
+def _raises_404() -> None:
+    raise http_error()
+
+
+def call_api() -> None:
+    _raises_404()
+
+
+def use_tool() -> str:
+    try:
+        call_api()
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}"  # a handler that makes no call: no event while it runs
+    return "ok"
+
+
+def swallowed_by_c() -> object:
+    class Box:
+        @property
+        def value(self) -> int:
+            raise AttributeError("no value")
+
+    return getattr(Box(), "value", None)  # the C caller clears the exception: no frame sees it
+
+
+def test_unwind_type_and_message_without_a_handler_call(engine) -> None:
+    """PY310/PY311 and the profile-function source: the caller is told (issue 11.4)."""
+    with handit.session("t") as s:
+        assert use_tool() == "HTTP 404"
+    unwinds = [e for e in s.events if e["type"] == "exception"]
+    assert [e["func"].rsplit(".", 1)[-1] for e in unwinds] == ["_raises_404", "call_api"]
+    if PY312 and engine[1] == "setprofile":
+        # PY312+: sys.setprofile is fed by sys.monitoring, which drops the exception before
+        # the profile function; the default source there (sysmon) is given it
+        assert {e["type_name"] for e in unwinds} <= {"HTTPError", "<unknown>"}
+    else:
+        assert {(e["type_name"], e["message"]) for e in unwinds} == {("HTTPError", HTTP_404)}
+    assert sys.gettrace() is None
+
+
+def test_no_trace_function_left_and_a_users_kept(engine) -> None:
+    seen: list[str] = []
+
+    def users_trace(frame, event, arg):  # a debugger's: handit must neither replace nor remove it
+        seen.append(event)
+
+    with handit.session("t") as s:
+        assert swallowed_by_c() is None
+        assert use_tool() == "HTTP 404"
+        assert sys.gettrace() is None
+        sys.settrace(users_trace)
+        try:
+            use_tool()
+        finally:
+            assert sys.gettrace() is users_trace
+            sys.settrace(None)
+    assert "call" in seen
+    assert len(calls_of(s.events, "use_tool")) == 2
+    assert sys.gettrace() is None
+
+
+@pytest.mark.parametrize("raised", [ValueError("bad value"), http_error()], ids=["ValueError", "HTTPError"])
+def test_handled_in_a_loop(engine, raised) -> None:
+    def fail():
+        raise raised
+
+    def attempt():
+        fail()
+
+    def loop():
+        for _ in range(50):
+            try:
+                attempt()
+            except Exception:
+                pass
+
+    with handit.session("t") as s:
+        loop()
+    unwinds = [e for e in s.events if e["type"] == "exception"]
+    assert len(unwinds) == 100
+    if not (PY312 and engine[1] == "setprofile"):
+        assert {e["type_name"] for e in unwinds} == {type(raised).__name__}
