@@ -457,6 +457,28 @@ static inline void handit_disarm_exc_trace(Py_tracefunc func) {
 #endif
 }
 
+/* PY310/PY311: the generator or coroutine frame a C call of its close() is about to throw
+   GeneratorExit into, or NULL (not a reference). Cheap for every other C call: a type and a
+   name compared. */
+static inline void *handit_closing_frame(PyObject *callable) {
+#if PY_VERSION_HEX < 0x030C0000
+    PyObject *self, *frame;
+    void *out;
+    if (callable == NULL || !PyCFunction_Check(callable)) return NULL;
+    if (strcmp(((PyCFunctionObject *)callable)->m_ml->ml_name, "close") != 0) return NULL;
+    self = PyCFunction_GET_SELF(callable);
+    if (self == NULL || !(PyGen_CheckExact(self) || PyCoro_CheckExact(self))) return NULL;
+    frame = PyObject_GetAttrString(self, PyGen_CheckExact(self) ? "gi_frame" : "cr_frame");
+    if (frame == NULL) { PyErr_Clear(); return NULL; }
+    out = frame == Py_None ? NULL : (void *)frame;
+    Py_DECREF(frame);  /* the generator holds it while close() runs */
+    return out;
+#else
+    (void)callable;
+    return NULL;
+#endif
+}
+
 /* handit's own Python work inside a callback (a code object's decision, a preview, the text
    of an exception) runs on the user's stack. At the user's recursion limit it failed with
    RecursionError (the call lost, the unwind typed <unknown>: issue 10.8), and near it took

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import types
 import warnings
 import weakref
 from contextvars import ContextVar
@@ -90,7 +91,7 @@ class _ThreadBuffer:
 
     __slots__ = ("ident", "records", "take_lock", "busy", "last_exc", "last_exc_text", "pending", "gap", "gap_slot",
                  "exited", "idle_drains", "lost", "absorbing", "skip", "lost_calls", "lost_slot",
-                 "exc_trace_frame")
+                 "exc_trace_frame", "closing", "closing_call")
 
     def __init__(self) -> None:
         self.ident = threading.get_ident()
@@ -113,6 +114,8 @@ class _ThreadBuffer:
         self.lost_slot = 0
         self.absorbing = False  # PY310: _absorb_at_limit is this thread's trace function
         self.exc_trace_frame: Any = None  # PY310/PY311: the frame _exc_trace waits in
+        self.closing = 0  # PY310/PY311: id of the frame of a generator being closed (see profile_callback)
+        self.closing_call: Any = None  # the close method called
 
 
 class _ExitSentinel:
@@ -704,14 +707,29 @@ def profile_callback(frame: Any, event: str, arg: Any) -> None:
             how = kinds[unit] if 0 <= unit < len(kinds) else 0
             if how == EXIT_RETURN:
                 _on_return(buf, slot, info, RETURN, arg, id(frame) if info.suspendable else 0)
-            elif how == EXIT_YIELD:
+            elif how == EXIT_YIELD and (arg is not None or buf.closing != id(frame)):
                 _on_return(buf, slot, info, YIELD, None, id(frame))
             else:
-                record = _on_unwind(buf, slot, info, None, id(frame) if info.suspendable else 0)
+                # PY310/PY311: g.close() throws GeneratorExit in at the yield; it leaves from
+                # there (with None, as a `yield None` would) or from a finally, and close()
+                # swallows it: the compiled twin's profile_call says more
+                thrown = None
+                if buf.closing == id(frame) and not PY312:
+                    thrown, buf.closing = _GENERATOR_EXIT, 0
+                record = _on_unwind(buf, slot, info, thrown, id(frame) if info.suspendable else 0)
                 if record is not None and len(buf.pending) < 8:
                     buf.pending.append((record, id(frame)))
                     if not PY312:
                         _arm_exc_trace(buf, frame)
+        elif event == "c_call":
+            if not PY312 and buf is not None and type(arg) is _BUILTIN and arg.__name__ == "close":
+                gen = arg.__self__
+                frame_of = _SUSPENDED_FRAME.get(type(gen))
+                if frame_of is not None:
+                    running = frame_of(gen)
+                    buf.closing, buf.closing_call = (id(running), arg) if running is not None else (0, None)
+        elif buf is not None and buf.closing_call is arg and arg is not None:  # the close returned or raised
+            buf.closing, buf.closing_call = 0, None
         if buf is not None and buf.absorbing:
             try:
                 _disarm_absorber(buf)  # PY310: away from the limit again (or not yet)
@@ -741,6 +759,14 @@ def profile_callback(frame: Any, event: str, arg: Any) -> None:
             pass
     except Exception as exc:
         _fail(exc)
+
+
+_GENERATOR_EXIT = GeneratorExit()
+_BUILTIN = type(len)
+_SUSPENDED_FRAME: dict[type, Callable[[Any], Any]] = {
+    types.GeneratorType: lambda g: g.gi_frame,
+    types.CoroutineType: lambda c: c.cr_frame,
+}
 
 
 def _arm_exc_trace(buf: _ThreadBuffer, frame: Any) -> None:

@@ -72,6 +72,8 @@ ctypedef struct TState:
     int npending           # profile source: unwinds whose exception is not known yet
     void* pending_ext[8]   # their RecordExt (filled in when the exception is seen handled)
     void* pending_frame[8] # the frames they unwound
+    void* closing_frame    # PY310/PY311: the frame of the generator whose close() runs (not a reference)
+    void* closing_call     # that close method (not a reference)
     uint32_t prev_generation  # install generation prev_profile was looked up for
     void* prev_profile        # the profile function this thread had before ours (PY310/PY311)
     PyObject* prev_profile_obj

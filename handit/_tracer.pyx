@@ -33,6 +33,7 @@ cdef extern from "Python.h":
     int PyTrace_CALL
     int PyTrace_RETURN
     int PyTrace_EXCEPTION
+    int PyTrace_C_CALL
     int PyContextVar_Get(PyObject* var, PyObject* default_value, PyObject** value)
     PyFrameObject* PyEval_GetFrame()
     void PyEval_SetProfile(handit_tracefunc func, PyObject* obj)
@@ -83,6 +84,7 @@ cdef extern from "_compat.h":
     void handit_set_profile_all(handit_tracefunc)
     PyObject* handit_handled_exception()
     int handit_arm_exc_trace(handit_tracefunc)
+    void* handit_closing_frame(PyObject*)
     void handit_disarm_exc_trace(handit_tracefunc)
     handit_tracefunc handit_prev_profile(unsigned long, PyObject**)
     void* handit_code_extra_fast(PyObject*, Py_ssize_t)
@@ -882,6 +884,12 @@ cdef int profile_call(PyObject* obj, PyFrameObject* frame, int what, PyObject* a
     if ts.npending and not ts.busy:
         _resolve_unwinds(ts)
     if (what != PyTrace_CALL and what != PyTrace_RETURN) or ts.busy:
+        if HANDIT_UNWIND_ARG_IS_NULL and not ts.busy:
+            if what == PyTrace_C_CALL:
+                ts.closing_frame = handit_closing_frame(arg)
+                ts.closing_call = <void*>arg if ts.closing_frame != NULL else NULL
+            elif ts.closing_call == <void*>arg:  # the close() returned or raised
+                ts.closing_frame = ts.closing_call = NULL
         return 0
     slot = _current_slot(ts, handit_tstate_for(ts.fast_tstate))
     if slot == 0:
@@ -904,8 +912,21 @@ cdef int profile_call(PyObject* obj, PyFrameObject* frame, int what, PyObject* a
     if ci == NULL:
         return 0
     how = 0  # how the frame left: 1 return, 2 yield, else an exception
-    if HANDIT_UNWIND_ARG_IS_NULL and not ci.suspendable:
+    if HANDIT_UNWIND_ARG_IS_NULL and (arg == NULL or not ci.suspendable):
         how = 1 if arg != NULL else 0  # before 3.12 an unwind passes NULL: no lookup needed
+        if arg == NULL and <void*>frame == ts.closing_frame:
+            # PY310/PY311: g.close() throws GeneratorExit in at the yield; it leaves from
+            # there or from a finally, and close() swallows it: no frame is told of it (it
+            # was counted "abandoned", issue 11.7). The fallback's profile_callback does the
+            # same. An exception other than GeneratorExit reaching the caller replaces it.
+            how = 3
+            ts.closing_frame = NULL
+        elif arg == NULL and ci.suspendable and ci.exit_kinds != NULL:
+            # any other exception thrown in at a yield (an asyncio task cancelled from C) is
+            # not told apart from a `yield None` by the pure engine: both engines keep it a yield
+            unit = handit_frame_lasti_units(frame)
+            if 0 <= unit < PyBytes_GET_SIZE(ci.exit_kinds) and PyBytes_AS_STRING(ci.exit_kinds)[unit] == 2:
+                how = 2
     elif ci.exit_kinds != NULL:
         unit = handit_frame_lasti_units(frame)
         if 0 <= unit < PyBytes_GET_SIZE(ci.exit_kinds):
@@ -917,10 +938,13 @@ cdef int profile_call(PyObject* obj, PyFrameObject* frame, int what, PyObject* a
     elif how == 2:
         _on_yield(ts, slot, ci, <uint64_t>frame)
     else:
-        _on_unwind(ts, slot, ci, NULL, <uint64_t>frame if ci.suspendable else 0)
+        _on_unwind(ts, slot, ci, <PyObject*>_GENERATOR_EXIT if how == 3 else NULL, <uint64_t>frame if ci.suspendable else 0)
         if _remember_unwind(ts, frame):
             handit_arm_exc_trace(exc_trace)
     return 0
+
+
+_GENERATOR_EXIT = GeneratorExit()
 
 
 cdef int exc_trace(PyObject* obj, PyFrameObject* frame, int what, PyObject* arg) noexcept:
@@ -969,13 +993,13 @@ cdef void _resolve_unwinds(TState* ts) noexcept:
 cdef void _match_unwinds(TState* ts, PyObject* exc, PyObject* traceback) noexcept:
     # never raises: the pending unwinds whose frame is in the traceback (exc's own when
     # NULL) get exc's type and message.
-    # Python runs in here (and may let another thread's drain take this thread's chunks,
-    # which ends the wait: npending is 0 then and the pointers are stale); every write into
-    # a chunk follows a check that no drain has run since this started.
-    cdef RecordExt* ext
+    # Python code making the message (a standard-library __str__) may let another thread's
+    # drain take this thread's chunks, which ends the wait: npending is 0 then and the
+    # pointers are stale. So the type, read without running Python code, is written first;
+    # every write into a chunk follows a check that no drain has run since this started.
     cdef int k, n, kept = 0
     cdef uint32_t seen = ts.drains
-    cdef bint match
+    cdef list matched = []
     ts.busy = 1
     handit_headroom(1)
     try:
@@ -984,25 +1008,18 @@ cdef void _match_unwinds(TState* ts, PyObject* exc, PyObject* traceback) noexcep
         while tb is not None:
             frames.add(id(tb.tb_frame))
             tb = tb.tb_next
-        text = None
-        n = ts.npending if ts.drains == seen else 0
+        n = ts.npending
         for k in range(n):
-            match = <size_t>ts.pending_frame[k] in frames
-            if match and text is None:
-                text = (type_name(type(<object>exc)), _previewer.exception_message(<object>exc))
-            if ts.drains != seen:
-                break
-            if match:
-                ext = <RecordExt*>ts.pending_ext[k]
-                Py_INCREF(text)
-                Py_XDECREF(ext.aux)
-                ext.aux = <PyObject*>text
+            if <size_t>ts.pending_frame[k] in frames:
+                matched.append(<size_t>ts.pending_ext[k])
             else:
                 ts.pending_ext[kept] = ts.pending_ext[k]
                 ts.pending_frame[kept] = ts.pending_frame[k]
                 kept += 1
-        if ts.drains == seen:
-            ts.npending = kept
+        ts.npending = kept
+        if matched:
+            _write_texts(ts, seen, matched, (type(<object>exc).__qualname__, ""))
+            _write_texts(ts, seen, matched, (type_name(type(<object>exc)), _previewer.exception_message(<object>exc)))
     except KeyboardInterrupt:
         ts.npending = 0
         _interrupt_again()
@@ -1010,6 +1027,18 @@ cdef void _match_unwinds(TState* ts, PyObject* exc, PyObject* traceback) noexcep
         ts.npending = 0
     handit_headroom(0)
     ts.busy = 0
+
+
+cdef void _write_texts(TState* ts, uint32_t seen, list exts, tuple text) noexcept:
+    # never raises; the unwind records' texts, if no drain has taken them since `seen`
+    cdef RecordExt* ext
+    if ts.drains != seen:
+        return
+    for address in exts:
+        ext = <RecordExt*><size_t>address
+        Py_INCREF(text)
+        Py_XDECREF(ext.aux)
+        ext.aux = <PyObject*>text
 
 
 def profile_callback(frame, event, arg):
