@@ -11,6 +11,7 @@ import importlib.machinery
 import io
 import json
 import os
+import re
 import runpy
 import shutil
 import sys
@@ -21,7 +22,7 @@ import zipfile
 from typing import IO, Any, Iterator
 
 from . import __version__, api, config
-from .errors import HanditError
+from .errors import ConfigError, HanditConfigWarning, HanditError
 from .frames import TraceFileWarning, TraceFormatError, read_version
 from .sessions import Session, engine_info
 from .renderers import Lines, Table, emit, fmt_bytes, progress_reporter
@@ -86,6 +87,12 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.output:
         out["output_format"] = "jsonl" if out["output_file"].endswith(".jsonl") else (
             "handit" if current.output_format == "auto" else current.output_format)
+    for flag, patterns in (("--include", args.include), ("--exclude", args.exclude)):
+        for pattern in patterns or ():  # checked as typed: the joined pattern wraps each one
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise CliError(f"{flag} {pattern!r} is not a valid regular expression ({exc})") from None
     if args.include:
         out["include"] = "|".join(f"(?:{p})" for p in args.include)
     if args.exclude:  # added to the exclusions in force, so handit and the stdlib stay out
@@ -99,6 +106,21 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.no_children:
         out["children"] = False
     return out
+
+
+# the `handit run` options that set a setting, by the setting's HANDIT_* name
+_OPTION_OF = {f"HANDIT_{name.upper()}": "--" + name.replace("_", "-")
+              for name in ("capture", "preview", "max_str", "sample_rate", "engine", "source", "include", "exclude")}
+
+
+def _option_error(exc: ConfigError) -> str:
+    """A bad option value, said with the option as typed (``--sample-rate 2 is not …``)."""
+    option = _OPTION_OF.get(exc.setting)
+    if option is None or not exc.reason:
+        return str(exc)
+    value = exc.value
+    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{option} {shown} {exc.reason}"
 
 
 def _check_output(path: str, fmt: str) -> None:
@@ -177,11 +199,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.module:
         if not os.path.exists(name):
             raise CliError(f"can't open file {os.path.abspath(name)!r}: no such file")
-    try:
-        settings = _settings(args)
-        cfg = config.get_config().replace(**settings)
-    except HanditError as exc:
-        raise CliError(str(exc)) from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", HanditConfigWarning)
+        try:
+            settings = _settings(args)
+            cfg = config.get_config().replace(**settings)
+        except ConfigError as exc:
+            raise CliError(_option_error(exc)) from None
+        except HanditError as exc:
+            raise CliError(str(exc)) from None
+    for w in caught:  # a bad HANDIT_* variable: one line, naming it (the default is used)
+        if issubclass(w.category, HanditConfigWarning):
+            print(f"handit: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     output = settings["output_file"]
     display = os.path.relpath(output) if args.output is None or not os.path.isabs(args.output) else output
     _check_output(output, cfg.resolved_output_format)
@@ -439,6 +470,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
             read = {"no_blocks": True} if not folds.unfolded else {"skip_blocks": folds.figures.keys()}
         consumers: list[Any] = [_FoldedStats(stats, folds)] + ([tree] if tree is not None else [])
         intact = _read(path, selector, consumers, **read) and intact
+    if func_filter is not None and not any(func_filter(f.module, f.func) for f in stats.functions.values()):
+        _err(f"no function in {' '.join(args.file)} matches --func {args.func}")
+        return 1
     if selector.active and not selector.matched:
         _err(f"no session in {' '.join(args.file)} matches" + (f" --session {args.session}" if args.session else "") +
              (f" --tag {args.tag}" if args.tag else ""))
@@ -618,7 +652,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--tag", help="the session's tag (default: the script's name)")
     run.add_argument("--no-children", action="store_true",
                      help="do not record the program's Python child processes (fork, multiprocessing, subprocess)")
-    run.add_argument("--top", type=int, default=8, metavar="N", help="functions listed in the summary (default: 8)")
+    run.add_argument("--top", type=_count, default=8, metavar="N", help="functions listed in the summary (default: 8)")
     run.add_argument("--no-summary", action="store_true", help="print no summary on stderr")
     run.add_argument("target", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     run.set_defaults(handler=_cmd_run)
@@ -627,9 +661,9 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("file", nargs="*", help="a .handit or .jsonl trace (several are shown together; default: the newest here)")
     _session_options(show)
     show.add_argument("--func", metavar="REGEX", help="only functions matching this (qualname or module.qualname)")
-    show.add_argument("--depth", type=int, default=8, metavar="N", help="call tree depth (default: 8)")
-    show.add_argument("--top", type=int, default=15, metavar="N", help="rows in the function tables (default: 15)")
-    show.add_argument("--max-nodes", type=int, default=200, metavar="N", help="most lines in the call tree (default: 200)")
+    show.add_argument("--depth", type=_count, default=8, metavar="N", help="call tree depth (default: 8)")
+    show.add_argument("--top", type=_count, default=15, metavar="N", help="rows in the function tables (default: 15)")
+    show.add_argument("--max-nodes", type=_count, default=200, metavar="N", help="most lines in the call tree (default: 200)")
     show.add_argument("--no-tree", action="store_true", help="leave out the call tree")
     show.set_defaults(handler=_cmd_show)
 
@@ -650,6 +684,17 @@ def _parser() -> argparse.ArgumentParser:
     _session_options(view)
     view.set_defaults(handler=_cmd_view)
     return parser
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
 
 
 def _session_options(parser: argparse.ArgumentParser) -> None:

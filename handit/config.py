@@ -7,6 +7,7 @@ import functools
 import math
 import os
 import re
+import sys
 import sysconfig
 import threading
 import warnings
@@ -449,9 +450,17 @@ def _resolve(name: str, value: object) -> str:
         f"{name}={_shown(value)}: unknown setting{_did_you_mean(name)}"))
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
 def _warn(message: str) -> None:
-    # stacklevel 3: from_env -> its caller (get_config, reset_config or user code).
-    warnings.warn(message, HanditConfigWarning, stacklevel=3)
+    # Attributed to the first frame outside handit: the user's line that made handit read
+    # the environment, not handit's own (`…/handit/config.py:466: … _current = Config.from_env()`).
+    # `handit run` prints it as one line of its own (cli.py).
+    level, frame = 1, sys._getframe()
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, HanditConfigWarning, stacklevel=level)
 
 
 _lock = threading.RLock()  # reentrant: a listener may call get_config() or configure()

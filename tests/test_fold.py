@@ -124,7 +124,7 @@ def test_handit_run_writes_the_fold_and_show_uses_it(tmp_path):
     run = subprocess.run([sys.executable, "-m", "handit", "run", "-o", trace, str(script)], env=env,
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    assert "· 7 calls · 1 exceptions ·" in run.stderr  # the exit summary, from the fold
+    assert "· 7 calls · 1 exception ·" in run.stderr  # the exit summary, from the fold
     folds = read_folds(trace)
     assert len(folds.figures) == 1 and not folds.unfolded
     (sid, fold), = folds.figures.items()
@@ -135,7 +135,7 @@ def test_handit_run_writes_the_fold_and_show_uses_it(tmp_path):
     show = subprocess.run([sys.executable, "-m", "handit", "show", "--no-tree", trace], env=env,
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert show.returncode == 0, show.stderr
-    assert "· 7 calls · 1 exceptions ·" in show.stdout
+    assert "· 7 calls · 1 exception ·" in show.stdout
 
 
 def test_the_run_summary_adds_child_processes_from_their_folds(tmp_path):

@@ -88,7 +88,7 @@ def test_unfinished_calls_counted() -> None:
     ev = Events().call("main", 0).call("gen", 10).ret(20, abandoned=True, suspended_ns=5).ret(100, incomplete=True).end(100)
     stats = Stats().feed(ev)
     assert (stats.incomplete, stats.abandoned) == (1, 1)
-    assert "1 calls unfinished · 1 generators abandoned" in render_summary(ev)
+    assert "1 call unfinished · 1 generator abandoned" in render_summary(ev)
 
 
 def test_exception_counted_once_with_the_functions_it_passed() -> None:
@@ -126,7 +126,7 @@ def test_render_summary_text() -> None:
     assert "Busiest functions" in text and "Most own time" in text
     assert "m.work" in text and "1.5 ms" in text
     assert "ValueError" in text and "nope" in text
-    assert "1 session · 2 calls · 1 exceptions" in text
+    assert "1 session · 2 calls · 1 exception" in text
     assert "2 records dropped" in text
 
 

@@ -142,6 +142,10 @@ class ChromeTraceWriter:
         elif kind == "session_end":
             for http in self._http.add(e):
                 self._http_slice(http)
+            named = self._pids.get(sid)
+            for ident, name in (e.get("threads") or {}).items():  # the threads' names, known at the end
+                if named is not None and str(ident).isdigit() and int(ident) in self._threads.get(named, ()):
+                    self._emit({"name": "thread_name", "ph": "M", "ts": 0, "pid": named, "tid": int(ident), "args": {"name": name}})
             if not self._tree.has_open(sid):  # a session's events end with it: forget it
                 self._tags.pop(sid, None)
                 self._threads.pop(self._pids.pop(sid, 0), None)

@@ -133,6 +133,10 @@ class SpeedscopeWriter:
             self._tags[sid] = e.get("tag")
         elif kind == "session_end":
             self._tags.pop(sid, None)
+            for ident, name in (e.get("threads") or {}).items():  # the threads' names, known at the end
+                profile = self._profiles.get((sid, "thread", int(ident))) if str(ident).isdigit() else None
+                if profile is not None:
+                    profile.name = profile.name.rsplit(" · ", 1)[0] + f" · {name}"
 
     def _close_call(self, profile: _Profile, call_id: Any, t1: Any) -> None:
         stack = profile.stack

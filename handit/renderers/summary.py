@@ -22,6 +22,14 @@ __all__ = ["ErrorStats", "FuncStats", "HttpStats", "LlmStats", "SessionInfo", "S
 
 FuncFilter = Callable[[str, str], bool]
 
+# Exceptions that end an iteration or close a generator: control flow, counted apart from errors.
+CONTROL_FLOW = frozenset({"StopIteration", "StopAsyncIteration", "GeneratorExit"})
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``"1 call"``, ``"2,000 calls"``: the count with thousands separators and the word agreeing."""
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"
+
 
 class FuncStats:
     """Aggregates of one function (``module``, ``func``): calls, total, own time, calls that raised."""
@@ -139,6 +147,8 @@ class Stats:
         http: ``(method, url)`` -> :class:`HttpStats`.
         events, calls, exceptions, raised, http_calls, incomplete, abandoned, dropped,
         corrupt_blocks, session_count: counts.
+        control_flow: exceptions of :data:`CONTROL_FLOW` types raised (an iteration's end, a
+            generator's close): not in ``raised`` nor in ``errors``.
         last_ns: the latest return time seen.
     """
 
@@ -152,6 +162,7 @@ class Stats:
         self.events = self.calls = self.exceptions = self.raised = self.http_calls = 0
         self.incomplete = self.abandoned = self.dropped = self.corrupt_blocks = 0
         self.session_count = self.errors_omitted = self.http_omitted = 0
+        self.control_flow = 0
         # (session, call_id) -> [FuncStats, child ns, the parent's entry or None, outermost, its thread's active counts]
         self._open: dict[tuple[Any, Any], list[Any]] = {}
         # session -> thread -> FuncStats -> calls of it now running there (recursion: total counted once)
@@ -253,6 +264,10 @@ class Stats:
             if err is not None and first and len(err.through) < 6:
                 err.through.append(name)
             self._last_exc[sid] = (parent, type_name, message, err, first)
+            return
+        if type_name in CONTROL_FLOW:
+            self.control_flow += 1
+            self._last_exc[sid] = (parent, type_name, message, None, False)
             return
         self.raised += 1
         info = self.sessions.get(sid)
@@ -392,6 +407,12 @@ class Stats:
             info.calls += counts.get("calls", 0)
             info.exceptions += counts.get("raised", 0)
         for type_name, message, code, count, through in fold.get("errors", ()):
+            if type_name in CONTROL_FLOW:
+                self.raised -= count
+                self.control_flow += count
+                if info is not None:
+                    info.exceptions -= count
+                continue
             fs = names.get(code)
             module, func = (fs.module, fs.func) if fs is not None else ("?", f"<unknown code {code}>")
             key3 = (str(type_name), str(message), _display(module, func))
@@ -413,10 +434,18 @@ class Stats:
             by: ``"total"``, ``"own"`` or ``"calls"``.
             func_filter: keep only functions it accepts (``(module, func) -> bool``).
         """
-        attr = {"total": "total_ns", "own": "own_ns", "calls": "calls"}[by]
         funcs = [f for f in self.functions.values() if func_filter is None or func_filter(f.module, f.func)]
-        funcs.sort(key=lambda f: (getattr(f, attr), f.calls), reverse=True)
+        if by == "own":
+            funcs.sort(key=lambda f: (min(f.own_ns, f.total_ns), f.calls), reverse=True)
+        else:
+            attr = {"total": "total_ns", "calls": "calls"}[by]
+            funcs.sort(key=lambda f: (getattr(f, attr), f.calls), reverse=True)
         return funcs[:n]
+
+    def wall_ns(self) -> int:
+        """The sessions' durations added up (the wall-clock time the tables' totals compare with)."""
+        return sum(info.duration_ns if info.duration_ns is not None else max(self.last_ns - (info.t0_ns or self.last_ns), 0)
+                   for info in self.sessions.values())
 
 
 def _left_cut(name: str, width: int) -> str:
@@ -425,8 +454,10 @@ def _left_cut(name: str, width: int) -> str:
 
 
 def _func_rows(funcs: list[FuncStats]) -> list[list[Any]]:
-    return [[[(_left_cut(f.name, 60), "bold")], f"{f.calls:,}", fmt_ns(f.total_ns), fmt_ns(f.own_ns),
-             [(str(f.raised), "red")] if f.raised else "0"] for f in funcs]
+    # own time is the total less the calls made and the time suspended: never above the total
+    # (a coroutine running in several tasks at once could count more)
+    return [[[(_left_cut(f.name, 60), "bold")], f"{f.calls:,}", fmt_ns(f.total_ns), fmt_ns(min(f.own_ns, f.total_ns)),
+             [(f"{f.raised:,}", "red")] if f.raised else "0"] for f in funcs]
 
 
 def summary_blocks(stats: Stats, *, top: int = 10, func_filter: FuncFilter | None = None, sessions: bool = True,
@@ -452,7 +483,7 @@ def summary_blocks(stats: Stats, *, top: int = 10, func_filter: FuncFilter | Non
             if info.dropped:
                 notes.append((f"{info.dropped:,} dropped", "red"))
             rows.append([[(str(info.tag) if info.tag is not None else "-", "bold cyan")], info.id[:8], fmt_ns(duration),
-                         f"{info.calls:,}", str(info.exceptions), notes or ""])
+                         f"{info.calls:,}", f"{max(info.exceptions, 0):,}", notes or ""])
         more = stats.session_count - len(rows)
         blocks.append(Table("Sessions", ["tag", "session", ">duration", ">calls", ">exceptions", "notes"], rows,
                             note=f"… and {more:,} more sessions (filter with --session or --tag)" if more > 0 else ""))
@@ -460,7 +491,12 @@ def summary_blocks(stats: Stats, *, top: int = 10, func_filter: FuncFilter | Non
     by_total = stats.top(top, "total", func_filter)
     if by_total:
         cols = ["function", ">calls", ">total", ">own", ">raised"]
-        blocks.append(Table("Busiest functions (total time)", cols, _func_rows(by_total)))
+        wall = stats.wall_ns()
+        over = sum(1 for f in stats.functions.values() if wall and f.total_ns > wall and (func_filter is None or func_filter(f.module, f.func)))
+        note = (f"total: time inside a function, summed over its calls on every thread; {plural(over, 'function')} "
+                f"ran longer than the sessions' {fmt_ns(wall)} of wall-clock time (calls on several threads at once)"
+                if over else "")
+        blocks.append(Table("Busiest functions (total time)", cols, _func_rows(by_total), note=note))
         blocks.append(Table("Most own time (total minus the calls they made)", cols, _func_rows(stats.top(top, "own", func_filter))))
     errors = [e for e in stats.errors.values() if func_filter is None or func_filter(e.module, e.func)]
     if errors:
@@ -472,8 +508,8 @@ def summary_blocks(stats: Stats, *, top: int = 10, func_filter: FuncFilter | Non
                             rows, note=f"… and {more:,} more" if more > 0 else ""))
     if stats.http:
         https = sorted(stats.http.values(), key=lambda h: h.total_ns, reverse=True)
-        rows = [[h.method, shorten(h.url, 60), f"{h.count:,}", ", ".join(f"{k}×{v}" if v > 1 else k for k, v in sorted(h.statuses.items())),
-                 [(str(h.errors), "red")] if h.errors else "0", fmt_ns(h.total_ns), fmt_ns(h.max_ns)] for h in https[:top]]
+        rows = [[h.method, shorten(h.url, 60), f"{h.count:,}", ", ".join(f"{k}×{v:,}" if v > 1 else k for k, v in sorted(h.statuses.items())),
+                 [(f"{h.errors:,}", "red")] if h.errors else "0", fmt_ns(h.total_ns), fmt_ns(h.max_ns)] for h in https[:top]]
         more = len(https) - len(rows) + stats.http_omitted
         blocks.append(Table("HTTP calls", ["method", "url", ">calls", "status", ">errors", ">total", ">slowest"], rows,
                             note=f"… and {more:,} more" if more > 0 else ""))
@@ -484,13 +520,16 @@ def summary_blocks(stats: Stats, *, top: int = 10, func_filter: FuncFilter | Non
         blocks.append(Table("LLM calls", ["provider", "model", ">calls", ">tokens in", ">tokens out", ">total", ">slowest",
                                           ">first token"], rows))
     totals: list[tuple[str, str]] = [
-        (f"{stats.session_count:,} session{'s' if stats.session_count != 1 else ''} · {stats.calls:,} calls · "
-         f"{stats.raised:,} exceptions · {stats.http_calls:,} HTTP calls", ""),
+        (f"{plural(stats.session_count, 'session')} · {plural(stats.calls, 'call')} · "
+         f"{plural(max(stats.raised, 0), 'exception')} · {plural(stats.http_calls, 'HTTP call')}", ""),
     ]
-    losses = [(n, what) for n, what in ((stats.dropped, "records dropped"), (stats.incomplete, "calls unfinished"),
-                                         (stats.abandoned, "generators abandoned"), (stats.corrupt_blocks, "corrupt blocks")) if n]
+    if stats.control_flow:
+        totals.append((f" · {plural(stats.control_flow, 'StopIteration/GeneratorExit', 'StopIteration/GeneratorExit')} (iteration's control flow, not errors)", "dim"))
+    losses = [plural(n, one, many) for n, one, many in (
+        (stats.dropped, "record dropped", "records dropped"), (stats.incomplete, "call unfinished", "calls unfinished"),
+        (stats.abandoned, "generator abandoned", "generators abandoned"), (stats.corrupt_blocks, "corrupt block", "corrupt blocks")) if n]
     if losses:
-        totals.append((" · " + " · ".join(f"{n:,} {what}" for n, what in losses), "yellow"))
+        totals.append((" · " + " · ".join(losses), "yellow"))
     blocks.append(Lines("", [totals]))
     return blocks
 

@@ -17,7 +17,7 @@ from . import Lines, Segment, fmt_args, fmt_ns, shorten
 __all__ = ["Node", "SessionRoot", "TreeBuilder"]
 
 _KEPT, _DEEPER, _OTHER, _INSIDE = 0, 1, 2, 3  # how an open call is accounted for
-_MAX_OTHER_FUNCS = 8
+_MAX_OTHER_FUNCS = 64  # functions named in a "… N more" line's counts; later ones are counted as "others"
 
 
 class _Parent:
@@ -32,9 +32,16 @@ class _Parent:
         self.index: dict[int, Node] | None = None  # shape key -> the finished child with that shape
 
     def _count_other(self, func: str) -> str:
-        if func not in self.others and len(self.others) >= _MAX_OTHER_FUNCS:
-            func = "…"
-        slot = self.others.setdefault(func, [0, 0])
+        others = self.others
+        if func not in others and len(others) >= _MAX_OTHER_FUNCS:
+            # full: the least counted name gives way (its counts go to "…"), so a function
+            # called often but first seen late still gets its name (space-saving counting)
+            least = min((name for name in others if name != "…"), key=lambda name: others[name][0])
+            gone = others.pop(least)
+            rest = others.setdefault("…", [0, 0])
+            rest[0] += gone[0]
+            rest[1] += gone[1]
+        slot = others.setdefault(func, [0, 0])
         slot[0] += 1
         return func
 
@@ -42,7 +49,8 @@ class _Parent:
 class Node(_Parent):
     """One call (or ``count`` identical calls folded together) in the tree."""
 
-    __slots__ = ("func", "module", "args", "ret", "exc", "flag", "dt_ns", "count", "size", "key", "calls", "same", "thread")
+    __slots__ = ("func", "module", "args", "ret", "exc", "flag", "dt_ns", "count", "size", "key", "calls", "same", "thread",
+                 "t0")
 
     def __init__(self, func: str, module: str, args: dict[str, Any] | None) -> None:
         super().__init__()
@@ -56,7 +64,8 @@ class Node(_Parent):
         self.key = 0
         self.calls = 1  # calls in this subtree, including those only counted
         self.same = False  # children dropped: an identical subtree is shown above
-        self.thread = 0  # for a root call on another thread than the session's first: that thread's number
+        self.thread: Any = None  # for a root call: its thread's ident
+        self.t0 = 0  # when it started (ns): root calls are shown in this order, whatever thread they ran on
 
     def _close(self) -> None:
         """Fix the node's size, call count and shape key once it and its children have finished."""
@@ -79,13 +88,22 @@ class Node(_Parent):
 class SessionRoot(_Parent):
     """A session at the top of the tree; its children are the session's root calls."""
 
-    __slots__ = ("session_id", "tag", "threads")
+    __slots__ = ("session_id", "tag", "threads", "thread", "names")
 
-    def __init__(self, session_id: str, tag: str | None) -> None:
+    def __init__(self, session_id: str, tag: str | None, thread: Any = None) -> None:
         super().__init__()
         self.session_id, self.tag = session_id, tag
         self.index = {}
+        self.thread = thread  # the thread that started the session (None in traces that do not say)
         self.threads: dict[Any, int] = {}  # thread ident -> 1, 2, ... in order of first root call
+        self.names: dict[str, str] = {}  # thread ident (as text) -> its name, from the session_end
+
+    def thread_label(self, ident: Any) -> str:
+        """How a root call's thread is shown: "" for the session's own thread, else its name."""
+        main = self.thread if self.thread is not None else next(iter(self.threads), None)
+        if ident == main:
+            return ""
+        return self.names.get(str(ident)) or f"thread {self.threads.get(ident, '?')}"
 
 
 class TreeBuilder:
@@ -111,6 +129,7 @@ class TreeBuilder:
         self.sessions_omitted = 0
         self.used = 0
         self._tags: dict[Any, Any] = {}
+        self._threads: dict[Any, Any] = {}  # session id -> the thread that started it
         self._seen: dict[int, Node] = {}  # shape key -> the first finished subtree with that shape
         # (session, call_id) -> (node or None, depth, container, mode, func counted in container.others)
         self._open: dict[tuple[Any, Any], tuple[Node | None, int, _Parent | None, int, str]] = {}
@@ -134,15 +153,21 @@ class TreeBuilder:
                 entry[0].exc = (str(event.get("type_name") or "?"), str(event.get("message") or ""))
         elif kind == "session_start":
             self._tags[event.get("session_id")] = event.get("tag")
+            self._threads[event.get("session_id")] = event.get("thread")
             if self.used >= self.max_nodes:
                 self.sessions_omitted += 1
         elif kind == "session_end":
             self._tags.pop(event.get("session_id"), None)
+            self._threads.pop(event.get("session_id"), None)
+            root = self.roots.get(event.get("session_id"))
+            names = event.get("threads")
+            if root is not None and isinstance(names, dict):
+                root.names.update({str(k): str(v) for k, v in names.items()})
 
     def _root(self, sid: Any) -> SessionRoot | None:
         root = self.roots.get(sid)
         if root is None and self.used < self.max_nodes:
-            root = self.roots[sid] = SessionRoot(str(sid), self._tags.get(sid))
+            root = self.roots[sid] = SessionRoot(str(sid), self._tags.get(sid), self._threads.get(sid))
             self.used += 1
         return root
 
@@ -181,10 +206,11 @@ class TreeBuilder:
         else:
             node = Node(func, module, e.get("args_preview"))
             node.flag = "open"
+            node.t0 = int(e.get("t0_ns") or 0)
             if isinstance(container, SessionRoot):
                 threads = container.threads
-                number = threads.setdefault(e.get("thread"), len(threads) + 1)
-                node.thread = number if number > 1 else 0
+                node.thread = e.get("thread")
+                threads.setdefault(node.thread, len(threads) + 1)
             container.children.append(node)
             self.used += 1
             self._open[key] = (node, depth, container, _KEPT, "")
@@ -196,7 +222,10 @@ class TreeBuilder:
         node, _, container, mode, other = entry
         dt = int(e.get("dt_ns") or 0)
         if mode == _OTHER and container is not None:
-            container.others[other][1] += dt
+            slot = container.others.get(other)
+            if slot is None:  # its name gave way to another's meanwhile
+                slot = container.others.setdefault("…", [0, 0])
+            slot[1] += dt
         if node is None or container is None:
             return
         node.dt_ns = dt
@@ -240,7 +269,8 @@ class TreeBuilder:
                 continue
             tag = root.tag if root.tag is not None else "session"
             out.append([("● ", "cyan"), (str(tag), "bold cyan"), (f"  {root.session_id[:8]}", "dim")])
-            self._render_children(root, "", out, width)
+            root.children.sort(key=lambda node: node.t0)  # threads' calls interleaved as they ran
+            self._render_children(root, "", out, width, root)
         if self.sessions_omitted:
             out.append([(f"… {self.sessions_omitted:,} more sessions not shown (filter with --session or --tag)", "dim")])
         return out
@@ -249,13 +279,17 @@ class TreeBuilder:
         """The tree as a titled block for :func:`handit.renderers.emit`."""
         return Lines(title, self.lines(width))
 
-    def _render_children(self, parent: _Parent, prefix: str, out: list[list[Segment]], width: int) -> None:
+    def _render_children(self, parent: _Parent, prefix: str, out: list[list[Segment]], width: int,
+                         root: SessionRoot | None = None) -> None:
         extra: list[list[Segment]] = []
         if parent.others:
             calls = sum(slot[0] for slot in parent.others.values())
             total = sum(slot[1] for slot in parent.others.values())
-            top = sorted(parent.others.items(), key=lambda kv: kv[1][0], reverse=True)[:4]
-            names = ", ".join(f"{name} ×{slot[0]:,}" for name, slot in top)
+            named = sorted(((k, v) for k, v in parent.others.items() if k != "…"), key=lambda kv: kv[1][0], reverse=True)
+            names = ", ".join(f"{name} ×{slot[0]:,}" for name, slot in named[:4])
+            rest = calls - sum(slot[0] for _, slot in named[:4])
+            if rest:  # the named ones lead; what is left is one count, never a nameless first group
+                names += f"{', ' if names else ''}{'others' if names else 'calls'} ×{rest:,}"
             extra.append([(f"… {calls:,} more: {names}", "dim"), (f"  {fmt_ns(total)}", "dim")])
         if parent.hidden:
             extra.append([(f"… {parent.hidden:,} deeper calls (raise --depth to see them)", "dim")])
@@ -264,13 +298,14 @@ class TreeBuilder:
             last = n == len(items) - 1
             guide = ("└─ " if last else "├─ ", "dim")
             if isinstance(item, Node):
-                out.append([(prefix, "dim"), guide, *self._label(item, width - len(prefix))])
+                thread = root.thread_label(item.thread) if root is not None else ""
+                out.append([(prefix, "dim"), guide, *self._label(item, width - len(prefix), thread)])
                 self._render_children(item, prefix + ("   " if last else "│  "), out, width)
             else:
                 out.append([(prefix, "dim"), guide, *item])
 
     @staticmethod
-    def _label(node: Node, width: int) -> list[Segment]:
+    def _label(node: Node, width: int, thread: str = "") -> list[Segment]:
         """``func(args) → result  ×count  time  (notes)``, arguments and result cut so the line fits ``width``."""
         tail: list[Segment] = []
         if node.count > 1:
@@ -279,8 +314,8 @@ class TreeBuilder:
             tail.append((f"  {fmt_ns(node.dt_ns)}" + (" total" if node.count > 1 else ""), "dim"))
         if node.same:
             tail.append((f"  ({node.calls - 1:,} calls below, as above)", "cyan"))
-        if node.thread:
-            tail.append((f"  [thread {node.thread}]", "blue"))
+        if thread:
+            tail.append((f"  [{thread}]", "blue"))
         if node.flag:
             label = {"open": "no return recorded", "incomplete": "unfinished at session end",
                      "abandoned": "never resumed"}[node.flag]
