@@ -91,7 +91,7 @@ class _ThreadBuffer:
 
     __slots__ = ("ident", "records", "take_lock", "busy", "last_exc", "last_exc_text", "pending", "gap", "gap_slot",
                  "exited", "idle_drains", "lost", "absorbing", "skip", "lost_calls", "lost_slot",
-                 "exc_trace_frame", "closing", "closing_call")
+                 "exc_trace_frame", "closing", "closing_call", "held_drains")
 
     def __init__(self) -> None:
         self.ident = threading.get_ident()
@@ -116,6 +116,7 @@ class _ThreadBuffer:
         self.exc_trace_frame: Any = None  # PY310/PY311: the frame _exc_trace waits in
         self.closing = 0  # PY310/PY311: id of the frame of a generator being closed (see profile_callback)
         self.closing_call: Any = None  # the close method called
+        self.held_drains = 0  # drains that left this thread's last records for _exc_trace (see _collect)
 
 
 class _ExitSentinel:
@@ -762,7 +763,7 @@ def profile_callback(frame: Any, event: str, arg: Any) -> None:
 
 
 _GENERATOR_EXIT = GeneratorExit()
-_BUILTIN = type(len)
+_BUILTIN: Any = type(len)
 _SUSPENDED_FRAME: dict[type, Callable[[Any], Any]] = {
     types.GeneratorType: lambda g: g.gi_frame,
     types.CoroutineType: lambda c: c.cr_frame,
@@ -1017,11 +1018,21 @@ def _fold_suspends(records: list[tuple[int, int, int, int, Any, int]]) -> list[A
 def _collect() -> list[tuple[int, list[tuple[int, int, int, int, Any, int]]]]:
     """Take every thread's pending records, oldest first per thread."""
     out = []
+    background = getattr(_tls, "internal", False)  # handit's drain thread, not a session's stop
     with _buffers_lock:
         buffers = list(_buffers)
     for buf in buffers:
         buf.last_exc = None  # the exception-text cache must not keep an exception alive
-        buf.pending = []
+        # PY310/PY311: a thread armed by _arm_exc_trace is one event away from being told its
+        # unwinds' exception: the periodic drain leaves those records for the next one (taken,
+        # they stayed <unknown>); a stop takes everything
+        wait_for = None
+        if background and buf.pending and buf.exc_trace_frame is not None and buf.held_drains < 10:
+            wait_for = buf.pending[0][0]
+            buf.held_drains += 1  # (at most ~100 ms: a thread that stops in C right there)
+        else:
+            buf.pending = []
+            buf.held_drains = 0
         records = buf.records
         if buf.lost_calls:  # calls lost at the recursion limit (with their exits: no gap needed)
             _dropped[buf.lost_slot] = _dropped.get(buf.lost_slot, 0) + buf.lost_calls
@@ -1033,6 +1044,11 @@ def _collect() -> list[tuple[int, list[tuple[int, int, int, int, Any, int]]]]:
         # appending to it (its GIL can switch to this thread there); an append lands after n
         with buf.take_lock:
             n = len(records)
+            if wait_for is not None:
+                for i in range(n - 1, max(-1, n - 64), -1):
+                    if records[i] is wait_for:
+                        n = i
+                        break
             if n:
                 batch = records[:n]
                 del records[:n]

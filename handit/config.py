@@ -13,7 +13,7 @@ import threading
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
+from types import FrameType, MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -457,7 +457,8 @@ def _warn(message: str) -> None:
     # Attributed to the first frame outside handit: the user's line that made handit read
     # the environment, not handit's own (`…/handit/config.py:466: … _current = Config.from_env()`).
     # `handit run` prints it as one line of its own (cli.py).
-    level, frame = 1, sys._getframe()
+    level = 1
+    frame: FrameType | None = sys._getframe()
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, HanditConfigWarning, stacklevel=level)

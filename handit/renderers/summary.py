@@ -26,7 +26,7 @@ FuncFilter = Callable[[str, str], bool]
 CONTROL_FLOW = frozenset({"StopIteration", "StopAsyncIteration", "GeneratorExit"})
 
 
-def plural(n: int, word: str, many: str | None = None) -> str:
+def _plural(n: int, word: str, many: str | None = None) -> str:
     """``"1 call"``, ``"2,000 calls"``: the count with thousands separators and the word agreeing."""
     return f"{n:,} {word if n == 1 else (many or word + 's')}"
 
@@ -493,7 +493,7 @@ def summary_blocks(stats: Stats, *, top: int = 10, func_filter: FuncFilter | Non
         cols = ["function", ">calls", ">total", ">own", ">raised"]
         wall = stats.wall_ns()
         over = sum(1 for f in stats.functions.values() if wall and f.total_ns > wall and (func_filter is None or func_filter(f.module, f.func)))
-        note = (f"total: time inside a function, summed over its calls on every thread; {plural(over, 'function')} "
+        note = (f"total: time inside a function, summed over its calls on every thread; {_plural(over, 'function')} "
                 f"ran longer than the sessions' {fmt_ns(wall)} of wall-clock time (calls on several threads at once)"
                 if over else "")
         blocks.append(Table("Busiest functions (total time)", cols, _func_rows(by_total), note=note))
@@ -520,12 +520,12 @@ def summary_blocks(stats: Stats, *, top: int = 10, func_filter: FuncFilter | Non
         blocks.append(Table("LLM calls", ["provider", "model", ">calls", ">tokens in", ">tokens out", ">total", ">slowest",
                                           ">first token"], rows))
     totals: list[tuple[str, str]] = [
-        (f"{plural(stats.session_count, 'session')} · {plural(stats.calls, 'call')} · "
-         f"{plural(max(stats.raised, 0), 'exception')} · {plural(stats.http_calls, 'HTTP call')}", ""),
+        (f"{_plural(stats.session_count, 'session')} · {_plural(stats.calls, 'call')} · "
+         f"{_plural(max(stats.raised, 0), 'exception')} · {_plural(stats.http_calls, 'HTTP call')}", ""),
     ]
     if stats.control_flow:
-        totals.append((f" · {plural(stats.control_flow, 'StopIteration/GeneratorExit', 'StopIteration/GeneratorExit')} (iteration's control flow, not errors)", "dim"))
-    losses = [plural(n, one, many) for n, one, many in (
+        totals.append((f" · {_plural(stats.control_flow, 'StopIteration/GeneratorExit', 'StopIteration/GeneratorExit')} (iteration's control flow, not errors)", "dim"))
+    losses = [_plural(n, one, many) for n, one, many in (
         (stats.dropped, "record dropped", "records dropped"), (stats.incomplete, "call unfinished", "calls unfinished"),
         (stats.abandoned, "generator abandoned", "generators abandoned"), (stats.corrupt_blocks, "corrupt block", "corrupt blocks")) if n]
     if losses:

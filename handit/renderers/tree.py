@@ -159,7 +159,7 @@ class TreeBuilder:
         elif kind == "session_end":
             self._tags.pop(event.get("session_id"), None)
             self._threads.pop(event.get("session_id"), None)
-            root = self.roots.get(event.get("session_id"))
+            root = self.roots.get(str(event.get("session_id")))
             names = event.get("threads")
             if root is not None and isinstance(names, dict):
                 root.names.update({str(k): str(v) for k, v in names.items()})
