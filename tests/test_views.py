@@ -53,6 +53,7 @@ def trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cwd / "t.handit"
 
 
+@pytest.mark.engine_dependent  # handit runs in a child process
 def test_thread_names_in_tree_and_exports(trace: Path) -> None:
     cwd = trace.parent
     r = _handit("show", str(trace), "--func", r"Account\.", cwd=cwd)
@@ -84,6 +85,7 @@ def test_thread_names_in_session_events(engine) -> None:
     assert set(end["threads"].values()) == {"worker-7", threading.current_thread().name}
 
 
+@pytest.mark.engine_dependent  # handit runs in a child process
 def test_show_rejects_what_matches_nothing_and_negative_counts(trace: Path) -> None:
     cwd = trace.parent
     nothing = _handit("show", str(trace), "--func", "zzz", cwd=cwd)
@@ -95,6 +97,7 @@ def test_show_rejects_what_matches_nothing_and_negative_counts(trace: Path) -> N
         assert r.returncode == 2 and f"argument {option}: '-1' is not a whole number >= 0" in r.stderr
 
 
+@pytest.mark.engine_dependent  # handit runs in a child process
 def test_option_errors_name_the_option_as_typed(tmp_path: Path) -> None:
     (tmp_path / "p.py").write_text("pass\n")
     rate = _handit("run", "--sample-rate", "2", "p.py", cwd=tmp_path)
@@ -108,6 +111,7 @@ def test_option_errors_name_the_option_as_typed(tmp_path: Path) -> None:
                           "using default 1.0\n")
 
 
+@pytest.mark.engine_dependent  # handit runs in a child process
 def test_config_warning_points_at_the_users_line(tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text("import handit\nwith handit.session('x'):\n    pass\n")
     r = subprocess.run([sys.executable, "app.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
@@ -219,6 +223,7 @@ CLOSE_PROGRAM = """
     """
 
 
+@pytest.mark.engine_dependent  # handit runs in a child process
 def test_generator_close_is_a_close(tmp_path: Path) -> None:
     """PY310/PY311: g.close() counted "abandoned" (issue 11.7); every Python and engine agree now."""
     (tmp_path / "p.py").write_text(textwrap.dedent(CLOSE_PROGRAM))
