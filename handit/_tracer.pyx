@@ -1805,6 +1805,12 @@ def drain(calibration, previewer, route=None):
         ts = _all_states
         handit_q_unlock()
         while ts != NULL:
+            if ts.busy and ts.npending:
+                # PY310/PY311: the thread is giving its pending unwinds their exception, and the
+                # Python code making the message let the GIL go: taken now, its unwinds would
+                # keep a type and no message (issue 11.4). The next drain takes its records.
+                ts = ts.next_all
+                continue
             if not _out_ready(ts):
                 raise MemoryError
             chunk = _take_all(ts)
