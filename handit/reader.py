@@ -21,16 +21,18 @@ events, keeping call stacks and suspended generators across blocks.
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Callable, Iterator
 
 from .records import CALL, GAP, PAUSE, RESUME, STEP, RETURN, THROW, UNWIND, YIELD, put_string, put_varint
 
-__all__ = ["BlockEncoder", "CorruptBlockError", "TraceBuilder", "link_http_events", "read_string", "read_uvarint"]
+__all__ = ["BlockEncoder", "CorruptBlockError", "TraceBuilder", "read_string", "read_uvarint"]
 
 # A stack entry is a list: [call_id, func, t0_ns, key, suspended_ns].
 # call_id None marks a phantom: a generator resumed in the session but started
 # before it; it emits nothing and only keeps later pops balanced.
 _ID, _FUNC, _T0, _KEY, _SUSP = range(5)
+_NEVER = 1 << 63  # no HTTP request waits for its link on this thread
 
 
 class CorruptBlockError(ValueError):
@@ -99,6 +101,14 @@ class TraceBuilder:
     coroutine calls keyed by their key (the frame's identity). Events come out
     in block order; ``call_id`` counts from 1 per session.
 
+    HTTP events made outside the engine (:meth:`extra`) get the ``parent_id`` of the
+    call running on their thread at their request's ``t0_ns``: the innermost call on
+    the thread's stack when decoding passes that time (a coroutine suspended then is
+    not on the stack, so concurrent tasks on one thread are told apart). A request is
+    held, with its responses, until then: its ``http_request`` event is always written
+    before the records its thread makes after it, so a stream of blocks and extras in
+    write order (a trace file, a sink) links every request once its thread moves on.
+
     Args:
         session_id: written into every event.
         code_lookup: maps a code index to an object with ``qualname``,
@@ -120,6 +130,11 @@ class TraceBuilder:
         self._stacks: dict[int, list[list[Any]]] = {}
         self._stash: dict[int, tuple[list[Any], int]] = {}
         self._next_id = 1
+        # HTTP requests waiting for their parent, per thread in time order: [request, held responses]
+        self._waiting: dict[int, list[list[Any]]] = {}
+        self._inbox: deque[dict[str, Any]] = deque()
+        self._http_parent: dict[Any, Any] = {}  # request id -> parent call id, once linked
+        self._thread_ts: dict[int, int] = {}  # per thread: the latest record time decoded
         self.first_ts = 0
         self.last_ts = 0
         self.stats: dict[str, int] = {
@@ -169,6 +184,8 @@ class TraceBuilder:
         Yields:
             events in the JSONL schema.
         """
+        if self._inbox:
+            yield from self._take_inbox()
         data = bytes(block) if not isinstance(block, bytes) else block
         end = len(data)
         if not end:
@@ -191,6 +208,8 @@ class TraceBuilder:
             stack = self._stacks[ident] = []
         push = stack.append
         pop = stack.pop
+        waiting = self._waiting.get(ident)
+        next_link = waiting[0][0]["t0_ns"] if waiting else _NEVER
         next_id = self._next_id
         n_calls = n_returns = n_exc = 0
         max_depth = stats["max_depth"]
@@ -217,6 +236,9 @@ class TraceBuilder:
                     else:
                         z, pos = read_uvarint(data, pos - 1)
                 ts += (z >> 1) ^ -(z & 1)
+                if ts > next_link:  # an HTTP request made before this record: its parent is running now
+                    yield from self._link_until(ident, stack, ts)
+                    next_link = waiting[0][0]["t0_ns"] if waiting else _NEVER
 
                 if kind == 1:  # CALL
                     key = 0
@@ -359,6 +381,7 @@ class TraceBuilder:
             stats["returns"] += n_returns
             stats["exceptions"] += n_exc
             stats["max_depth"] = max_depth
+            self._thread_ts[ident] = ts
             if ts > self.last_ts:
                 self.last_ts = ts
 
@@ -375,7 +398,9 @@ class TraceBuilder:
         Returns:
             the closing events.
         """
-        out = []
+        out = self._take_inbox()
+        for ident in list(self._waiting):
+            out.extend(self._link_until(ident, self._stacks.get(ident, []), _NEVER))
         for stack in self._stacks.values():
             while stack:
                 entry = stack.pop()
@@ -386,6 +411,75 @@ class TraceBuilder:
             if entry[0] is not None:
                 out.append(self._closing(entry, t_suspended, "abandoned"))
         self._stash.clear()
+        return out
+
+    def extra(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Take events made outside the engine; HTTP ones wait to be linked to their calls.
+
+        May be called from any thread while another one feeds blocks: HTTP events go to
+        an inbox (a deque: appends are atomic) that only :meth:`feed` and :meth:`finish` read.
+
+        Args:
+            events: extra events of this session, in the order they were made.
+        Returns:
+            the events that can be written now (every non-HTTP one). HTTP events come out
+            of a later :meth:`feed` (once their thread's records pass their request's time)
+            or :meth:`finish`, with ``parent_id`` set.
+        """
+        out: list[dict[str, Any]] = []
+        for e in events:
+            if e.get("type") in ("http_request", "http_response") and "request_id" in e:
+                self._inbox.append(e)
+            else:
+                out.append(e)
+        return out
+
+    def _take_inbox(self) -> list[dict[str, Any]]:
+        """File the HTTP events taken since the last call; returns those that are linked now."""
+        out: list[dict[str, Any]] = []
+        inbox = self._inbox
+        while inbox:
+            e = inbox.popleft()
+            if e["type"] == "http_request" and "thread" in e and type(e.get("t0_ns")) is int:
+                ident = e["thread"]
+                if self._thread_ts.get(ident, 0) > e["t0_ns"]:  # its thread's records passed it already
+                    e["parent_id"] = self._http_parent[e["request_id"]] = _running(self._stacks.get(ident, []))
+                    out.append(e)
+                else:
+                    self._waiting.setdefault(ident, []).append([e, []])
+                continue
+            rid = e["request_id"]
+            if rid in self._http_parent:
+                e["parent_id"] = self._http_parent.pop(rid)
+                out.append(e)
+                continue
+            held = next((w for ws in self._waiting.values() for w in ws if w[0]["request_id"] == rid), None)
+            if held is not None and e["type"] == "http_response":
+                held[1].append(e)
+            else:  # its request was not seen (or has no thread): written as it is
+                e.setdefault("parent_id", None)
+                out.append(e)
+        return out
+
+    def _link_until(self, ident: int, stack: list[list[Any]], ts: int) -> list[dict[str, Any]]:
+        """Link this thread's waiting requests made before ``ts`` to the call running now."""
+        waiting = self._waiting.get(ident)
+        out: list[dict[str, Any]] = []
+        if not waiting:
+            return out
+        parent = _running(stack)
+        while waiting and waiting[0][0]["t0_ns"] < ts:
+            request, responses = waiting.pop(0)
+            request["parent_id"] = parent
+            out.append(request)
+            if responses:
+                for response in responses:
+                    response["parent_id"] = parent
+                out.extend(responses)
+            else:
+                self._http_parent[request.get("request_id")] = parent
+        if not waiting:
+            del self._waiting[ident]
         return out
 
     def open_calls(self) -> int:
@@ -481,49 +575,9 @@ class BlockEncoder:
         return bytes(self._out)
 
 
-def link_http_events(events: list[dict[str, Any]], extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Give each HTTP event of ``extra`` the ``parent_id`` of the innermost call open on its
-    thread at its request's start (None if none was); the response takes its request's.
-
-    Calls and HTTP events share a clock (epoch ns) and a thread id, so the parent is the
-    latest-started call on that thread still open at the request's ``t0_ns``. A coroutine
-    suspended at that moment still counts as open: with several coroutines of one session
-    interleaved on one thread, the link may name one that was waiting (block records carry
-    no suspension times in the event stream).
-
-    Args:
-        events: one session's call and return events (any order of threads, each in time order).
-        extra: events made outside the engine; HTTP ones are updated in place.
-    Returns:
-        ``extra``.
-    """
-    requests = [e for e in extra if e.get("type") == "http_request" and "thread" in e]
-    if not requests:
-        return extra
-    ends: dict[Any, int] = {}
-    for e in events:
-        kind = e.get("type")
-        if kind == "return":
-            ends[e.get("call_id")] = e.get("t1_ns") or 0
-    spans: dict[int, list[tuple[int, int, Any]]] = {}
-    for e in events:
-        if e.get("type") == "call" and "thread" in e:
-            spans.setdefault(e["thread"], []).append((e["t0_ns"], ends.get(e["call_id"], 1 << 63), e["call_id"]))
-    parents: dict[Any, Any] = {}
-    for thread, calls in spans.items():
-        calls.sort(key=lambda c: c[0])
-        mine = sorted((e for e in requests if e["thread"] == thread), key=lambda e: e["t0_ns"])
-        stack: list[tuple[int, int, Any]] = []
-        i = 0
-        for request in mine:
-            t = request["t0_ns"]
-            while i < len(calls) and calls[i][0] <= t:
-                stack.append(calls[i])
-                i += 1
-            while stack and stack[-1][1] < t:
-                stack.pop()
-            parents[request.get("request_id")] = stack[-1][2] if stack else None
-    for e in extra:
-        if e.get("type") in ("http_request", "http_response") and "thread" in e:
-            e["parent_id"] = parents.get(e.get("request_id"))
-    return extra
+def _running(stack: list[list[Any]]) -> Any:
+    """The call id of the innermost call on ``stack`` that belongs to the session (None if none)."""
+    for entry in reversed(stack):
+        if entry[_ID] is not None:
+            return entry[_ID]
+    return None

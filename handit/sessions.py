@@ -220,17 +220,16 @@ class Session:
         """
         if self._events is not None:
             return self._events
-        from .reader import TraceBuilder, link_http_events
+        from .reader import TraceBuilder
 
         running = self.t1_ns is None
         if running:
             _drain_now()
         builder = TraceBuilder(self.id, self._codes.code_info)
-        out = [self.start_event()]
+        out = [self.start_event(), *builder.extra(list(self._extra))]  # HTTP events wait for their calls
         for block in self._iter_blocks():
             out.extend(builder.feed(block))
         out.extend(builder.finish(self.t1_ns or time.time_ns()))
-        out.extend(link_http_events(out, self._extra))
         if not running:
             out.append(self.end_event())
             self._events = out

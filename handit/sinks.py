@@ -11,6 +11,14 @@ _written_codes: dict[str, dict[Any, int]] = {}  # per writer: code-table entries
 _exporters: dict[str, Any] = {}  # one HTTP exporter per endpoint
 
 
+def _builder(builders: dict[str, TraceBuilder], session: Any) -> TraceBuilder:
+    """The session's decoder in a sink (made at its first block or extra event)."""
+    builder = builders.get(session.id)
+    if builder is None:
+        builder = builders[session.id] = TraceBuilder(session.id, session._codes.code_info)
+    return builder
+
+
 class FileSink:
     """Writes a session's blocks to a compact trace file, or its events to JSONL."""
 
@@ -41,10 +49,7 @@ class FileSink:
 
     def block(self, session: Session, block: bytes) -> None:
         if self.fmt == "jsonl":
-            builder = self.builders.get(session.id)
-            if builder is None:
-                builder = self.builders[session.id] = TraceBuilder(session.id, session._codes.code_info)
-            self.writer.write_events(builder.feed(block))
+            self.writer.write_events(_builder(self.builders, session).feed(block))
         else:
             codes = session._codes
             self.writer.codes(codes.codes_since(self.writer_codes.get(codes, 0)))
@@ -52,8 +57,8 @@ class FileSink:
             self.writer.block(session.id, block)
 
     def events(self, session: Session, events: list[dict[str, Any]]) -> None:
-        if self.fmt == "jsonl":
-            self.writer.write_events(events)
+        if self.fmt == "jsonl":  # HTTP events wait in the builder for the call that made them
+            self.writer.write_events(_builder(self.builders, session).extra(events))
         else:
             self.writer.events(events)
 
@@ -80,13 +85,10 @@ class EventSink:
         self.exporter.write_events([session.start_event()])
 
     def block(self, session: Any, block: bytes) -> None:
-        builder = self.builders.get(session.id)
-        if builder is None:
-            builder = self.builders[session.id] = TraceBuilder(session.id, session._codes.code_info)
-        self.exporter.write_events(builder.feed(block))
+        self.exporter.write_events(_builder(self.builders, session).feed(block))
 
     def events(self, session: Any, events: list[dict[str, Any]]) -> None:
-        self.exporter.write_events(events)
+        self.exporter.write_events(_builder(self.builders, session).extra(events))
 
     def end(self, session: Any) -> None:
         builder = self.builders.pop(session.id, None)

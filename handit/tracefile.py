@@ -280,7 +280,7 @@ def iter_trace(
 
     Per session: its ``session_start``; ``call`` / ``return`` / ``exception``
     events decoded through one :class:`~handit.reader.TraceBuilder`; extra
-    events as stored; its ``session_end``, preceded by the returns of calls
+    events as stored (HTTP ones once linked to their calls, see :meth:`~handit.reader.TraceBuilder.extra`); its ``session_end``, preceded by the returns of calls
     still open. A session without an end frame (the process crashed) is
     finished at its last seen timestamp and gets a synthetic ``session_end``
     with ``"incomplete": true``. Memory stays bounded: the file is read in
@@ -345,7 +345,12 @@ def iter_trace(
             events = [e for e in obj if isinstance(e, dict)]
             if len(events) < len(obj):
                 rep.undecodable += 1
-            yield from events
+            for e in events:  # HTTP events come out of their session's builder, linked to their calls
+                state = sessions.get(str(e.get("session_id")))
+                if state is None or no_blocks or e.get("session_id") in skip_blocks:
+                    yield e
+                else:
+                    yield from state.builder.extra([e])
         elif ftype == b"S":
             sid = str(obj.get("session_id"))
             if sid not in sessions:

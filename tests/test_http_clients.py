@@ -288,16 +288,46 @@ def _inner_fetch(base: str) -> int:
     return httpx.get(base + "/json").status_code
 
 
-def test_http_events_linked_to_the_call_that_made_them(server: Server, engine: Any) -> None:
+async def _fetch_async(base: str, i: int) -> int:
+    async with httpx.AsyncClient() as c:
+        await asyncio.sleep(0.01 * (3 - i))  # the tasks' requests interleave on the loop's thread
+        return (await c.get(f"{base}/json?task={i}")).status_code
+
+
+async def _fetch_concurrently(base: str) -> list[int]:
+    return await asyncio.gather(*(_fetch_async(base, i) for i in range(3)))
+
+
+def _outputs(s: handit.Session, out: Any) -> dict[str, list[dict[str, Any]]]:
+    """The session's events as each output has them: in memory, the trace file or JSONL read back."""
+    if out.suffix == ".jsonl":
+        filed = [json.loads(line) for line in out.read_text().splitlines()]
+    else:
+        filed = list(iter_trace(str(out)))
+    return {"memory": s.events, out.suffix: [e for e in filed if e.get("session_id") == s.id]}
+
+
+@pytest.mark.parametrize("fmt", ["handit", "jsonl"])
+def test_http_events_linked_to_the_call_that_made_them(server: Server, engine: Any, tmp_path: Any, fmt: str) -> None:
+    out = tmp_path / f"trace.{fmt}"
+    handit.configure(output_file=str(out))
     with handit.session("link") as s:
         assert _fetch_twice(server.base) == 400
-        requests.get(server.base + "/json")  # made by the test itself: no traced caller... or this test
-    events = s.events
-    ids = {e["func"]: e["call_id"] for e in events if e["type"] == "call"}
-    reqs, resps = _http(s)
-    assert [r["parent_id"] for r in reqs[:2]] == [ids["_fetch_twice"], ids["_inner_fetch"]]
-    assert [r["parent_id"] for r in resps[:2]] == [ids["_fetch_twice"], ids["_inner_fetch"]]
-    assert reqs[2]["parent_id"] not in (ids["_fetch_twice"], ids["_inner_fetch"])
+        assert asyncio.run(_fetch_concurrently(server.base)) == [200] * 3
+        requests.get(server.base + "/json")  # the test function began before the session: no traced caller
+    for where, events in _outputs(s, out).items():
+        calls = [e for e in events if e["type"] == "call"]
+        ids = {e["func"]: e["call_id"] for e in calls}
+        by_task = {e["call_id"]: e["args_preview"].get("i") for e in calls if e["func"] == "_fetch_async"}
+        reqs = [e for e in events if e["type"] == "http_request"]
+        parents = {r["request_id"]: r["parent_id"] for r in reqs}
+        assert len(reqs) == 6, where
+        assert [r["parent_id"] for r in reqs[:2]] == [ids["_fetch_twice"], ids["_inner_fetch"]], where
+        for r in reqs[2:5]:  # each task's request belongs to its own coroutine, not one suspended then
+            assert by_task[r["parent_id"]] == r["url"].rsplit("=", 1)[1], where
+        assert reqs[5]["parent_id"] is None, where
+        resps = [e for e in events if e["type"] == "http_response"]
+        assert len(resps) == 6 and all(r["parent_id"] == parents[r["request_id"]] for r in resps), where
 
 
 def test_exporter_traffic_never_recorded(server: Server, tmp_path: Any) -> None:
@@ -317,4 +347,5 @@ def test_exporter_traffic_never_recorded(server: Server, tmp_path: Any) -> None:
     reqs, _ = _http(s)
     assert [r["url"] for r in reqs] == [server.base + "/json"] * 2  # the program's, not the exporter's
     assert [e["url"] for e in sent if e["type"] == "http_request"] == [server.base + "/json"] * 2
+    assert all("parent_id" in e for e in sent if e["type"].startswith("http_"))  # linked (no traced caller here)
     assert "exporter-key-eeee5555" not in json.dumps(sent)

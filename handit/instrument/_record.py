@@ -40,6 +40,23 @@ def _otel_suppressed() -> bool:
         return False
 
 
+def now_ns() -> int:
+    """Epoch nanoseconds on the engine's clock, as its records are converted (:mod:`handit.clock`).
+
+    HTTP events and calls are then ordered on one clock: the system clock, which NTP may
+    slew by up to 500 ppm from the engine's TSC, would put a request's start milliseconds
+    away from the calls around it after minutes of tracing, and link it to the wrong call.
+    """
+    drain = _sessions._state.get("drain")
+    if drain is not None:
+        cal = drain.calibration
+        try:
+            return int(cal.to_epoch_ns(cal.read_ticks()))
+        except Exception:
+            pass
+    return time.time_ns()
+
+
 def _active_session() -> Any:
     """The session to record into, or None (no session, already recording, suppressed, handit's own thread)."""
     if _recording.get():
@@ -162,7 +179,7 @@ class BodyTap:
             if isinstance(chunk, str):
                 chunk = chunk.encode("utf-8", "replace")
             if not self.first_ns:
-                self.first_ns = time.time_ns()
+                self.first_ns = now_ns()
             self.size += len(chunk)
             room = self.cap - len(self.head)
             if room > 0:
@@ -181,7 +198,7 @@ class HttpCall:
     def __init__(self, session: Any, method: str, url: str, llm: _llm.LlmParser | None) -> None:
         self.session = session
         self.id = next(_ids)
-        self.t0 = time.time_ns()
+        self.t0 = now_ns()
         self.method = method
         self.url = url
         self.llm = llm
@@ -247,7 +264,7 @@ class HttpCall:
             return
         self.done = True
         try:
-            t1 = time.time_ns()
+            t1 = now_ns()
             hdrs = redact_headers(headers)
             ctype = header(hdrs, "content-type")
             tap = self.tap
