@@ -246,6 +246,51 @@ def test_instrument_http_off_patches_nothing(tmp_path: Any) -> None:
         assert out.stdout.strip() == expect, out.stderr
 
 
+LATE_IMPORT = """
+import sys, handit
+url = sys.argv[1]
+with handit.session("late") as s:
+    import requests, httpx, urllib3, urllib.request  # imported after the first session started
+    requests.get(url); httpx.get(url); urllib3.PoolManager().request("GET", url); urllib.request.urlopen(url).read()
+    loaders = {type(m.__spec__.loader).__name__ for m in (requests, httpx, urllib3, urllib.request)}
+hooked = any(type(f).__name__ == "ImportHook" for f in sys.meta_path)
+handit.uninstrument()
+print(sum(e["type"] == "http_response" for e in s.events), sorted(loaders), hooked,
+      any(type(f).__name__ == "ImportHook" for f in sys.meta_path))
+"""
+
+
+def test_clients_imported_after_the_first_session_are_instrumented(server: Server, tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    from conftest import child_env
+
+    for value, expect in (("1", "4 ['SourceFileLoader'] True False"), ("0", "0 ['SourceFileLoader'] False False")):
+        out = subprocess.run([sys.executable, "-W", "error", "-c", LATE_IMPORT, server.base + "/json"],
+                             env=child_env(HANDIT_INSTRUMENT_HTTP=value), capture_output=True, text=True, cwd=tmp_path)
+        assert out.stdout.strip() == expect and out.returncode == 0, out.stderr
+
+
+def test_example_agent_records_its_http_calls(tmp_path: Any) -> None:
+    """The README's example imports urllib.request after `handit run` started its session."""
+    import subprocess
+    import sys
+
+    from conftest import HANDIT_HOME, child_env
+
+    agent = os.path.join(HANDIT_HOME, "examples", "agent.py")
+    run = subprocess.run([sys.executable, "-m", "handit", "run", "--no-summary", "-o", "agent.jsonl", agent],
+                         env=child_env(), capture_output=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    shown = subprocess.run([sys.executable, "-m", "handit", "show", "agent.jsonl", "--no-tree"], env=child_env(),
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert "· 4 HTTP calls" in shown.stdout, shown.stdout[-800:]
+    events = [json.loads(line) for line in (tmp_path / "agent.jsonl").read_text().splitlines()]
+    funcs = {e["call_id"]: e["func"] for e in events if e["type"] == "call"}
+    assert [funcs.get(e["parent_id"]) for e in events if e["type"] == "http_request"] == ["call_api"] * 4
+
+
 SECRETS = ["hdr-secret-aaaa1111", "query-secret-bbbb2222", "userinfo-secret-cccc3333", "body-secret-dddd4444",
            "tok-in-response-0001", "cookie-secret-0002"]
 

@@ -12,6 +12,7 @@ import types
 
 from ..config import Config
 from ._base import BaseInstrumentor
+from ._hook import ImportHook
 
 __all__ = ["BaseInstrumentor", "instrument", "instrumentors", "on_first_session", "uninstrument"]
 
@@ -20,6 +21,7 @@ _LIBRARIES = ("requests", "httpx", "urllib3", "aiohttp", "urllib.request")  # ea
 _instances: dict[str, BaseInstrumentor] = {}
 _lock = threading.Lock()
 _auto_done = False
+_hook: ImportHook | None = None  # patches the clients imported after the first session
 
 
 def instrumentors() -> dict[str, BaseInstrumentor]:
@@ -59,23 +61,36 @@ def uninstrument(*libraries: str) -> list[str]:
     Returns:
         the libraries unpatched by this call.
     """
+    if not libraries and _hook is not None:
+        _hook.remove()  # a client imported later stays unpatched too
     return [name for name, inst in instrumentors().items() if (not libraries or name in libraries) and inst.uninstrument()]
 
 
 def on_first_session(config: Config) -> None:
-    """Patch the clients the program has imported, once per process, when a session first
-    installs the engine (HANDIT_INSTRUMENT_HTTP; called by :mod:`handit.sessions`).
+    """Patch the clients the program has imported, and those it imports later as they load,
+    once per process, when a session first installs the engine (HANDIT_INSTRUMENT_HTTP;
+    called by :mod:`handit.sessions`).
 
-    Only libraries already imported: importing every installed client here would cost the
-    program up to a few hundred ms at its first session (aiohttp alone is ~0.2 s).
+    Clients not imported yet are not imported here: importing every installed client would
+    cost the program up to a few hundred ms at its first session (aiohttp alone is ~0.2 s).
+    An import hook patches each as the program imports it (:mod:`handit.instrument._hook`).
     """
-    global _auto_done
+    global _auto_done, _hook
     if _auto_done or not config.instrument_http:
         return
     _auto_done = True
     loaded = [name for name in _LIBRARIES if name in sys.modules]
     if loaded:
         instrument(*loaded)
+    later = [name for name in _LIBRARIES if name not in sys.modules]
+    if later:
+        _hook = ImportHook(later, _imported)
+        _hook.install()
+
+
+def _imported(library: str) -> None:
+    """The import hook: ``library`` has just been imported by the program."""
+    instrument(library)
 
 
 class _CallableModule(types.ModuleType):

@@ -162,7 +162,7 @@ class BodyTap:
     """What the program read of a body: the first ``HANDIT_MAX_BODY`` bytes, the total size,
     and (for LLM calls) a parser fed every chunk."""
 
-    __slots__ = ("head", "size", "cap", "llm", "first_ns")
+    __slots__ = ("head", "size", "cap", "llm", "first_ns", "last_ns")
 
     def __init__(self, llm: _llm.LlmParser | None = None) -> None:
         self.head = bytearray()
@@ -170,6 +170,7 @@ class BodyTap:
         self.cap = get_config().max_body
         self.llm = llm
         self.first_ns = 0
+        self.last_ns = 0
 
     def feed(self, chunk: Any) -> None:
         """Account for one chunk the program read (bytes or str); never raises."""
@@ -178,8 +179,9 @@ class BodyTap:
                 return
             if isinstance(chunk, str):
                 chunk = chunk.encode("utf-8", "replace")
+            self.last_ns = now_ns()
             if not self.first_ns:
-                self.first_ns = now_ns()
+                self.first_ns = self.last_ns
             self.size += len(chunk)
             room = self.cap - len(self.head)
             if room > 0:
@@ -193,7 +195,7 @@ class BodyTap:
 class HttpCall:
     """One recorded exchange: its request event is out; :meth:`finish` writes the response."""
 
-    __slots__ = ("session", "id", "t0", "method", "url", "tap", "done", "llm", "token", "answers", "traceparent")
+    __slots__ = ("session", "id", "t0", "method", "url", "tap", "done", "llm", "token", "answers", "traceparent", "answered")
 
     def __init__(self, session: Any, method: str, url: str, llm: _llm.LlmParser | None) -> None:
         self.session = session
@@ -207,6 +209,7 @@ class HttpCall:
         self.token: Any = None
         self.answers: tuple[type[BaseException], ...] = ()  # exceptions that carry an answer (urllib's HTTPError)
         self.traceparent: str | None = None  # sent with the request when HANDIT_OTEL exports the session
+        self.answered = 0  # when the client handed the answer (its headers) to the program
 
     def enter(self) -> None:
         """Mark this context as recording (inner clients skip) until :meth:`leave`."""
@@ -226,7 +229,9 @@ class HttpCall:
         exception (not in :attr:`answers`) finishes the exchange with it before propagating."""
         self.enter()
         try:
-            return fn(*args, **kwargs)
+            answer = fn(*args, **kwargs)
+            self.answered = now_ns()
+            return answer
         except BaseException as exc:
             self._failed(exc)
             raise
@@ -237,7 +242,9 @@ class HttpCall:
         """:meth:`run` for a coroutine function."""
         self.enter()
         try:
-            return await fn(*args, **kwargs)
+            answer = await fn(*args, **kwargs)
+            self.answered = now_ns()
+            return answer
         except BaseException as exc:
             self._failed(exc)
             raise
@@ -246,12 +253,19 @@ class HttpCall:
 
     def _failed(self, exc: BaseException) -> None:
         # an exception that is not an answer (an HTTPError is one) ends the exchange with it
-        if not isinstance(exc, self.answers):
+        if isinstance(exc, self.answers):
+            self.answered = now_ns()
+        else:
             self.finish(error=exc)
 
     def finish(self, status: int = 0, headers: Any = None, error: BaseException | str | None = None,
                body: bytes | None = None, redirects: int = 0) -> None:
         """Write the ``http_response`` event (once; later calls do nothing); never raises.
+
+        The exchange ends now when it failed or ``body`` is given; else (a response the
+        program read itself, then closed or dropped) when the program had its last byte, or
+        the answer if it read none: a body left unread until the response is collected does
+        not stretch the request's time.
 
         Args:
             status: the HTTP status, 0 when there was none.
@@ -264,7 +278,10 @@ class HttpCall:
             return
         self.done = True
         try:
-            t1 = now_ns()
+            if error is None and body is None and self.answered:
+                t1 = max(self.answered, self.tap.last_ns)
+            else:
+                t1 = now_ns()
             hdrs = redact_headers(headers)
             ctype = header(hdrs, "content-type")
             tap = self.tap
