@@ -41,6 +41,9 @@ _installed = False
 _signals_installed = False
 _previous_handlers: dict[int, Any] = {}
 _patched: dict[str, tuple[Any, Any]] = {}  # os function name -> (original, handit's wrapper)
+# the wrappers made so far, reused: a server with a session per request opens a period of
+# sessions per request
+_wrappers: dict[str, tuple[Any, Any]] = {}
 _SIGNAL_WAIT_S = 0.2  # how long a signal handler waits for a drain another thread is running
 
 
@@ -249,9 +252,12 @@ def sessions_opened(session: Any) -> None:
 
     for name, reason in (("execv", "exec"), ("execve", "exec"), ("_exit", "os._exit")):
         if name not in _patched and hasattr(os, name):
-            wrapper = _leaving(name, reason)
-            _patched[name] = (getattr(os, name), wrapper)
-            setattr(os, name, wrapper)
+            original = getattr(os, name)
+            made = _wrappers.get(name)
+            if made is None or made[0] is not original:  # one wrapper per original, not per period
+                made = _wrappers[name] = (original, _leaving(name, reason))
+            _patched[name] = made
+            setattr(os, name, made[1])
     propagation.sessions_opened(session)
 
 

@@ -41,6 +41,7 @@ _ENV_KEY = ENV.encode()
 _ENV_CAP = 4096  # bytes of the link kept in handit's own environment string (longer: os.environ)
 _original_fork: Any = None
 _fork_wrapper: Any = None
+_fork_wrappers: dict[int, tuple[Any, Any]] = {}  # the wrapper made for an original, reused
 _fork_link: dict[str, Any] | None = None  # the forkserver's: every fork continues this link
 _started = False  # process_startup has run in this process
 _continued: dict[str, Any] = {}  # parent session id -> this process's session continuing it
@@ -53,18 +54,35 @@ def link_of(session: Any) -> dict[str, Any]:
     Args:
         session: an open session.
     Returns:
-        a JSON-serialisable dict.
+        a JSON-serialisable dict (its ``settings`` shared between calls: not to be changed).
     """
+    return {"session": session.id, "trace": session.trace_id, "span": session.span_id,
+            "tag": session.tag, "pid": os.getpid(), "settings": _settings_of(session.config)}
+
+
+_last_settings: list[tuple[Any, str, dict[str, Any]]] = []  # (config, cwd, its settings), the last asked
+
+
+def _settings_of(config: Any) -> dict[str, Any]:
+    """The settings of ``config`` a child takes, kept for the same (frozen) config and working
+    directory: a server with a session per request opens a period of sessions per request,
+    and walking the dataclass fields each time cost ~10 us of it."""
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the working directory was removed: relative paths stay as they are
+        cwd = ""
+    if _last_settings and _last_settings[0][0] is config and _last_settings[0][1] == cwd:
+        return _last_settings[0][2]
     settings: dict[str, Any] = {}
-    for f in dataclasses.fields(session.config):
-        value = getattr(session.config, f.name)
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
         if f.name in _NOT_CARRIED or value == f.default:
             continue
         if f.name in _PATH_SETTINGS and value:
             value = os.path.abspath(value)
         settings[f.name] = list(value) if isinstance(value, tuple) else value
-    return {"session": session.id, "trace": session.trace_id, "span": session.span_id,
-            "tag": session.tag, "pid": os.getpid(), "settings": settings}
+    _last_settings[:] = [(config, cwd, settings)]
+    return settings
 
 
 def _link_text(session: Any) -> str:
@@ -162,7 +180,12 @@ def sessions_opened(session: Any) -> None:
     _put_env(_env_value)
     if _fork_wrapper is None and hasattr(os, "fork"):
         _original_fork = os.fork
-        _fork_wrapper = _make_fork_wrapper(_original_fork)
+        made = _fork_wrappers.get(id(_original_fork))
+        if made is None or made[0] is not _original_fork:  # one wrapper per original, not per period
+            made = (_original_fork, _make_fork_wrapper(_original_fork))
+            _fork_wrappers.clear()
+            _fork_wrappers[id(_original_fork)] = made
+        _fork_wrapper = made[1]
         os.fork = _fork_wrapper
 
 

@@ -107,9 +107,7 @@ class Session:
         self.tag = tag
         self.attrs = {str(k): str(v) for k, v in (attrs or {}).items()}
         if self.attrs:  # redacted here, once, so every sink and Session.attrs hold the safe form
-            from .redact import Redactor
-
-            self.attrs = Redactor(config.redact, config.redact_replace, config.safe_keys).redact_mapping(self.attrs)
+            self.attrs = _policy_for(config).redactor.redact_mapping(self.attrs)
         self.trace_id, self.parent_span_id, _ = parse_traceparent(traceparent)
         self.traceparent = traceparent
         self.span_id = _random_hex(64)
@@ -697,11 +695,11 @@ def _drain_now() -> None:
 
 def _tell_ancestors(session: Session) -> None:
     """A finished session's figures join those of the running sessions it was started inside."""
-    from .renderers.summary import Stats
-
     parent = session.parent
     if parent is None:
         return
+    from .renderers.summary import Stats
+
     fold = session._fold.to_json()
     while parent is not None:
         if parent.t1_ns is None:

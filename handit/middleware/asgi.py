@@ -6,6 +6,12 @@ from typing import Any, Callable
 
 from . import _common
 
+ROUTE_CACHE = 4096
+"""Route templates remembered per middleware, by method and path: matching every route of
+the app again (Starlette's ``Route.matches``, a regex each) cost more than the rest of a
+trivial request's handling. A path with parameters in it takes an entry of its own; the
+cache is emptied when full."""
+
 
 def _route(scope: dict[str, Any]) -> str:
     """The route template (``/items/{id}``) if the app is a Starlette/FastAPI one, else the path."""
@@ -40,6 +46,7 @@ class HanditASGIMiddleware:
         self.app = app
         self.attrs = dict(attrs or {})
         self.on_end = on_end
+        self._routes: dict[tuple[Any, Any], str] = {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope.get("type") != "http":
@@ -51,7 +58,16 @@ class HanditASGIMiddleware:
                 traceparent = value.decode("latin-1")
                 break
         method = str(scope.get("method") or "GET")
-        route = _route(scope)
+        if scope.get("route") is not None:  # an outer router's match (a Mount)
+            route = _route(scope)
+        else:
+            key = (method, scope.get("path"))
+            route = self._routes.get(key)  # type: ignore[assignment]
+            if route is None:
+                route = _route(scope)
+                if len(self._routes) >= ROUTE_CACHE:
+                    self._routes.clear()
+                self._routes[key] = route
         attrs = {**self.attrs, "http.request.method": method, "http.route": route}
         session = _common.start(f"{method} {route}", attrs, traceparent)
         status: list[int] = []
