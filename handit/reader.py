@@ -461,6 +461,11 @@ class TraceBuilder:
                 out.append(e)
         return out
 
+    def unanswered(self) -> dict[Any, Any]:
+        """Requests linked whose response has not come yet: request id -> parent call id (for an
+        answer finished after its session, read after the session's end)."""
+        return dict(self._http_parent)
+
     def _link_until(self, ident: int, stack: list[list[Any]], ts: int) -> list[dict[str, Any]]:
         """Link this thread's waiting requests made before ``ts`` to the call running now."""
         waiting = self._waiting.get(ident)

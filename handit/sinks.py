@@ -19,6 +19,14 @@ def _builder(builders: dict[str, TraceBuilder], session: Any) -> TraceBuilder:
     return builder
 
 
+def _extra(builders: dict[str, TraceBuilder], session: Any, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What to write now of ``events``: all of them once the session has ended (an answer
+    finished after it, its parent already on it), else what the builder does not hold back."""
+    if session.t1_ns is not None and session.id not in builders:
+        return events
+    return _builder(builders, session).extra(events)
+
+
 class FileSink:
     """Writes a session's blocks to a compact trace file, or its events to JSONL."""
 
@@ -58,7 +66,7 @@ class FileSink:
 
     def events(self, session: Session, events: list[dict[str, Any]]) -> None:
         if self.fmt == "jsonl":  # HTTP events wait in the builder for the call that made them
-            self.writer.write_events(_builder(self.builders, session).extra(events))
+            self.writer.write_events(_extra(self.builders, session, events))
         else:
             self.writer.events(events)
 
@@ -88,7 +96,7 @@ class EventSink:
         self.exporter.write_events(_builder(self.builders, session).feed(block))
 
     def events(self, session: Any, events: list[dict[str, Any]]) -> None:
-        self.exporter.write_events(_builder(self.builders, session).extra(events))
+        self.exporter.write_events(_extra(self.builders, session, events))
 
     def end(self, session: Any) -> None:
         builder = self.builders.pop(session.id, None)

@@ -304,6 +304,7 @@ def iter_trace(
     tables: dict[bytes, dict[int, StoredCode]] = {}
     sessions: dict[str, _Open] = {}
     by_raw: dict[bytes, str] = {}
+    late: dict[str, dict[Any, Any]] = {}  # ended sessions' requests still without an answer -> their parents
     loads = json.loads
 
     def open_session(sid: str, stream: bytes, t0: int | None, raw: bytes | None) -> _Open:
@@ -348,6 +349,9 @@ def iter_trace(
             for e in events:  # HTTP events come out of their session's builder, linked to their calls
                 state = sessions.get(str(e.get("session_id")))
                 if state is None or no_blocks or e.get("session_id") in skip_blocks:
+                    parents = late.get(str(e.get("session_id")))
+                    if parents and e.get("type") == "http_response" and e.get("request_id") in parents:
+                        e["parent_id"] = parents.pop(e["request_id"])  # an answer finished after its session
                     yield e
                 else:
                     yield from state.builder.extra([e])
@@ -362,6 +366,9 @@ def iter_trace(
                 if state.raw is not None:
                     by_raw.pop(state.raw, None)
                 yield from state.builder.finish(_ns(obj.get("ts_ns")) or state.builder.last_ts)
+                unanswered = state.builder.unanswered()
+                if unanswered:
+                    late[str(obj.get("session_id"))] = unanswered
                 rep.corrupt_blocks += state.builder.stats["corrupt_blocks"]
             yield obj
     for sid, state in sessions.items():

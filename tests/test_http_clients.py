@@ -375,6 +375,37 @@ def test_http_events_linked_to_the_call_that_made_them(server: Server, engine: A
         assert len(resps) == 6 and all(r["parent_id"] == parents[r["request_id"]] for r in resps), where
 
 
+def _open_stream(url: str) -> Any:
+    return requests.get(url, stream=True)
+
+
+@pytest.mark.parametrize("fmt", ["handit", "jsonl"])
+def test_answer_finished_after_its_session_still_written_linked(server: Server, tmp_path: Any, fmt: str) -> None:
+    out = tmp_path / f"trace.{fmt}"
+    handit.configure(output_file=str(out))
+    with handit.session("late") as s:
+        r = _open_stream(server.base + "/big")
+    assert next(r.iter_content(10)) == BIG_TEXT[:10]
+    r.close()  # the exchange ends after its session
+    handit.sinks.flush_all(final=False)
+    events = _outputs(s, out)[out.suffix]
+    opener = next(e["call_id"] for e in events if e["type"] == "call" and e["func"] == "_open_stream")
+    resps = [e for e in events if e["type"] == "http_response"]
+    assert len(resps) == 1 and resps[0]["bytes_in"] == 10 and resps[0]["parent_id"] == opener
+
+
+@pytest.mark.parametrize("client", sorted(CLIENTS))
+def test_tls_failure_recorded_with_error(server: Server, client: str) -> None:
+    url = f"https://127.0.0.1:{server.port}/json"  # the server speaks plain HTTP: the handshake fails
+    plain = _outcome(CLIENTS[client], url)
+    with handit.session("tls") as s:
+        traced = _outcome(CLIENTS[client], url)
+    assert traced is plain and isinstance(plain, type)
+    reqs, resps = _http(s)
+    assert len(reqs) == 1 and len(resps) == 1
+    assert resps[0]["status"] == 0 and "SSL" in resps[0]["error"] and resps[0]["dt_ns"] > 0
+
+
 def test_exporter_traffic_never_recorded(server: Server, tmp_path: Any) -> None:
     from ingest_server import IngestServer
 

@@ -101,14 +101,18 @@ def test_anthropic_messages(server: Server, stream: bool) -> None:
     assert "sk-ant-api03-secretsecretsecret" not in json.dumps(s.events)
 
 
+def _ask_and_check(base: str) -> None:
+    httpx.post(base + "/v1/chat/completions", json={"model": "gpt-x", "messages": []})
+    requests.get(base + "/status/503")
+
+
 def test_views_list_http_and_llm_calls(server: Server, tmp_path: Any) -> None:
     import io
 
     from handit.renderers.chrome import ChromeTraceWriter
 
     with handit.session("views") as s:
-        httpx.post(server.base + "/v1/chat/completions", json={"model": "gpt-x", "messages": []})
-        requests.get(server.base + "/status/503")
+        _ask_and_check(server.base)
     text = s.summary()
     assert "HTTP calls" in text and "/v1/chat/completions" in text and "503" in text
     assert "LLM calls" in text and "gpt-x-0613" in text
@@ -122,3 +126,9 @@ def test_views_list_http_and_llm_calls(server: Server, tmp_path: Any) -> None:
     assert sorted(e["args"]["status"] for e in slices) == [200, 503]
     chat = next(e for e in slices if e["args"]["status"] == 200)
     assert chat["name"].endswith("/v1/chat/completions → 200") and chat["args"]["gen_ai.usage.input_tokens"] == 12
+    from handit.renderers.tree import TreeBuilder
+
+    tree = "\n".join("".join(text for text, _ in line) for line in TreeBuilder().feed(s.events).lines(200))
+    assert "└─ _ask_and_check(base=" in tree  # the HTTP calls sit under the call that made them
+    assert "   ├─ ⇄ POST " + server.base + "/v1/chat/completions → 200  gpt-x-0613 12→" in tree
+    assert "   └─ ⇄ GET " + server.base + "/status/503 → 503" in tree

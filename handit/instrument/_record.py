@@ -195,7 +195,7 @@ class BodyTap:
 class HttpCall:
     """One recorded exchange: its request event is out; :meth:`finish` writes the response."""
 
-    __slots__ = ("session", "id", "t0", "method", "url", "tap", "done", "llm", "token", "answers", "traceparent", "answered")
+    __slots__ = ("session", "id", "t0", "method", "url", "tap", "done", "llm", "token", "answers", "traceparent", "answered", "request")
 
     def __init__(self, session: Any, method: str, url: str, llm: _llm.LlmParser | None) -> None:
         self.session = session
@@ -210,6 +210,7 @@ class HttpCall:
         self.answers: tuple[type[BaseException], ...] = ()  # exceptions that carry an answer (urllib's HTTPError)
         self.traceparent: str | None = None  # sent with the request when HANDIT_OTEL exports the session
         self.answered = 0  # when the client handed the answer (its headers) to the program
+        self.request: dict[str, Any] = {}  # its http_request event (given its parent_id once linked)
 
     def enter(self) -> None:
         """Mark this context as recording (inner clients skip) until :meth:`leave`."""
@@ -296,6 +297,8 @@ class HttpCall:
                 "response_body": render_body(bytes(tap.head), tap.size, ctype) if tap.size else None,
                 "thread": threading.get_ident(),
             }
+            if "parent_id" in self.request:  # linked already (an answer finished after its session)
+                event["parent_id"] = self.request["parent_id"]
             if redirects:
                 event["redirects"] = redirects
             if self.llm is not None:
@@ -347,6 +350,7 @@ def begin(method: str, url: str, headers: Any = None, body: Any = None, *, json_
             from ..otel import client_traceparent
 
             call.traceparent, event["span_id"] = client_traceparent(session) or (None, None)
+        call.request = event
         session.add_events([event])
         return call
     except Exception:

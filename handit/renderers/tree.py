@@ -50,7 +50,7 @@ class Node(_Parent):
     """One call (or ``count`` identical calls folded together) in the tree."""
 
     __slots__ = ("func", "module", "args", "ret", "exc", "flag", "dt_ns", "count", "size", "key", "calls", "same", "thread",
-                 "t0")
+                 "t0", "http")
 
     def __init__(self, func: str, module: str, args: dict[str, Any] | None) -> None:
         super().__init__()
@@ -66,6 +66,7 @@ class Node(_Parent):
         self.same = False  # children dropped: an identical subtree is shown above
         self.thread: Any = None  # for a root call: its thread's ident
         self.t0 = 0  # when it started (ns): root calls are shown in this order, whatever thread they ran on
+        self.http = False  # an HTTP call made by its parent (``func`` is ``METHOD url``), not a Python call
 
     def _close(self) -> None:
         """Fix the node's size, call count and shape key once it and its children have finished."""
@@ -133,6 +134,7 @@ class TreeBuilder:
         self._seen: dict[int, Node] = {}  # shape key -> the first finished subtree with that shape
         # (session, call_id) -> (node or None, depth, container, mode, func counted in container.others)
         self._open: dict[tuple[Any, Any], tuple[Node | None, int, _Parent | None, int, str]] = {}
+        self._http: dict[tuple[Any, Any], Node] = {}  # (session, request id) -> its node, until its response
 
     def feed(self, events: Any) -> TreeBuilder:
         """Add every event of an iterable; returns ``self``."""
@@ -151,6 +153,10 @@ class TreeBuilder:
             entry = self._open.get((event.get("session_id"), event.get("call_id")))
             if entry is not None and entry[0] is not None:
                 entry[0].exc = (str(event.get("type_name") or "?"), str(event.get("message") or ""))
+        elif kind == "http_request":
+            self._http_request(event)
+        elif kind == "http_response":
+            self._http_response(event)
         elif kind == "session_start":
             self._tags[event.get("session_id")] = event.get("tag")
             self._threads[event.get("session_id")] = event.get("thread")
@@ -214,6 +220,32 @@ class TreeBuilder:
             container.children.append(node)
             self.used += 1
             self._open[key] = (node, depth, container, _KEPT, "")
+
+    def _http_request(self, e: dict[str, Any]) -> None:
+        """An HTTP call becomes a leaf under the call that made it (when that call is shown)."""
+        parent = self._open.get((e.get("session_id"), e.get("parent_id")))
+        if parent is None or parent[0] is None or self.used >= self.max_nodes:
+            return
+        node = Node(f"{e.get('method') or '?'} {e.get('url') or '?'}", "http", None)
+        node.http = True
+        node._close()
+        parent[0].children.append(node)
+        self.used += 1
+        self._http[(e.get("session_id"), e.get("request_id"))] = node
+
+    def _http_response(self, e: dict[str, Any]) -> None:
+        node = self._http.pop((e.get("session_id"), e.get("request_id")), None)
+        if node is None:
+            return
+        node.dt_ns = int(e.get("dt_ns") or 0)
+        if e.get("error"):
+            node.exc = ("error", str(e["error"]))
+        else:
+            node.ret = str(e.get("status"))
+            llm = e.get("llm") or {}
+            model = llm.get("gen_ai.response.model") or llm.get("gen_ai.request.model")
+            if model:
+                node.ret += f"  {model} {llm.get('gen_ai.usage.input_tokens', '?')}→{llm.get('gen_ai.usage.output_tokens', '?')} tokens"
 
     def _return(self, e: dict[str, Any]) -> None:
         entry = self._open.pop((e.get("session_id"), e.get("call_id")), None)
@@ -326,6 +358,8 @@ class TreeBuilder:
             result, style = f" → {node.ret}", "green"
         else:
             result, style = "", ""
+        if node.http:
+            return [("⇄ ", "cyan"), (shorten(node.func, max(width - 40, 30)), "cyan"), (result, style), *tail]
         room = max(width - 3 - len(node.func) - 2 - sum(len(t) for t, _ in tail), 30)
         args = fmt_args(node.args, width=room, value_width=32)
         if len(args) + len(result) > room:  # share the room: the result keeps at least a third
