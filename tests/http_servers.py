@@ -21,6 +21,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms delayed-ACK stall
     seen: list[dict[str, Any]] = []  # what the server received (headers and bodies), for leak checks
+    gets: list[str] = []  # the paths of every GET received (retries are counted)
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -45,6 +46,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
 
     def do_GET(self) -> None:
+        Handler.gets.append(self.path)
         path = self.path.split("?")[0]
         if path == "/json":
             self._send(200, b'{"ok": true, "token": "tok-in-response-0001", "n": 1}', extra={"Set-Cookie": "sid=cookie-secret-0002"})

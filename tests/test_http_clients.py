@@ -20,7 +20,7 @@ import handit
 from handit.instrument import _record, instrumentors
 from handit.tracefile import iter_trace
 
-from http_servers import BIG_TEXT, BINARY, Server, refused_port, instrumented, server  # noqa: F401 (fixtures)
+from http_servers import BIG_TEXT, BINARY, Handler, Server, refused_port, instrumented, server  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.engine_dependent  # its tests run an engine outside the `engine` fixture
 
@@ -121,6 +121,29 @@ def test_one_pair_per_call_same_result(server: Server, client: str, path: str, s
     if path != "/redirect" or client in ("requests", "httpx", "httpx-async", "aiohttp", "urllib"):
         assert resp["response_body"] == (traced[1].decode() if "token" not in traced[1].decode() else
                                          json.dumps({**json.loads(traced[1]), "token": "<redacted>"}))
+
+
+def _retrying(url: str) -> Any:
+    retry = urllib3.Retry(total=2, status_forcelist=[503], backoff_factor=0, raise_on_status=False)
+    adapter = requests.adapters.HTTPAdapter(max_retries=retry)
+    with requests.Session() as r:
+        r.mount("http://", adapter)
+        first = r.get(url).status_code
+    pool = urllib3.PoolManager(retries=retry)
+    return first, pool.request("GET", url).status
+
+
+def test_retries_happen_as_without_handit_one_exchange_each(server: Server) -> None:
+    url = server.base + "/status/503"
+    before = len(Handler.gets)
+    plain = _retrying(url)
+    attempts = len(Handler.gets) - before
+    with handit.session("retries") as s:
+        traced = _retrying(url)
+    assert traced == plain == (503, 503) and attempts == 6
+    assert len(Handler.gets) - before == 2 * attempts  # the server saw the same retries
+    reqs, resps = _http(s)
+    assert len(reqs) == 2 and [r["status"] for r in resps] == [503, 503]
 
 
 @pytest.mark.parametrize("client", sorted(CLIENTS))
@@ -313,6 +336,27 @@ def test_no_secret_in_any_output(server: Server, tmp_path: Any, fmt: str, engine
     for secret in SECRETS:
         assert secret not in text and secret.encode() not in data, secret
     assert oct(os.stat(out).st_mode & 0o777) == "0o600"
+
+
+def test_no_secret_sent_to_the_endpoint(server: Server, tmp_path: Any) -> None:
+    from ingest_server import IngestServer
+
+    with IngestServer() as ingest:
+        handit.configure(endpoint=ingest.url, api_key="exporter-key-eeee5555", redact_headers=["X-Custom-Auth"],
+                         flush_every_ms=50, spool_dir=str(tmp_path / "spool"))
+        url = f"http://user:userinfo-secret-cccc3333@127.0.0.1:{server.port}/echo?access_token=query-secret-bbbb2222&q=1"
+        with handit.session("secrets"):
+            requests.post(url, json={"password": "body-secret-dddd4444", "n": 1},
+                          headers={"Authorization": "Bearer hdr-secret-aaaa1111", "X-Custom-Auth": "hdr-secret-aaaa1111"})
+            httpx.get(server.base + "/json", headers={"Api-Key": "hdr-secret-aaaa1111"})
+        exporter = importlib.import_module("handit.sinks")._exporters.pop(ingest.url)
+        exporter.flush(10)
+        sent = ingest.wait_for_events(6)
+        exporter.close()
+    text = json.dumps(sent)
+    assert text.count('"http_response"') == 2 and "<redacted>" in text
+    for secret in SECRETS:
+        assert secret not in text, secret
 
 
 def test_request_body_recorded_redacted(server: Server) -> None:
