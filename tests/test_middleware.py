@@ -85,7 +85,7 @@ def test_asgi_session_per_request_under_uvicorn(server: Server, engine: Any) -> 
     finished: list = []
     with _Uvicorn(_asgi_app(server, finished)) as base:
         async def client() -> list:
-            async with httpx.AsyncClient() as c:
+            async with httpx.AsyncClient(timeout=60) as c:  # the pure engine on a loaded machine: slow, not stuck
                 rs = await asyncio.gather(*(c.get(f"{base}/work/{i}", headers={"traceparent": TRACEPARENT}) for i in range(N)))
                 streamed = await c.get(f"{base}/stream")
             return [r.json() for r in rs] + [streamed.text]
