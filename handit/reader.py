@@ -236,7 +236,7 @@ class TraceBuilder:
                     else:
                         z, pos = read_uvarint(data, pos - 1)
                 ts += (z >> 1) ^ -(z & 1)
-                if ts > next_link:  # an HTTP request made before this record: its parent is running now
+                if ts > next_link and kind < 8:  # an HTTP request made before this record: its parent is running now
                     yield from self._link_until(ident, stack, ts)
                     next_link = waiting[0][0]["t0_ns"] if waiting else _NEVER
 
@@ -349,12 +349,27 @@ class TraceBuilder:
                 elif kind == PAUSE:  # the generator on top was suspended this long, and runs again
                     key, pos = read_uvarint(data, pos)
                     ns, pos = read_uvarint(data, pos)
+                    if ts > next_link:  # requests made before the pause, then while it was suspended
+                        yield from self._link_until(ident, stack, ts - ns)
+                        top = pop() if stack and stack[-1][3] == key else None
+                        yield from self._link_until(ident, stack, ts)
+                        if top is not None:
+                            push(top)
+                        next_link = waiting[0][0]["t0_ns"] if waiting else _NEVER
                     if stack and stack[-1][3] == key:
                         stack[-1][4] += ns
                 elif kind == STEP:  # a suspended generator ran this long (to now) and is suspended again
                     key, pos = read_uvarint(data, pos)
                     ns, pos = read_uvarint(data, pos)
                     got = stash.pop(key, None)
+                    if ts > next_link:  # requests made before the step, then by the generator while it ran
+                        yield from self._link_until(ident, stack, ts - ns)
+                        if got is not None:
+                            push(got[0])
+                        yield from self._link_until(ident, stack, ts)
+                        if got is not None:
+                            pop()
+                        next_link = waiting[0][0]["t0_ns"] if waiting else _NEVER
                     if got is not None:
                         got[0][4] += ts - ns - got[1]
                         stash[key] = (got[0], ts)
