@@ -349,12 +349,8 @@ class TraceBuilder:
                 elif kind == PAUSE:  # the generator on top was suspended this long, and runs again
                     key, pos = read_uvarint(data, pos)
                     ns, pos = read_uvarint(data, pos)
-                    if ts > next_link:  # requests made before the pause, then while it was suspended
-                        yield from self._link_until(ident, stack, ts - ns)
-                        top = pop() if stack and stack[-1][3] == key else None
+                    if ts > next_link:  # requests made before it: the stack as it is
                         yield from self._link_until(ident, stack, ts)
-                        if top is not None:
-                            push(top)
                         next_link = waiting[0][0]["t0_ns"] if waiting else _NEVER
                     if stack and stack[-1][3] == key:
                         stack[-1][4] += ns
@@ -362,8 +358,9 @@ class TraceBuilder:
                     key, pos = read_uvarint(data, pos)
                     ns, pos = read_uvarint(data, pos)
                     got = stash.pop(key, None)
-                    if ts > next_link:  # requests made before the step, then by the generator while it ran
-                        yield from self._link_until(ident, stack, ts - ns)
+                    if ts > next_link:
+                        # folded steps keep their total time, not their windows: a request made
+                        # since the previous record is taken to be the stepped generator's
                         if got is not None:
                             push(got[0])
                         yield from self._link_until(ident, stack, ts)
