@@ -264,6 +264,7 @@ def test_exit_statuses(tmp_path: Path, agent_traces: dict[str, Path]) -> None:
     """130 after Ctrl-C (the trace still written), 1 on a broken pipe, 2 on bad options."""
     _write(tmp_path / "interrupted.py", """
         import os, signal, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # (ignored in a run started in the background)
         def work(n):
             return n
         work(1)

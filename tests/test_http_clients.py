@@ -300,9 +300,10 @@ def test_example_agent_records_its_http_calls(tmp_path: Any) -> None:
     import subprocess
     import sys
 
-    from conftest import HANDIT_HOME, child_env
+    from conftest import child_env
 
-    agent = os.path.join(HANDIT_HOME, "examples", "agent.py")
+    # the checkout's example (the handit under test may be installed, without examples/)
+    agent = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "agent.py")
     run = subprocess.run([sys.executable, "-m", "handit", "run", "--no-summary", "-o", "agent.jsonl", agent],
                          env=child_env(), capture_output=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr

@@ -72,7 +72,12 @@ PROGRAM = textwrap.dedent(
 INTERRUPT = textwrap.dedent(
     """
     import os
+    import signal
     import handit
+
+    # a run started in the background inherits SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: this program is interrupted as from a terminal
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     class Boom:
         def __repr__(self):
