@@ -4,6 +4,9 @@ exceptions and HTTP calls — into sessions, with little overhead and no secret 
 Importing handit only defines names: each public name's module is imported on first use
 (PEP 562), and nothing is installed (no exit, fork or signal hook) until the first session
 starts (see :mod:`handit.lifecycle`).
+
+PYTEST_DONT_REWRITE: handit ships a pytest plugin, so pytest would rewrite its assertions
+and warn that handit was imported first (it is, under ``handit run -m pytest``).
 """
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing alone costs ~15 ms
 

@@ -399,3 +399,16 @@ def test_long_tests_keep_little_in_memory(project: pytest.Pytester) -> None:
     section = section_of(result.stdout.str(), "test_long.py::test_long_then_fails")
     assert "├─ unrelated(n=29999) → 30000  (the last of" in section
     assert "└─ check(discount=99) raised ValueError: discount 99% too large" in section
+
+
+def test_handit_run_of_pytest_adds_no_warning(tmp_path) -> None:
+    """`handit run -m pytest` imports handit before pytest loads handit's plugin: pytest must not warn
+    that it cannot rewrite handit (a warning changed the outcome line of real suites)."""
+    import subprocess
+
+    (tmp_path / "test_a.py").write_text("def test_a():\n    assert 1\n")
+    r = subprocess.run([sys.executable, "-m", "handit", "run", "--no-summary", "-o", "t.handit", "-m", "pytest", "-q",
+                        "-p", "no:cacheprovider", "-W", "error", "test_a.py"],
+                       cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 passed" in r.stdout and "warning" not in r.stdout, r.stdout
