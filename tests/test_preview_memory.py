@@ -17,6 +17,8 @@ import tracemalloc
 import weakref
 from pathlib import Path
 
+import pytest
+
 import handit
 from conftest import child_env
 
@@ -145,6 +147,7 @@ BLOCKS_ON_THEIR_WAY = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # once per CI run: under a loaded 2-core machine 3.10's profile source kept 442 KB
 def test_blocks_on_their_way_to_the_trace_file_stay_small(engine, tmp_path):
     # What more-itertools' test_repeated_zero_cache_peek_has_bounded_memory measures: all of
     # the traced memory, the drain's included, after 20,000 calls with previews. Blocks are
