@@ -268,6 +268,55 @@ def test_hostile_previews_and_the_session_picker(browser: Browser, tmp_path: Pat
     assert browser.console_errors() == []
 
 
+CHILD_PROGRAM = textwrap.dedent("""
+    import os
+
+    def child_work(n):
+        return sum(square(i) for i in range(n))
+
+    def square(i):
+        return i * i
+
+    def spawn():
+        pid = os.fork()
+        if pid == 0:
+            child_work(5)
+            os._exit(0)
+        os.waitpid(pid, 0)
+
+    spawn()
+    square(3)
+""")
+
+
+def test_each_process_is_a_group_of_its_own(browser: Browser, tmp_path: Path, artifacts: Path) -> None:
+    trace = trace_of(tmp_path, CHILD_PROGRAM, name="family.py")
+    open_page(browser, tmp_path, trace)
+    events = read_trace(str(trace))
+    pids = {e["session_id"]: e["pid"] for e in events if e["type"] == "session_start"}
+    parent_pid, child_pid = sorted(set(pids.values()), key=lambda pid: min(
+        e["ts_ns"] for e in events if e["type"] == "session_start" and e["pid"] == pid))
+    groups = browser.evaluate("handitViewer.processes()")
+    assert [g["pid"] for g in groups] == sorted([parent_pid, child_pid])
+    child = next(g for g in groups if g["pid"] == child_pid)
+    assert f"process {child_pid}" in child["label"] and f"child of {parent_pid}" in child["label"]
+    assert "6 calls" in child["label"]  # child_work and five squares
+    # folding the child's process hides its tracks; revealing one of its calls unfolds it
+    before = browser.evaluate("handitViewer.frame()")
+    tracks = browser.evaluate("handitViewer.tracks()")
+    in_child = [i for i, t in enumerate(tracks) if pids.get(t["session"]) == child_pid]
+    assert in_child and sum(before["rects"][i] + before["aggregated"][i] for i in in_child) > 0
+    browser.evaluate(f"handitViewer.toggleProcess({child_pid})")
+    folded = browser.evaluate("handitViewer.frame()")
+    assert sum(folded["rects"][i] + folded["aggregated"][i] for i in in_child) == 0
+    assert next(g for g in browser.evaluate("handitViewer.processes()") if g["pid"] == child_pid)["collapsed"]
+    text = click_call(browser, "child_work")
+    assert "n\n5" in text or "n 5" in text
+    assert not next(g for g in browser.evaluate("handitViewer.processes()") if g["pid"] == child_pid)["collapsed"]
+    browser.screenshot(str(artifacts / "processes.png"))
+    assert browser.console_errors() == []
+
+
 def test_million_calls(browser: Browser, tmp_path: Path, artifacts: Path) -> None:
     trace = trace_of(tmp_path, MILLION_PROGRAM, name="million.py")
     seconds = open_page(browser, tmp_path, trace)

@@ -5,7 +5,7 @@
   const t_start = performance.now();
   const $ = (id) => document.getElementById(id);
   const META = JSON.parse($('meta').textContent);
-  const RULER_H = 22, HEAD_H = 18, ROW_H = 17, HTTP_H = 15, MIN_LABEL = 26;
+  const RULER_H = 22, PROC_H = 20, HEAD_H = 18, ROW_H = 17, HTTP_H = 15, MIN_LABEL = 26;
   const F_RAISED = 1, F_INCOMPLETE = 2, F_ABANDONED = 4, F_SUSPENDABLE = 8;
   const SEP = '\x01';
   const api = { ready: false, error: null };
@@ -135,10 +135,43 @@
   http.forEach((h, i) => { h.index = i; if (tracks[h.track]) tracks[h.track].http.push(h); });
   const view = { t0: 0, t1: 1, scrollY: 0, session: '' };
   let selected = -1, selectedHttp = -1, matchCodes = null, matchList = null, matchPos = -1;
-  let layout = [], contentH = 0, dirty = true, themeColors = null;
+  let layout = [], groups = [], contentH = 0, dirty = true, themeColors = null;
+  const processes = processTable(), collapsedPids = new Set();
   const canvas = $('canvas'), ctx = canvas.getContext('2d');
   let W = 0, H = 0, dpr = 1;
   const lastFrame = { rects: [], aggregated: [] };
+
+  function pidOf(tr) { const s = sessionById.get(tr.session); return s && s.pid != null ? s.pid : null; }
+
+  // one group per process: its header says which process it is, what started it and how much it did
+  function processTable() {
+    const byPid = new Map(), pidOfSession = new Map(sessions.map((s) => [s.id, s.pid != null ? s.pid : null]));
+    for (const s of sessions) {
+      const pid = s.pid != null ? s.pid : null;
+      let p = byPid.get(pid);
+      if (!p) byPid.set(pid, p = { pid, tag: s.tag, sessions: 0, threads: new Set(), calls: 0, parentPid: null });
+      p.sessions++;
+      const up = s.parent != null ? pidOfSession.get(s.parent) : undefined;
+      if (up != null && up !== pid && p.parentPid == null) p.parentPid = up;
+    }
+    for (const tr of tracks) {
+      const p = byPid.get(pidOf(tr));
+      if (!p) continue;
+      p.calls += tr.calls || 0;
+      if (tr.kind === 'thread') p.threads.add(tr.thread);
+    }
+    return byPid;
+  }
+
+  function processLabel(pid) {
+    const p = processes.get(pid) || { tag: null, sessions: 0, threads: new Set(), calls: 0, parentPid: null };
+    const parts = [pid != null ? 'process ' + pid : 'process ?'];
+    if (p.tag != null) parts.push(String(p.tag));
+    if (p.parentPid != null) parts.push('child of ' + p.parentPid);
+    parts.push(plural(p.sessions, 'session'), plural(p.threads.size, 'thread'), plural(p.calls, 'call'));
+    return parts.join('  ·  ');
+  }
+  function plural(n, word) { return fmtInt(n) + ' ' + word + (n === 1 ? '' : 's'); }
 
   function trackLabel(tr) {
     const s = sessionById.get(tr.session) || {};
@@ -160,9 +193,12 @@
   }
 
   function relayout() {
-    layout = [];
+    layout = []; groups = [];
     let y = 0;
     for (const tr of visibleTracks()) {
+      const pid = pidOf(tr);
+      if (!groups.length || groups[groups.length - 1].pid !== pid) { groups.push({ pid, y }); y += PROC_H; }
+      if (collapsedPids.has(pid)) continue;
       const item = { track: tr, y, httpY: -1, rowsY: 0, h: HEAD_H };
       y += HEAD_H;
       if (!tr.collapsed) {
@@ -264,6 +300,16 @@
     const rects = new Array(tracks.length).fill(0), aggregated = new Array(tracks.length).fill(0);
     const top = RULER_H - view.scrollY;
     let selBox = null;
+    ctx.font = 'bold 11px system-ui, -apple-system, "Segoe UI", Roboto, sans-serif';
+    for (const g of groups) {
+      const y0 = top + g.y;
+      if (y0 > H || y0 + PROC_H < RULER_H) continue;
+      ctx.fillStyle = C.ruler; ctx.fillRect(0, y0, W, PROC_H);
+      ctx.fillStyle = C.line; ctx.fillRect(0, y0 + PROC_H - 1, W, 1);
+      ctx.fillStyle = C.fg;
+      ctx.fillText((collapsedPids.has(g.pid) ? '▸ ' : '▾ ') + processLabel(g.pid), 6, y0 + PROC_H / 2);
+    }
+    ctx.font = '11px system-ui, -apple-system, "Segoe UI", Roboto, sans-serif';
     for (const item of layout) {
       const y0 = top + item.y;
       if (y0 > H || y0 + item.h < RULER_H) continue;
@@ -358,6 +404,7 @@
   function hit(x, y) {
     const cy = y - RULER_H + view.scrollY;
     if (y < RULER_H) return { ruler: true };
+    for (const g of groups) if (cy >= g.y && cy < g.y + PROC_H) return { process: g.pid };
     for (const item of layout) {
       if (cy < item.y || cy >= item.y + item.h) continue;
       const tr = item.track;
@@ -401,9 +448,14 @@
     for (const item of layout) if (item.track.index === D.track[i]) return item.track.collapsed ? -1 : item.rowsY + D.depth[i] * ROW_H;
     return -1;
   }
+  function toggleProcess(pid) {
+    if (collapsedPids.has(pid)) collapsedPids.delete(pid); else collapsedPids.add(pid);
+    relayout(); redraw();
+  }
   function reveal(i) {
     const tr = tracks[D.track[i]];
     if (view.session && tr.session !== view.session) setSession('');
+    if (collapsedPids.delete(pidOf(tr))) relayout();
     if (tr.collapsed) { tr.collapsed = false; relayout(); }
     const y = rowY(i), vh = H - RULER_H;
     if (y >= 0 && (y < view.scrollY || y + ROW_H > view.scrollY + vh)) { view.scrollY = y - vh / 3; clampScroll(); }
@@ -714,6 +766,7 @@
       if (h.call != null) select(h.call, { reveal: false });
       else if (h.http) { selectedHttp = h.http.index; selected = -1; showHttp(h.http); redraw(); }
       else if (h.header) { h.header.collapsed = !h.header.collapsed; relayout(); redraw(); }
+      else if ('process' in h) { toggleProcess(h.process); }
     });
     canvas.addEventListener('dblclick', (e) => {
       const r = canvas.getBoundingClientRect(), h = hit(e.clientX - r.left, e.clientY - r.top);
@@ -848,6 +901,8 @@
     dirty = false; draw();
     Object.assign(api, {
       ready: true, loadMs: performance.now() - t_start, calls: D.n,
+      processes: () => groups.map((g) => ({ pid: g.pid, label: processLabel(g.pid), collapsed: collapsedPids.has(g.pid), y: g.y })),
+      toggleProcess: (pid) => { toggleProcess(pid); draw(); },
       tracks: () => tracks.map((t) => ({ label: trackLabel(t), session: t.session, kind: t.kind, name: t.name, thread: t.thread, task: t.task, calls: t.calls, depth: t.depth, http: t.http.length })),
       frame: () => { draw(); return { rects: lastFrame.rects.slice(), aggregated: lastFrame.aggregated.slice() }; },
       view: () => ({ t0: view.t0, t1: view.t1, scrollY: view.scrollY, session: view.session, selected, width: W, height: H }),
