@@ -143,6 +143,12 @@ def test_view_writes_one_self_contained_private_page(tmp_path: Path) -> None:
     # the folded tree of `handit show`: five leaf(i) calls under branch(n=5), none folded (different args)
     roots = meta["tree"][0]["children"]
     module = next(n for n in roots if n["func"] == "<module>")
+    # threads by their names, as handit show names them: the session's own thread first and unlabelled
+    first = meta["sessions"][0]["id"]
+    threads = sorted((t for t in meta["tracks"] if t["session"] == first and t["kind"] == "thread"), key=lambda t: t["order"])
+    assert [t["name"] for t in threads] == ["MainThread", "Thread-1 (work)"]
+    assert roots[0] is module and "thread" not in module
+    assert [n.get("thread") for n in roots if n["func"] == "work"] == ["Thread-1 (work)"]
     branch5 = next(n for n in module["children"] if n["func"] == "branch")
     assert [n["func"] for n in branch5["children"]] == ["leaf"] * 5
 

@@ -114,6 +114,9 @@ class PageData:
             said = int(stats.get("dropped") or 0) if isinstance(stats, dict) else 0
             s["dropped"] = max(s["dropped"], said)  # the end's count, or the gaps' when it has none
             s["incomplete"] = bool(event.get("incomplete"))
+            names = event.get("threads")
+            if isinstance(names, dict):
+                s["_names"] = {str(k): str(v) for k, v in names.items()}
             self._folded.add(event)
         elif kind in ("http_request", "http_response"):
             self._http_event(event)
@@ -129,7 +132,7 @@ class PageData:
                                        "parent": None, "attrs": {}, "dropped": 0, "calls": 0}
         if e.get("type") == "session_start":
             s.update(tag=e.get("tag"), pid=e.get("pid"), t0=e.get("ts_ns"), parent=e.get("parent_session_id"),
-                     attrs=e.get("attrs") if isinstance(e.get("attrs"), dict) else {})
+                     attrs=e.get("attrs") if isinstance(e.get("attrs"), dict) else {}, _thread=e.get("thread"))
         return s
 
     def _string(self, text: str) -> int:
@@ -285,12 +288,18 @@ class PageData:
         for info in self._track_info:
             item = {k: v for k, v in info.items() if k != "_sid"}
             item["thread"] = str(item["thread"])  # idents pass 2**53: JSON numbers would round them
+            session = self._sessions.get(info["_sid"]) or {}
+            name = (session.get("_names") or {}).get(item["thread"])
+            if item["kind"] == "thread" and name:
+                item["name"] = name  # the thread's own name, from its session's end
+            if item["kind"] == "thread" and info["thread"] is not None and info["thread"] == session.get("_thread"):
+                item["order"] = 0  # the thread that started the session comes first
             out.append(item)
         return out
 
     @staticmethod
     def _session_meta(s: dict[str, Any], base: int) -> dict[str, Any]:
-        item = dict(s)
+        item = {k: v for k, v in s.items() if not k.startswith("_")}
         for name in ("t0", "t1"):
             item[name] = item[name] - base if isinstance(item[name], int) else None
         item["attrs"] = {str(k): str(v) for k, v in item["attrs"].items()}
@@ -321,7 +330,15 @@ class PageData:
         """The folded call tree of ``handit show`` (repeats folded), as nested JSON."""
         out = []
         for root in self._folded.roots.values():
-            out.append({"session": root.session_id, "tag": root.tag, **_parent_meta(root)})
+            root.children.sort(key=lambda node: node.t0)  # as handit show orders them: threads interleaved as they ran
+            item = {"session": root.session_id, "tag": root.tag, **_parent_meta(root)}
+            for node, child in zip(root.children, item["children"]):
+                label = root.thread_label(node.thread) if node.thread is not None else ""
+                if label:
+                    child["thread"] = label  # as handit show labels it: "" for the session's own thread
+                else:
+                    child.pop("thread", None)
+            out.append(item)
         return out
 
 

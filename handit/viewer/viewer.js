@@ -629,7 +629,7 @@
     if (n.count) line.append(el('span', { class: 'count' }, '  ×' + fmtInt(n.count)));
     if (n.dt != null) line.append(el('span', { class: 'dim' }, '  ' + fmtNs(n.dt) + (n.count ? ' total' : '')));
     if (n.same) line.append(el('span', { class: 'dim' }, '  (' + fmtInt(n.same) + ' calls below, as above)'));
-    if (n.thread) line.append(el('span', { class: 'dim' }, '  [thread ' + n.thread + ']'));
+    if (n.thread) line.append(el('span', { class: 'dim' }, '  [' + n.thread + ']'));
     if (n.flag) line.append(el('span', { class: 'dim' }, '  (' + ({ open: 'no return recorded', incomplete: 'unfinished at session end', abandoned: 'never resumed' }[n.flag] || n.flag) + ')'));
     return line;
   }
