@@ -174,7 +174,7 @@ def _resync(f: object, start: int, report: FrameReport) -> int | None:
 
 def iter_frames(
     path: str, *, progress: Callable[[int, int], None] | None = None, report: FrameReport | None = None,
-    only: bytes | None = None,
+    only: bytes | None = None, start: int = 0,
 ) -> Iterator[tuple[bytes, bytes, bytes]]:
     """Stream the intact frames of a .handit file, reading it in chunks.
 
@@ -191,6 +191,8 @@ def iter_frames(
             about here as one :class:`TraceFileWarning`.
         only: frame types wanted (e.g. ``b"SEF"``); frames of other types whose header
             checks are stepped over unread (their payload is neither read nor checked).
+        start: the offset of a frame of the current format version to begin at (e.g. a
+            size the file had: writers append whole frames); the bytes before it are not read.
     Yields:
         ``(type, stream_id, payload)`` of every intact frame, unknown types too.
     Raises:
@@ -202,6 +204,8 @@ def iter_frames(
         total = os.fstat(f.fileno()).st_size
         version = read_version(f.read(len(MAGIC)), path)
         pos = len(MAGIC)
+        if start > pos:
+            version, pos = _VERSIONS[MAGIC], start
         next_report = PROGRESS_STEP
         seek, read = f.seek, f.read
         while True:

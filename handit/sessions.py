@@ -124,6 +124,7 @@ class Session:
         self._spill: Any = None
         self._spill_index: list[tuple[int, int]] = []
         self._in_file: str | None = None  # blocks past the memory bound are read back from this trace file
+        self._in_file_from = 0  # the file's size before this session's first block was written
         self._fold: Any = None  # handit.blocks.Fold, made at start for the engine in use
         self._descendants: Any = None  # Stats of the finished sessions started inside this one
         self._extra: list[dict[str, Any]] = []
@@ -169,9 +170,12 @@ class Session:
         # a trace file this session writes holds the blocks from the first: no copy in memory
         # (under tracemalloc, kept blocks were the program's memory: more-itertools'
         # test_repeated_zero_cache_peek_has_bounded_memory saw ~1 MB of them)
-        path = next((s.path for s in self._sinks if getattr(s, "fmt", "") == "handit"), None)
-        if path is not None:
-            self._in_file = path
+        sink = next((s for s in self._sinks if getattr(s, "fmt", "") == "handit"), None)
+        if sink is not None:
+            self._in_file = sink.path
+            # its blocks are written from here on: reading them back skips the earlier sessions
+            # (a failed test after a 400 MB one read the whole file, ~1 s)
+            self._in_file_from = sink.writer.end_offset()
             self._blocks.clear()
             self._mem = 0
             return
@@ -199,7 +203,7 @@ class Session:
             for sink in self._sinks:
                 if getattr(sink, "fmt", "") == "handit":
                     sink.writer.flush()
-            yield from iter_session_blocks(self._in_file, self.id)
+            yield from iter_session_blocks(self._in_file, self.id, self._in_file_from)
             return
         yield from self._blocks
         if self._spill is not None:

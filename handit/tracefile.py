@@ -221,6 +221,12 @@ class TraceFileWriter:
             return
         self._frame(b"J", data)
 
+    def end_offset(self) -> int:
+        """The file's size now: every frame this writer writes later starts at or after it
+        (writes hold whole frames; taken under the writer's lock, so never inside one of its writes)."""
+        with self._lock:
+            return os.fstat(self._fd).st_size if self._fd is not None else 0
+
     def flush(self, timeout: float | None = None) -> None:
         """Write what is buffered.
 
@@ -390,17 +396,19 @@ def _ns(value: Any) -> int | None:
     return value if type(value) is int else None
 
 
-def iter_session_blocks(path: str, session_id: str) -> Iterator[bytes]:
+def iter_session_blocks(path: str, session_id: str, start: int = 0) -> Iterator[bytes]:
     """The encoded blocks of one session in a .handit file, in order (no decoding).
 
     Args:
         path: the trace file.
         session_id: the session's UUID.
+        start: a file offset before the session's first block
+            (:meth:`TraceFileWriter.end_offset` when it began): earlier frames are not read.
     Yields:
         blocks.
     """
     raw = uuid.UUID(session_id).bytes
-    for ftype, _, payload in iter_frames(path):
+    for ftype, _, payload in iter_frames(path, only=b"B", start=start):
         if ftype == b"B" and payload[:16] == raw:
             yield payload[16:]
 

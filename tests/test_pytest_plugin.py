@@ -387,7 +387,16 @@ def test_long_tests_keep_little_in_memory(project: pytest.Pytester) -> None:
                 tracemalloc.stop()
             assert retained < 256 * 1024
 
-        def test_long_then_fails():
+        @pytest.fixture
+        def earlier_bytes_zeroed():
+            """Bytes of the earlier tests' sessions overwritten: reading them would warn."""
+            path = os.path.join(".handit", "pytest-main.handit")
+            size = os.path.getsize(path)
+            with open(path, "r+b") as f:
+                f.seek(size // 2)
+                f.write(bytes(min(4096, size // 4)))
+
+        def test_long_then_fails(earlier_bytes_zeroed):
             for i in range(30_000):
                 unrelated(i)
             check(99)
@@ -399,6 +408,36 @@ def test_long_tests_keep_little_in_memory(project: pytest.Pytester) -> None:
     section = section_of(result.stdout.str(), "test_long.py::test_long_then_fails")
     assert "├─ unrelated(n=29999) → 30000  (the last of" in section
     assert "└─ check(discount=99) raised ValueError: discount 99% too large" in section
+    assert "TraceFileWarning" not in result.stdout.str()  # its tree was read from where its session began
+
+
+def step(i: int) -> int:
+    return i
+
+
+def test_a_session_read_back_skips_the_earlier_ones(engine: tuple[str, str], tmp_path) -> None:
+    """A session whose blocks are only in its trace file (a test's, past 64 KiB) is read from
+    where it began: the earlier sessions' bytes, damaged here, are not read (they would warn)."""
+    import handit
+    from handit.tracefile import TraceFileWarning
+
+    path = tmp_path / "t.handit"
+    handit.configure(output_file=str(path), capture="timing")
+    with handit.session("earlier"):
+        for i in range(20_000):
+            step(i)
+    size = path.stat().st_size
+    assert size > 100_000
+    with open(path, "r+b") as f:
+        f.seek(size // 2)
+        f.write(bytes(4096))
+    with handit.session("failed") as failed:
+        for i in range(3):
+            step(i)
+    assert failed._blocks == [] and failed._spill is None  # only in the file
+    assert [e["func"] for e in failed.events if e["type"] == "call"] == ["step"] * 3
+    with pytest.warns(TraceFileWarning, match="damaged"):  # the whole file, read from its start
+        read_trace(str(path))
 
 
 def test_handit_run_of_pytest_adds_no_warning(tmp_path) -> None:
