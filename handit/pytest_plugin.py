@@ -86,6 +86,14 @@ def _shown_path(path: str) -> str:
     return path if rel.startswith(os.pardir) else rel
 
 
+def _raised_by(item: pytest.Item, call: pytest.CallInfo[None]) -> tuple[str, str, str] | None:
+    """``(test function, exception type, message)`` when the test function itself raised."""
+    if call.when != "call" or call.excinfo is None:
+        return None
+    exc = call.excinfo.value
+    return getattr(item, "originalname", item.name), type(exc).__qualname__, str(exc)
+
+
 class _Trace:
     """One test's session and how it is run."""
 
@@ -221,7 +229,7 @@ class HanditPlugin:
         report = outcome.get_result()
         if report.failed or (self.show == "all" and report.when == "call"):
             try:
-                self._attach(report, trace.session)
+                self._attach(report, trace.session, _raised_by(item, call))
             except Exception as exc:
                 self.problems.append(f"no call tree for {item.nodeid}: {exc!r}")
 
@@ -276,12 +284,15 @@ class HanditPlugin:
         except Exception as exc:
             self.problems.append(f"session of {nodeid} not finished: {exc!r}")
 
-    def _attach(self, report: pytest.TestReport, session: Any) -> None:
+    def _attach(self, report: pytest.TestReport, session: Any, raised: tuple[str, str, str] | None) -> None:
         from .renderers.failure import build_calls, render_failure, render_tree
 
         width = max(self.config.get_terminal_writer().fullwidth, 100)
         events = session.iter_calls()  # not kept: a test may make millions of calls
-        tree = render_failure(events, width=width) if report.failed else render_tree(build_calls(events), width=width)
+        if report.failed:
+            tree = render_failure(events, width=width, test_raised=raised)
+        else:
+            tree = render_tree(build_calls(events), width=width)
         calls = session.stats["calls"] if session.t1_ns is not None else session.fold()["counts"].get("calls", 0)
         head = (f"{calls:,} call{'s' if calls != 1 else ''} traced in {report.nodeid} ({report.when}); "
                 f"all of them: handit show {_shown_path(self.path)} --session {session.id[:8]}")

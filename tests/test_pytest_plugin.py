@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import re
 import stat
@@ -118,8 +119,12 @@ def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytes
     return pytester
 
 
+ASYNCIO = ["-o", "asyncio_default_fixture_loop_scope=function"] if importlib.util.find_spec("pytest_asyncio") else []
+"""pytest-asyncio (the test extra) warns at every start while this setting is unset (an unknown setting without it)."""
+
+
 def run(project: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return project.runpytest_subprocess(*_plugin_args(), "-p", "no:cacheprovider", *args, timeout=120)
+    return project.runpytest_subprocess(*_plugin_args(), "-p", "no:cacheprovider", *ASYNCIO, *args, timeout=120)
 
 
 def section_of(output: str, test: str) -> str:
@@ -219,7 +224,7 @@ def test_show_all_and_none(project: pytest.Pytester) -> None:
 def test_ini_setting_turns_it_on(project: pytest.Pytester) -> None:
     project.makeini("[pytest]\nhandit = true\n")
     # loaded by name as well as by its entry point (named after the module): registered once
-    result = project.runpytest_subprocess("-p", "handit.pytest_plugin", "-p", "no:cacheprovider", timeout=120)
+    result = project.runpytest_subprocess("-p", "handit.pytest_plugin", "-p", "no:cacheprovider", *ASYNCIO, timeout=120)
     result.assert_outcomes(**OUTCOMES)
     assert "traced in test_cart.py::test_raises_deep" in result.stdout.str()
 
@@ -307,7 +312,7 @@ def test_pdb(project: pytest.Pytester) -> None:
 
 
 def test_async_tests(project: pytest.Pytester) -> None:
-    pytest.importorskip("pytest_asyncio")
+    pytest.importorskip("pytest_asyncio")  # in the test extra: CI runs this
     project.makepyfile(test_async='''
         import asyncio
         import pytest
@@ -323,7 +328,7 @@ def test_async_tests(project: pytest.Pytester) -> None:
             assert await fetch(1) == 1
             await asyncio.gather(fetch(2), fetch(80))
     ''')
-    result = run(project, "--handit", "test_async.py", "-o", "asyncio_default_fixture_loop_scope=function")
+    result = run(project, "--handit", "test_async.py")
     result.assert_outcomes(failed=1)
     section = section_of(result.stdout.str(), "test_async.py::test_async_fails")
     assert "fetch(n=1) → 1" in section
@@ -446,8 +451,31 @@ def test_handit_run_of_pytest_adds_no_warning(tmp_path) -> None:
     import subprocess
 
     (tmp_path / "test_a.py").write_text("def test_a():\n    assert 1\n")
+    # (-p no:asyncio: pytest-asyncio's warning about its unset loop scope would be an error here)
     r = subprocess.run([sys.executable, "-m", "handit", "run", "--no-summary", "-o", "t.handit", "-m", "pytest", "-q",
-                        "-p", "no:cacheprovider", "-W", "error", "test_a.py"],
+                        "-p", "no:cacheprovider", "-p", "no:asyncio", "-W", "error", "test_a.py"],
                        cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "1 passed" in r.stdout and "warning" not in r.stdout, r.stdout
+
+
+def test_the_test_is_shown_raising_what_pytest_saw() -> None:
+    """Before 3.12 a coroutine whose await raised is recorded as suspended: the failure section
+    still starts at the test, raising what pytest reported, with the calls it made."""
+    from handit.renderers.failure import render_failure
+
+    events = [
+        {"type": "call", "call_id": 1, "parent_id": None, "func": "test_async_fails", "module": "t", "args_preview": {}},
+        {"type": "call", "call_id": 2, "parent_id": 1, "func": "fetch", "module": "t", "args_preview": {"n": "1"}},
+        {"type": "return", "call_id": 2, "dt_ns": 10, "locals_preview": {"return": "1"}},
+        {"type": "call", "call_id": 3, "parent_id": None, "func": "fetch", "module": "t", "args_preview": {"n": "80"}},
+        {"type": "exception", "call_id": 3, "type_name": "ValueError", "message": "too large"},
+        {"type": "return", "call_id": 3, "dt_ns": 10, "raised": True},
+        {"type": "return", "call_id": 1, "dt_ns": 99, "suspended_ns": 50, "locals_preview": {}},  # as a suspension
+    ]
+    plain = render_failure(events).splitlines()
+    assert plain[0].startswith("fetch(n=80) raised ValueError")
+    lines = render_failure(events, test_raised=("test_async_fails", "ValueError", "too large")).splitlines()
+    assert lines[:3] == ["test_async_fails() raised ValueError: too large  [99 ns]", "├─ fetch(n=1) → 1  [10 ns]",
+                         "in another task or thread, fetch() raised it first:"]
+    assert lines[3].startswith("   fetch(n=80) raised ValueError: too large")

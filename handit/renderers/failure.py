@@ -165,7 +165,7 @@ def _runs(calls: list[Call]) -> list[tuple[Call, int, int]]:
 
 
 def render_failure(events: Iterable[dict[str, Any]], *, width: int = 120, context: int = CONTEXT,
-                   max_lines: int = MAX_LINES) -> str:
+                   max_lines: int = MAX_LINES, test_raised: tuple[str, str, str] | None = None) -> str:
     """The call tree of a failed test, cut to the branch that raised plus ``context`` calls around it.
 
     Args:
@@ -173,12 +173,18 @@ def render_failure(events: Iterable[dict[str, Any]], *, width: int = 120, contex
         width: the widest line.
         context: calls shown before each call on the branch.
         max_lines: most lines; a deeper branch keeps its top and its bottom.
+        test_raised: ``(function name, exception type, message)`` pytest saw the test raise:
+            the first root call of that function is shown raising it if its records do not say
+            so (before 3.12 an exception leaving a coroutine at an ``await`` reaches the profile
+            function as a suspension does, so the test's coroutine is recorded as suspended).
     Returns:
         the tree as lines of text ("" if nothing was recorded).
     """
     roots = build_calls(events)
     if not roots:
         return ""
+    if test_raised is not None:
+        _mark_raised(roots, *test_raised)
     branch = failure_branch(roots)
     if not branch:
         return render_tree(roots, width=width, max_lines=max_lines)
@@ -193,6 +199,12 @@ def render_failure(events: Iterable[dict[str, Any]], *, width: int = 120, contex
         keep = max_lines // 2
         lines = lines[:keep] + [f"… {len(lines) - 2 * keep + 1} lines", *lines[-keep + 1:]]
     return "\n".join(lines)
+
+
+def _mark_raised(roots: list[Call], func: str, kind: str, message: str) -> None:
+    test = next((c for c in roots if c.func.rsplit(".", 1)[-1] == func), None)
+    if test is not None and not _raised(test):
+        test.raised, test.exc = True, (kind, message)
 
 
 def _branch_lines(branch: list[Call], roots: list[Call], width: int, context: int) -> list[str]:
