@@ -91,7 +91,11 @@ def _raised_by(item: pytest.Item, call: pytest.CallInfo[None]) -> tuple[str, str
     if call.when != "call" or call.excinfo is None:
         return None
     exc = call.excinfo.value
-    return getattr(item, "originalname", item.name), type(exc).__qualname__, str(exc)
+    try:
+        message = str(exc)
+    except Exception:  # a failing __str__ costs the message, not the tree
+        message = ""
+    return getattr(item, "originalname", item.name), type(exc).__qualname__, message
 
 
 class _Trace:
