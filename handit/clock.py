@@ -5,6 +5,7 @@ import time
 from typing import Callable
 
 
+REFINE_EVERY_NS = 5_000_000  # drains closer together than this keep the scale they have
 _scales: dict = {}  # per clock: the scale measured by the first calibration in this process
 
 
@@ -39,12 +40,13 @@ class Calibration:
     the baseline grows.
     """
 
-    __slots__ = ("read_ticks", "ticks0", "mono0", "epoch0", "scale", "exact")
+    __slots__ = ("read_ticks", "ticks0", "mono0", "epoch0", "scale", "exact", "refined")
 
     def __init__(self, read_ticks: Callable[[], int], exact: bool) -> None:
         self.read_ticks = read_ticks
         self.exact = exact  # ticks are already nanoseconds
         self.ticks0, self.mono0, self.epoch0 = _read_together(read_ticks)
+        self.refined = self.mono0 - REFINE_EVERY_NS  # the first refine() always reads
         self.scale = 1.0
         if not exact and read_ticks in _scales:
             self.scale = _scales[read_ticks]
@@ -64,7 +66,12 @@ class Calibration:
         """
         if self.exact:
             return
+        # once per REFINE_EVERY_NS at most: a session per request drains at every stop, and
+        # the scale barely moves between drains (the baseline only grows)
+        if time.perf_counter_ns() - self.refined < REFINE_EVERY_NS:
+            return
         ticks, mono, _ = _read_together(self.read_ticks)
+        self.refined = mono
         dt = mono - self.mono0
         if dt > min_baseline_ns and ticks > self.ticks0:
             self.scale = (ticks - self.ticks0) / dt

@@ -8,12 +8,18 @@ carries its ``pid``. Three ways in, all off with ``HANDIT_CHILDREN=0``:
   session that was current in the forking thread. Only a fork made through ``os.fork``
   counts; ``subprocess`` forks to exec at once and is handled below.
 - a new interpreter (``subprocess`` running Python, ``multiprocessing`` spawn and
-  forkserver): while a session is open, ``HANDIT_PARENT_SESSION`` in the environment
-  holds the first open session's link and the settings changed by ``configure()``
-  (never the API key); the ``handit.pth`` start-up file installed with the package
-  calls :func:`process_startup`, which starts the child's session. Without the variable
-  the start-up file imports nothing. A program that gives its child an environment of
-  its own without the variable, or a child that is not Python, is unaffected.
+  forkserver, ``os.system``, ``os.posix_spawn``): ``HANDIT_PARENT_SESSION`` in the
+  environment holds the link of the session current in the thread starting the child (the
+  first open session when that thread has none) and the settings changed by
+  ``configure()`` (never the API key). It is written when a child process is started
+  (handit wraps ``_posixsubprocess.fork_exec``, ``os.system`` and ``os.posix_spawn[p]``
+  while its engine is installed), not at every session start: a server with a session
+  per request pays nothing for it. The ``handit.pth`` start-up file installed with the
+  package calls :func:`process_startup`, which starts the child's session. Without the
+  variable the start-up file imports nothing. A child given an environment of its own
+  (``env=``) gets the link when that environment holds every variable of ``os.environ``
+  (a copy with changes, ``{**os.environ, ...}``); one without some of them, or a child that
+  is not Python, is unaffected.
 - ``multiprocessing``'s forkserver and resource tracker are helpers, not the program's
   children: they get no session; the forkserver's forks continue the parent's session.
 """
@@ -26,7 +32,12 @@ import sys
 import warnings
 from typing import Any
 
-__all__ = ["ENV", "process_startup", "sessions_closed", "sessions_opened", "stop_inherited"]
+try:
+    import _posixsubprocess  # every subprocess and multiprocessing spawn on POSIX starts through it
+except ImportError:  # Windows
+    _posixsubprocess = None  # type: ignore[assignment]
+
+__all__ = ["ENV", "process_startup", "release", "sessions_closed", "sessions_opened", "stop_inherited"]
 
 ENV = "HANDIT_PARENT_SESSION"
 """The environment variable carrying a session into child processes."""
@@ -36,12 +47,13 @@ _PATH_SETTINGS = ("output_file", "spool_dir")  # made absolute: a child may run 
 _MULTIPROCESSING_HELPERS = ("from multiprocessing.forkserver import", "from multiprocessing.resource_tracker import")
 
 _env_value: str | None = None  # what this process put in os.environ[ENV]
+_period_open = False  # a session is open (HANDIT_CHILDREN on): children started now continue it
 _settings_json: tuple[Any, str] | None = None  # (config, its settings as JSON): one config, one encoding
 _ENV_KEY = ENV.encode()
+_EAGER = _posixsubprocess is None  # the link is written at each period's start instead
 _ENV_CAP = 4096  # bytes of the link kept in handit's own environment string (longer: os.environ)
-_original_fork: Any = None
-_fork_wrapper: Any = None
-_fork_wrappers: dict[int, tuple[Any, Any]] = {}  # the wrapper made for an original, reused
+_wrapped: dict[tuple[Any, str], tuple[Any, Any]] = {}  # (module, name) -> (original, wrapper) in place
+_made: dict[tuple[Any, str], tuple[Any, Any]] = {}  # the wrappers made so far, reused
 _fork_link: dict[str, Any] | None = None  # the forkserver's: every fork continues this link
 _started = False  # process_startup has run in this process
 _continued: dict[str, Any] = {}  # parent session id -> this process's session continuing it
@@ -168,43 +180,81 @@ def _children_on(session: Any) -> bool:
 
 
 def sessions_opened(session: Any) -> None:
-    """Called by :mod:`handit.lifecycle` when the first session opens: carry it into children.
+    """Called by :mod:`handit.lifecycle` when the first session of a period opens: children
+    started from now on continue the session current where they are started.
+
+    The wrappers are put in place once per engine installation (:func:`release` removes
+    them); this only marks the period open (no environment written: see the module docstring).
 
     Args:
         session: the session being started.
     """
-    global _env_value, _original_fork, _fork_wrapper
+    global _period_open
     if not _children_on(session):
         return
-    _env_value = _link_text(session)
-    _put_env(_env_value)
-    if _fork_wrapper is None and hasattr(os, "fork"):
-        _original_fork = os.fork
-        made = _fork_wrappers.get(id(_original_fork))
-        if made is None or made[0] is not _original_fork:  # one wrapper per original, not per period
-            made = (_original_fork, _make_fork_wrapper(_original_fork))
-            _fork_wrappers.clear()
-            _fork_wrappers[id(_original_fork)] = made
-        _fork_wrapper = made[1]
-        os.fork = _fork_wrapper
+    _period_open = True
+    if not _wrapped:
+        _wrap_all()
+    if _EAGER:  # no _posixsubprocess (Windows): no wrapper sees a new process start
+        _write_link(session)
 
 
 def sessions_closed() -> None:
     """The last session stopped: children started from now on are not traced."""
-    global _env_value, _original_fork, _fork_wrapper
+    global _period_open, _env_value
+    _period_open = False
     if _env_value is not None:
         _clear_env(_env_value)
-    _env_value = None
-    if _fork_wrapper is not None and _fork_link is None:
-        if os.fork is _fork_wrapper:
-            os.fork = _original_fork
-        _original_fork = _fork_wrapper = None
+        _env_value = None
+
+
+def release() -> None:
+    """handit's engine is released: the process-start wrappers go (a wrapper someone else
+    has since replaced is left to them; the forkserver's fork wrapper stays for its life)."""
+    for (module, name), (original, wrapper) in list(_wrapped.items()):
+        if module is os and name == "fork" and _fork_link is not None:
+            continue
+        if getattr(module, name, None) is wrapper:
+            setattr(module, name, original)
+        del _wrapped[(module, name)]
+    subprocess_module = sys.modules.get("subprocess")
+    if subprocess_module is not None and _posixsubprocess is not None:
+        # subprocess imported while the wrapper was in place copied it (``from _posixsubprocess
+        # import fork_exec as _fork_exec``, 3.11+)
+        made = _made.get((_posixsubprocess, "fork_exec"))
+        if made is not None and getattr(subprocess_module, "_fork_exec", None) is made[1]:
+            subprocess_module._fork_exec = made[0]
+
+
+def _wrap_all() -> None:
+    if hasattr(os, "fork") and (os, "fork") not in _wrapped:
+        _wrap(os, "fork", _make_fork_wrapper)
+    for name, env_at in (("system", None), ("posix_spawn", 2), ("posix_spawnp", 2)):
+        if hasattr(os, name):
+            _wrap(os, name, lambda original, at=env_at: _make_spawn_wrapper(original, at))
+    if _posixsubprocess is not None:
+        fork_exec = _wrap(_posixsubprocess, "fork_exec", lambda original: _make_spawn_wrapper(original, 5))
+        subprocess_module = sys.modules.get("subprocess")
+        if subprocess_module is not None and getattr(subprocess_module, "_fork_exec", None) is fork_exec[0]:
+            _wrap(subprocess_module, "_fork_exec", lambda original: fork_exec[1])
+
+
+def _wrap(module: Any, name: str, make: Any) -> tuple[Any, Any]:
+    """Replace ``module.name`` by a wrapper of it, made once per original and reused (a
+    setprofile engine is installed again for every period with sessions open)."""
+    original = getattr(module, name)
+    made = _made.get((module, name))
+    if made is None or made[0] is not original:
+        made = _made[(module, name)] = (original, make(original))
+    _wrapped[(module, name)] = made
+    setattr(module, name, made[1])
+    return made
 
 
 def _make_fork_wrapper(original: Any) -> Any:
     def fork() -> int:
         link = _fork_link
-        if link is None:
+        if link is None and _period_open:
             from . import sessions
 
             parent = sessions.current()
@@ -217,6 +267,66 @@ def _make_fork_wrapper(original: Any) -> Any:
     fork.__doc__ = original.__doc__
     fork.__wrapped__ = original  # type: ignore[attr-defined]
     return fork
+
+
+def _make_spawn_wrapper(original: Any, env_at: int | None) -> Any:
+    """A wrapper of a function starting a process: the link written first; ``env_at``: the
+    position of its environment argument (None: the child inherits the C environment)."""
+    def spawn(*args: Any, **kwargs: Any) -> Any:
+        if _period_open:
+            try:
+                link = _link_for_child()
+                if link is not None and env_at is not None and len(args) > env_at:
+                    env = _env_with_link(args[env_at], link)
+                    if env is not args[env_at]:
+                        args = (*args[:env_at], env, *args[env_at + 1:])
+            except Exception as exc:  # never fails the program's process start
+                _warn(f"handit could not pass the session to a child process: {exc!r}")
+        return original(*args, **kwargs)
+
+    spawn.__name__ = spawn.__qualname__ = getattr(original, "__name__", "spawn")
+    spawn.__doc__ = original.__doc__
+    spawn.__wrapped__ = original  # type: ignore[attr-defined]
+    return spawn
+
+
+def _link_for_child() -> str | None:
+    """Write the link of the session current here (else the first open one) to the
+    environment, and return it (None: no session whose children are traced)."""
+    from . import sessions
+
+    session = sessions.current()
+    if session is None:
+        active = sessions.active_sessions()
+        session = active[0] if active else None
+    if session is None or not _children_on(session):
+        return None
+    return _write_link(session)
+
+
+def _write_link(session: Any) -> str:
+    global _env_value
+    value = _link_text(session)
+    if value != _env_value:
+        _put_env(value)
+        _env_value = value
+    return value
+
+
+def _env_with_link(env: Any, link: str) -> Any:
+    """``env`` (a mapping, a list of ``b"K=V"``, or None) with the link added when it is a copy
+    of ``os.environ`` (it holds every variable of it) that lacks one; else ``env`` itself."""
+    if env is None or env is os.environ:
+        return env
+    here = [k for k in os.environ._data if k != _ENV_KEY]  # type: ignore[attr-defined]
+    if isinstance(env, (list, tuple)):
+        keys = {item.split(b"=", 1)[0] for item in env if isinstance(item, bytes)}
+        if _ENV_KEY in keys or not all(k in keys for k in here):
+            return env
+        return [*env, _ENV_KEY + b"=" + link.encode()]
+    if ENV in env or not all(os.fsdecode(k) in env for k in here):
+        return env
+    return {**env, ENV: link}
 
 
 def _continue(link: dict[str, Any]) -> Any:
@@ -281,7 +391,7 @@ def process_startup() -> None:
     Called by ``handit.pth`` at interpreter start-up; does nothing without the variable,
     and never raises (a problem is a warning and the child runs untraced).
     """
-    global _fork_link, _original_fork, _fork_wrapper, _started
+    global _fork_link, _started
     value = os.environ.get(ENV)
     if not value or _started:
         return
@@ -298,8 +408,7 @@ def process_startup() -> None:
         helper = _helper_kind()
         if helper == "forkserver":
             _fork_link = link  # no session for the server; each process it forks continues the link
-            _original_fork = os.fork
-            _fork_wrapper = os.fork = _make_fork_wrapper(_original_fork)
+            _wrap(os, "fork", _make_fork_wrapper)
             return
         if helper is not None:
             return

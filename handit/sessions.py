@@ -52,15 +52,45 @@ _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
-def _session_id() -> str:
-    """A random UUID (version 4 bits set) in its canonical text form."""
-    h = ((_ids.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET).to_bytes(16, "big").hex()  # 2x "%032x"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
 def _random_hex(bits: int) -> str:
     """``bits`` random bits as lower-case hex, never all zero (W3C trace and span ids)."""
     return (_ids.getrandbits(bits) or 1).to_bytes(bits // 8, "big").hex()
+
+
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
+
+
+def _new_ids() -> tuple[str, str, str]:
+    """``(session id, trace id, span id)`` from one draw of 320 random bits (a third of the
+    time of three draws, each turned into text on its own)."""
+    h = ((_ids.getrandbits(320) & _UUID4_CLEAR) | _UUID4_SET).to_bytes(40, "big").hex()  # 2x "%080x"
+    trace, span = h[:32], h[32:48]  # the UUID's version bits are in the low 128
+    if trace == _ZERO_TRACE or span == _ZERO_SPAN:  # W3C: all zero is invalid (p = 2**-64)
+        return _new_ids()
+    return f"{h[48:56]}-{h[56:60]}-{h[60:64]}-{h[64:68]}-{h[68:]}", trace, span
+
+
+# attrs as given -> their redacted form, per redactor: a server opens a session per request
+# with the same few attrs (method, route), and redacting two of them cost ~5 us a session
+_redacted_attrs: dict[tuple[Any, ...], dict[str, str]] = {}
+_REDACTED_ATTRS_MAX = 4096
+
+
+def _safe_attrs(attrs: dict[Any, Any], config: Config) -> dict[str, str]:
+    """``attrs`` as strings, redacted (a copy each time: Session.attrs is the caller's to change)."""
+    redactor = _policy_for(config).redactor
+    key = (redactor, *attrs.items())
+    try:
+        cached = _redacted_attrs.get(key)
+    except TypeError:  # an unhashable value: str() of it, uncached
+        cached, key = None, None
+    if cached is None:
+        cached = redactor.redact_mapping({str(k): str(v) for k, v in attrs.items()})
+        if key is not None:
+            if len(_redacted_attrs) >= _REDACTED_ATTRS_MAX:
+                _redacted_attrs.clear()
+            _redacted_attrs[key] = cached
+    return dict(cached)
 
 
 class SessionWarning(UserWarning):
@@ -103,14 +133,14 @@ class Session:
     """The W3C trace flags of the ``traceparent`` sent on its HTTP calls when HANDIT_OTEL exports it (:mod:`handit.otel`)."""
 
     def __init__(self, tag: str | None, attrs: dict[str, str] | None, traceparent: str | None, config: Config) -> None:
-        self.id = _session_id()
+        self.id, self.trace_id, self.span_id = _new_ids()
         self.tag = tag
-        self.attrs = {str(k): str(v) for k, v in (attrs or {}).items()}
-        if self.attrs:  # redacted here, once, so every sink and Session.attrs hold the safe form
-            self.attrs = _policy_for(config).redactor.redact_mapping(self.attrs)
-        self.trace_id, self.parent_span_id, _ = parse_traceparent(traceparent)
+        # redacted here, once, so every sink and Session.attrs hold the safe form
+        self.attrs = _safe_attrs(attrs, config) if attrs else {}
+        self.parent_span_id = None
+        if traceparent is not None:
+            self.trace_id, self.parent_span_id, _ = parse_traceparent(traceparent)
         self.traceparent = traceparent
-        self.span_id = _random_hex(64)
         self.config = config
         self.parent: Session | None = None
         self.slot = 0
@@ -170,15 +200,15 @@ class Session:
         # a trace file this session writes holds the blocks from the first: no copy in memory
         # (under tracemalloc, kept blocks were the program's memory: more-itertools'
         # test_repeated_zero_cache_peek_has_bounded_memory saw ~1 MB of them)
-        sink = next((s for s in self._sinks if getattr(s, "fmt", "") == "handit"), None)
-        if sink is not None:
-            self._in_file = sink.path
-            # its blocks are written from here on: reading them back skips the earlier sessions
-            # (a failed test after a 400 MB one read the whole file, ~1 s)
-            self._in_file_from = sink.writer.end_offset()
-            self._blocks.clear()
-            self._mem = 0
-            return
+        for sink in self._sinks:
+            if getattr(sink, "fmt", "") == "handit":
+                self._in_file = sink.path
+                # its blocks are written from here on: reading them back skips the earlier sessions
+                # (a failed test after a 400 MB one read the whole file, ~1 s)
+                self._in_file_from = sink.writer.end_offset()
+                self._blocks.clear()
+                self._mem = 0
+                return
         if self._spill is None and self._mem + len(block) > self.config.max_session_memory:
             self._spill = tempfile.TemporaryFile(prefix="handit-spill-")  # created 0600
             weakref.finalize(self, self._spill.close)
@@ -420,6 +450,7 @@ def _uninstall(drained: bool = False) -> None:
         drain.run_once()
     choice.module.uninstall()
     _unpatch_threads()
+    lifecycle.release()
     _state.update(drain=None, policy=None, idle_since=None)
 
 
@@ -456,10 +487,18 @@ _MAX_THREAD_NAMES = 10_000
 
 def _names_of_threads(idents: Any) -> dict[str, str]:
     """``{ident: name}`` (idents as strings, as JSON keys) of the threads a session saw."""
-    live = {t.ident: t.name for t in threading.enumerate()}
-    names = {}
+    names: dict[str, str] = {}
+    if not idents:
+        return names
+    here = threading.current_thread()
+    live: dict[Any, str] | None = None
     for ident in idents:
-        name = live.get(ident) or _thread_names.get(ident)
+        if ident == here.ident:  # most sessions: the stopping thread's alone (no enumerate())
+            name = here.name
+        else:
+            if live is None:
+                live = {t.ident: t.name for t in threading.enumerate()}
+            name = live.get(ident) or _thread_names.get(ident)  # type: ignore[assignment]
         if name:
             names[str(ident)] = name
     return names
@@ -557,10 +596,7 @@ def start(tag: str | None = None, *, attrs: dict[str, str] | None = None, tracep
         traceparent = _otel_parent()
     session = Session(tag, attrs, traceparent, config)
     session.remote_parent = parent_session_id
-    try:
-        fold = fold_type("fallback" if config.engine == "fallback" else "compiled", config.require_compiled)()
-    except ImportError as exc:
-        raise HanditError(f"HANDIT_REQUIRE_COMPILED is set but the compiled fold is not built ({exc})") from None
+    fold = _fold_type(config)()
     with _lock:
         if not _by_slot:
             lifecycle.install()
@@ -590,6 +626,20 @@ def start(tag: str | None = None, *, attrs: dict[str, str] | None = None, tracep
         session._token = choice.module.set_slot(session.slot)
         choice.module.ensure_thread()
     return session
+
+
+_fold_types: dict[tuple[bool, bool], Any] = {}  # (fallback, require_compiled) -> the Fold class
+
+
+def _fold_type(config: Config) -> Any:
+    key = (config.engine == "fallback", config.require_compiled)
+    fold = _fold_types.get(key)
+    if fold is None:
+        try:
+            fold = _fold_types[key] = fold_type("fallback" if key[0] else "compiled", key[1])
+        except ImportError as exc:
+            raise HanditError(f"HANDIT_REQUIRE_COMPILED is set but the compiled fold is not built ({exc})") from None
+    return fold
 
 
 def _otel_parent() -> str | None:

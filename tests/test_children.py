@@ -169,7 +169,11 @@ def test_child_keeps_the_api_key_out_of_its_environment(engine):
     try:
         with handit.session("s") as s:
             link = propagation.link_of(s)
-            assert os.environ[propagation.ENV]
+            assert propagation.ENV not in os.environ  # written when a child starts, not before
+            out = subprocess.run(["/bin/sh", "-c", 'printf %s "$HANDIT_PARENT_SESSION"'], capture_output=True,
+                                 text=True, timeout=30).stdout
+            assert json.loads(out) == json.loads(os.environ[propagation.ENV]) == link
+            assert "sk-test" not in out
         assert propagation.ENV not in os.environ
     finally:
         handit.reset_config()
@@ -206,3 +210,57 @@ def test_back_to_back_sessions_each_reach_a_child_through_the_c_environment(tmp_
         assert out == "theirs"
     finally:
         del os.environ[propagation.ENV]
+
+
+def _shell_link(**kw) -> dict | None:
+    out = subprocess.run(["/bin/sh", "-c", 'printf %s "${HANDIT_PARENT_SESSION-unset}"'], capture_output=True,
+                         text=True, timeout=30, **kw).stdout
+    return None if out == "unset" else json.loads(out)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the link is written lazily where _posixsubprocess starts processes")
+def test_the_link_is_written_when_a_child_starts_and_names_the_current_session(engine, tmp_path):
+    # nothing is written at a session's start (a server opens a session per request); a child
+    # started later gets the session current where it is started: the inner one here
+    with handit.session("copies") as copies:
+        # an environment of the program's own, made before any child started: a copy of
+        # os.environ gets the link, one built from scratch does not, a value set is the program's
+        assert propagation.ENV not in os.environ and os.getenv(propagation.ENV) is None
+        copy, scratch, theirs = {**os.environ, "EXTRA": "1"}, {"PATH": os.environ.get("PATH", "/bin")}, dict(os.environ)
+        theirs[propagation.ENV] = "theirs"
+        assert _shell_link(env=copy)["session"] == copies.id
+        assert _shell_link(env=scratch) is None
+        out = subprocess.run(["/bin/sh", "-c", 'printf %s "$HANDIT_PARENT_SESSION"'], capture_output=True, text=True,
+                             timeout=30, env=theirs).stdout
+        assert out == "theirs"
+    with handit.session("outer") as outer:
+        assert propagation.ENV not in os.environ and os.getenv(propagation.ENV) is None
+        os.system(f'printf %s "$HANDIT_PARENT_SESSION" > {tmp_path / "system"}')  # os.system: the C environment
+        assert json.loads((tmp_path / "system").read_text())["session"] == outer.id
+        with handit.session("inner") as inner:
+            assert json.loads(os.environ[propagation.ENV])["session"] == outer.id  # the last child's, until the next
+            assert _shell_link()["session"] == inner.id
+        assert _shell_link()["session"] == outer.id
+    assert _shell_link() is None and propagation.ENV not in os.environ
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the link is written lazily where _posixsubprocess starts processes")
+def test_posix_spawn_child_gets_the_link(engine):
+    if not hasattr(os, "posix_spawn"):
+        pytest.skip("no posix_spawn")
+    r, w = os.pipe()
+    try:
+        with handit.session("spawner") as s:
+            pid = os.posix_spawn("/bin/sh", ["sh", "-c", 'printf %s "$HANDIT_PARENT_SESSION"'], dict(os.environ),
+                                 file_actions=[(os.POSIX_SPAWN_DUP2, w, 1)])
+            os.waitpid(pid, 0)
+        os.close(w)
+        w = -1
+        out = b""
+        while chunk := os.read(r, 65536):
+            out += chunk
+    finally:
+        os.close(r)
+        if w != -1:
+            os.close(w)
+    assert json.loads(out)["session"] == s.id

@@ -324,15 +324,47 @@ def test_exec_and_exit_write_the_sessions_first(tmp_path, engine, how):
         assert r.stdout == "exec\n"
 
 
-def test_exec_is_unwrapped_when_no_session_is_open(engine):
-    import handit
-    from handit import lifecycle
+def test_process_wrappers_are_installed_once_and_removed_with_the_engine(engine):
+    # a server opens a session per request: exec, _exit and the process starters are wrapped
+    # once while handit's engine is installed, not at every session, and restored when it goes
+    import _posixsubprocess
 
-    originals = os.execv, os.execve, os._exit
-    with handit.session("s"):
-        assert os.execv is not originals[0] and os.execv.__wrapped__ is originals[0]
-    assert (os.execv, os.execve, os._exit) == originals
-    assert not lifecycle._patched
+    import handit
+    from handit import lifecycle, propagation, sessions
+
+    names = [n for n in ("execv", "execve", "_exit", "fork", "system", "posix_spawn") if hasattr(os, n)]
+    originals = {n: getattr(os, n) for n in names}
+    fork_exec = _posixsubprocess.fork_exec
+    seen = []
+    for tag in ("one", "two", "three"):
+        with handit.session(tag):
+            seen.append({n: getattr(os, n) for n in names})
+            assert all(getattr(os, n) is not originals[n] and getattr(os, n).__wrapped__ is originals[n] for n in names)
+            assert _posixsubprocess.fork_exec.__wrapped__ is fork_exec
+    if engine[1] == "sysmon":  # the engine lingers for the next session: so do its wrappers, unchanged
+        assert seen[0] == seen[1] == seen[2]
+        assert lifecycle._patched and os.execv is seen[0]["execv"]
+    sessions.release_idle()
+    assert {n: getattr(os, n) for n in names} == originals and _posixsubprocess.fork_exec is fork_exec
+    assert not lifecycle._patched and not propagation._wrapped
+
+
+def test_exec_wrapper_without_a_session_writes_nothing(tmp_path, engine):
+    # the wrappers outlive the session while the engine lingers: an exec then stops nothing
+    trace = tmp_path / "t.handit"
+    r = _run(tmp_path, f"""
+        import os, sys
+        import handit
+        handit.configure(output_file={str(trace)!r}, children=False)
+        with handit.session("s"):
+            pass
+        sys.stdout.flush()
+        os.execv(sys.executable, [sys.executable, '-c', 'print("exec")'])
+    """, engine)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "exec\n"
+    ends = [e for e in _events(trace) if e["type"] == "session_end"]
+    assert [e["reason"] for e in ends] == ["stop"]
 
 
 def test_session_end_says_how_it_ended(engine):
