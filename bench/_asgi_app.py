@@ -17,13 +17,3 @@ if os.environ.get("BENCH_HANDIT_MIDDLEWARE") == "1":
     from handit.middleware import HanditASGIMiddleware
 
     app.add_middleware(HanditASGIMiddleware)
-if os.environ.get("BENCH_HANDIT_MIDDLEWARE") == "warm":
-    # Diagnostic only: a session in a context of its own keeps the engine installed between
-    # requests, isolating the per-request cost from engine install/uninstall (issue 9.4).
-    import contextvars
-
-    import handit
-    from handit.middleware import HanditASGIMiddleware
-
-    app.add_middleware(HanditASGIMiddleware)
-    contextvars.copy_context().run(handit.start, "keep-engine-installed")

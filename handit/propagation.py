@@ -223,7 +223,7 @@ def release() -> None:
         # import fork_exec as _fork_exec``, 3.11+)
         made = _made.get((_posixsubprocess, "fork_exec"))
         if made is not None and getattr(subprocess_module, "_fork_exec", None) is made[1]:
-            subprocess_module._fork_exec = made[0]
+            setattr(subprocess_module, "_fork_exec", made[0])  # noqa: B010 (3.10 has no such name)
 
 
 def _wrap_all() -> None:

@@ -98,6 +98,18 @@ _ABOUT_PARTS = frozenset({
 })
 _MAX_NAME = 200  # longer strings are data, not names
 _NAME_CACHE_MAX = 4096
+# Header values and URLs found to hold no secret, remembered per redactor: a program's HTTP
+# calls repeat the same User-Agent, Accept, Content-Type, Server ... and URLs, and scanning
+# them again cost most of recording an exchange. Only clean strings are kept (never a
+# secret), up to _CLEAN_MAX_LEN characters each, the set emptied when full.
+_CLEAN_CACHE_MAX = 4096
+_CLEAN_MAX_LEN = 512
+
+
+def _remember(clean: set[str], text: str) -> None:
+    if len(clean) >= _CLEAN_CACHE_MAX:
+        clean.clear()
+    clean.add(text)
 
 
 def _builtin_secret_name(name: str) -> bool:
@@ -347,7 +359,7 @@ class Redactor:
     ``value``/``str``/digits are ignored when finding the last part.
     """
 
-    __slots__ = ("_extra", "_replace", "_safe", "_names")
+    __slots__ = ("_extra", "_replace", "_safe", "_names", "_clean_values", "_clean_urls")
 
     def __init__(
         self,
@@ -377,6 +389,8 @@ class Redactor:
         self._replace = bool(replace_names)
         self._safe = frozenset(k.lower() for k in safe_keys)
         self._names: dict[str, bool] = {}
+        self._clean_values: set[str] = set()  # header values redact_text() left as they were
+        self._clean_urls: set[str] = set()  # URLs redact_url() left as they were
 
     def __repr__(self) -> str:
         extra = self._extra.pattern if self._extra is not None else None
@@ -508,13 +522,18 @@ class Redactor:
         Returns:
             The URL with secrets replaced by :data:`REDACTED` (the rest left as written).
         """
+        if url in self._clean_urls:
+            return url
         base, hash_, fragment = url.partition("#")
         path, qmark, query = base.partition("?")
         if qmark:
             query = self._redact_params(query)
         if hash_ and "=" in fragment:
             fragment = self._redact_params(fragment)
-        return self.redact_text(path + qmark + query + hash_ + fragment)
+        out = self.redact_text(path + qmark + query + hash_ + fragment)
+        if out == url and len(url) <= _CLEAN_MAX_LEN:
+            _remember(self._clean_urls, url)
+        return out
 
     def _redact_params(self, query: str) -> str:
         params = query.split("&")
@@ -556,8 +575,11 @@ class Redactor:
             low = name.lower()
             if (low in _SECRET_HEADERS and low not in self._safe) or self.is_secret_name(name):
                 value = REDACTED
-            else:
-                value = self.redact_text(value)
+            elif value not in self._clean_values:
+                redacted = self.redact_text(value)
+                if redacted is value and len(value) <= _CLEAN_MAX_LEN:
+                    _remember(self._clean_values, value)
+                value = redacted
             out[name] = out[name] + ", " + value if name in out else value
         return out
 

@@ -83,13 +83,12 @@ def _safe_attrs(attrs: dict[Any, Any], config: Config) -> dict[str, str]:
     try:
         cached = _redacted_attrs.get(key)
     except TypeError:  # an unhashable value: str() of it, uncached
-        cached, key = None, None
+        return redactor.redact_mapping({str(k): str(v) for k, v in attrs.items()})  # type: ignore[no-any-return]
     if cached is None:
         cached = redactor.redact_mapping({str(k): str(v) for k, v in attrs.items()})
-        if key is not None:
-            if len(_redacted_attrs) >= _REDACTED_ATTRS_MAX:
-                _redacted_attrs.clear()
-            _redacted_attrs[key] = cached
+        if len(_redacted_attrs) >= _REDACTED_ATTRS_MAX:
+            _redacted_attrs.clear()
+        _redacted_attrs[key] = cached
     return dict(cached)
 
 

@@ -315,3 +315,19 @@ def test_issue_look_alikes_stay_visible_and_near_misses_do_not() -> None:
     assert R.redact_text("password: xxxx") == "password: <redacted>"
     assert R.redact_text("sk-learn-Ab3dE7gH9jK1mN") == REDACTED
     assert R.redact_text("eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0.") == REDACTED
+
+
+def test_clean_header_values_and_urls_are_remembered_never_secrets():
+    # HTTP recording remembers values and URLs found clean (scanned once); a secret is
+    # redacted every time and never kept in those caches
+    r = Redactor()
+    key = "sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z" * 2
+    clean = {"User-Agent": "python-requests/2.32", "Accept": "*/*"}
+    for _ in range(3):
+        assert r.redact_headers(clean) == clean
+        assert r.redact_headers({"X-Note": f"key {key}"}) == {"X-Note": f"key {REDACTED}"}
+        assert r.redact_url("http://h/v1/models?limit=5") == "http://h/v1/models?limit=5"
+        assert key not in r.redact_url(f"http://h/v1/models?q={key}")
+    assert set(clean.values()) <= r._clean_values
+    assert not any(key in v for v in r._clean_values | r._clean_urls)
+    assert "http://h/v1/models?limit=5" in r._clean_urls

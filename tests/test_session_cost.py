@@ -183,3 +183,17 @@ def test_sessions_in_a_loop_on_every_engine_stay_flat(engine):
     gc.collect()
     assert s.stats["calls"] == 1
     assert sys.getallocatedblocks() - blocks0 < 1_000
+
+
+def test_attrs_are_redacted_once_and_each_session_gets_its_own_copy(engine):
+    # a session per request repeats the same attrs: their redacted form is remembered, and
+    # a session's attrs stay its own to change
+    attrs = {"http.route": "/items", "api_key": "sk-live-1234567890abcdef"}
+    first = handit.start("a", attrs=attrs)
+    handit.stop(first)
+    first.attrs["added"] = "later"
+    second = handit.start("b", attrs=attrs)
+    handit.stop(second)
+    assert second.attrs == {"http.route": "/items", "api_key": "<redacted>"}
+    assert first.attrs is not second.attrs and attrs["api_key"].startswith("sk-live")
+    assert second.events[0]["attrs"] == second.attrs
