@@ -143,9 +143,9 @@ def _rss_kb() -> int:
 
 def test_100k_sessions_leave_memory_flat():
     # counts, not time: Python's allocated blocks, the engine's tables and threads, RSS pages.
-    # HANDIT_CHILDREN on (the default): handit.propagation puts a new link in the environment
-    # for every period with a session open (with setenv(), glibc kept every value: +26 MB
-    # of RSS over 100,000 sessions).
+    # HANDIT_CHILDREN on (the default): handit.propagation used to put a new link in the
+    # environment for every period with a session open (with setenv(), glibc kept every
+    # value: +26 MB of RSS over 100,000 sessions); it is now written when a child starts.
     engine = sessions._choose(handit.get_config()).module
     start, stop = handit.start, handit.stop
     for _ in range(2000):  # warm up: caches, free lists, the first decisions
