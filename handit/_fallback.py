@@ -70,6 +70,7 @@ session_var: ContextVar[int] = ContextVar("handit_session", default=0)
 _active: set[int] = set()
 _tls = threading.local()
 _buffers: list[_ThreadBuffer] = []
+_record_lists: list[list[Any]] = []  # each buffer's records, kept beside _buffers (read without its lock)
 _by_ident: dict[int, _ThreadBuffer] = {}  # the same buffers by thread id
 _buffers_lock = threading.Lock()
 _codes: list[CodeInfo] = []
@@ -89,13 +90,14 @@ _told_busy: set[int] = set()  # threads told (once an install) that another prof
 class _ThreadBuffer:
     """One thread's records, in order, waiting for the drain."""
 
-    __slots__ = ("ident", "records", "take_lock", "busy", "last_exc", "last_exc_text", "pending", "gap", "gap_slot",
+    __slots__ = ("ident", "records", "limit", "take_lock", "busy", "last_exc", "last_exc_text", "pending", "gap", "gap_slot",
                  "exited", "idle_drains", "lost", "absorbing", "skip", "lost_calls", "lost_slot",
                  "exc_trace_frame", "closing", "closing_call", "held_drains")
 
     def __init__(self) -> None:
         self.ident = threading.get_ident()
         self.records: list[tuple[int, int, int, int, Any, int]] = []
+        self.limit = _CHECK_MIN  # at this many records the budget is looked at again (_past_limit)
         # held by the drain while it takes records, and by the thread while it rewrites one in
         # place (a pending unwind): never both at once. Appends need no lock.
         self.take_lock = threading.Lock()
@@ -124,29 +126,34 @@ class _ExitSentinel:
 
 
 _bounded = False
-_max_records = 32 * 16384
+RECORD_BYTES = 128  # a record waiting: its tuple (88 bytes) and clock int (32), about
+_budget_records = (8 << 20) // RECORD_BYTES  # HANDIT_MAX_BUFFER_BYTES, all threads together
+_CHECK_MIN = 16  # records a thread adds at least before it looks at the budget again
+_held_peak = 0
 _backlog_hook: Callable[[], Any] | None = None
 _dropped: dict[int, int] = {}
 
 
 def _put(buf: _ThreadBuffer, record: tuple[int, int, int, int, Any, int]) -> bool:
-    """Append a record; past the cap drop it in bounded-memory mode (counted, gap marked),
+    """Append a record; past the budget drop it in bounded-memory mode (counted, gap marked),
     else drain here (the compiled twin's ``_hand_over`` says why)."""
+    global _held_peak
     records = buf.records
-    if len(records) >= _max_records:
-        if _bounded:
+    if len(records) >= buf.limit:
+        # What all threads hold, looked at without a Python frame (near the recursion limit a
+        # call here would lose the record). Within the budget, the next look is after a share
+        # of what is left: together the threads pass it by _CHECK_MIN records each at most.
+        # (A cap per thread held 8 MiB worth per thread: a hundred threads, 100 x 8 MiB.)
+        held = sum(map(len, _record_lists))
+        if held > _held_peak:
+            _held_peak = held
+        if held < _budget_records:
+            buf.limit = len(records) + max(_CHECK_MIN, (_budget_records - held) // (2 * len(_record_lists) + 2))
+        elif not _over_budget(buf):
             buf.gap += 1
             buf.gap_slot = record[1]
             _dropped[record[1]] = _dropped.get(record[1], 0) + 1
             return False
-        if _backlog_hook is not None and not buf.busy:
-            buf.busy = True  # handit's own work: nothing of it is recorded
-            try:
-                _backlog_hook()
-            except Exception:
-                pass
-            finally:
-                buf.busy = False
     if buf.gap:
         slot = buf.gap_slot
         if buf.lost:  # lost at the recursion limit, where no session could be looked up
@@ -157,6 +164,39 @@ def _put(buf: _ThreadBuffer, record: tuple[int, int, int, int, Any, int]) -> boo
         buf.gap = 0
     records.append(record)
     return True
+
+
+def _over_budget(buf: _ThreadBuffer) -> bool:
+    """The records of all threads reached the budget: drain here (True: the record is kept),
+    or in bounded-memory mode drop it (False), and every record after it until a drain takes
+    this thread's records (see _collect)."""
+    if _bounded:
+        buf.limit = len(buf.records)
+        return False
+    if _backlog_hook is not None and not buf.busy:
+        buf.busy = True  # handit's own work: nothing of it is recorded
+        try:
+            _backlog_hook()
+        except Exception:
+            pass
+        finally:
+            buf.busy = False
+    buf.limit = len(buf.records) + _CHECK_MIN
+    return True
+
+
+def held_bytes() -> tuple[int, int]:
+    """What the engine holds for the drain: ``(now, peak)`` in bytes (records waiting, at
+    RECORD_BYTES each), all threads together; the peak since :func:`reset_held_peak`, as
+    seen when a thread looked at the budget."""
+    held = sum(map(len, _record_lists))
+    return held * RECORD_BYTES, max(held, _held_peak) * RECORD_BYTES
+
+
+def reset_held_peak() -> None:
+    """Start measuring the peak of :func:`held_bytes` again from what is held now."""
+    global _held_peak
+    _held_peak = sum(map(len, _record_lists))
 
 
 def read_ticks() -> int:
@@ -180,6 +220,7 @@ def _buffer() -> _ThreadBuffer:
         if buf is None:
             buf = _by_ident[ident] = _ThreadBuffer()
             _buffers.append(buf)
+            _record_lists.append(buf.records)
         buf.exited = False  # under the lock: the drain frees only buffers still exited
         buf.idle_drains = 0
     _tls.buffer = buf
@@ -914,9 +955,9 @@ def uninstall() -> None:
 def set_policy(policy: Policy) -> None:
     """Use new filter rules; every code object is decided again (reusing the decision
     where the rules it depends on are unchanged)."""
-    global _policy, _generation, _bounded, _max_records
+    global _policy, _generation, _bounded, _budget_records
     _bounded = bool(policy.config.bounded_memory)
-    _max_records = max(2, policy.config.max_buffer_bytes // (16 * 16384)) * 16384  # as the compiled engine
+    _budget_records = max(_CHECK_MIN, policy.config.max_buffer_bytes // RECORD_BYTES)
     _policy = policy
     _generation += 1
     _code_map.clear()
@@ -1052,6 +1093,7 @@ def _collect() -> list[tuple[int, list[tuple[int, int, int, int, Any, int]]]]:
             if n:
                 batch = records[:n]
                 del records[:n]
+            buf.limit = len(records) + _CHECK_MIN  # (a thread dropping records keeps them now)
         if n:
             out.append((buf.ident, batch))
             buf.idle_drains = 0
@@ -1066,6 +1108,7 @@ def _collect() -> list[tuple[int, list[tuple[int, int, int, int, Any, int]]]]:
             else:
                 kept.append(b)
         _buffers[:] = kept
+        _record_lists[:] = [b.records for b in kept]
     return out
 
 
@@ -1100,10 +1143,11 @@ def after_fork_in_child() -> None:
     Called first in the child by :mod:`handit.lifecycle` (the drain thread may have held
     the buffers' lock at fork(), with or without a session open).
     """
-    global _buffers, _by_ident, _buffers_lock
+    global _buffers, _record_lists, _by_ident, _buffers_lock
     _buffers_lock = threading.Lock()
     _active.clear()
     _buffers = []
+    _record_lists = []
     _by_ident = {}
     _tls.__dict__.clear()
 

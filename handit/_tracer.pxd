@@ -14,7 +14,8 @@ cdef enum:
     K_STEP = 9    # a resume and the yield right after it, folded: aux = ticks running
 
 cdef enum:
-    CHUNK_RECORDS = 16384
+    CHUNK_RECORDS = 16384       # a chunk while the records waiting are well within the budget (256 KiB)
+    SMALL_CHUNK_RECORDS = 1024  # past half of it (16 KiB): a hundred threads do not hold 25 MB of chunks
 
 # 16 bytes: a timing-only call is two of these (one cache line holds two calls)
 ctypedef struct Record:
@@ -34,7 +35,17 @@ ctypedef struct Chunk:
     int n
     int has_ext       # some record here has a value or key (needs the GIL to drain)
     int start         # records before this one are encoded already
-    Record recs[CHUNK_RECORDS]
+    int cap           # records it has room for (CHUNK_RECORDS or SMALL_CHUNK_RECORDS)
+    int budget_cut    # 1: cut short for the budget (_count_blob); 2: written on after that
+    size_t blobs      # bytes of the previews its records hold (counted by its writer)
+    size_t held       # bytes of it counted in the engine's budget (q lock)
+    Record recs[1]    # `cap` of them (allocated with the chunk)
+
+# a block encoded ahead of drain() by the drain thread, cut at BLOCK_BYTES
+ctypedef struct ReadyBlock:
+    char* data
+    size_t len
+    int slot
 
 # a block being encoded for one session slot of one thread
 ctypedef struct OutBuf:
@@ -77,6 +88,10 @@ ctypedef struct TState:
     uint32_t prev_generation  # install generation prev_profile was looked up for
     void* prev_profile        # the profile function this thread had before ours (PY310/PY311)
     PyObject* prev_profile_obj
+    ReadyBlock* ready         # blocks the drain thread finished ahead of drain() (enc lock)
+    int nready
+    int capready
+    size_t pre_bytes          # bytes encoded ahead of drain(), in `ready` and `out` (enc lock)
 
 ctypedef struct CInfo:
     uint32_t index

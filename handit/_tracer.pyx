@@ -68,6 +68,14 @@ cdef extern from "Python.h":
     PyObject* Py_True
     void* Py_TYPE(PyObject*)
 
+cdef extern from *:
+    """
+    static inline size_t handit_atomic_add(size_t *p, size_t n) { return __atomic_add_fetch(p, n, __ATOMIC_RELAXED); }
+    static inline void handit_atomic_sub(size_t *p, size_t n) { __atomic_fetch_sub(p, n, __ATOMIC_RELAXED); }
+    """
+    size_t handit_atomic_add(size_t* p, size_t n) nogil
+    void handit_atomic_sub(size_t* p, size_t n) nogil
+
 cdef extern from "_compat.h":
     uint64_t handit_ticks() nogil
     int handit_ticks_are_ns()
@@ -157,12 +165,18 @@ cdef unsigned char _active[65536]
 cdef uint64_t _n_calls[65536]
 cdef uint64_t _n_exceptions[65536]
 cdef uint64_t _n_dropped[65536]
-cdef bint _bounded = False         # HANDIT_BOUNDED_MEMORY: drop (counted) past _max_chunks
-cdef int _max_chunks = 32          # otherwise the thread drains itself there (_hand_over)
+cdef bint _bounded = False         # HANDIT_BOUNDED_MEMORY: drop (counted) past _budget
+cdef size_t _budget = 8 << 20      # HANDIT_MAX_BUFFER_BYTES: records waiting, all threads together;
+                                   # past it a thread drains itself (_hand_over) or drops
+cdef size_t _held = 0              # bytes waiting now: chunks, their previews, blocks encoded ahead
+cdef size_t _held_peak = 0         # (changed atomically: recording threads add previews without a lock)
+cdef size_t _pre_total = 0         # of those, blocks the drain thread encoded ahead of drain() (enc lock)
 cdef object _backlog_hook = None
 cdef TState* _all_states = NULL
-cdef Chunk* _free_chunks = NULL
+cdef Chunk* _free_chunks = NULL    # empty chunks of CHUNK_RECORDS kept warm (q lock)
 cdef int _n_free_chunks = 0
+cdef Chunk* _free_small = NULL     # and of SMALL_CHUNK_RECORDS
+cdef int _n_free_small = 0
 cdef uint64_t _n_queued = 0        # chunks ever queued for the drain (q lock)
 cdef uint64_t _n_background = 0    # chunks ever encoded by the drain thread without the GIL (enc lock)
 cdef Py_ssize_t _extra_index = -1
@@ -225,31 +239,61 @@ cdef inline TState* _tstate() noexcept:
     return ts
 
 
+cdef size_t _chunk_bytes(int cap) noexcept nogil:
+    return sizeof(Chunk) - sizeof(Record) + <size_t>cap * sizeof(Record)
+
+
+cdef inline void _hold(size_t n) noexcept nogil:
+    # n more bytes wait for the drain
+    global _held_peak
+    cdef size_t now = handit_atomic_add(&_held, n)
+    if now > _held_peak:  # (a statistic: a lost update here changes no bound)
+        _held_peak = now
+
+
 cdef Chunk* _new_chunk() noexcept nogil:
-    # never raises; returns NULL when out of memory. Caller holds the q lock.
-    global _free_chunks, _n_free_chunks
-    cdef Chunk* c = _free_chunks
-    if c != NULL:
+    # never raises; returns NULL when out of memory. Caller holds the q lock. A small chunk
+    # once half the budget is held: every thread writes into a chunk of its own, and a hundred
+    # threads with 256 KiB each held 25 MB before any of them was full
+    global _free_chunks, _n_free_chunks, _free_small, _n_free_small
+    cdef int cap = CHUNK_RECORDS if _held + _chunk_bytes(CHUNK_RECORDS) <= _budget // 2 else SMALL_CHUNK_RECORDS
+    cdef Chunk* c
+    if cap == CHUNK_RECORDS and _free_chunks != NULL:
+        c = _free_chunks
         _free_chunks = c.next
         _n_free_chunks -= 1
+    elif cap == SMALL_CHUNK_RECORDS and _free_small != NULL:
+        c = _free_small
+        _free_small = c.next
+        _n_free_small -= 1
     else:
-        c = <Chunk*>malloc(sizeof(Chunk))
+        c = <Chunk*>malloc(_chunk_bytes(cap) + <size_t>cap * sizeof(Record))  # and its blob area
         if c == NULL:
             return NULL
+        c.cap = cap
     c.next = NULL
     c.n = 0
     c.has_ext = 0
     c.start = 0
+    c.blobs = 0
+    c.budget_cut = 0
+    c.held = _chunk_bytes(cap)
+    _hold(c.held)
     return c
 
 
 cdef void _release_chunk(Chunk* c) noexcept nogil:
-    # caller holds the q lock
-    global _free_chunks, _n_free_chunks
-    if _n_free_chunks < 256:  # keep warm chunks (64 MiB at most): no page faults on the hot path
+    # caller holds the q lock; the chunk's previews are freed (encoded) already
+    global _free_chunks, _n_free_chunks, _free_small, _n_free_small
+    handit_atomic_sub(&_held, c.held)
+    if c.cap == CHUNK_RECORDS and _n_free_chunks < 4:  # kept warm (1 MiB): no page faults on the hot path
         c.next = _free_chunks
         _free_chunks = c
         _n_free_chunks += 1
+    elif c.cap == SMALL_CHUNK_RECORDS and _n_free_small < 32:  # (512 KiB)
+        c.next = _free_small
+        _free_small = c
+        _n_free_small += 1
     else:
         free(c)
 
@@ -262,10 +306,12 @@ cdef inline void _drop(TState* ts, int slot) noexcept:
 
 
 cdef void _hand_over(TState* ts) noexcept:
-    # The drain is _max_chunks behind on this thread (its writer blocked on a slow disk, or
-    # the GIL not reaching the drain thread): this thread drains itself, so what waits in
-    # memory stays bounded (a 3.12 run of a generator-heavy suite reached 1.7-2.0 GB when
-    # it did not). Never raises; the hook says when it cannot (the drain is this thread's).
+    # The records waiting for the drain, all threads together, reach the budget (the writer
+    # behind on a slow disk, or the GIL not reaching the drain thread): this thread does the
+    # drain's work itself instead of taking more memory (a 3.12 run of a generator-heavy suite
+    # reached 1.7-2.0 GB when nothing bounded it, and more-itertools' TestConcurrentTee +411 MB
+    # with a bound per thread: 100 threads x 8 MiB). Never raises; the hook says when it cannot
+    # (the drain is this thread's).
     if _backlog_hook is None:
         return
     ts.busy = 1  # handit's own work: nothing of it is recorded
@@ -294,7 +340,12 @@ cdef inline void _set_tail(TState* ts, Chunk* c) noexcept nogil:
         ts.wend = NULL
     else:
         ts.wp = &c.recs[c.n]
-        ts.wend = &c.recs[CHUNK_RECORDS]
+        ts.wend = &c.recs[c.cap]
+
+
+cdef inline bint _over_budget(TState* ts) noexcept nogil:
+    # a new chunk for the thread would pass the budget
+    return _held + _chunk_bytes(SMALL_CHUNK_RECORDS) > _budget
 
 
 cdef Record* _make_room(TState* ts, int slot, int need) noexcept:
@@ -304,14 +355,17 @@ cdef Record* _make_room(TState* ts, int slot, int need) noexcept:
     cdef Chunk* c = ts.tail
     cdef Record* r
     cdef RecordExt* e
-    if c != NULL and not _room_for(ts, need) and not _bounded and ts.nchunks + 1 >= _max_chunks and not ts.busy:
+    if not _room_for(ts, need) and not _bounded and not ts.busy and _over_budget(ts):
         _sync_tail(ts)
         _hand_over(ts)  # the drain syncs and takes the tail too (then wp = wend = NULL)
         c = ts.tail  # NULL once drained: every chunk was taken
+    if c != NULL and c.budget_cut == 1:  # cut short for the budget, and no drain took it:
+        c.budget_cut = 2                 # written on (a chunk per record would be worse)
+        ts.wend = &c.recs[c.cap]
     if not _room_for(ts, need):
         _sync_tail(ts)
         handit_q_lock()
-        if _bounded and ts.nchunks + 1 >= _max_chunks:  # bounded-memory mode: the drain is behind
+        if _bounded and _over_budget(ts):  # bounded-memory mode: the drain is behind
             handit_q_unlock()
             _drop(ts, slot)
             return NULL
@@ -367,6 +421,37 @@ cdef inline void _write_plain(Record* r, uint8_t kind, int slot, uint32_t code) 
     r.slot = <uint16_t>slot
 
 
+cdef inline void _keep_blob(TState* ts, Record* r) noexcept:
+    # A record's previews wait with it, copied into its chunk's blob area (r.ext = 2) and
+    # their malloc'd blob freed at once on this thread: blobs malloc'd by a hundred threads
+    # and freed by the drain thread left each thread's malloc arena at its high-water mark
+    # (more-itertools' TestConcurrentTee: +185 MB peak RSS within an 8 MiB budget). The
+    # chunk is full once its area is (one too big for it stays malloc'd), or at once when
+    # the records waiting are past the budget: the next record finds no room and this
+    # thread drains (_make_room), so no thread adds a chunk's worth past the budget.
+    cdef Chunk* c = ts.tail
+    cdef RecordExt* e = <RecordExt*>(r + 1)
+    cdef size_t area = <size_t>c.cap * sizeof(Record)
+    cdef char* into
+    cdef uint32_t n
+    memcpy(&n, e.aux, 4)
+    n += 4
+    if c.blobs + n <= area:
+        into = (<char*>&c.recs[c.cap]) + c.blobs
+        memcpy(into, e.aux, n)
+        free(e.aux)
+        e.aux = <PyObject*>into
+        r.ext = 2
+    c.blobs += n
+    c.held += n
+    _hold(n)
+    if c.blobs >= area:
+        ts.wend = ts.wp
+    elif _held > _budget and ts.tail.budget_cut == 0:
+        ts.tail.budget_cut = 1
+        ts.wend = ts.wp
+
+
 cdef void _record(TState* ts, uint8_t kind, int slot, uint32_t code, PyObject* aux, uint64_t key) noexcept:
     # never raises; takes aux (a blob for calls and returns, else a reference; dropped
     # if memory runs out)
@@ -390,6 +475,8 @@ cdef void _record(TState* ts, uint8_t kind, int slot, uint32_t code, PyObject* a
         e.aux = aux
         e.key = key
     ts.wp = r + need
+    if aux != NULL and _holds_blob(kind):
+        _keep_blob(ts, r)
 
 
 cdef inline int _current_slot(TState* ts, PyThreadState* t) noexcept:
@@ -1093,9 +1180,9 @@ def uninstall():
 def set_policy(policy):
     """Use new filter rules; every code object is decided again (reusing the decision
     where the rules it depends on are unchanged)."""
-    global _policy, _previewer, _generation, _capture, _bounded, _max_chunks, _key_id
+    global _policy, _previewer, _generation, _capture, _bounded, _budget, _key_id
     _bounded = bool(policy.config.bounded_memory)
-    _max_chunks = max(2, <int>(policy.config.max_buffer_bytes // sizeof(Chunk)))
+    _budget = <size_t>policy.config.max_buffer_bytes
     _policy = policy
     _set_previewer(policy.previewer)
     _capture = 1 if policy.capture >= ARGS else 0
@@ -1247,6 +1334,7 @@ def after_fork_in_child():
     Called first in the child by handit.lifecycle: the locks are re-initialised before
     anything else may take one.
     """
+    global _held, _held_peak, _pre_total
     cdef TState* ts = _all_states
     cdef int i
     _reinit_sync_in_child()
@@ -1260,7 +1348,12 @@ def after_fork_in_child():
         for i in range(ts.nout):
             free(ts.out[i].data)
         ts.nout = 0
+        for i in range(ts.nready):
+            free(ts.ready[i].data)
+        ts.nready = 0
+        ts.pre_bytes = 0
         ts = ts.next_all
+    _held = _held_peak = _pre_total = 0
 
 
 # ---- drain: records -> encoded blocks (block format: handit/records.py, handit/reader.py) ------
@@ -1376,11 +1469,15 @@ cdef inline int64_t _epoch_ns(uint64_t ticks, int64_t epoch0, uint64_t ticks0, d
     return epoch0 + <int64_t>((<int64_t>(ticks - ticks0)) * inv)
 
 
+cdef size_t BLOCK_BYTES = 1 << 16  # records.BLOCK_BYTES
+
+
 cdef int _encode_plain(Chunk* chunk, int i, OutBuf* bufs, int* nbufs, int64_t epoch0, uint64_t ticks0,
                        double inv, unsigned long ident) noexcept nogil:
-    # Encodes records from i on while they carry no value or key (calls and returns of
-    # timing-only capture): pure C, run without the GIL so the drain thread works beside
-    # the traced program. Returns the index it stopped at.
+    # Encodes records from i on while they need no Python object (all but unwinds and gaps):
+    # pure C, run without the GIL so the drain thread works beside the traced program.
+    # Returns the index it stopped at: such a record, a block of BLOCK_BYTES or more to cut
+    # (so no block grows past it by more than a record), or no buffer free.
     cdef Record* r
     cdef OutBuf* b = NULL
     cdef int64_t t
@@ -1398,6 +1495,8 @@ cdef int _encode_plain(Chunk* chunk, int i, OutBuf* bufs, int* nbufs, int64_t ep
         if r.ext:  # a key (generator), a blob of previews or a pause: no Python object
             _encode_keyed(b, r, <RecordExt*>(r + 1), t, inv)
             i += 2
+            if b.len >= BLOCK_BYTES:
+                return i
             continue
         i += 1
         if b.len + 24 > b.cap and _reserve(b, 24) < 0:
@@ -1411,6 +1510,8 @@ cdef int _encode_plain(Chunk* chunk, int i, OutBuf* bufs, int* nbufs, int64_t ep
         p = _put_varint_at(p, _zigzag(t - b.last))
         b.last = t
         b.len = p - b.data
+        if b.len >= BLOCK_BYTES:
+            return i
     return i
 
 
@@ -1426,13 +1527,41 @@ cdef bint _out_ready(TState* ts) noexcept nogil:
     return ts.out != NULL
 
 
-cdef size_t _out_bytes(TState* ts) noexcept nogil:
+cdef size_t _pre_bytes(TState* ts) noexcept nogil:
     # bytes encoded for the thread and not yet handed to sessions (enc lock held)
     cdef size_t n = 0
     cdef int j
     for j in range(ts.nout):
         n += ts.out[j].len
+    for j in range(ts.nready):
+        n += ts.ready[j].len
     return n
+
+
+cdef int _cut_ready(TState* ts) noexcept nogil:
+    # Drain thread (enc lock): the thread's blocks of BLOCK_BYTES or more are finished, to be
+    # handed out as they are by the next drain() (before anything newer of the thread).
+    # Returns how many; -1 when out of memory.
+    cdef int j = 0, moved = 0
+    cdef ReadyBlock* grown
+    while j < ts.nout:
+        if ts.out[j].len >= BLOCK_BYTES:
+            if ts.nready == ts.capready:
+                grown = <ReadyBlock*>realloc(ts.ready, (ts.capready * 2 + 8) * sizeof(ReadyBlock))
+                if grown == NULL:
+                    return -1
+                ts.ready = grown
+                ts.capready = ts.capready * 2 + 8
+            ts.ready[ts.nready].data = ts.out[j].data
+            ts.ready[ts.nready].len = ts.out[j].len
+            ts.ready[ts.nready].slot = ts.out[j].slot
+            ts.nready += 1
+            moved += 1
+            ts.nout -= 1
+            ts.out[j] = ts.out[ts.nout]
+        else:
+            j += 1
+    return moved
 
 
 cdef Chunk* _take_plain(TState* ts) noexcept nogil:
@@ -1452,24 +1581,38 @@ cdef Chunk* _take_plain(TState* ts) noexcept nogil:
 
 
 cdef void _encode_queued_plain() noexcept nogil:
-    global _n_background
-    # Drain thread, no GIL: encode every thread's queued timing-only chunks into its
-    # buffers (handed to sessions by the next drain()). Stops at a chunk with values.
+    global _n_background, _pre_total
+    # Drain thread, no GIL: encode every thread's queued chunks without unwinds or gaps into
+    # blocks (handed to sessions by the next drain()), cut at BLOCK_BYTES. Stops at a chunk
+    # with those, or when what waits encoded reaches the budget (the records wait then, and
+    # a recording thread past the budget drains them itself).
     cdef TState* ts
     cdef Chunk* c
     cdef int i
+    cdef size_t before, grown
     handit_enc_lock()
     handit_q_lock()
     ts = _all_states
     handit_q_unlock()
     while ts != NULL:
-        while _out_ready(ts) and _out_bytes(ts) < PRE_ENCODED_BYTES:  # past that, drain() hands them out
+        while _out_ready(ts) and _pre_total < _budget:
             c = _take_plain(ts)
             if c == NULL:
                 break
-            i = _encode_plain(c, c.start, ts.out, &ts.nout, _cal_epoch0, _cal_ticks0, _cal_inv, ts.ident)
+            before = _pre_bytes(ts)
+            i = c.start
+            while True:
+                i = _encode_plain(c, i, ts.out, &ts.nout, _cal_epoch0, _cal_ticks0, _cal_inv, ts.ident)
+                if _cut_ready(ts) <= 0 and i < c.n:  # 64 sessions hold every buffer: the rest waits for drain()
+                    break
+                if i >= c.n:
+                    break
+            grown = _pre_bytes(ts) - before
+            ts.pre_bytes += grown
+            _pre_total += grown
+            _hold(grown)
             handit_q_lock()
-            if i < c.n:  # 64 sessions hold every buffer: the rest waits for drain()
+            if i < c.n:
                 c.start = i
                 c.next = ts.head
                 ts.head = c
@@ -1530,8 +1673,6 @@ cdef OutBuf* _buf_or_flush(TState* ts, uint16_t slot, int64_t t, list out) noexc
 
 
 cdef uint64_t MAX_GEN_KEYS = 65536  # records.MAX_GEN_KEYS
-cdef size_t BLOCK_BYTES = 1 << 16  # records.BLOCK_BYTES
-cdef size_t PRE_ENCODED_BYTES = 4 << 20  # encoded by the drain thread ahead of drain(), per thread
 
 
 ctypedef struct GenKeys:
@@ -1660,6 +1801,17 @@ cdef void _gen_release(int slot, uint64_t frame) noexcept nogil:
 cdef double _enc_inv = 1.0  # ns per clock tick, for the pauses drain() encodes
 
 
+cdef inline void _take_blob(OutBuf* b, Record* r, PyObject* blob) noexcept nogil:
+    # a record's blob appended to a block (room reserved); freed unless it is in the chunk
+    cdef uint32_t n
+    if r.ext == 1:
+        _put_blob(b, blob)
+        return
+    memcpy(&n, blob, 4)
+    memcpy(b.data + b.len, (<char*>blob) + 4, n)
+    b.len += n
+
+
 cdef void _encode_keyed(OutBuf* b, Record* r, RecordExt* ext, int64_t t, double inv) noexcept nogil:
     # a call, return, yield, resume, throw or pause with a key, a blob or a pause's ticks
     # (no Python object): encoded without the GIL, so generators' and previews' records are
@@ -1672,7 +1824,7 @@ cdef void _encode_keyed(OutBuf* b, Record* r, RecordExt* ext, int64_t t, double 
     if raux != NULL and _holds_blob(r.kind):
         memcpy(&size, raux, 4)
     if _reserve(b, 40 + size) < 0:  # room for all of it: nothing below can fail
-        if _holds_blob(r.kind):
+        if _holds_blob(r.kind) and r.ext == 1:  # (2: the blob is in the chunk, see _keep_blob)
             free(raux)
         return
     dts = t - b.last
@@ -1696,7 +1848,7 @@ cdef void _encode_keyed(OutBuf* b, Record* r, RecordExt* ext, int64_t t, double 
         if rkey:
             _put_varint(b, rkey)
         if raux != NULL:
-            _put_blob(b, raux)  # (room reserved above)
+            _take_blob(b, r, raux)  # (room reserved above)
     elif r.kind == K_RETURN:
         if raux != NULL:
             tag |= 0x80
@@ -1704,7 +1856,7 @@ cdef void _encode_keyed(OutBuf* b, Record* r, RecordExt* ext, int64_t t, double 
         b.len += 1
         _put_varint(b, _zigzag(dts))
         if raux != NULL:
-            _put_blob(b, raux)
+            _take_blob(b, r, raux)
     else:
         b.data[b.len] = <char>tag
         b.len += 1
@@ -1813,6 +1965,9 @@ def drain(calibration, previewer, route=None):
                 continue
             if not _out_ready(ts):
                 raise MemoryError
+            for j in range(ts.nready):  # the drain thread's finished blocks come first
+                _flush_ready(&ts.ready[j], out)
+            ts.nready = 0
             chunk = _take_all(ts)
             Py_XDECREF(ts.last_exc)
             Py_XDECREF(ts.last_exc_text)
@@ -1826,6 +1981,7 @@ def drain(calibration, previewer, route=None):
                     else:
                         with nogil:
                             i = _encode_plain(chunk, i, ts.out, &ts.nout, epoch0, ticks0, inv, ts.ident)
+                    _cut_full(ts, out)  # (where it stopped for a block that is full)
                     if i >= chunk.n:
                         break
                     r = &chunk.recs[i]
@@ -1856,6 +2012,7 @@ def drain(calibration, previewer, route=None):
             for j in range(ts.nout):
                 _flush_buf(&ts.out[j], out)
             ts.nout = 0
+            _unhold_pre(ts)
             ts = ts.next_all
         _free_exited_states()
     finally:
@@ -1914,7 +2071,7 @@ cdef void _free_exited_states() noexcept:
     while ts != NULL:
         nxt = ts.next_all
         if (handit_has_exited(&ts.exited) and ts.head == NULL and ts.tail == NULL and ts.nout == 0
-                and ts.npending == 0 and ts.gap_count == 0):
+                and ts.nready == 0 and ts.npending == 0 and ts.gap_count == 0):
             ts.idle_drains += 1
             if ts.idle_drains >= 2:
                 if prev == NULL:
@@ -1933,6 +2090,7 @@ cdef void _free_exited_states() noexcept:
         Py_XDECREF(gone.last_exc)
         Py_XDECREF(gone.last_exc_text)
         free(gone.out)
+        free(gone.ready)
         free(gone)
         gone = nxt
 
@@ -1947,7 +2105,7 @@ def pending():
     ts = _all_states
     while ts != NULL and not found:
         found = (ts.head != NULL or (ts.tail != NULL and ts.wp != ts.tail.recs) or ts.nout > 0
-                 or ts.gap_count > 0 or handit_has_exited(&ts.exited))
+                 or ts.nready > 0 or ts.gap_count > 0 or handit_has_exited(&ts.exited))
         ts = ts.next_all
     handit_q_unlock()
     handit_enc_unlock()
@@ -1967,13 +2125,45 @@ def thread_states():
     return n
 
 
-cdef void _flush_buf(OutBuf* b, list out) noexcept:
+cdef void _unhold_pre(TState* ts) noexcept:
+    # drain() (enc lock) has handed out what the drain thread encoded ahead for the thread
+    global _pre_total
+    _pre_total -= ts.pre_bytes
+    handit_atomic_sub(&_held, ts.pre_bytes)
+    ts.pre_bytes = 0
+
+
+cdef void _flush_ready(ReadyBlock* r, list out) noexcept:
+    # a block the drain thread finished, handed to `out`
+    _hand_block(out, r.slot, r.data, r.len)
+    r.data = NULL
+
+
+def held_bytes():
+    """What the engine holds for the drain: ``(now, peak)`` in bytes (chunks of records, their
+    previews, blocks encoded ahead), all threads together; the peak since :func:`reset_held_peak`."""
+    return _held, _held_peak
+
+
+def reset_held_peak():
+    """Start measuring the peak of :func:`held_bytes` again from what is held now."""
+    global _held_peak
+    handit_q_lock()
+    _held_peak = _held
+    handit_q_unlock()
+
+
+cdef void _hand_block(list out, int slot, char* data, size_t size) noexcept:
     # a finished block handed to `out` as (slot, address, length): drain() makes the bytes
     try:
-        out.append((b.slot, <size_t>b.data, b.len))
+        out.append((slot, <size_t>data, size))
     except BaseException:
         PyErr_Clear()
-        free(b.data)
+        free(data)
+
+
+cdef void _flush_buf(OutBuf* b, list out) noexcept:
+    _hand_block(out, b.slot, b.data, b.len)
     b.data = NULL
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from ._internal import start_internal_thread
 
-__all__ = ["Flusher", "flusher", "open_append", "write_all"]
+__all__ = ["MAX_PIECES", "Flusher", "flusher", "open_append", "write_all", "write_pieces"]
 
 
 def open_append(path: str) -> int:
@@ -48,6 +48,22 @@ def write_all(fd: int, data: bytes) -> None:
         view = memoryview(data)
         while done < len(data):
             done += os.write(fd, view[done:])
+
+
+def write_pieces(fd: int, pieces: list[bytes]) -> int:
+    """Write ``pieces`` in order with one ``os.writev`` (one write: appenders never interleave
+    inside it, and nothing is joined into a copy first); on a short write (disk full, a
+    signal), the rest with ``os.write``. At most :data:`MAX_PIECES` pieces. Returns the bytes written."""
+    total = sum(map(len, pieces))
+    done = os.writev(fd, pieces)
+    if done < total:
+        view = memoryview(b"".join(pieces))
+        while done < total:
+            done += os.write(fd, view[done:])
+    return total
+
+
+MAX_PIECES = 512  # a writev takes at most IOV_MAX (1024 on Linux) buffers
 
 
 class Flusher:

@@ -21,7 +21,7 @@ import struct
 import warnings
 from typing import Callable, Iterator, NamedTuple
 
-from xxhash import xxh3_64_intdigest
+from xxhash import xxh3_64, xxh3_64_intdigest
 
 from .errors import HanditError
 
@@ -68,6 +68,16 @@ def frame_header(ftype: bytes, stream: bytes, payload: bytes) -> bytes:
         the header's bytes.
     """
     head = _HEAD.pack(MARK, ftype, len(payload), stream, _check(payload))
+    return head + _CHECK.pack(_check(head))
+
+
+def frame_header_of(ftype: bytes, stream: bytes, parts: tuple[bytes, ...]) -> bytes:
+    """:func:`frame_header` for a payload in ``parts`` (written after it in order), not joined
+    first: no copy of a block on its way to the file."""
+    check = xxh3_64()
+    for part in parts:
+        check.update(part)
+    head = _HEAD.pack(MARK, ftype, sum(map(len, parts)), stream, check.intdigest() & 0xFFFFFFFF)
     return head + _CHECK.pack(_check(head))
 
 

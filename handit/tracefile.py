@@ -22,10 +22,10 @@ import uuid
 import warnings
 from typing import Any, Callable, Collection, Iterable, Iterator, NamedTuple
 
-from .appendfile import flusher, open_append, write_all
+from .appendfile import MAX_PIECES, flusher, open_append, write_all, write_pieces
 from .frames import (
     HEADER_SIZE, MAGIC, MAGIC_V1, MAX_PAYLOAD, PROGRESS_STEP, READ_BUFFER, FrameReport, TraceFileWarning,
-    TraceFormatError, frame_header, iter_frames,
+    TraceFormatError, frame_header_of, iter_frames,
 )
 from .reader import TraceBuilder
 
@@ -138,11 +138,12 @@ class TraceFileWriter:
         if os.getpid() != self._pid:
             self._after_fork()
         total = HEADER_SIZE + size
-        if self._buf and self._size + total > self._limit:
+        if self._buf and (self._size + total > self._limit or len(self._buf) + len(parts) >= MAX_PIECES):
             self._flush_locked()
-        payload = parts[0] if len(parts) == 1 else b"".join(parts)
-        self._buf.append(frame_header(ftype, self.stream_id, payload))
-        self._buf.append(payload)
+        # the parts stay as they are, written by one writev: a block is never copied here
+        # (under tracemalloc a block, its joined copy and the buffer's were the program's memory)
+        self._buf.append(frame_header_of(ftype, self.stream_id, parts))
+        self._buf.extend(parts)
         self._size += total
         self._frames += 1
         if self._size >= self._limit:
@@ -153,18 +154,19 @@ class TraceFileWriter:
     def _flush_locked(self) -> None:
         if not self._buf or self._fd is None:
             return
-        data = b"".join(self._buf)
+        pieces = self._buf
+        size = self._size
         frames = self._frames
-        self._buf.clear()
+        self._buf = []
         self._size = 0
         self._frames = 0
         try:
-            write_all(self._fd, data)
+            write_pieces(self._fd, pieces)
         except OSError:
-            self.lost_bytes += len(data)
+            self.lost_bytes += size
             self._written_codes = set()  # a lost C frame: send the whole table again
             raise
-        self.bytes_written += len(data)
+        self.bytes_written += size
         self.frames_written += frames
 
     def session_start(self, event: dict[str, Any]) -> None:
