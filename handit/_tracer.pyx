@@ -70,8 +70,10 @@ cdef extern from "Python.h":
 
 cdef extern from "_compat.h":
     uint64_t handit_ticks() nogil
+    bint handit_fast_and_idle(const int*, const int*)
     int handit_ticks_are_ns()
     void* handit_get_tls()
+    void* handit_get_tls_raw()
     void handit_set_tls(void*)
     Py_ssize_t handit_request_code_extra_index(void (*)(void*) noexcept)
     int handit_code_get_extra(PyObject*, Py_ssize_t, void**)
@@ -689,7 +691,7 @@ cdef inline PyThreadState* _cached_context(TState* ts) noexcept:
     # context this thread runs in stands (ts.ctx_slot; _NO_CTX never matches) and nothing
     # else needs looking at; NULL sends the event down the full path (_current_slot and the rest).
     cdef PyThreadState* t
-    if ts == NULL or ts.busy or not ts.fast_tstate:
+    if not handit_fast_and_idle(&ts.busy, &ts.fast_tstate):  # (ts: handit_get_tls_raw, never NULL)
         return NULL
     t = handit_tstate_for(1)
     if handit_context_ptr(t) != ts.ctx or handit_context_ver(t) != ts.ctx_ver:
@@ -704,7 +706,7 @@ cdef PyObject* _c_py_start(PyObject* self, PyObject** args, Py_ssize_t nargs) no
     # One comparison per question (CInfo.call_gen: decided under these rules, traced, time
     # only; _active[0] is never set: slot 0, no session). 3.12 callgrind, instructions an event:
     # PY_START 65 -> 56, PY_RETURN 67 -> 54.
-    cdef TState* ts = <TState*>handit_get_tls()
+    cdef TState* ts = <TState*>handit_get_tls_raw()
     cdef CInfo* ci
     cdef Record* r
     if _cached_context(ts) != NULL:
@@ -770,7 +772,7 @@ cdef PyObject* _c_py_return(PyObject* self, PyObject** args, Py_ssize_t nargs) n
     # PY_RETURN(code, offset, retval): the call ends with a value. Fast path as PY_START's
     # (CInfo.return_gen: also timing-only capture; a generator's return takes the full path,
     # which frees its key).
-    cdef TState* ts = <TState*>handit_get_tls()
+    cdef TState* ts = <TState*>handit_get_tls_raw()
     cdef CInfo* ci
     cdef Record* r
     if _cached_context(ts) != NULL:
@@ -1257,6 +1259,7 @@ def _reinit_sync_in_child():
     cdef TState* me = <TState*>handit_get_tls()
     cdef TState* ts = _all_states
     handit_sync_reinit()
+    _pool_forget_in_child()
     while ts != NULL:
         if ts != me:
             ts.exited = 1
@@ -1694,8 +1697,8 @@ cdef void _encode_keyed(OutBuf* b, Record* r, RecordExt* ext, int64_t t, double 
     if raux != NULL and _holds_blob(r.kind):
         memcpy(&size, raux, 4)
     if _reserve(b, 40 + size) < 0:  # room for all of it: nothing below can fail
-        if _holds_blob(r.kind):
-            free(raux)
+        if _holds_blob(r.kind) and raux != NULL:
+            _blob_free_enc(raux)
         return
     dts = t - b.last
     b.last = t
