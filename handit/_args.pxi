@@ -64,144 +64,19 @@ cdef inline void _interrupt_again() noexcept:
 
 # ---- blobs: a record's encoded values -------------------------------------------------------
 
-# Blobs are made by the recording thread and freed by the encoder, most often the drain
-# thread: with malloc and free alone, glibc's per-thread caches never see a freed blob again
-# on the thread that wants one, and every blob went through its arenas' slow paths (markdown's
-# suite, default capture: 13% of all samples in malloc/_int_malloc/_int_free/unlink_chunk).
-# Freed blobs of the two common sizes are kept instead, in three lists per size: the
-# encoders' (enc lock), the hand-over (q lock, spliced in 256 at a time) and the recording
-# threads' (GIL, refilled from the hand-over in one step). Each list keeps 2 MB at most.
-cdef enum:
-    _POOL_SMALL = 128     # return values (most fit; a longer preview grows the blob)
-    _POOL_LARGE = 512     # arguments: 256 + 16 per argument, up to 16 arguments
-    _POOL_SPLICE = 256    # encoder-freed blobs handed over at once
-    _POOL_MAX_SMALL = 16384   # blobs per list: 2 MB of each size in each list at most (a
-    _POOL_MAX_LARGE = 4096    # chunk in flight holds up to 8192 calls' blobs; 4096 spilled 44%)
-
-ctypedef struct BlobList:
-    void* head            # free blobs linked through their first word
-    void* tail
-    int n
-
-cdef BlobList _pool_enc[2]   # freed by an encoder (enc lock held)
-cdef BlobList _pool_q[2]     # handed over (q lock)
-cdef BlobList _pool_gil[2]   # taken by the recording threads, or freed with the GIL held
-
-
-cdef inline int _pool_class(void* blob) noexcept nogil:
-    # the list a freed blob joins, by the capacity in its header: 0, 1, or -1 (not kept:
-    # odd, or grown big). (malloc_usable_size read the next chunk's header: a cache miss.)
-    cdef uint32_t cap
-    memcpy(&cap, (<char*>blob) + 4, 4)
-    if cap >= _POOL_LARGE:
-        return 1 if cap < 2 * _POOL_LARGE else -1
-    return 0 if cap >= _POOL_SMALL else -1
-
-
-cdef inline int _pool_max(int c) noexcept nogil:
-    return _POOL_MAX_LARGE if c else _POOL_MAX_SMALL
-
-
-cdef inline bint _pool_push(BlobList* l, void* p, int c) noexcept nogil:
-    if l.n >= _pool_max(c):
-        return 0
-    (<void**>p)[0] = l.head
-    if l.head == NULL:
-        l.tail = p
-    l.head = p
-    l.n += 1
-    return 1
-
-
-cdef void _blob_free_enc(void* p) noexcept nogil:
-    # an encoder frees a blob (enc lock held)
-    cdef int c = _pool_class(p)
-    cdef BlobList* l
-    cdef void* spill = NULL
-    if c < 0 or not _pool_push(&_pool_enc[c], p, c):
-        free(p)
-        return
-    l = &_pool_enc[c]
-    if l.n < _POOL_SPLICE:
-        return
-    handit_q_lock()
-    if _pool_q[c].n + l.n <= _pool_max(c):
-        (<void**>l.tail)[0] = _pool_q[c].head
-        if _pool_q[c].head == NULL:
-            _pool_q[c].tail = l.tail
-        _pool_q[c].head = l.head
-        _pool_q[c].n += l.n
-    else:
-        spill = l.head  # the recording threads have plenty: these go back to malloc
-    handit_q_unlock()
-    l.head = l.tail = NULL
-    l.n = 0
-    while spill != NULL:
-        p = spill
-        spill = (<void**>p)[0]
-        free(p)
-
-
-cdef void _blob_free(void* p) noexcept:
-    # a blob freed with the GIL held (dropped, or made in vain)
-    cdef int c = _pool_class(p)
-    if c < 0 or not _pool_push(&_pool_gil[c], p, c):
-        free(p)
-
-
-cdef inline void* _blob_alloc(int c) noexcept:
-    # a blob of _POOL_SMALL (c = 0) or _POOL_LARGE bytes at least (GIL held); NULL: out of memory
-    cdef BlobList* l = &_pool_gil[c]
-    cdef void* p
-    if l.head == NULL and _pool_q[c].head != NULL:  # (a stale read only sends it to malloc)
-        handit_q_lock()
-        l.head = _pool_q[c].head
-        l.tail = _pool_q[c].tail
-        l.n = _pool_q[c].n
-        _pool_q[c].head = _pool_q[c].tail = NULL
-        _pool_q[c].n = 0
-        handit_q_unlock()
-    p = l.head
-    if p == NULL:
-        return malloc(_POOL_LARGE if c else _POOL_SMALL)
-    l.head = (<void**>p)[0]
-    l.n -= 1
-    return p
-
-
-cdef void _pool_forget_in_child() noexcept:
-    # after fork(): another thread of the parent may have been changing the encoders' or the
-    # hand-over lists (their blobs are left to the parent's copy of the heap)
-    cdef int c
-    for c in range(2):
-        _pool_enc[c].head = _pool_enc[c].tail = NULL
-        _pool_enc[c].n = 0
-        _pool_q[c].head = _pool_q[c].tail = NULL
-        _pool_q[c].n = 0
-
-
 cdef inline int _blob_start(OutBuf* b, size_t cap) noexcept:
-    # a blob is a 4-byte length and a 4-byte capacity, then the block-format bytes of the values
-    if cap <= _POOL_SMALL:
-        b.data = <char*>_blob_alloc(0)
-        cap = _POOL_SMALL
-    elif cap <= _POOL_LARGE:
-        b.data = <char*>_blob_alloc(1)
-        cap = _POOL_LARGE
-    else:
-        b.data = <char*>malloc(cap)
+    # a blob is a 4-byte length, then the block-format bytes of the values
+    b.data = <char*>malloc(cap)
     if b.data == NULL:
         return -1
     b.cap = cap
-    b.len = 8
+    b.len = 4
     return 0
 
 
 cdef inline PyObject* _blob_end(OutBuf* b) noexcept:
-    cdef uint32_t n = <uint32_t>(b.len - 8)
-    cdef uint32_t cap = <uint32_t>b.cap
+    cdef uint32_t n = <uint32_t>(b.len - 4)
     memcpy(b.data, &n, 4)
-    memcpy(b.data + 4, &cap, 4)
     return <PyObject*>b.data
 
 
@@ -212,8 +87,7 @@ cdef inline bint _holds_blob(uint8_t kind) noexcept nogil:
 
 cdef inline void _free_aux(uint8_t kind, PyObject* aux) noexcept:
     if _holds_blob(kind):
-        if aux != NULL:
-            _blob_free(aux)
+        free(aux)
     elif kind != K_PAUSE and kind != K_STEP:  # their aux is a count of clock ticks
         Py_XDECREF(aux)
 
@@ -223,11 +97,11 @@ cdef inline int _put_blob(OutBuf* b, PyObject* blob) noexcept nogil:
     cdef uint32_t n
     memcpy(&n, blob, 4)
     if _reserve(b, n) < 0:
-        _blob_free_enc(blob)
+        free(blob)
         return -1
-    memcpy(b.data + b.len, (<char*>blob) + 8, n)
+    memcpy(b.data + b.len, (<char*>blob) + 4, n)
     b.len += n
-    _blob_free_enc(blob)
+    free(blob)
     return 0
 
 
@@ -883,7 +757,7 @@ cdef PyObject* _value_blob(TState* ts, PyObject* value) noexcept:
     if _blob_start(&b, 64) < 0:
         return NULL
     if _put_preview(ts, &b, value) < 0:
-        _blob_free(_blob_end(&b))
+        free(b.data)
         return NULL
     return _blob_end(&b)
 
@@ -911,7 +785,7 @@ cdef PyObject* _args(TState* ts, CInfo* ci, PyFrameObject* frame, void* iframe) 
                 failed = _put_preview(ts, &b, v)
                 Py_DECREF(<object>v)
         if failed < 0:
-            _blob_free(_blob_end(&b))
+            free(b.data)
             return NULL
     return _blob_end(&b)
 

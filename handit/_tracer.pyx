@@ -1259,7 +1259,6 @@ def _reinit_sync_in_child():
     cdef TState* me = <TState*>handit_get_tls()
     cdef TState* ts = _all_states
     handit_sync_reinit()
-    _pool_forget_in_child()
     while ts != NULL:
         if ts != me:
             ts.exited = 1
@@ -1697,8 +1696,8 @@ cdef void _encode_keyed(OutBuf* b, Record* r, RecordExt* ext, int64_t t, double 
     if raux != NULL and _holds_blob(r.kind):
         memcpy(&size, raux, 4)
     if _reserve(b, 40 + size) < 0:  # room for all of it: nothing below can fail
-        if _holds_blob(r.kind) and raux != NULL:
-            _blob_free_enc(raux)
+        if _holds_blob(r.kind):
+            free(raux)
         return
     dts = t - b.last
     b.last = t
