@@ -153,16 +153,22 @@ def floor(source: str, tsc: bool = False) -> Sample:
     fl.start()
     try:
         events0 = _tracer.tsc_floor_events() if tsc else 0  # (C functions: no events of their own)
+        t0_ticks = _tracer.read_ticks()
         t0 = time.perf_counter_ns()
         result = wl.run()
         ns = time.perf_counter_ns() - t0
         events1 = _tracer.tsc_floor_events() if tsc else 0
+        last = _tracer.tsc_floor_last() if tsc else 0
     finally:
         fl.stop()
     _check_run(result)
     if tsc:  # a PY_START and a PY_RETURN per call (run() and every rec), each stored once
         stored = events1 - events0
-        check(stored == 2 * wl.expected_calls(), f"the clock-storing floor stored {stored} readings, expected {2 * wl.expected_calls()}")
+        # sys.monitoring events are process-wide: a handit drain thread left by an earlier
+        # measurement of report.py adds its own few (20-22 seen in a run), never fewer
+        expected = 2 * wl.expected_calls()
+        check(expected <= stored <= expected + 1000, f"the clock-storing floor stored {stored} readings, expected {expected}")
+        check(last >= t0_ticks, f"the clock-storing floor's last reading {last} is older than the run ({t0_ticks})")
     return Sample(ns, wl.expected_calls())
 
 

@@ -95,11 +95,33 @@ static inline void handit_exit_key_set(int *flag) {
 }
 static inline int handit_has_exited(int *flag) { return __atomic_load_n(flag, __ATOMIC_ACQUIRE); }
 
+/* busy == 0 and fast_tstate == 1 (both 0 or 1), read as one word where they lie side by
+   side (the first two ints of TState; the comparison of their addresses is folded at
+   compile time): the callbacks' first test, two instructions fewer an event. */
+static inline int handit_fast_and_idle(const int *busy, const int *fast_tstate) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if ((const char *)fast_tstate == (const char *)busy + sizeof(int) && sizeof(int) == 4) {
+        uint64_t word;
+        memcpy(&word, busy, 8);
+        return word == ((uint64_t)1 << 32);
+    }
+#endif
+    return *busy == 0 && *fast_tstate == 1;
+}
+
 /* One pointer of per-thread engine state (a C thread-local: no dict lookup). */
 /* initial-exec: a direct %fs-relative load instead of a __tls_get_addr call (~3 ns a callback). */
-static __thread void *handit_tls_state __attribute__((tls_model("initial-exec"))) = NULL;
-static inline void *handit_get_tls(void) { return handit_tls_state; }
-static inline void handit_set_tls(void *p) { handit_tls_state = p; }
+/* A thread without a state points at handit_no_state (busy, not fast), so the callbacks'
+   first test (handit_fast_and_idle) needs no NULL test before it; handit_get_tls still
+   gives NULL there, handit_get_tls_raw (the fast paths only) the placeholder. */
+static int handit_no_state[2] = {1, 0};
+static __thread void *handit_tls_state __attribute__((tls_model("initial-exec"))) = handit_no_state;
+static inline void *handit_get_tls_raw(void) { return handit_tls_state; }
+static inline void *handit_get_tls(void) {
+    void *p = handit_tls_state;
+    return p == (void *)handit_no_state ? NULL : p;
+}
+static inline void handit_set_tls(void *p) { handit_tls_state = p ? p : (void *)handit_no_state; }
 
 /* Per-code-object slot for the engine's decision (co_extra). */
 #if PY_VERSION_HEX >= 0x030C0000  /* PY312+ */

@@ -100,6 +100,8 @@ ctypedef struct CInfo:
     uint8_t suspendable
     uint16_t nargs
     uint8_t plain          # a call records time only (not suspendable, no arguments kept)
+    uint32_t call_gen      # `generation` if a call takes the sysmon fast path (traced and plain), else 0
+    uint32_t return_gen    # `generation` if a return does (traced, plain and timing-only capture), else 0
     uint32_t first_yield   # code unit of the first yield (profile source)
     uint32_t key_id        # the decision rules it was decided under
     PyObject* info         # the CodeInfo tuple (owned)
