@@ -1,10 +1,14 @@
-"""handit's own threads and code: marked so the capture engine never records them."""
+"""handit's own threads and code: marked so the capture engine never records them; work deferred
+from finalizers to a safe point."""
 from __future__ import annotations
 
+import gc
 import threading
+from collections import deque
 from typing import Any, Callable
 
 _hooks: list[Callable[[], None]] = []
+_deferred: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()  # see defer()
 
 
 def mark_internal_thread() -> None:
@@ -33,3 +37,43 @@ def start_internal_thread(target: Callable[..., Any], name: str, *args: Any) -> 
     thread = threading.Thread(target=run, name=f"handit-{name}", daemon=True)
     thread.start()
     return thread
+
+
+_collecting = False  # a garbage collection is running (set by _on_collection, see watch_collections)
+
+
+def _on_collection(phase: str, info: dict[str, Any]) -> None:
+    global _collecting
+    _collecting = phase == "start"
+
+
+def watch_collections() -> None:
+    """Follow garbage collections from now on (once per process; the first session calls it)."""
+    if _on_collection not in gc.callbacks:
+        gc.callbacks.append(_on_collection)
+
+
+def collecting() -> bool:
+    """Whether a garbage collection is running: finalizers run inside it, on whichever thread
+    allocated, possibly while that thread holds one of handit's locks (a trace file writer's,
+    mid-frame), so work they ask of handit must be deferred (:func:`defer`)."""
+    return _collecting
+
+
+def defer(fn: Callable[..., Any], *args: Any) -> None:
+    """Queue ``fn(*args)`` for the next safe point: after the drain thread's next drain, or when a
+    session stops (:func:`run_deferred`). Takes no lock: safe inside the garbage collector."""
+    _deferred.append((fn, args))
+
+
+def run_deferred() -> None:
+    """Run what was deferred (call with none of handit's locks held)."""
+    while True:
+        try:
+            fn, args = _deferred.popleft()
+        except IndexError:
+            return
+        try:
+            fn(*args)
+        except Exception:  # handit's own bookkeeping never reaches the program
+            pass

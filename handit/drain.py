@@ -5,7 +5,7 @@ import threading
 import warnings
 from typing import Any, Callable
 
-from ._internal import start_internal_thread
+from ._internal import run_deferred, start_internal_thread
 from .clock import Calibration
 
 DRAIN_INTERVAL_S = 0.01  # ~10 ms of records: they are drained while still in cache
@@ -133,6 +133,7 @@ class _Worker:
                 if self._drain is not drain:
                     continue
                 drain.run_once()
+                run_deferred()
                 if drain.on_idle is not None:
                     drain.on_idle()
             except Exception as exc:  # never takes the program down; said once, counted

@@ -27,7 +27,7 @@ import sys
 import threading
 from typing import Any, Callable
 
-from . import propagation
+from . import _internal, propagation
 
 __all__ = ["FORK_STEPS", "HANDLED_SIGNALS", "fork_log", "install", "release", "sessions_closed", "sessions_opened", "stop_all"]
 
@@ -63,6 +63,7 @@ def install() -> None:
     if not _installed:
         _installed = True
         atexit.register(_at_exit)
+        _internal.watch_collections()
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=_after_fork_in_child)
     if not _signals_installed:

@@ -221,6 +221,11 @@ class Session:
 
     def add_events(self, events: list[dict[str, Any]]) -> None:
         """Add events made outside the engine (HTTP calls, the low-level API)."""
+        if _internal.collecting():
+            # from a finalizer (an HTTP response collected unread): this thread may hold the
+            # writer's lock below, mid-frame; the events go at the next drain or stop
+            _internal.defer(self.add_events, events)
+            return
         self._extra.extend(events)
         for sink in self._sinks:
             sink.events(self, events)
@@ -694,6 +699,7 @@ def stop(session: Session | None = None) -> Session | None:
     Returns:
         the stopped session, or None if there was none.
     """
+    _internal.run_deferred()  # events finalizers added, before the session's end
     with _lock:
         choice = _state["choice"]
         if choice is None:

@@ -295,6 +295,37 @@ def test_clients_imported_after_the_first_session_are_instrumented(server: Serve
         assert out.stdout.strip() == expect and out.returncode == 0, out.stderr
 
 
+COLLECTED_UNREAD = """
+import gc, sys, handit, requests
+from handit.tracefile import iter_trace
+handit.configure(output_file=sys.argv[2])
+with handit.session("collected") as s:
+    r = requests.get(sys.argv[1], stream=True)  # never read nor closed: finished when collected
+    cycle = [r]
+    cycle.append(cycle)  # only the collector frees it
+    del r, cycle
+    (sink,) = [k for k in s._sinks if getattr(k, "fmt", "") == "handit"]
+    with sink.writer._lock:  # a collection that starts while the writer is mid-frame, on its thread
+        gc.collect()
+handit.sinks.flush_all(final=True)
+print(sum(e["type"] == "http_response" for e in iter_trace(sys.argv[2])))
+"""
+
+
+def test_an_answer_collected_while_the_writer_is_busy_is_written_later(server: Server, tmp_path: Any) -> None:
+    """A response collected unread finishes its exchange from a finalizer, which can run inside
+    handit's own locked code (seen: the drain thread in the writer's codes(), deadlocked on
+    itself, the program blocked behind it). The event waits for a safe point instead."""
+    import subprocess
+    import sys
+
+    from conftest import child_env
+
+    out = subprocess.run([sys.executable, "-c", COLLECTED_UNREAD, server.base + "/big", str(tmp_path / "t.handit")],
+                         env=child_env(), capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr
+
+
 def test_example_agent_records_its_http_calls(tmp_path: Any) -> None:
     """The README's example imports urllib.request after `handit run` started its session."""
     import subprocess
