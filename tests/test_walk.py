@@ -13,6 +13,7 @@ from handit.reader import BlockEncoder
 from handit.renderers.summary import func_matcher
 from handit.renderers.tree import TreeBuilder
 from handit.tracefile import TraceFileWarning, iter_trace, read_folds
+from handit.viewer import PageData
 from handit.walk import ABANDONED, INCOMPLETE, CodeNames, Walk, WalkedSession, read_args, read_preview, walk_type
 from test_fold import _blocks_of_every_kind
 
@@ -132,6 +133,29 @@ def test_the_walked_tree_of_a_cut_trace_is_the_events_tree(engine, tmp_path, wal
     from_events, walked, n = _trees(path, walk, {})
     assert n >= 2  # the last session lost its end (its F frame stands before it)
     assert walked.lines() == from_events.lines()
+
+
+@pytest.mark.parametrize("walk", WALKS)
+@pytest.mark.parametrize("cut", [0, 1])
+def test_the_walked_page_is_the_events_page(engine, tmp_path, walk, cut):
+    """handit view's data (rows, tracks, strings, folded tree) from walks as from events, a cut trace too."""
+    path = _trace(tmp_path, sorted(PROGRAMS), cut=cut)
+    from_events, walked = PageData(tree_nodes=40, tree_depth=3), PageData(tree_nodes=40, tree_depth=3)
+    n = []
+
+    def make(sid, lookup):
+        n.append(sid)
+        return WalkedSession(walk(*walked.walker(sid, CodeNames(lookup))))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TraceFileWarning)
+        for e in iter_trace(path):
+            from_events.add(e)
+        for e in iter_trace(path, make_builder=make):
+            assert e["type"] not in ("call", "return", "exception")
+            walked.add(e)
+    assert len(n) == len(PROGRAMS) and walked.calls == from_events.calls > 100
+    assert walked.finish() == from_events.finish()
 
 
 def test_a_tree_walk_leaves_out_what_it_does_not_show(engine, tmp_path):
