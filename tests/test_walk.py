@@ -184,3 +184,4 @@ def test_a_tree_walk_leaves_out_what_it_does_not_show(engine, tmp_path):
     assert folds.figures and len(reported) < calls // 3  # two kept shapes, the other roots and their first call
     text = "\n".join("".join(t for t, _ in line) for line in tree.lines())
     assert "more: rec ×48" in text
+    assert tree.lines() == TreeBuilder(max_children=2).feed(iter_trace(path)).lines()  # as from events

@@ -241,10 +241,23 @@ class TreeBuilder:
         Returns:
             ``(on_call, on_return)`` for :class:`handit.walk.Walk`.
         """
-        enter, leave = self._enter, self._leave
+        enter, leave, roots = self._enter, self._leave, self.roots
+        max_nodes, max_children = self.max_nodes, self.max_children
+        fast_roots = self.root_filter is None and self.max_depth >= 0
 
         def on_call(parent: Any, call_id: int, code: int, t0: int, thread: int, data: bytes, apos: int) -> Any:
-            if parent is not None and parent[0] is None and parent[3] != _DEEPER and parent[1] >= 0:
+            if parent is None:
+                root = roots.get(session_id) if fast_roots else None
+                if root is not None and (self.used >= max_nodes or len(root.children) >= max_children):
+                    # a root call past the limits, as _enter counts it (a test suite makes millions)
+                    func = codes[code][0]
+                    slot = root.others.get(func)
+                    if slot is None:
+                        root._count_other(func)
+                    else:
+                        slot[0] += 1
+                    return (None, 0, root, _OTHER, func)
+            elif parent[0] is None and parent[3] != _DEEPER and parent[1] >= 0:
                 return None  # below a call only counted by name: nothing to show or count
             func, module, _, _, names = codes[code]
             entry = enter(session_id, parent, func, module, t0, thread)
@@ -258,9 +271,12 @@ class TreeBuilder:
 
         def on_return(entry: Any, t0: int, t1: int, susp: int, data: bytes, rpos: int, exc: Any, flag: int) -> None:
             node = entry[0]
-            if node is not None and exc is not None:
+            if node is None:
+                leave(entry, t1 - t0, None, "")  # only counted: its time, if counted by name
+                return
+            if exc is not None:
                 node.exc = (str(exc[0] or "?"), str(exc[1] or ""))
-            leave(entry, t1 - t0, read_preview(data, rpos) if node is not None else None, _FLAGS[flag])
+            leave(entry, t1 - t0, read_preview(data, rpos), _FLAGS[flag])
 
         return on_call, on_return
 
