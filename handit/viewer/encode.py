@@ -40,7 +40,8 @@ from typing import Any
 from ..renderers.tree import Node, SessionRoot, TreeBuilder
 
 from ..calltree import Call, CallTree
-from ..walk import CodeNames, OnCall, OnReturn, read_args, read_preview
+from ..reader import read_string
+from ..walk import CodeNames, OnCall, OnReturn, read_args
 
 __all__ = ["PageData"]
 
@@ -169,7 +170,7 @@ class PageData:
                   call.exception, call.ret, call.t0_ns, call.t1_ns, call.own_ns, call.suspended_ns, call.depth,
                   call.call_id, call.parent_id)
 
-    def _row(self, sid: Any, code_key: tuple[str, str, str, int], call_track: Any, flags: int, call_args: Any,
+    def _row(self, sid: Any, code_key: tuple[str, str, str, Any], call_track: Any, flags: int, call_args: Any,
              exception: Any, call_ret: Any, t0: int, t1: int, own: int, susp: int, depth: int, call_id: Any,
              parent_id: Any) -> None:
         row = self.calls
@@ -309,18 +310,16 @@ class PageData:
                 previews = read_args(token[5], token[6], codes[token[4]][4])
                 if previews:
                     text = _SEP.join([part for pair in previews.items() for part in pair])
-                    args = strings.get(text)
-                    if args is None:
-                        args = intern(text)
+                    known = strings.get(text)
+                    args = intern(text) if known is None else known
             if exc is not None:
                 flags |= _RAISED
                 kind, message = str(exc[0] or "?"), str(exc[1] or "")
                 ret = intern(f"{kind}: {message}" if message else kind)
             elif rpos >= 0:
-                text = read_preview(data, rpos)
-                ret = strings.get(text)
-                if ret is None:
-                    ret = intern(text)
+                text = read_string(data, rpos)[0]
+                known = strings.get(text)
+                ret = intern(text) if known is None else known
             if args == _LEFT_OUT or ret == _LEFT_OUT:
                 self.previews_left_out += 1
             c_t0(t0)
