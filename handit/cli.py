@@ -520,13 +520,14 @@ def _walker(consumer: Any, folds: Any, selector: _Selector, http: set[str], fold
     """``make_builder`` for :func:`handit.tracefile.iter_trace`: a walk feeding ``consumer`` (its
     ``walker(sid, codes)``) for each session ``selector`` takes that has no HTTP events (and, if
     ``folded_only``, an F frame: the summary of the others needs their events); None (decode it) for the others."""
-    from .walk import CodeNames, WalkedSession, walk_type
+    from .walk import CodeNames, WalkedSession, walk_type, walks_every_kind
 
     walk = walk_type(require_compiled=os.environ.get("HANDIT_REQUIRE_COMPILED") == "1")
+    known = walks_every_kind()
 
     def make(sid: str, lookup: Any) -> Any:
         start = folds.starts.get(sid)
-        if (folded_only and sid not in folds.figures) or sid in http or start is None or not selector.takes(start):
+        if not known or (folded_only and sid not in folds.figures) or sid in http or start is None or not selector.takes(start):
             return None
         return WalkedSession(walk(*consumer.walker(sid, CodeNames(lookup))))
 

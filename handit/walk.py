@@ -23,9 +23,14 @@ from typing import Any, Callable
 
 from .blocks import compiled_twin
 from .reader import read_string, read_uvarint
+from .records import KIND_NAMES
 
-__all__ = ["ABANDONED", "INCOMPLETE", "CodeNames", "Walk", "WalkedSession", "read_args", "read_preview", "walk_type"]
+__all__ = [
+    "ABANDONED", "CodeNames", "INCOMPLETE", "KINDS", "Walk", "WalkedSession", "read_args", "read_preview",
+    "walk_type", "walks_every_kind",
+]
 
+KINDS = frozenset(range(1, 10))  # the record kinds a walk knows (CALL .. STEP); see walks_every_kind()
 INCOMPLETE, ABANDONED = 1, 2  # on_return's ``flag`` for a call closed without its end (0: it ended)
 
 # A stack entry is a list: [state, token, t0, key, suspended_ns, call_id].
@@ -190,6 +195,12 @@ class Walk:
         for entry, t_suspended in self._stash.values():
             self._end(entry, t_suspended, b"", -1, None, ABANDONED)
         self._stash.clear()
+
+
+def walks_every_kind() -> bool:
+    """Whether a walk knows every record kind :mod:`handit.records` declares: a kind added there
+    and not here would read as damage, so readers decode events instead until the walk learns it."""
+    return set(KIND_NAMES) <= KINDS
 
 
 def read_preview(data: bytes, pos: int) -> str | None:
