@@ -1,4 +1,4 @@
-"""Build the compiled engine (handit._tracer) and fold (handit._blocks) with Cython; everything else is pure Python."""
+"""Build the compiled engine (handit._tracer), fold (handit._blocks) and walk (handit._walk) with Cython; everything else is pure Python."""
 import os
 import sys
 import sysconfig
@@ -49,6 +49,7 @@ else:
         [
             Extension("handit._tracer", ["handit/_tracer.pyx"], extra_compile_args=["-O2"]),
             Extension("handit._blocks", ["handit/_blocks.pyx"], extra_compile_args=["-O2"]),
+            Extension("handit._walk", ["handit/_walk.pyx"], extra_compile_args=["-O2"]),
         ],
         language_level=3,
         compiler_directives={

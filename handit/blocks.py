@@ -15,12 +15,13 @@ that of the calls it made; a generator runs for its wall time less its time susp
 from __future__ import annotations
 
 import copy
+import importlib
 import os
 from typing import Any
 
 from .reader import read_string, read_uvarint
 
-__all__ = ["Fold", "fold_type"]
+__all__ = ["Fold", "compiled_twin", "fold_type"]
 
 MAX_ERRORS = 1000  # distinct (exception, message, function) kept; later ones are counted
 
@@ -284,14 +285,24 @@ def fold_type(engine: str | None = None, require_compiled: bool = False) -> type
     Raises:
         ImportError: ``require_compiled`` and ``handit._blocks`` is not built.
     """
+    return compiled_twin(Fold, "_blocks", engine, require_compiled)  # type: ignore[no-any-return]
+
+
+def compiled_twin(pure: type, module: str, engine: str | None, require_compiled: bool) -> type:
+    """The class named as ``pure`` in the compiled module ``handit.<module>`` when it is built and the
+    engine is not ``fallback``, else ``pure``.
+
+    Raises:
+        ImportError: ``require_compiled`` and the module is not built.
+    """
     if engine is None:
         engine = os.environ.get("HANDIT_ENGINE", "auto")
     if engine == "fallback":
-        return Fold
+        return pure
     try:
-        from ._blocks import Fold as CompiledFold
+        compiled = importlib.import_module(f"{__package__}.{module}")
     except ImportError:
         if require_compiled:
             raise
-        return Fold
-    return CompiledFold  # type: ignore[no-any-return]
+        return pure
+    return getattr(compiled, pure.__name__)  # type: ignore[no-any-return]

@@ -380,6 +380,11 @@ class _Selector:
         self.open: set[Any] = set()
         self.matched = 0
 
+    def takes(self, start: dict[str, Any]) -> bool:
+        """Whether the session this ``session_start`` event begins is chosen (nothing is counted)."""
+        return not self.active or ((self.prefix is None or str(start.get("session_id")).startswith(self.prefix))
+                                   and (self.tag is None or start.get("tag") == self.tag))
+
     def __call__(self, event: dict[str, Any]) -> bool:
         if not self.active:
             return True
@@ -468,6 +473,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
         read: dict[str, Any] = {}
         if folds is not None and tree is None:
             read = {"no_blocks": True} if not folds.unfolded else {"skip_blocks": folds.figures.keys()}
+        elif folds is not None and tree is not None:
+            # folded sessions' calls go to the tree from a walk of their blocks, without events
+            read = {"make_builder": _walker(tree, folds, selector, _http_sessions(path), folded_only=True)}
         consumers: list[Any] = [_FoldedStats(stats, folds)] + ([tree] if tree is not None else [])
         intact = _read(path, selector, consumers, **read) and intact
     if func_filter is not None and not any(func_filter(f.module, f.func) for f in stats.functions.values()):
@@ -484,6 +492,46 @@ def _cmd_show(args: argparse.Namespace) -> int:
     blocks = [head, *summary_blocks(stats, top=args.top, func_filter=func_filter, insert=extra)]
     emit(blocks, sys.stdout)
     return 0 if intact else DAMAGED
+
+
+def _http_sessions(path: str) -> set[str]:
+    """Sessions with HTTP events in a .handit file (their calls are read as events: requests are
+    linked to their calls while decoding); only J frames are parsed."""
+    from .frames import iter_frames
+
+    found: set[str] = set()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # damage is reported by the full read that follows
+            for _, _, payload in iter_frames(path, only=b"J"):
+                try:
+                    events = json.loads(payload)
+                except ValueError:
+                    continue
+                if isinstance(events, list):
+                    found.update(str(e.get("session_id")) for e in events
+                                 if isinstance(e, dict) and str(e.get("type")).startswith("http_"))
+    except (OSError, HanditError):
+        pass
+    return found
+
+
+def _walker(consumer: Any, folds: Any, selector: _Selector, http: set[str], folded_only: bool) -> Any:
+    """``make_builder`` for :func:`handit.tracefile.iter_trace`: a walk feeding ``consumer`` (its
+    ``walker(sid, codes)``) for each session ``selector`` takes that has no HTTP events (and, if
+    ``folded_only``, an F frame: the summary of the others needs their events); None (decode it) for the others."""
+    from .walk import CodeNames, WalkedSession, walk_type, walks_every_kind
+
+    walk = walk_type(require_compiled=os.environ.get("HANDIT_REQUIRE_COMPILED") == "1")
+    known = walks_every_kind()
+
+    def make(sid: str, lookup: Any) -> Any:
+        start = folds.starts.get(sid)
+        if not known or (folded_only and sid not in folds.figures) or sid in http or start is None or not selector.takes(start):
+            return None
+        return WalkedSession(walk(*consumer.walker(sid, CodeNames(lookup))))
+
+    return make
 
 
 def _read_folds(path: str) -> Any:
@@ -608,7 +656,10 @@ def _cmd_view(args: argparse.Namespace) -> int:
     selector = _Selector(args.session, args.tag)
     intact = True
     for path in args.file:
-        intact = _read(path, selector, [data]) and intact
+        # sessions' calls come from walks of their blocks, without events (those with HTTP events: as events)
+        folds = _read_folds(path) if detect_format(path) == "handit" else None
+        read = {"make_builder": _walker(data, folds, selector, _http_sessions(path), folded_only=False)} if folds else {}
+        intact = _read(path, selector, [data], **read) and intact
     if selector.active and not selector.matched:
         _err(f"no session in {' '.join(args.file)} matches" + (f" --session {args.session}" if args.session else "") +
              (f" --tag {args.tag}" if args.tag else ""))

@@ -39,6 +39,7 @@ FRAME_TYPES = frozenset((b"S", b"E", b"C", b"B", b"J"))
 BUFFER_BYTES = 64 * 1024  # small frames gathered into one write (what waits here counts as the program's memory under tracemalloc)
 FLUSH_INTERVAL = 1.0  # seconds a frame may wait in memory (HANDIT_FLUSH_EVERY_MS)
 
+MakeBuilder = Callable[[str, Callable[[int], Any]], Any]  # see iter_trace's make_builder
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
 
 
@@ -267,7 +268,7 @@ class _Open:
 
     __slots__ = ("builder", "t0", "raw")
 
-    def __init__(self, builder: TraceBuilder, t0: int | None, raw: bytes | None) -> None:
+    def __init__(self, builder: Any, t0: int | None, raw: bytes | None) -> None:
         self.builder = builder
         self.t0 = t0
         self.raw = raw
@@ -282,7 +283,7 @@ def _session_raw(session_id: str) -> bytes | None:
 
 def iter_trace(
     path: str, *, progress: Callable[[int, int], None] | None = None, report: FrameReport | None = None,
-    skip_blocks: Collection[str] = (), no_blocks: bool = False,
+    skip_blocks: Collection[str] = (), no_blocks: bool = False, make_builder: MakeBuilder | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Stream the events of a .handit file in the JSONL schema, in file order.
 
@@ -304,6 +305,9 @@ def iter_trace(
         report: filled with what was damaged (and warned about all the same).
         skip_blocks: sessions whose blocks are not decoded (their summary comes from F frames).
         no_blocks: decode no block at all (block frames are skipped unread).
+        make_builder: ``(session id, code lookup) -> builder or None``: a session's blocks go to
+            the builder it returns (an object like :class:`~handit.reader.TraceBuilder`, e.g.
+            :class:`handit.walk.WalkedSession`, which yields no call events) instead of a TraceBuilder.
     Yields:
         event dicts.
     Raises:
@@ -317,7 +321,8 @@ def iter_trace(
 
     def open_session(sid: str, stream: bytes, t0: int | None, raw: bytes | None) -> _Open:
         table = tables.setdefault(stream, {})
-        state = sessions[sid] = _Open(TraceBuilder(sid, table.__getitem__), t0, raw)
+        builder = make_builder(sid, table.__getitem__) if make_builder is not None else None
+        state = sessions[sid] = _Open(builder if builder is not None else TraceBuilder(sid, table.__getitem__), t0, raw)
         if raw is not None:
             by_raw[raw] = sid
         return state
@@ -507,21 +512,21 @@ def _iter_jsonl(path: str, progress: Callable[[int, int], None] | None) -> Itera
 
 def iter_events(
     path: str, *, progress: Callable[[int, int], None] | None = None, skip_blocks: Collection[str] = (),
-    no_blocks: bool = False,
+    no_blocks: bool = False, make_builder: MakeBuilder | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Stream the events of a trace file in either format (.handit or JSONL).
 
     Args:
         path: the trace file.
         progress: called with ``(bytes_read, total_bytes)`` now and then.
-        skip_blocks, no_blocks: as for :func:`iter_trace` (.handit only).
+        skip_blocks, no_blocks, make_builder: as for :func:`iter_trace` (.handit only).
     Yields:
         event dicts in the JSONL schema.
     Raises:
         OSError: the file cannot be read.
     """
     if detect_format(path) == "handit":
-        return iter_trace(path, progress=progress, skip_blocks=skip_blocks, no_blocks=no_blocks)
+        return iter_trace(path, progress=progress, skip_blocks=skip_blocks, no_blocks=no_blocks, make_builder=make_builder)
     return _iter_jsonl(path, progress)
 
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from ..walk import CodeNames, OnCall, OnReturn, read_args, read_preview
 from . import Lines, Segment, fmt_args, fmt_ns, shorten
 
 __all__ = ["Node", "SessionRoot", "TreeBuilder"]
 
 _KEPT, _DEEPER, _OTHER, _INSIDE = 0, 1, 2, 3  # how an open call is accounted for
+_FLAGS = ("", "incomplete", "abandoned")  # a walk's return flag -> the node's
 _MAX_OTHER_FUNCS = 64  # functions named in a "… N more" line's counts; later ones are counted as "others"
 
 
@@ -107,6 +109,12 @@ class SessionRoot(_Parent):
         return self.names.get(str(ident)) or f"thread {self.threads.get(ident, '?')}"
 
 
+# an open call's entry: (node or None, depth, container, how it is accounted for, func counted in container.others)
+_Entry = tuple  # type: ignore[type-arg]
+_OUTSIDE: _Entry = (None, -1, None, _INSIDE, "")  # outside every --func match: its calls may match
+_NOWHERE: _Entry = (None, 0, None, _INSIDE, "")  # a root past the budget
+
+
 class TreeBuilder:
     """Builds a bounded call tree from events, one at a time.
 
@@ -133,7 +141,7 @@ class TreeBuilder:
         self._threads: dict[Any, Any] = {}  # session id -> the thread that started it
         self._seen: dict[int, Node] = {}  # shape key -> the first finished subtree with that shape
         # (session, call_id) -> (node or None, depth, container, mode, func counted in container.others)
-        self._open: dict[tuple[Any, Any], tuple[Node | None, int, _Parent | None, int, str]] = {}
+        self._open: dict[tuple[Any, Any], _Entry] = {}
         self._http: dict[tuple[Any, Any], Node] = {}  # (session, request id) -> its node, until its response
 
     def feed(self, events: Any) -> TreeBuilder:
@@ -180,46 +188,97 @@ class TreeBuilder:
     def _call(self, e: dict[str, Any]) -> None:
         sid = e.get("session_id")
         pid = e.get("parent_id")
-        func, module = str(e.get("func") or "?"), str(e.get("module") or "?")
         parent = self._open.get((sid, pid)) if pid is not None else None
-        key = (sid, e.get("call_id"))
+        entry = self._enter(sid, parent, str(e.get("func") or "?"), str(e.get("module") or "?"),
+                            int(e.get("t0_ns") or 0), e.get("thread"))
+        if entry[0] is not None:
+            entry[0].args = e.get("args_preview") or {}
+        self._open[(sid, e.get("call_id"))] = entry
+
+    def _enter(self, sid: Any, parent: _Entry | None, func: str, module: str, t0: int, thread: Any) -> _Entry:
+        """Where a call goes (a node, a count, or nowhere) under its parent's entry (None for a root)."""
         if self.root_filter is not None and (parent is None or parent[1] < 0):
             if not self.root_filter(module, func):
-                self._open[key] = (None, -1, None, _INSIDE, "")  # outside every match
-                return
+                return _OUTSIDE  # outside every match
             parent = None
         if parent is None:
             depth, container = 0, self._root(sid)
             if container is None:
-                self._open[key] = (None, 0, None, _INSIDE, "")
-                return
+                return _NOWHERE
         else:
             node, pdepth, pcontainer, pmode, _ = parent
             depth = pdepth + 1
             if node is None:  # below a call that is only counted
                 if pmode == _DEEPER and pcontainer is not None:
                     pcontainer.hidden += 1
-                    self._open[key] = (None, depth, pcontainer, _DEEPER, "")
-                else:
-                    self._open[key] = (None, depth, None, _INSIDE, "")
-                return
+                    return (None, depth, pcontainer, _DEEPER, "")
+                return (None, depth, None, _INSIDE, "")
             container = node
         if depth > self.max_depth:
             container.hidden += 1
-            self._open[key] = (None, depth, container, _DEEPER, "")
-        elif self.used >= self.max_nodes or len(container.children) >= self.max_children:
-            self._open[key] = (None, depth, container, _OTHER, container._count_other(func))
-        else:
-            node = Node(func, module, e.get("args_preview"))
-            node.flag = "open"
-            node.t0 = int(e.get("t0_ns") or 0)
-            if isinstance(container, SessionRoot):
-                threads = container.threads
-                node.thread = e.get("thread")
-                threads.setdefault(node.thread, len(threads) + 1)
-            container.children.append(node)
-            self.used += 1
-            self._open[key] = (node, depth, container, _KEPT, "")
+            return (None, depth, container, _DEEPER, "")
+        if self.used >= self.max_nodes or len(container.children) >= self.max_children:
+            return (None, depth, container, _OTHER, container._count_other(func))
+        node = Node(func, module, None)
+        node.flag = "open"
+        node.t0 = t0
+        if isinstance(container, SessionRoot):
+            threads = container.threads
+            node.thread = thread
+            threads.setdefault(thread, len(threads) + 1)
+        container.children.append(node)
+        self.used += 1
+        return (node, depth, container, _KEPT, "")
+
+    def walker(self, session_id: str, codes: CodeNames) -> tuple[OnCall, OnReturn]:
+        """The ``on_call`` / ``on_return`` pair that builds this tree from a :class:`handit.walk.Walk`
+        of one session's blocks (the same tree as from its events; calls below what is kept,
+        and the ends of calls only counted, are not reported).
+
+        Args:
+            session_id: the session (its ``session_start`` and ``session_end`` still go to :meth:`add`).
+            codes: the session's code names.
+        Returns:
+            ``(on_call, on_return)`` for :class:`handit.walk.Walk`.
+        """
+        enter, leave, roots = self._enter, self._leave, self.roots
+        max_nodes, max_children = self.max_nodes, self.max_children
+        fast_roots = self.root_filter is None and self.max_depth >= 0
+
+        def on_call(parent: Any, call_id: int, code: int, t0: int, thread: int, data: bytes, apos: int) -> Any:
+            if parent is None:
+                root = roots.get(session_id) if fast_roots else None
+                if root is not None and (self.used >= max_nodes or len(root.children) >= max_children):
+                    # a root call past the limits, as _enter counts it (a test suite makes millions)
+                    func = codes[code][0]
+                    slot = root.others.get(func)
+                    if slot is None:
+                        root._count_other(func)
+                    else:
+                        slot[0] += 1
+                    return (None, 0, root, _OTHER, func)
+            elif parent[0] is None and parent[3] != _DEEPER and parent[1] >= 0:
+                return None  # below a call only counted by name: nothing to show or count
+            func, module, _, _, names = codes[code]
+            entry = enter(session_id, parent, func, module, t0, thread)
+            node = entry[0]
+            if node is not None:
+                if apos >= 0:
+                    node.args = read_args(data, apos, names)
+            elif entry[3] == _INSIDE and entry[1] >= 0:
+                return None  # nothing below it is shown or counted
+            return entry
+
+        def on_return(entry: Any, t0: int, t1: int, susp: int, data: bytes, rpos: int, exc: Any, flag: int) -> None:
+            node = entry[0]
+            if node is None:
+                leave(entry, t1 - t0, None, "")  # only counted: its time, if counted by name
+                return
+            if exc is not None:
+                node.exc = (str(exc[0] or "?"), str(exc[1] or ""))
+            leave(entry, t1 - t0, read_preview(data, rpos), _FLAGS[flag])
+
+        return on_call, on_return
 
     def _http_request(self, e: dict[str, Any]) -> None:
         """An HTTP call becomes a leaf under the call that made it (when that call is shown)."""
@@ -251,8 +310,13 @@ class TreeBuilder:
         entry = self._open.pop((e.get("session_id"), e.get("call_id")), None)
         if entry is None:
             return
+        ret = (e.get("locals_preview") or {}).get("return")
+        flag = "incomplete" if e.get("incomplete") else "abandoned" if e.get("abandoned") else ""
+        self._leave(entry, int(e.get("dt_ns") or 0), None if ret is None else str(ret), flag)
+
+    def _leave(self, entry: _Entry, dt: int, ret: str | None, flag: str) -> None:
+        """A call ends: its node is closed and folded into an identical sibling, or its time counted."""
         node, _, container, mode, other = entry
-        dt = int(e.get("dt_ns") or 0)
         if mode == _OTHER and container is not None:
             slot = container.others.get(other)
             if slot is None:  # its name gave way to another's meanwhile
@@ -261,9 +325,8 @@ class TreeBuilder:
         if node is None or container is None:
             return
         node.dt_ns = dt
-        ret = (e.get("locals_preview") or {}).get("return")
-        node.ret = None if ret is None else str(ret)
-        node.flag = "incomplete" if e.get("incomplete") else "abandoned" if e.get("abandoned") else ""
+        node.ret = ret
+        node.flag = flag
         node._close()
         index = container.index
         if index is None:

@@ -40,12 +40,16 @@ from typing import Any
 from ..renderers.tree import Node, SessionRoot, TreeBuilder
 
 from ..calltree import Call, CallTree
+from ..reader import read_string
+from ..walk import CodeNames, OnCall, OnReturn, read_args
 
 __all__ = ["PageData"]
 
 FORMAT_VERSION = 1
 _RAISED, _INCOMPLETE, _ABANDONED, _SUSPENDABLE, _NO_NEST = 1, 2, 4, 8, 16
 _FLAG_BITS = {"raised": _RAISED, "incomplete": _INCOMPLETE, "abandoned": _ABANDONED}
+_FLAG_BITS_OF_WALK = (0, _INCOMPLETE, _ABANDONED)  # a walk's return flag -> the row's flags
+_PRUNED = object()  # a walked call the folded tree leaves out (and what it calls)
 _NONE, _LEFT_OUT = -1, -2
 _SEP = "\x01"
 # (name, array typecode, JS typed array): the order is the blob's
@@ -156,49 +160,53 @@ class PageData:
 
     def _take(self, call: Call) -> None:
         """Store one finished call (the hot path: ~1 µs a call matters for traces of millions)."""
-        row = self.calls
-        self.calls = row + 1
-        sid = call.session_id
-        code_key = (call.func, call.module, call.file, call.line)
-        code = self._codes.get(code_key)
-        if code is None:
-            code = self._codes[code_key] = len(self._codes)
-        track = self._track_of.get(call.track)
-        if track is None:
-            track = self._track(call.track)
-        self._track_info[track]["calls"] += 1
         flags = _SUSPENDABLE if call.suspendable else 0
         if not call.nests:
             flags |= _NO_NEST
         if call.flags:
             for flag in call.flags:
                 flags |= _FLAG_BITS.get(flag, 0)
+        self._row(call.session_id, (call.func, call.module, call.file, call.line), call.track, flags, call.args,
+                  call.exception, call.ret, call.t0_ns, call.t1_ns, call.own_ns, call.suspended_ns, call.depth,
+                  call.call_id, call.parent_id)
+
+    def _row(self, sid: Any, code_key: tuple[str, str, str, Any], call_track: Any, flags: int, call_args: Any,
+             exception: Any, call_ret: Any, t0: int, t1: int, own: int, susp: int, depth: int, call_id: Any,
+             parent_id: Any) -> None:
+        row = self.calls
+        self.calls = row + 1
+        code = self._codes.get(code_key)
+        if code is None:
+            code = self._codes[code_key] = len(self._codes)
+        track = self._track_of.get(call_track)
+        if track is None:
+            track = self._track(call_track)
+        self._track_info[track]["calls"] += 1
         args = ret = _NONE
-        if call.args:
+        if call_args:
             try:
-                text = _SEP.join([part for pair in call.args.items() for part in pair])
+                text = _SEP.join([part for pair in call_args.items() for part in pair])
             except TypeError:  # a JSONL trace may hold non-string previews
-                text = _SEP.join([str(part) for pair in call.args.items() for part in pair])
+                text = _SEP.join([str(part) for pair in call_args.items() for part in pair])
             known = self._strings.get(text)
             args = self._string(text) if known is None else known
-        if call.exception is not None:
+        if exception is not None:
             flags |= _RAISED
-            kind, message = call.exception
+            kind, message = exception
             ret = self._string(f"{kind}: {message}" if message else kind)
-        elif call.ret is not None:
-            text = call.ret if type(call.ret) is str else str(call.ret)
+        elif call_ret is not None:
+            text = call_ret if type(call_ret) is str else str(call_ret)
             known = self._strings.get(text)
             ret = self._string(text) if known is None else known
         if args == _LEFT_OUT or ret == _LEFT_OUT:
             self.previews_left_out += 1
-        t0 = call.t0_ns
         self._c_t0(t0)
-        self._c_dur(call.t1_ns - t0)
-        self._c_own(call.own_ns)
-        self._c_susp(call.suspended_ns)
+        self._c_dur(t1 - t0)
+        self._c_own(own)
+        self._c_susp(susp)
         self._c_code(code)
         self._c_track(track)
-        self._c_depth(call.depth)
+        self._c_depth(depth)
         self._c_flags(flags)
         self._c_args(args)
         self._c_ret(ret)
@@ -207,18 +215,141 @@ class PageData:
         if rows is None:
             rows = self._rows[sid] = _RowIndex()
         parent = _NONE
-        if call.parent_id is not None:
-            parent = rows.get(call.parent_id)
+        if parent_id is not None:
+            parent = rows.get(parent_id)
             if parent == _NONE:
-                self._waiting.setdefault((sid, call.parent_id), []).append(row)
+                self._waiting.setdefault((sid, parent_id), []).append(row)
         self._c_parent(parent)
-        rows.put(call.call_id, row)
+        rows.put(call_id, row)
         if self._waiting:
-            children = self._waiting.pop((sid, call.call_id), None)
+            children = self._waiting.pop((sid, call_id), None)
             if children:
                 parents = self._cols["parent"]
                 for child in children:
                     parents[child] = row
+
+    def walker(self, session_id: str, codes: CodeNames) -> tuple[OnCall, OnReturn]:
+        """The ``on_call`` / ``on_return`` pair that takes one session's calls from a
+        :class:`handit.walk.Walk` of its blocks: the same rows, tracks and folded tree as from
+        its events (:meth:`add` and :class:`~handit.calltree.CallTree`), each row written as
+        :meth:`_row` writes it, without an event or a :class:`~handit.calltree.Call` (a session
+        with HTTP events is read as events).
+
+        Args:
+            session_id: the session (its ``session_start`` and ``session_end`` still go to :meth:`add`).
+            codes: the session's code names.
+        Returns:
+            ``(on_call, on_return)`` for :class:`handit.walk.Walk`.
+        """
+        tree_call, tree_return = self._folded.walker(session_id, codes)
+        opened: dict[int, list[Any]] = {}  # thread -> [its Track, its open calls in start order, its track index]
+        page_codes: dict[int, int] = {}  # code index -> the page's
+        track_of, cols, strings, intern = self._tree.track_of, self._cols, self._strings, self._string
+        c_t0, c_dur, c_own, c_susp, c_code = self._c_t0, self._c_dur, self._c_own, self._c_susp, self._c_code
+        c_track, c_depth, c_flags, c_args, c_ret, c_parent = (
+            self._c_track, self._c_depth, self._c_flags, self._c_args, self._c_ret, self._c_parent)
+        parents = cols["parent"]
+
+        def on_call(parent: Any, call_id: int, code: int, t0: int, thread: int, data: bytes, apos: int) -> Any:
+            got = opened.get(thread)
+            if got is None:
+                got = opened[thread] = [track_of({"session_id": session_id, "thread": thread}), [], -1]
+            if parent is not None and parent[0] is _PRUNED:
+                folded = _PRUNED
+            else:
+                folded = tree_call(parent[0] if parent is not None else None, call_id, code, t0, thread, data, apos)
+                if folded is None:
+                    folded = _PRUNED
+            # [folded tree's token, parent, thread's [track, open calls, index], depth, code, block, offset of
+            #  the argument previews, children's active ns, its row once ended, rows of children ended before it]
+            token = [folded, parent, got, len(got[1]), code, data, apos, 0, -1, None]
+            got[1].append(token)
+            return token
+
+        def on_return(token: Any, t0: int, t1: int, susp: int, data: bytes, rpos: int, exc: Any, flag: int) -> None:
+            if token[0] is not _PRUNED:
+                tree_return(token[0], t0, t1, susp, data, rpos, exc, flag)
+            got = token[2]
+            stack = got[1]
+            flags = _FLAG_BITS_OF_WALK[flag]
+            if stack and stack[-1] is token:
+                stack.pop()
+            else:
+                flags |= _NO_NEST
+                stack.remove(token)
+            if t1 < t0:
+                t1 = t0
+            dt = t1 - t0
+            if susp >= 0:
+                flags |= _SUSPENDABLE
+                if susp > dt:
+                    susp = dt
+            else:
+                susp = 0
+            active = dt - susp if dt > susp else 0
+            parent = token[1]
+            if parent is not None and parent[2] is got:
+                parent[7] += active
+            # the row, as _row writes it
+            row = self.calls
+            self.calls = row + 1
+            code = page_codes.get(token[4])
+            if code is None:
+                info = codes[token[4]]
+                key = (info[0] or "?", info[1] or "?", info[2], info[3])
+                code = self._codes.get(key)
+                if code is None:
+                    code = self._codes[key] = len(self._codes)
+                page_codes[token[4]] = code
+            track = got[2]
+            if track < 0:
+                track = got[2] = self._track(got[0])
+            self._track_info[track]["calls"] += 1
+            args = ret = _NONE
+            if token[6] >= 0:
+                previews = read_args(token[5], token[6], codes[token[4]][4])
+                if previews:
+                    text = _SEP.join([part for pair in previews.items() for part in pair])
+                    known = strings.get(text)
+                    args = intern(text) if known is None else known
+            if exc is not None:
+                flags |= _RAISED
+                kind, message = str(exc[0] or "?"), str(exc[1] or "")
+                ret = intern(f"{kind}: {message}" if message else kind)
+            elif rpos >= 0:
+                text = read_string(data, rpos)[0]
+                known = strings.get(text)
+                ret = intern(text) if known is None else known
+            if args == _LEFT_OUT or ret == _LEFT_OUT:
+                self.previews_left_out += 1
+            c_t0(t0)
+            c_dur(dt)
+            c_own(active - token[7] if active > token[7] else 0)
+            c_susp(susp)
+            c_code(code)
+            c_track(track)
+            c_depth(token[3])
+            c_flags(flags)
+            c_args(args)
+            c_ret(ret)
+            token[8] = row
+            # the parent ends after its children (but a generator may outlive it): children wait for its row
+            if parent is None:
+                c_parent(_NONE)
+            elif parent[8] >= 0:
+                c_parent(parent[8])
+            else:
+                c_parent(_NONE)
+                if parent[9] is None:
+                    parent[9] = [row]
+                else:
+                    parent[9].append(row)
+            if token[9] is not None:
+                for child in token[9]:
+                    parents[child] = row
+            token[1] = token[5] = token[9] = None  # only open calls are held
+
+        return on_call, on_return
 
     def _http_event(self, e: dict[str, Any]) -> None:
         key = (e.get("session_id"), e.get("request_id"))
@@ -259,20 +390,25 @@ class PageData:
         base = min(starts) if starts else 0
         self._cols["t0"] = array("q", map(operator.sub, t0, itertools.chain((base,), t0)))  # each from the one before
         http_meta = [self._http_meta(h, base) for h in http]  # before the tracks: it may add some
+        # each column deflated from its own memory and let go: no second copy of the columns
+        # (a million calls: 220 -> ~110 MB peak RSS)
         parts, layout, offset = [], {}, 0
+        deflate = zlib.compressobj(6)
         for name, _, js in _COLUMNS:
-            column = self._cols[name]
+            column = self._cols.pop(name)
             if sys.byteorder != "little":
                 column.byteswap()
-            data = column.tobytes()
+            size = len(column) * column.itemsize
             layout[name] = [offset, len(column), js]
-            parts.append(data)
-            offset += len(data)
+            parts.append(deflate.compress(memoryview(column)))
+            del column
+            offset += size
             pad = -offset % 8
-            parts.append(b"\0" * pad)
+            parts.append(deflate.compress(b"\0" * pad))
             offset += pad
         strings = json.dumps(list(self._strings), ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
-        parts.append(strings)
+        parts.append(deflate.compress(strings))
+        parts.append(deflate.flush())
         meta = {
             "version": FORMAT_VERSION, "base_ns": base, "calls": self.calls,
             "columns": layout, "strings": [offset, len(strings)],
@@ -281,7 +417,7 @@ class PageData:
             "http": http_meta,
             "tree": self._tree_meta(), "previews_left_out": self.previews_left_out,
         }
-        return meta, zlib.compress(b"".join(parts), 6)
+        return meta, b"".join(parts)
 
     def _tracks_meta(self) -> list[dict[str, Any]]:
         out = []
