@@ -50,7 +50,7 @@ class Node(_Parent):
     """One call (or ``count`` identical calls folded together) in the tree."""
 
     __slots__ = ("func", "module", "args", "ret", "exc", "flag", "dt_ns", "count", "size", "key", "calls", "same", "thread",
-                 "t0", "http")
+                 "t0", "http", "ident", "task_id", "concurrent")
 
     def __init__(self, func: str, module: str, args: dict[str, Any] | None) -> None:
         super().__init__()
@@ -67,6 +67,9 @@ class Node(_Parent):
         self.thread: Any = None  # for a root call: its thread's ident
         self.t0 = 0  # when it started (ns): root calls are shown in this order, whatever thread they ran on
         self.http = False  # an HTTP call made by its parent (``func`` is ``METHOD url``), not a Python call
+        self.ident: Any = None  # the thread it ran on
+        self.task_id: Any = None  # the asyncio task it ran in
+        self.concurrent = ""  # it ran beside its caller: "task <name>" or "another thread"
 
     def _close(self) -> None:
         """Fix the node's size, call count and shape key once it and its children have finished."""
@@ -74,7 +77,7 @@ class Node(_Parent):
         self.size = 1 + sum(c.size for c in self.children)
         self.calls = 1 + sum(c.calls * c.count for c in self.children) + self.hidden + sum(s[0] for s in self.others.values())
         self.key = hash((
-            self.func, self.module, tuple(self.args.items()), self.ret, self.exc, self.flag, self.thread,
+            self.func, self.module, tuple(self.args.items()), self.ret, self.exc, self.flag, self.thread, bool(self.concurrent),
             tuple((c.key, c.count) for c in self.children), self.hidden,
             tuple((name, slot[0]) for name, slot in self.others.items()),
         ))
@@ -213,6 +216,12 @@ class TreeBuilder:
             node = Node(func, module, e.get("args_preview"))
             node.flag = "open"
             node.t0 = int(e.get("t0_ns") or 0)
+            node.ident, node.task_id = e.get("thread"), e.get("task_id")
+            if isinstance(container, Node):  # a task's first call or handed-over work runs beside its caller
+                if node.task_id is not None and node.task_id != container.task_id:
+                    node.concurrent = f"task {e.get('task') or node.task_id}"
+                elif node.ident != container.ident:
+                    node.concurrent = "another thread"
             if isinstance(container, SessionRoot):
                 threads = container.threads
                 node.thread = e.get("thread")
@@ -348,6 +357,8 @@ class TreeBuilder:
             tail.append((f"  ({node.calls - 1:,} calls below, as above)", "cyan"))
         if thread:
             tail.append((f"  [{thread}]", "blue"))
+        if node.concurrent:
+            tail.append((f"  [concurrent: {node.concurrent}]", "blue"))
         if node.flag:
             label = {"open": "no return recorded", "incomplete": "unfinished at session end",
                      "abandoned": "never resumed"}[node.flag]
