@@ -42,8 +42,12 @@ _MODULE = "asyncio.base_events"
 _engine: Any = None
 _patches: list[tuple[Any, str, Any, Any]] = []  # (owner, name, original, replacement)
 _tokens = itertools.count(1)
-_hook: ImportHook | None = None
+_hook: _AsyncioHook | None = None
 _naming: frozenset[Any] | None = None  # code of asyncio's functions that name a task after making it
+
+
+class _AsyncioHook(ImportHook):
+    """The import hook that wraps the loop's methods once asyncio is imported (apart from the HTTP clients' hook)."""
 
 
 def install(engine: Any) -> None:
@@ -58,7 +62,7 @@ def install(engine: Any) -> None:
     if module is not None:
         _patch(module)
     elif _hook is None:
-        _hook = ImportHook([_MODULE], _loaded)
+        _hook = _AsyncioHook([_MODULE], _loaded)
         sys.meta_path.insert(0, _hook)
 
 
