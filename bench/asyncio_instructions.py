@@ -66,8 +66,12 @@ assert s.stats["calls"] == want, (s.stats, want)
 '''
 
 
-def instructions(python: str, checkout: str, kind: str, n: int) -> int:
-    """Total instructions callgrind counts for one run of the workload."""
+def instructions(python: str, checkout: str, kind: str, n: int) -> tuple[int, int]:
+    """Instructions callgrind counts for one run of the workload: ``(main thread, all threads)``.
+
+    The main thread's count is what the program's own thread runs (recording, markers); the
+    total adds the drain thread, whose wake-ups follow wall time (slower under load).
+    """
     with tempfile.TemporaryDirectory() as tmp:
         script = os.path.join(tmp, "markers.py")
         with open(script, "w") as fh:
@@ -75,20 +79,24 @@ def instructions(python: str, checkout: str, kind: str, n: int) -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HANDIT_")}
         env.update(PYTHONPATH=checkout, HANDIT_INCLUDE="__main__", HANDIT_REQUIRE_COMPILED="1")
         out = subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out", python, script, kind, str(n)],
+            ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={tmp}/cg.out", python,
+             script, kind, str(n)],
             capture_output=True, text=True, env=env, cwd=tmp, timeout=1800,
         )
         if out.returncode != 0:
             raise SystemExit(f"{checkout}: {kind} x {n} failed:\n{out.stderr[-2000:]}")
         m = re.search(r"Collected : (\d+)", out.stderr)
-        if m is None:
+        with open(f"{tmp}/cg.out-01") as fh:  # the main thread's own file
+            main_thread = re.search(r"^(?:summary|totals): (\d+)", fh.read(), re.M)
+        if m is None or main_thread is None:
             raise SystemExit(f"no callgrind total in:\n{out.stderr[-2000:]}")
-        return int(m.group(1))
+        return int(main_thread.group(1)), int(m.group(1))
 
 
-def per_repetition(python: str, checkout: str, kind: str, n: int) -> float:
-    """Instructions one more repetition of ``kind`` costs (3N run minus N run, over 2N)."""
-    return (instructions(python, checkout, kind, 3 * n) - instructions(python, checkout, kind, n)) / (2 * n)
+def per_repetition(python: str, checkout: str, kind: str, n: int) -> tuple[float, float]:
+    """Instructions one more repetition of ``kind`` costs (3N run minus N run, over 2N): main thread, all."""
+    long, short = instructions(python, checkout, kind, 3 * n), instructions(python, checkout, kind, n)
+    return (long[0] - short[0]) / (2 * n), (long[1] - short[1]) / (2 * n)
 
 
 def main() -> None:
@@ -96,12 +104,14 @@ def main() -> None:
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--base", required=True, help="a checkout without task markers (its extension built)")
     parser.add_argument("-n", type=int, default=2000, help="repetitions of the short run (the long one: 3n)")
+    parser.add_argument("--kind", choices=("plain", "task"), action="append", help="workloads (default: both)")
     args = parser.parse_args()
-    print(f"{'per repetition':<16} {'base':>10} {'this':>10} {'this-base':>10}")
-    for kind in ("plain", "task"):
+    print(f"{'per repetition':<22} {'base':>10} {'this':>10} {'this-base':>10}")
+    for kind in args.kind or ("plain", "task"):
         base = per_repetition(args.python, args.base, kind, args.n)
         this = per_repetition(args.python, ROOT, kind, args.n)
-        print(f"{kind:<16} {base:>10,.0f} {this:>10,.0f} {this - base:>+10,.0f}")
+        for i, where in enumerate(("main thread", "all threads")):
+            print(f"{kind + ', ' + where:<22} {base[i]:>10,.0f} {this[i]:>10,.0f} {this[i] - base[i]:>+10,.0f}", flush=True)
 
 
 if __name__ == "__main__":

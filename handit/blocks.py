@@ -57,7 +57,7 @@ class Fold:
         self.threads: set[int] = set()
         self.first_ts = self.last_ts = 0
         self._stacks: dict[int, list[list[Any]]] = {}
-        self._active: dict[int, dict[int, int]] = {}  # thread -> code -> its calls running there
+        self._active: dict[Any, dict[int, int]] = {}  # track (thread, or ("task", n)) -> code -> its calls running there
         self._stash: dict[int, list[Any]] = {}  # key -> suspended entry
         self._spawned: dict[int, None] = {}  # coroutine key -> None: a task created, not started yet (TASK)
         self._n_tasks = 0

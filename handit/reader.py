@@ -295,9 +295,9 @@ class TraceBuilder:
                         parent = links[-1][1]
                         task = None
                     if key and spawned:
-                        got = spawned.pop(key, None)
-                        if got is not None:  # a task's first call: the parent is where it was created
-                            parent, task = got
+                        created = spawned.pop(key, None)
+                        if created is not None:  # a task's first call: the parent is where it was created
+                            parent, task = created
                     cid = next_id
                     next_id += 1
                     push([cid, code[0], ts, key, 0, task])
@@ -421,9 +421,9 @@ class TraceBuilder:
                     ref, pos = read_uvarint(data, pos)
                     self._n_tasks += 1
                     task = (task_name(ref, self._lookup) or f"task {self._n_tasks}", self._n_tasks)
-                    got = stash.get(key)
-                    if got is not None:  # an eager task: it ran to its first await, and is its task from now on
-                        got[0][5] = task
+                    started = stash.get(key)
+                    if started is not None:  # an eager task: it ran to its first await, and is its task from now on
+                        started[0][5] = task
                     else:
                         if len(spawned) >= _MAX_PENDING:  # tasks that never ran: their first calls stay roots
                             spawned.clear()
