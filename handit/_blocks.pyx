@@ -25,7 +25,8 @@ ctypedef struct Entry:        # a call on a stack or suspended
     uint64_t key              # generator key, 0 for a plain call
     uint64_t seq              # order it was suspended in (the pure twin's dict order)
     int32_t code              # -1: a phantom (a generator started before the session)
-    int32_t thread            # index of the thread it started on
+    int32_t thread            # index of the thread it started on; -1 - i for asyncio task track i
+    int32_t task_root         # it started its task track (the track ends with it)
     int32_t parent            # pool index of its caller, -1 for none
     uint32_t parent_gen       # the caller's generation then (a freed caller is not credited)
     uint32_t gen              # bumped each time the slot is freed
@@ -64,9 +65,14 @@ cdef class Fold:
     cdef dict big_stash               # larger keys (traces written with frame addresses)
     cdef uint64_t seq
     cdef dict thread_of               # ident -> thread index
+    # asyncio tasks: a call of a function in one task is not recursion of its call in another
+    cdef dict spawned                 # coroutine key -> None: a task created, not started yet (TASK)
+    cdef list task_depth              # task track -> {code: its calls running in the task}, None when free
+    cdef list free_tracks
     cdef public dict errors
     cdef public int max_errors
     cdef public uint64_t calls, exceptions, raised, incomplete, abandoned, dropped, corrupt_blocks, errors_omitted
+    cdef public uint64_t markers  # task and hand-over markers (TASK .. LEAVE): a walk leaves the session to events
     cdef public int64_t first_ts, last_ts
     cdef object last_exc              # (caller index, caller gen, type, message, error row, first)
 
@@ -75,6 +81,9 @@ cdef class Fold:
         self.errors = {}
         self.big_stash = {}
         self.thread_of = {}
+        self.spawned = {}
+        self.task_depth = []
+        self.free_tracks = []
         self.free_head = -1
         self.last_exc = None
 
@@ -109,7 +118,7 @@ cdef class Fold:
             "counts": {"calls": self.calls, "exceptions": self.exceptions, "raised": self.raised,
                        "incomplete": self.incomplete, "abandoned": self.abandoned, "dropped": self.dropped,
                        "corrupt_blocks": self.corrupt_blocks, "errors_omitted": self.errors_omitted,
-                       "last_ts": self.last_ts},
+                       "markers": self.markers, "last_ts": self.last_ts},
             "threads": len(self.thread_of),
         }
 
@@ -152,10 +161,14 @@ cdef class Fold:
         c.last_exc = _copy.deepcopy(self.last_exc, memo)
         c.big_stash = dict(self.big_stash)
         c.thread_of = dict(self.thread_of)
+        c.spawned = dict(self.spawned)
+        c.task_depth = [None if d is None else dict(d) for d in self.task_depth]
+        c.free_tracks = list(self.free_tracks)
         c.seq = self.seq
         c.calls, c.exceptions, c.raised, c.incomplete = self.calls, self.exceptions, self.raised, self.incomplete
         c.abandoned, c.dropped, c.corrupt_blocks = self.abandoned, self.dropped, self.corrupt_blocks
         c.errors_omitted, c.first_ts, c.last_ts = self.errors_omitted, self.first_ts, self.last_ts
+        c.markers = self.markers
         return c
 
     # -- entries, rows, threads ----------------------------------------------------------
@@ -224,7 +237,7 @@ cdef class Fold:
     cdef void _close(self, int32_t e, int64_t t1) noexcept:
         cdef Entry* x = &self.pool[e]
         cdef Row* row = &self.rows[x.code]
-        cdef Thread* t = &self.th[x.thread]
+        cdef Thread* t = &self.th[x.thread] if x.thread >= 0 else NULL
         cdef int64_t dt = t1 - x.t0
         cdef int64_t running
         if dt < 0:
@@ -236,10 +249,38 @@ cdef class Fold:
             row.own += running - x.child
         if x.outer:
             row.total += dt
-        if x.code < t.ndepth and t.depth[x.code] > 0:
+        if t == NULL:
+            self._task_left(x)
+        elif x.code < t.ndepth and t.depth[x.code] > 0:
             t.depth[x.code] -= 1
         if x.parent >= 0 and self.pool[x.parent].gen == x.parent_gen:
             self.pool[x.parent].child += running
+
+    cdef void _task_left(self, Entry* x) noexcept:
+        # a call in task track -1 - x.thread ends; the task's first call frees the track
+        cdef Py_ssize_t i = -1 - x.thread
+        try:
+            depth = self.task_depth[i]
+            if depth is not None:
+                left = depth.get(x.code, 1) - 1
+                if left > 0:
+                    depth[x.code] = left
+                else:
+                    depth.pop(x.code, None)
+                if x.task_root:
+                    self.task_depth[i] = None
+                    self.free_tracks.append(i)
+        except Exception:  # (MemoryError only) the figures of this task's calls stand
+            pass
+
+    cdef int32_t _task_track(self) except 0:  # (tracks are -1 and below)
+        # a new task's track
+        if self.free_tracks:
+            i = self.free_tracks.pop()
+            self.task_depth[i] = {}
+            return -1 - <int32_t>i
+        self.task_depth.append({})
+        return -len(self.task_depth)
 
     cdef void _close_all(self, Thread* t, int64_t t1) noexcept:
         cdef int32_t e
@@ -286,7 +327,7 @@ cdef class Fold:
         cdef uint64_t ident, base, v, z, key, n, i
         cdef int64_t ts
         cdef int tag, kind
-        cdef int32_t ti, e, parent, code, stale
+        cdef int32_t ti, e, parent, code, stale, track
         cdef Thread* t
         cdef Entry* x
         cdef Py_ssize_t cap
@@ -334,13 +375,25 @@ cdef class Fold:
                     parent = t.stack[t.n - 1] if t.n else -1
                     if parent >= 0 and self.pool[parent].code < 0:
                         parent = -1
+                    track = ti
+                    if key and self.spawned and self.spawned.pop(key, 0) is None:  # a task's first call
+                        track = self._task_track()
+                    elif parent >= 0 and self.pool[parent].thread < 0:  # a call in a task
+                        track = self.pool[parent].thread
                     e = self._alloc()
                     x = &self.pool[e]
                     x.t0, x.susp, x.child, x.tsusp, x.key = ts, 0, 0, 0, key
-                    x.code, x.thread, x.parent = code, ti, parent
+                    x.code, x.thread, x.parent = code, track, parent
                     x.parent_gen = self.pool[parent].gen if parent >= 0 else 0
-                    x.outer = t.depth[code] == 0
-                    t.depth[code] += 1
+                    x.task_root = track != ti and (parent < 0 or self.pool[parent].thread != track)
+                    if track >= 0:
+                        x.outer = t.depth[code] == 0
+                        t.depth[code] += 1
+                    else:
+                        depth = self.task_depth[-1 - track]
+                        running_here = depth.get(code, 0)
+                        x.outer = running_here == 0
+                        depth[code] = running_here + 1
                     self._push(t, e)
                 elif kind == 2:  # RETURN
                     if tag & 0x80:
@@ -392,7 +445,9 @@ cdef class Fold:
                         e = self._alloc()
                         x = &self.pool[e]
                         x.t0, x.susp, x.child, x.tsusp, x.key = ts, 0, 0, 0, key
-                        x.code, x.thread, x.parent, x.parent_gen, x.outer = -1, ti, -1, 0, 0
+                        x.code, x.thread, x.parent, x.parent_gen, x.outer, x.task_root = -1, ti, -1, 0, 0, 0
+                        if self.spawned:
+                            self.spawned.pop(key, None)  # a task's coroutine thrown into before it started
                     else:
                         self.pool[e].susp += ts - self.pool[e].tsusp
                     self._push(t, e)
@@ -414,6 +469,17 @@ cdef class Fold:
                         raise IndexError
                     self._close_all(t, ts)
                     self.dropped += n
+                elif kind == 10:  # TASK: the coroutine with this key starts a task of its own
+                    self.markers += 1
+                    if _varint(d, &pos, end, &key) < 0 or _varint(d, &pos, end, &n) < 0:
+                        raise IndexError
+                    if len(self.spawned) >= 65536:  # tasks that never ran (reader._MAX_PENDING)
+                        self.spawned.clear()
+                    self.spawned[key] = None
+                elif 11 <= kind <= 13:  # HANDOFF, ENTER, LEAVE: markers
+                    self.markers += 1
+                    if _varint(d, &pos, end, &n) < 0:
+                        raise IndexError
                 else:
                     raise IndexError
         except IndexError:  # a cut or damaged block: what came before the damage stands

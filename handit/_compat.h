@@ -410,6 +410,16 @@ static inline void *handit_current_iframe(PyThreadState *t) {
 #endif
 }
 
+/* What a coroutine's records are keyed by under sys.monitoring (its interpreter frame, PY311+;
+   the frame object itself before 3.11, where there is no other): for a TASK marker. */
+static inline void *handit_frame_iframe(PyFrameObject *f) {
+#if PY_VERSION_HEX >= 0x030B0000
+    return (void *)((handit_frame_head *)f)->f_frame;
+#else
+    return (void *)f;
+#endif
+}
+
 /* Local number i of a frame (the frame object, or on 3.12+ the interpreter frame when
    f is NULL): a new reference, or NULL. A cell (an argument an inner function closes
    over) gives its contents. */

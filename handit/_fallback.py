@@ -19,8 +19,10 @@ from ._engine import claim_sysmon, release_sysmon
 from ._policy import ARGS, EXIT_RETURN, EXIT_YIELD, CodeInfo, Policy, exit_kinds, first_yield_unit, module_of
 from .preview import _type_name as type_name
 from .records import (
-    BLOCK_BYTES, CALL, GAP, NO_VALUE, PAUSE, RESUME, STEP, RETURN, THROW, UNWIND, YIELD, GenKeys, Rendered, put_string, put_varint,
+    BLOCK_BYTES, CALL, ENTER, GAP, HANDOFF, LEAVE, NO_VALUE, PAUSE, RESUME, STEP, RETURN, TASK, TASK_MODULE, THROW, UNWIND,
+    YIELD, GenKeys, Rendered, put_string, put_varint,
 )
+from .records import task_name_ref as _task_name_ref
 
 __all__ = [
     "ENGINE",
@@ -37,7 +39,9 @@ __all__ = [
     "encode_while_waiting",
     "ensure_thread",
     "install",
+    "mark_handoff",
     "mark_internal_thread",
+    "mark_task",
     "pending",
     "profile_callback",
     "read_ticks",
@@ -54,6 +58,7 @@ __all__ = [
     "sysmon_py_unwind",
     "sysmon_py_yield",
     "take_counts",
+    "task_name_ref",
     "thread_states",
     "tool_id",
     "uninstall",
@@ -1196,7 +1201,7 @@ def _drain_blocks(calibration: Any, previewer: Any) -> list[tuple[int, bytes]]:
         blocks: dict[int, tuple[bytearray, list[int]]] = {}
         for kind, slot, code, ts, aux, key in _fold_suspends(records):
             t = to_ns(ts)
-            if key and kind != GAP:  # a generator's frame: written as its small key
+            if key and kind != GAP and kind < HANDOFF:  # a generator's frame: written as its small key (a token as it is)
                 keys = _gen_keys.get(slot)
                 if keys is None:
                     keys = _gen_keys[slot] = GenKeys()
@@ -1251,9 +1256,62 @@ def _drain_blocks(calibration: Any, previewer: Any) -> list[tuple[int, bytes]]:
                 put_varint(buf, key)
                 if kind == PAUSE or kind == STEP:
                     put_varint(buf, aux)
+                elif kind == TASK:  # then its name (records.task_name_ref)
+                    put_varint(buf, code)
             if len(buf) >= BLOCK_BYTES:  # cut: the next record of this slot starts a new block
                 out.append((slot, bytes(buf)))
                 del blocks[slot]
         for slot, (buf, _) in blocks.items():
             out.append((slot, bytes(buf)))
     return out
+
+
+# ---- marker records: asyncio tasks and work handed to other threads (instrument/asyncio_tasks) ----
+# Integers only, as the compiled twin's: no record keeps a task or frame alive.
+
+_task_names: dict[str, int] = {}  # task name -> its reference (records.task_name_ref)
+
+
+def _task_entry(index: int, name: str) -> CodeInfo:
+    return CodeInfo(index, TASK_MODULE, name, "", 0, False, (), ())
+
+
+def task_name_ref(name: str) -> int:
+    """The reference a TASK record names ``name`` by (a new code-table entry for a new name).
+
+    Args:
+        name: the task's name.
+    Returns:
+        an integer (see :func:`handit.records.task_name_ref`).
+    """
+    return _task_name_ref(name, _task_names, _codes, _task_entry)
+
+
+def mark_task(frame: Any, name_ref: int) -> None:
+    """Record that an asyncio task whose coroutine runs ``frame`` is created here.
+
+    Args:
+        frame: the coroutine's frame (``coro.cr_frame``); only its identity is kept.
+        name_ref: the task's name, from :func:`task_name_ref` (0: not known).
+    """
+    try:
+        target = _current(None)
+        if target is not None and frame is not None:
+            _put(target[0], (TASK, target[1], name_ref, perf_counter_ns(), None, id(frame)))
+    except Exception as exc:  # never reaches user code
+        _fail(exc)
+
+
+def mark_handoff(kind: int, token: int) -> None:
+    """Record work handed to another thread (HANDOFF, here) or its start or end there (ENTER, LEAVE).
+
+    Args:
+        kind: ``records.HANDOFF``, ``records.ENTER`` or ``records.LEAVE``.
+        token: the same number (not 0) in the three records of one hand-over.
+    """
+    try:
+        target = _current(None)
+        if target is not None and token and kind in (HANDOFF, ENTER, LEAVE):
+            _put(target[0], (kind, target[1], 0, perf_counter_ns(), None, token))
+    except Exception as exc:  # never reaches user code
+        _fail(exc)

@@ -12,6 +12,10 @@ cdef enum:
     K_GAP = 7
     K_PAUSE = 8   # a yield and the resume right after it, folded: aux = ticks suspended
     K_STEP = 9    # a resume and the yield right after it, folded: aux = ticks running
+    K_TASK = 10     # an asyncio task: key = its coroutine's frame, code = its name (records.TASK)
+    K_HANDOFF = 11  # work handed to another thread: key = a token
+    K_ENTER = 12    # handed-over work starts on this thread: key = its token
+    K_LEAVE = 13    # handed-over work ends on this thread: key = its token
 
 cdef enum:
     CHUNK_RECORDS = 16384       # a chunk while the records waiting are well within the budget (256 KiB)

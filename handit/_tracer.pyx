@@ -22,9 +22,9 @@ import warnings
 from contextvars import ContextVar
 
 from ._engine import IncompatiblePython, claim_sysmon, release_sysmon
-from ._policy import ARGS, exit_kinds, first_yield_unit, module_of
+from ._policy import ARGS, CodeInfo, exit_kinds, first_yield_unit, module_of
 from .preview import _type_name as type_name
-from .records import Rendered
+from .records import TASK_MODULE, Rendered, task_name_ref as task_name_ref_in
 
 cdef extern from "Python.h":
     ctypedef struct PyFrameObject:
@@ -91,6 +91,7 @@ cdef extern from "_compat.h":
     bint HANDIT_UNWIND_ARG_IS_NULL
     PyObject* handit_frame_arg(PyFrameObject*, void*, int)
     void* handit_current_iframe(PyThreadState*)
+    void* handit_frame_iframe(PyFrameObject* f)
     void handit_set_profile_all(handit_tracefunc)
     PyObject* handit_handled_exception()
     int handit_arm_exc_trace(handit_tracefunc)
@@ -1853,7 +1854,7 @@ cdef void _encode_keyed(OutBuf* b, Record* r, RecordExt* ext, int64_t t, double 
         return
     dts = t - b.last
     b.last = t
-    if rkey:  # a generator's frame: written as its small key
+    if rkey and r.kind < K_HANDOFF:  # a generator's frame: written as its small key (a hand-over's token as it is)
         if r.kind == K_RETURN:
             _gen_release(r.slot, rkey)  # its final exit: the key is free again
             rkey = 0
@@ -1888,6 +1889,8 @@ cdef void _encode_keyed(OutBuf* b, Record* r, RecordExt* ext, int64_t t, double 
         _put_varint(b, rkey)
         if r.kind == K_PAUSE or r.kind == K_STEP:  # then the time suspended or running, in ns
             _put_varint(b, <uint64_t>(<double>(<uintptr_t>raux) * inv))
+        elif r.kind == K_TASK:  # then its name (records.task_name_ref)
+            _put_varint(b, r.code)
 
 
 cdef int _encode_valued(OutBuf* b, Record* r, RecordExt* ext, int64_t t) except -1:
@@ -1968,6 +1971,7 @@ def drain(calibration, previewer, route=None):
     cdef int64_t epoch0
     cdef uint64_t ticks0
     cdef list out = []
+    cdef list states
     global _enc_inv
     calibration.refine()
     inv = 1.0 / calibration.scale
@@ -1977,15 +1981,22 @@ def drain(calibration, previewer, route=None):
     with nogil:
         handit_enc_lock()  # the drain thread may be encoding a chunk: wait for it
     try:
+        # oldest thread first (the list is newest first): work handed to a newer thread is read
+        # after the HANDOFF marker of the thread that handed it over (reader.TraceBuilder);
+        # states are freed only below (_free_exited_states), under the enc lock held here
+        states = []
         handit_q_lock()
         ts = _all_states
-        handit_q_unlock()
         while ts != NULL:
+            states.append(<uintptr_t>ts)
+            ts = ts.next_all
+        handit_q_unlock()
+        for state in reversed(states):
+            ts = <TState*><uintptr_t>state
             if ts.busy and ts.npending:
                 # PY310/PY311: the thread is giving its pending unwinds their exception, and the
                 # Python code making the message let the GIL go: taken now, its unwinds would
                 # keep a type and no message (issue 11.4). The next drain takes its records.
-                ts = ts.next_all
                 continue
             if not _out_ready(ts):
                 raise MemoryError
@@ -2037,7 +2048,6 @@ def drain(calibration, previewer, route=None):
                 _flush_buf(&ts.out[j], out)
             ts.nout = 0
             _unhold_pre(ts)
-            ts = ts.next_all
         _free_exited_states()
     finally:
         handit_enc_unlock()
@@ -2203,3 +2213,67 @@ def set_noop_profile(bint on):
         PyEval_SetProfile(_noop_profile, NULL)
     else:
         PyEval_SetProfile(NULL, NULL)
+
+
+# ---- marker records: asyncio tasks and work handed to other threads (instrument/asyncio_tasks) ----
+# Integers only (a frame's address, a name's reference, a token): the drain thread encodes
+# them without the GIL, and no task or frame is kept alive by a record.
+
+cdef dict _task_names = {}  # task name -> its reference (records.task_name_ref)
+
+
+cdef int _marker_slot(TState** ts_out) noexcept:
+    # the session slot the calling thread's markers go to (0: none); never raises
+    cdef TState* ts = _tstate()
+    if ts == NULL or ts.busy:
+        return 0
+    ts_out[0] = ts
+    return _current_slot(ts, handit_tstate_for(ts.fast_tstate))
+
+
+def _task_entry(index, name):
+    return CodeInfo(index, TASK_MODULE, name, "", 0, False, (), ())
+
+
+def task_name_ref(str name):
+    """The reference a TASK record names ``name`` by (a new code-table entry for a new name).
+
+    Args:
+        name: the task's name.
+    Returns:
+        an integer (see :func:`handit.records.task_name_ref`).
+    """
+    return task_name_ref_in(name, _task_names, _codes, _task_entry)
+
+
+def mark_task(frame, uint32_t name_ref):
+    """Record that an asyncio task whose coroutine runs ``frame`` is created here.
+
+    Args:
+        frame: the coroutine's frame (``coro.cr_frame``); only its identity is kept.
+        name_ref: the task's name, from :func:`task_name_ref` (0: not known).
+    """
+    cdef TState* ts = NULL
+    cdef int slot = _marker_slot(&ts)
+    cdef uint64_t key
+    if slot == 0 or frame is None:
+        return
+    # keyed as the coroutine's own records are: its interpreter frame under sys.monitoring (PY312+)
+    key = <uint64_t>handit_frame_iframe(<PyFrameObject*>frame) if _source_kind == 1 else <uint64_t><PyObject*>frame
+    _record(ts, K_TASK, slot, name_ref, NULL, key)
+
+
+def mark_handoff(int kind, uint64_t token):
+    """Record work handed to another thread (HANDOFF, here) or its start or end there (ENTER, LEAVE).
+
+    Args:
+        kind: ``records.HANDOFF``, ``records.ENTER`` or ``records.LEAVE``.
+        token: the same number (not 0) in the three records of one hand-over.
+    """
+    cdef TState* ts = NULL
+    cdef int slot
+    if token == 0 or kind < K_HANDOFF or kind > K_LEAVE:
+        return
+    slot = _marker_slot(&ts)
+    if slot != 0:
+        _record(ts, <uint8_t>kind, slot, 0, NULL, token)

@@ -27,7 +27,9 @@ MAX_ERRORS = 1000  # distinct (exception, message, function) kept; later ones ar
 
 # A stack entry is a list: [code, t0, key, suspended_ns, child_ns, outermost, thread, parent,
 # last suspended at]. code -1 marks a phantom: a generator resumed in the session but started
-# before it.
+# before it. thread is the track its function's running calls are counted on: the thread's
+# ident, or ("task", n) for a call in an asyncio task (a call of a function in one task is
+# not recursion of its call in another).
 _CODE, _T0, _KEY, _SUSP, _CHILD, _OUTER, _THREAD, _PARENT, _TSUSP = range(9)
 
 
@@ -53,11 +55,14 @@ class Fold:
         self.errors: dict[tuple[str, str, int], list[Any]] = {}
         self.calls = self.exceptions = self.raised = 0
         self.incomplete = self.abandoned = self.dropped = self.corrupt_blocks = self.errors_omitted = 0
+        self.markers = 0  # task and hand-over markers (TASK .. LEAVE): a walk of the blocks leaves this session to events
         self.threads: set[int] = set()
         self.first_ts = self.last_ts = 0
         self._stacks: dict[int, list[list[Any]]] = {}
-        self._active: dict[int, dict[int, int]] = {}  # thread -> code -> its calls running there
+        self._active: dict[Any, dict[int, int]] = {}  # track (thread, or ("task", n)) -> code -> its calls running there
         self._stash: dict[int, list[Any]] = {}  # key -> suspended entry
+        self._spawned: dict[int, None] = {}  # coroutine key -> None: a task created, not started yet (TASK)
+        self._n_tasks = 0
         self._last_exc: Any = None  # (the caller's entry, type, message, error row, first of its kind)
 
     def copy(self) -> Fold:
@@ -78,13 +83,16 @@ class Fold:
             row[2] += running - entry[_CHILD]
         if entry[_OUTER]:
             row[1] += dt
-        active = self._active[entry[_THREAD]]
+        track = entry[_THREAD]
+        active = self._active[track]
         left = active.get(code, 1) - 1
         if left > 0:
             active[code] = left
         else:
             active.pop(code, None)
         parent = entry[_PARENT]
+        if type(track) is tuple and (parent is None or parent[_THREAD] != track):  # the task's first call
+            del self._active[track]
         if parent is not None:
             parent[_CHILD] += running
 
@@ -166,12 +174,21 @@ class Fold:
                         row = funcs[code] = [0, 0, 0, 0]
                     row[0] += 1
                     n_calls += 1
-                    depth = active.get(code, 0)
-                    active[code] = depth + 1
                     parent = stack[-1] if stack else None
                     if parent is not None and parent[_CODE] < 0:
                         parent = None
-                    stack.append([code, ts, key, 0, 0, depth == 0, ident, parent, 0])
+                    track: Any = ident
+                    counts = active
+                    if key and self._spawned and self._spawned.pop(key, 0) is None:  # a task's first call
+                        self._n_tasks += 1
+                        track = ("task", self._n_tasks)
+                        counts = self._active[track] = {}
+                    elif parent is not None and type(parent[_THREAD]) is tuple:  # a call in a task
+                        track = parent[_THREAD]
+                        counts = self._active[track]
+                    depth = counts.get(code, 0)
+                    counts[code] = depth + 1
+                    stack.append([code, ts, key, 0, 0, depth == 0, track, parent, 0])
                 elif kind == 2:  # RETURN
                     if tag & 0x80:
                         size, pos = read_uvarint(data, pos)
@@ -205,6 +222,7 @@ class Fold:
                     entry = stash.pop(key, None)
                     if entry is None:
                         entry = [-1, ts, key, 0, 0, False, ident, None, 0]
+                        self._spawned.pop(key, None)  # a task's coroutine thrown into before it started
                     else:
                         entry[_SUSP] += ts - entry[_TSUSP]
                     stack.append(entry)
@@ -225,6 +243,16 @@ class Fold:
                     n, pos = read_uvarint(data, pos)
                     self._close_all(stack, ts)
                     self.dropped += n
+                elif kind == 10:  # TASK: the coroutine with this key starts a task of its own
+                    self.markers += 1
+                    key, pos = read_uvarint(data, pos)
+                    _, pos = read_uvarint(data, pos)
+                    if len(self._spawned) >= 65536:  # tasks that never ran (reader._MAX_PENDING)
+                        self._spawned.clear()
+                    self._spawned[key] = None
+                elif 11 <= kind <= 13:  # HANDOFF, ENTER, LEAVE: markers
+                    self.markers += 1
+                    _, pos = read_uvarint(data, pos)
                 else:
                     raise IndexError(f"unknown event kind {kind} at offset {pos}")
         except IndexError:  # a cut or damaged block: what came before the damage stands
@@ -271,7 +299,8 @@ class Fold:
         }
 
 
-_COUNTS = ("calls", "exceptions", "raised", "incomplete", "abandoned", "dropped", "corrupt_blocks", "errors_omitted", "last_ts")
+_COUNTS = ("calls", "exceptions", "raised", "incomplete", "abandoned", "dropped", "corrupt_blocks", "errors_omitted", "markers",
+           "last_ts")
 
 
 def fold_type(engine: str | None = None, require_compiled: bool = False) -> type[Fold]:

@@ -475,7 +475,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
             read = {"no_blocks": True} if not folds.unfolded else {"skip_blocks": folds.figures.keys()}
         elif folds is not None and tree is not None:
             # folded sessions' calls go to the tree from a walk of their blocks, without events
-            read = {"make_builder": _walker(tree, folds, selector, _http_sessions(path), folded_only=True)}
+            read = {"make_builder": _walker(tree, folds, selector, _http_sessions(path))}
         consumers: list[Any] = [_FoldedStats(stats, folds)] + ([tree] if tree is not None else [])
         intact = _read(path, selector, consumers, **read) and intact
     if func_filter is not None and not any(func_filter(f.module, f.func) for f in stats.functions.values()):
@@ -516,10 +516,10 @@ def _http_sessions(path: str) -> set[str]:
     return found
 
 
-def _walker(consumer: Any, folds: Any, selector: _Selector, http: set[str], folded_only: bool) -> Any:
+def _walker(consumer: Any, folds: Any, selector: _Selector, http: set[str]) -> Any:
     """``make_builder`` for :func:`handit.tracefile.iter_trace`: a walk feeding ``consumer`` (its
-    ``walker(sid, codes)``) for each session ``selector`` takes that has no HTTP events (and, if
-    ``folded_only``, an F frame: the summary of the others needs their events); None (decode it) for the others."""
+    ``walker(sid, codes)``) for each session ``selector`` takes that has an F frame, no HTTP events
+    and no asyncio task markers; None (decode it) for the others."""
     from .walk import CodeNames, WalkedSession, walk_type, walks_every_kind
 
     walk = walk_type(require_compiled=os.environ.get("HANDIT_REQUIRE_COMPILED") == "1")
@@ -527,8 +527,11 @@ def _walker(consumer: Any, folds: Any, selector: _Selector, http: set[str], fold
 
     def make(sid: str, lookup: Any) -> Any:
         start = folds.starts.get(sid)
-        if not known or (folded_only and sid not in folds.figures) or sid in http or start is None or not selector.takes(start):
-            return None
+        figures = folds.figures.get(sid)
+        if not known or figures is None or sid in http or start is None or not selector.takes(start):
+            return None  # sessions without an F frame may hold task markers, which a walk does not follow
+        if figures.get("counts", {}).get("markers"):
+            return None  # asyncio tasks: their calls' parents come from the markers, read as events
         return WalkedSession(walk(*consumer.walker(sid, CodeNames(lookup))))
 
     return make
@@ -658,7 +661,7 @@ def _cmd_view(args: argparse.Namespace) -> int:
     for path in args.file:
         # sessions' calls come from walks of their blocks, without events (those with HTTP events: as events)
         folds = _read_folds(path) if detect_format(path) == "handit" else None
-        read = {"make_builder": _walker(data, folds, selector, _http_sessions(path), folded_only=False)} if folds else {}
+        read = {"make_builder": _walker(data, folds, selector, _http_sessions(path))} if folds else {}
         intact = _read(path, selector, [data], **read) and intact
     if selector.active and not selector.matched:
         _err(f"no session in {' '.join(args.file)} matches" + (f" --session {args.session}" if args.session else "") +

@@ -15,23 +15,33 @@ the previous event's time (the first event's from ``base_ts``):
     YIELD / RESUME / THROW   dts, varint key
     PAUSE   dts, varint key, varint ns (a YIELD and the RESUME right after it)
     STEP    dts, varint key, varint ns (a RESUME and the YIELD right after it)
+    TASK    dts, varint key, varint name  (an asyncio task was created: records.task_name_ref)
+    HANDOFF / ENTER / LEAVE  dts, varint token  (work handed to another thread)
 
 :class:`TraceBuilder` turns blocks into ``call`` / ``return`` / ``exception``
-events, keeping call stacks and suspended generators across blocks.
+events, keeping call stacks and suspended generators across blocks. Parents follow
+OpenTelemetry's context rule: a task's first call has as parent the call open where
+the task was created (its TASK marker, keyed by the task's coroutine), and so does
+the first call of work handed to another thread (HANDOFF, then ENTER on that
+thread); calls in a task carry its ``task`` name and per-session ``task_id``.
 """
 from __future__ import annotations
 
 from collections import deque
 from typing import Any, Callable, Iterator
 
-from .records import CALL, GAP, PAUSE, RESUME, STEP, RETURN, THROW, UNWIND, YIELD, put_string, put_varint
+from .records import (
+    CALL, ENTER, GAP, HANDOFF, LEAVE, PAUSE, RESUME, STEP, RETURN, TASK, THROW, UNWIND, YIELD, put_string, put_varint, task_name,
+)
 
 __all__ = ["BlockEncoder", "CorruptBlockError", "TraceBuilder", "read_string", "read_uvarint"]
 
-# A stack entry is a list: [call_id, func, t0_ns, key, suspended_ns].
+# A stack entry is a list: [call_id, func, t0_ns, key, suspended_ns, task].
 # call_id None marks a phantom: a generator resumed in the session but started
-# before it; it emits nothing and only keeps later pops balanced.
-_ID, _FUNC, _T0, _KEY, _SUSP = range(5)
+# before it; it emits nothing and only keeps later pops balanced. task is
+# (name, task_id) for a call in an asyncio task, else None.
+_ID, _FUNC, _T0, _KEY, _SUSP, _TASK = range(6)
+_MAX_PENDING = 65536  # tasks created but not started, hand-overs not entered: kept at most (records.MAX_GEN_KEYS)
 _NEVER = 1 << 63  # no HTTP request waits for its link on this thread
 
 
@@ -129,6 +139,10 @@ class TraceBuilder:
         self._codes: dict[int, tuple[str, str, str, int, tuple[str, ...]]] = {}
         self._stacks: dict[int, list[list[Any]]] = {}
         self._stash: dict[int, tuple[list[Any], int]] = {}
+        self._spawned: dict[int, tuple[Any, tuple[str, int]]] = {}  # coroutine key -> (parent id, task)
+        self._handoffs: dict[int, Any] = {}  # token -> parent id
+        self._links: dict[int, list[list[Any]]] = {}  # thread -> [token, parent id, stack depth] of entered work
+        self._n_tasks = 0
         self._next_id = 1
         # HTTP requests waiting for their parent, per thread in time order: [request, held responses]
         self._waiting: dict[int, list[list[Any]]] = {}
@@ -208,6 +222,8 @@ class TraceBuilder:
             stack = self._stacks[ident] = []
         push = stack.append
         pop = stack.pop
+        spawned = self._spawned
+        links = self._links.get(ident)
         waiting = self._waiting.get(ident)
         next_link = waiting[0][0]["t0_ns"] if waiting else _NEVER
         next_id = self._next_id
@@ -269,18 +285,33 @@ class TraceBuilder:
                             raise CorruptBlockError("block ends inside an argument preview")
                     else:
                         args = {}
-                    parent = stack[-1][0] if stack else None
+                    if stack:
+                        top = stack[-1]
+                        parent = top[0]
+                        task = top[5]
+                    else:
+                        parent = task = None
+                    if links and links[-1][2] == len(stack):  # the first call of work handed to this thread
+                        parent = links[-1][1]
+                        task = None
+                    if key and spawned:
+                        created = spawned.pop(key, None)
+                        if created is not None:  # a task's first call: the parent is where it was created
+                            parent, task = created
                     cid = next_id
                     next_id += 1
-                    push([cid, code[0], ts, key, 0])
+                    push([cid, code[0], ts, key, 0, task])
                     if len(stack) > max_depth:
                         max_depth = len(stack)
                     n_calls += 1
-                    yield {
+                    event = {
                         "type": "call", "session_id": sid, "func": code[0], "module": code[1],
                         "file": code[2], "line": code[3], "t0_ns": ts, "args_preview": args,
                         "call_id": cid, "parent_id": parent, "thread": ident,
                     }
+                    if task is not None:
+                        event["task"], event["task_id"] = task
+                    yield event
                 elif kind == 2:  # RETURN
                     if tag & 0x80:
                         size = data[pos]
@@ -339,7 +370,9 @@ class TraceBuilder:
                     else:  # RESUME, THROW: the generator may continue on another thread
                         got = stash.pop(key, None)
                         if got is None:
-                            entry = [None, None, ts, key, 0]
+                            entry = [None, None, ts, key, 0, None]
+                            if spawned:
+                                spawned.pop(key, None)  # a task's coroutine thrown into before it started
                         else:
                             entry = got[0]
                             entry[4] += ts - got[1]
@@ -383,6 +416,34 @@ class TraceBuilder:
                             yield self._closing(entry, ts, "incomplete")
                     stats["dropped"] = stats.get("dropped", 0) + n
                     yield {"type": "gap", "session_id": self.session_id, "ts_ns": ts, "dropped": n, "thread": ident}
+                elif kind == TASK:  # an asyncio task was created here
+                    key, pos = read_uvarint(data, pos)
+                    ref, pos = read_uvarint(data, pos)
+                    self._n_tasks += 1
+                    task = (task_name(ref, self._lookup) or f"task {self._n_tasks}", self._n_tasks)
+                    started = stash.get(key)
+                    if started is not None:  # an eager task: it ran to its first await, and is its task from now on
+                        started[0][5] = task
+                    else:
+                        if len(spawned) >= _MAX_PENDING:  # tasks that never ran: their first calls stay roots
+                            spawned.clear()
+                        spawned[key] = (self._innermost(stack, links), task)
+                elif HANDOFF <= kind <= LEAVE:
+                    token, pos = read_uvarint(data, pos)
+                    if kind == HANDOFF:
+                        if len(self._handoffs) >= _MAX_PENDING:
+                            self._handoffs.clear()
+                        self._handoffs[token] = self._innermost(stack, links)
+                    elif kind == ENTER:
+                        # handed over by a thread whose blocks were not read yet (a drain racing the
+                        # hand-over): the work's calls are roots
+                        links = self._links.setdefault(ident, [])
+                        links.append([token, self._handoffs.pop(token, None), len(stack)])
+                    elif links:
+                        for i in range(len(links) - 1, -1, -1):
+                            if links[i][0] == token:
+                                del links[i:]
+                                break
                 else:
                     raise CorruptBlockError(f"unknown event kind {kind} at offset {pos}")
         except (IndexError, CorruptBlockError):
@@ -396,6 +457,13 @@ class TraceBuilder:
             self._thread_ts[ident] = ts
             if ts > self.last_ts:
                 self.last_ts = ts
+
+    @staticmethod
+    def _innermost(stack: list[list[Any]], links: list[list[Any]] | None) -> Any:
+        """The id of the call a marker belongs to: the innermost open one (entered work's parent below it)."""
+        if links and links[-1][2] == len(stack):
+            return links[-1][1]
+        return _running(stack)
 
     def finish(self, end_ts: int) -> list[dict[str, Any]]:
         """Close every call still open.
@@ -423,6 +491,9 @@ class TraceBuilder:
             if entry[0] is not None:
                 out.append(self._closing(entry, t_suspended, "abandoned"))
         self._stash.clear()
+        self._spawned.clear()
+        self._handoffs.clear()
+        self._links.clear()
         return out
 
     def extra(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -586,6 +657,16 @@ class BlockEncoder:
         self._keyed(STEP, ts, key)
         put_varint(self._out, ns)
         return self
+
+    def task(self, ts: int, key: int, name_ref: int) -> BlockEncoder:
+        """A TASK: an asyncio task whose coroutine has ``key`` is created (``name_ref``: records.task_name_ref)."""
+        self._keyed(TASK, ts, key)
+        put_varint(self._out, name_ref)
+        return self
+
+    def handoff(self, kind: int, ts: int, token: int) -> BlockEncoder:
+        """A HANDOFF, ENTER or LEAVE (``kind``) of the work with ``token``."""
+        return self._keyed(kind, ts, token)
 
     def to_bytes(self) -> bytes:
         """The encoded block."""

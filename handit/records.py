@@ -4,7 +4,7 @@ A record is ``(kind, slot, code, ts, aux, key)``:
 
 - ``kind``: one of the constants below;
 - ``slot``: the session slot active in the recording thread or task;
-- ``code``: index of the code object in the engine's code table;
+- ``code``: index of the code object in the engine's code table (TASK: the task's name);
 - ``ts``: raw clock ticks (see :mod:`handit.clock`);
 - ``aux``: CALL: tuple of argument values or None; RETURN: the return value or
   :data:`NO_VALUE`; UNWIND: ``(type_name, message)``; PAUSE, STEP: the time suspended or
@@ -13,11 +13,23 @@ A record is ``(kind, slot, code, ts, aux, key)``:
   final RETURN/UNWIND (the encoder turns it into a small number, :class:`GenKeys`); for
   GAP the number of records dropped before it (0 otherwise).
 
+Marker records say what is not a Python call, in the thread where it happened (same clock,
+same innermost open call); they hold integers only, never a Python object (the drain thread
+encodes them without the GIL). TASK: an asyncio task was created here; ``key`` is its
+coroutine's frame (a small number like a generator's, so the coroutine's CALL finds it) and
+``code`` its name as :func:`task_name_ref` gives it (the name itself, when not asyncio's
+``Task-N``, is an entry of the code table: module ``<task>``, qualname the name). HANDOFF:
+work handed to another thread (``loop.run_in_executor``, ``asyncio.to_thread``; ``key``: a
+token, written as it is); ENTER / LEAVE: that work starting and ending on its thread (same
+token).
+
 The compiled engine stores the same fields in C structs (``_tracer.pxd``: a 16-byte record,
 followed by a 16-byte extension only when it has a value or key);
 ``tests/test_engine_parity.py`` checks that both declare the same kinds.
 """
 from __future__ import annotations
+
+from typing import Any, Callable
 
 CALL = 1
 RETURN = 2
@@ -28,6 +40,11 @@ THROW = 6
 GAP = 7  # bounded-memory mode: records were dropped here; key = how many
 PAUSE = 8  # a YIELD and the RESUME right after it (nothing traced ran between), folded; aux = ns suspended
 STEP = 9  # a RESUME and the YIELD right after it (nothing traced ran between), folded; aux = ns running
+TASK = 10  # an asyncio task is created: key = its coroutine's frame, code = its name (task_name_ref)
+HANDOFF = 11  # work handed to another thread: key = a token
+ENTER = 12  # handed-over work starts on this thread: key = its token
+LEAVE = 13  # handed-over work ends on this thread: key = its token
+HANDOFF_KINDS = (HANDOFF, ENTER, LEAVE)
 
 KIND_NAMES = {
     CALL: "call",
@@ -39,6 +56,10 @@ KIND_NAMES = {
     GAP: "gap",
     PAUSE: "pause",
     STEP: "step",
+    TASK: "task",
+    HANDOFF: "handoff",
+    ENTER: "enter",
+    LEAVE: "leave",
 }
 
 # code-object flags (CPython's CO_* values) that make a call suspendable
@@ -130,3 +151,44 @@ def put_string(out: bytearray, s: str) -> None:
     data = s.encode("utf-8", "backslashreplace")
     put_varint(out, len(data))
     out += data
+
+
+TASK_MODULE = "<task>"  # code-table entries of this module are asyncio task names, not code
+MAX_TASK_NAMES = 65536  # distinct task names (other than Task-N) an engine keeps in its code table
+
+
+def task_name_ref(name: str, names: dict[str, int], codes: list[Any], entry: Callable[[int, str], Any]) -> int:
+    """How a TASK record's ``code`` names a task (a plain integer: records hold no Python object).
+
+    Args:
+        name: the task's name.
+        names: the engine's names added so far (name -> reference; updated).
+        codes: the engine's code table (a new name is appended to it).
+        entry: makes the code-table entry of name ``name`` at index ``i``: ``entry(i, name)``.
+    Returns:
+        ``(n << 1) | 1`` for asyncio's default name ``Task-n``; ``i << 1`` for any other name,
+        ``i`` its entry in ``codes`` (added once per name, written with the codes); 0 (the
+        reader says ``task <id>``) past :data:`MAX_TASK_NAMES` names or beyond 32 bits.
+    """
+    if name.startswith("Task-") and name[5:].isascii() and name[5:].isdigit() and name[5] != "0":
+        n = int(name[5:])
+        return (n << 1) | 1 if n < 1 << 31 else 0
+    ref = names.get(name)
+    if ref is None:
+        if len(names) >= MAX_TASK_NAMES or len(codes) >= 1 << 31:
+            return 0
+        ref = names[name] = len(codes) << 1
+        codes.append(entry(len(codes), name))
+    return ref
+
+
+def task_name(ref: int, code_lookup: Callable[[int], Any]) -> str | None:
+    """The task name a TASK record's reference stands for (:func:`task_name_ref`), or None."""
+    if ref & 1:
+        return f"Task-{ref >> 1}"
+    if not ref:
+        return None
+    try:
+        return str(code_lookup(ref >> 1).qualname)
+    except Exception:  # a table that lost the entry: the reader numbers the task
+        return None

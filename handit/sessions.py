@@ -539,6 +539,14 @@ def _patch_threads(engine: Any) -> None:
     threading.Thread.start = start  # type: ignore[method-assign]
     ThreadPoolExecutor.submit = submit  # type: ignore[method-assign]
     _state["patched"] = (orig_start, start, orig_submit, submit)
+    _asyncio_tasks().install(engine)
+
+
+def _asyncio_tasks() -> Any:
+    """The asyncio task markers' producer (a leaf, imported by name: docs/asyncio.md)."""
+    import importlib
+
+    return importlib.import_module("handit.instrument.asyncio_tasks")
 
 
 def _run_in_slot(engine: Any, slot: int, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -550,6 +558,7 @@ def _run_in_slot(engine: Any, slot: int, fn: Any, *args: Any, **kwargs: Any) -> 
 
 
 def _unpatch_threads() -> None:
+    _asyncio_tasks().uninstall()
     patched = _state["patched"]
     if patched is None:
         return

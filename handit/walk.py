@@ -26,11 +26,14 @@ from .reader import read_string, read_uvarint
 from .records import KIND_NAMES
 
 __all__ = [
-    "ABANDONED", "CodeNames", "INCOMPLETE", "KINDS", "Walk", "WalkedSession", "read_args", "read_preview",
+    "ABANDONED", "CodeNames", "INCOMPLETE", "KINDS", "MARKER_KINDS", "Walk", "WalkedSession", "read_args", "read_preview",
     "walk_type", "walks_every_kind",
 ]
 
 KINDS = frozenset(range(1, 10))  # the record kinds a walk knows (CALL .. STEP); see walks_every_kind()
+# task and hand-over markers (TASK .. LEAVE): a session holding any is read as events (its F frame
+# counts them: ``counts["markers"]``), so a walk never meets them
+MARKER_KINDS = frozenset(range(10, 14))
 INCOMPLETE, ABANDONED = 1, 2  # on_return's ``flag`` for a call closed without its end (0: it ended)
 
 # A stack entry is a list: [state, token, t0, key, suspended_ns, call_id].
@@ -200,7 +203,7 @@ class Walk:
 def walks_every_kind() -> bool:
     """Whether a walk knows every record kind :mod:`handit.records` declares: a kind added there
     and not here would read as damage, so readers decode events instead until the walk learns it."""
-    return set(KIND_NAMES) <= KINDS
+    return set(KIND_NAMES) <= KINDS | MARKER_KINDS
 
 
 def read_preview(data: bytes, pos: int) -> str | None:

@@ -29,7 +29,7 @@ def run_traced(fn, **settings):
 
 
 def normalized(events: list[dict]) -> list[dict]:
-    """Events with timestamps, ids and thread idents masked."""
+    """Events with timestamps, ids, thread idents and asyncio's default task names masked."""
     threads: dict[int, int] = {}
     out = []
     for e in events:
@@ -38,6 +38,8 @@ def normalized(events: list[dict]) -> list[dict]:
         e = {k: v for k, v in e.items() if k not in TIMES}
         if "thread" in e:
             e["thread"] = threads.setdefault(e["thread"], len(threads))
+        if str(e.get("task", "")).startswith("Task-"):  # asyncio's default names count tasks in the process
+            e["task"] = "Task-N"
         out.append(e)
     return out
 

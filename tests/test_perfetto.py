@@ -130,6 +130,27 @@ def proper(slices: list[tuple[str, int, int, int]]) -> bool:
     return bool(progs.nests([(start, end) for _, start, end, _ in slices]))
 
 
+def test_gathered_tasks_are_tracks_nested_under_their_thread(engine: Any) -> None:
+    d = export(traced("gather"))
+    slices = d.slices()
+    by_name: dict[str, list[int]] = {}
+    for track, items in slices.items():
+        assert proper(items)
+        for name, *_ in items:
+            by_name.setdefault(name, []).append(track)
+    llm_tracks = by_name["llm"]
+    assert len(set(llm_tracks)) == 2
+    for track in llm_tracks:
+        info = d.tracks[track]
+        assert info["kind"] == "child" and info["name"].startswith("Task-")
+        assert d.tracks[info["parent"]]["kind"] == "thread"  # grouped under its thread
+    main_track = by_name["main_gather"][0]
+    assert main_track not in llm_tracks and d.tracks[main_track]["kind"] == "child"
+    assert [n for n in by_name if n == "parse"] and set(by_name["parse"]) <= set(llm_tracks)
+    threads = [t for t in d.tracks.values() if t["kind"] == "thread"]
+    assert threads and all(d.tracks[t["parent"]]["kind"] == "process" for t in threads)
+
+
 def test_slices_carry_arguments_results_and_exceptions(engine: Any) -> None:
     events = traced("exception")
     d = export(events)

@@ -234,3 +234,34 @@ def test_view_usage_errors(tmp_path: Path) -> None:
     assert done.returncode == 2 and "is an input file" in done.stderr
     done = run_handit("view", "--no-open", "--tag", "nope", str(trace), cwd=tmp_path)
     assert done.returncode == 1 and "no session" in done.stderr
+
+
+GATHER = textwrap.dedent("""
+    import asyncio
+
+    def parse(i):
+        return i * 2
+
+    async def llm(i):
+        await asyncio.sleep(0.001 * i)
+        return parse(i)
+
+    async def main():
+        named = asyncio.create_task(llm(3), name="named-one")
+        return await asyncio.gather(llm(1), llm(2)) + [await named]
+
+    asyncio.run(main())
+""")
+
+
+def test_view_of_an_engine_trace_draws_a_track_per_asyncio_task(tmp_path: Path) -> None:
+    trace = trace_of(tmp_path, GATHER)
+    done = run_handit("view", "--no-open", "-o", "page.html", str(trace), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    meta, cols, _ = read_page(tmp_path / "page.html")
+    tasks = [t for t in meta["tracks"] if t["kind"] == "task"]
+    # asyncio.run's task for main, the named task and the two gathered ones, each on its thread
+    assert len(tasks) == 4 and len({t["task"] for t in tasks}) == 4
+    assert "named-one" in {t["name"] for t in tasks} and sum(t["name"].startswith("Task-") for t in tasks) == 3
+    llm_tracks = [cols["track"][i] for i, code in enumerate(cols["code"]) if meta["codes"][code][0] == "llm"]
+    assert len(llm_tracks) == 3 and len(set(llm_tracks)) == 3  # never one llm inside another on one track

@@ -189,8 +189,8 @@ def render_failure(events: Iterable[dict[str, Any]], *, width: int = 120, contex
     if not branch:
         return render_tree(roots, width=width, max_lines=max_lines)
     lines = _branch_lines(branch, roots, width, context)
-    # the same exception raised under another root: a task or thread the test started
-    # (until task parentage links them, their first call has no parent)
+    # the same exception raised under another root: a thread the test started outside
+    # handit's reach (asyncio tasks and executor work have the call that made them as parent)
     for other in roots:
         if other is not branch[0] and _raised(other) and other.exc == branch[0].exc:
             lines.append(f"in another task or thread, {other.func}() raised it first:")

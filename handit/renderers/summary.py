@@ -203,8 +203,10 @@ class Stats:
         if fs is None:
             fs = self.functions[key] = FuncStats(str(key[0]), str(key[1]), str(e.get("file") or "?"), int(e.get("line") or 0))
         fs.calls += 1
-        thread = e.get("thread")
-        if sid != self._last_sid or thread != self._last_thread:  # events come in runs of one session and thread
+        task = e.get("task_id")
+        # a track: a thread, or an asyncio task (calls of one function overlapping in tasks are not recursion)
+        thread = e.get("thread") if task is None else ("task", task)
+        if sid != self._last_sid or thread != self._last_thread:  # events come in runs of one session and track
             self._last_sid, self._last_thread = sid, thread
             self._last_info = self.sessions.get(sid)
             self._last_active = self._active.setdefault(sid, {}).setdefault(thread, {})
@@ -215,7 +217,15 @@ class Stats:
         active[fs] = depth + 1
         pid = e.get("parent_id")
         parent = self._open.get((sid, pid)) if pid is not None else None
-        self._open[(sid, e.get("call_id"))] = [fs, 0, parent, depth == 0, active]
+        credit = parent
+        if parent is not None and (task != parent[5] or (task is None and parent[4] is not active)):
+            # a task's first call, or work handed to another thread: its parent was suspended or
+            # elsewhere; it ran inside the call on its thread outside any task (the event loop's caller)
+            while credit is not None and credit[5] is not None:
+                credit = credit[2]
+            if credit is not None and credit[7] != e.get("thread"):
+                credit = None
+        self._open[(sid, e.get("call_id"))] = [fs, 0, parent, depth == 0, active, task, credit, e.get("thread")]
 
     def _return(self, e: dict[str, Any]) -> None:
         entry = self._open.pop((e.get("session_id"), e.get("call_id")), None)
@@ -226,7 +236,7 @@ class Stats:
                 self.abandoned += 1
         if entry is None:
             return
-        fs, child_ns, parent, outermost, active = entry
+        fs, child_ns, _, outermost, active, _, credit, _ = entry
         dt = e.get("dt_ns") or 0
         running = dt - (e.get("suspended_ns") or 0)
         if running < 0:
@@ -240,8 +250,8 @@ class Stats:
             active[fs] = left
         else:
             active.pop(fs, None)
-        if parent is not None:
-            parent[1] += running
+        if credit is not None:
+            credit[1] += running
         t1 = e.get("t1_ns")
         if isinstance(t1, int) and t1 > self.last_ns:
             self.last_ns = t1

@@ -52,7 +52,7 @@ class Node(_Parent):
     """One call (or ``count`` identical calls folded together) in the tree."""
 
     __slots__ = ("func", "module", "args", "ret", "exc", "flag", "dt_ns", "count", "size", "key", "calls", "same", "thread",
-                 "t0", "http")
+                 "t0", "http", "ident", "task_id", "concurrent")
 
     def __init__(self, func: str, module: str, args: dict[str, Any] | None) -> None:
         super().__init__()
@@ -69,6 +69,9 @@ class Node(_Parent):
         self.thread: Any = None  # for a root call: its thread's ident
         self.t0 = 0  # when it started (ns): root calls are shown in this order, whatever thread they ran on
         self.http = False  # an HTTP call made by its parent (``func`` is ``METHOD url``), not a Python call
+        self.ident: Any = None  # the thread it ran on
+        self.task_id: Any = None  # the asyncio task it ran in
+        self.concurrent = ""  # it ran beside its caller: "task <name>" or "another thread"
 
     def _close(self) -> None:
         """Fix the node's size, call count and shape key once it and its children have finished."""
@@ -76,7 +79,7 @@ class Node(_Parent):
         self.size = 1 + sum(c.size for c in self.children)
         self.calls = 1 + sum(c.calls * c.count for c in self.children) + self.hidden + sum(s[0] for s in self.others.values())
         self.key = hash((
-            self.func, self.module, tuple(self.args.items()), self.ret, self.exc, self.flag, self.thread,
+            self.func, self.module, tuple(self.args.items()), self.ret, self.exc, self.flag, self.thread, bool(self.concurrent),
             tuple((c.key, c.count) for c in self.children), self.hidden,
             tuple((name, slot[0]) for name, slot in self.others.items()),
         ))
@@ -190,12 +193,13 @@ class TreeBuilder:
         pid = e.get("parent_id")
         parent = self._open.get((sid, pid)) if pid is not None else None
         entry = self._enter(sid, parent, str(e.get("func") or "?"), str(e.get("module") or "?"),
-                            int(e.get("t0_ns") or 0), e.get("thread"))
+                            int(e.get("t0_ns") or 0), e.get("thread"), e.get("task_id"), e.get("task"))
         if entry[0] is not None:
             entry[0].args = e.get("args_preview") or {}
         self._open[(sid, e.get("call_id"))] = entry
 
-    def _enter(self, sid: Any, parent: _Entry | None, func: str, module: str, t0: int, thread: Any) -> _Entry:
+    def _enter(self, sid: Any, parent: _Entry | None, func: str, module: str, t0: int, thread: Any,
+               task_id: Any = None, task: Any = None) -> _Entry:
         """Where a call goes (a node, a count, or nowhere) under its parent's entry (None for a root)."""
         if self.root_filter is not None and (parent is None or parent[1] < 0):
             if not self.root_filter(module, func):
@@ -222,6 +226,12 @@ class TreeBuilder:
         node = Node(func, module, None)
         node.flag = "open"
         node.t0 = t0
+        node.ident, node.task_id = thread, task_id
+        if isinstance(container, Node):  # a task's first call or handed-over work runs beside its caller
+            if task_id is not None and task_id != container.task_id:
+                node.concurrent = f"task {task or task_id}"
+            elif thread != container.ident:
+                node.concurrent = "another thread"
         if isinstance(container, SessionRoot):
             threads = container.threads
             node.thread = thread
@@ -411,6 +421,8 @@ class TreeBuilder:
             tail.append((f"  ({node.calls - 1:,} calls below, as above)", "cyan"))
         if thread:
             tail.append((f"  [{thread}]", "blue"))
+        if node.concurrent:
+            tail.append((f"  [concurrent: {node.concurrent}]", "blue"))
         if node.flag:
             label = {"open": "no return recorded", "incomplete": "unfinished at session end",
                      "abandoned": "never resumed"}[node.flag]
