@@ -61,31 +61,42 @@ assert total == calls * 15 and s.stats["calls"] == calls + 1, (total, s.stats)
 '''
 
 
+def callgrind(python: str, handit_dir: str, workload: str, args: list[str], tmp: str) -> int:
+    """Run ``workload`` (a script's text) with ``args`` under callgrind in ``tmp``, handit
+    imported from ``handit_dir``; returns the total instructions (the profile is ``tmp/cg.out``)."""
+    script = os.path.join(tmp, "workload.py")
+    with open(script, "w") as fh:
+        fh.write(workload)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HANDIT_")}
+    env.update(PYTHONPATH=handit_dir, HANDIT_INCLUDE="__main__", HANDIT_REQUIRE_COMPILED="1", PYTHONHASHSEED="0")
+    out = subprocess.run(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out", python, script, *args],
+        capture_output=True, text=True, env=env, cwd=tmp, timeout=1800,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"{args} failed:\n{out.stderr[-2000:]}")
+    m = re.search(r"Collected : (\d+)", out.stderr)
+    if m is None:
+        raise SystemExit(f"no callgrind total in:\n{out.stderr[-2000:]}")
+    return int(m.group(1))
+
+
 def instructions(python: str, handit_dir: str, capture: str, calls: int) -> int:
     """Total instructions callgrind counts for one run of the workload."""
     with tempfile.TemporaryDirectory() as tmp:
-        script = os.path.join(tmp, "argmix.py")
-        with open(script, "w") as fh:
-            fh.write(WORKLOAD)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HANDIT_")}
-        env.update(PYTHONPATH=handit_dir, HANDIT_INCLUDE="__main__", HANDIT_REQUIRE_COMPILED="1")
-        out = subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out", python, script, capture, str(calls)],
-            capture_output=True, text=True, env=env, cwd=tmp, timeout=1800,
-        )
-        if out.returncode != 0:
-            raise SystemExit(f"{capture} x {calls} failed:\n{out.stderr[-2000:]}")
-        m = re.search(r"Collected : (\d+)", out.stderr)
-        if m is None:
-            raise SystemExit(f"no callgrind total in:\n{out.stderr[-2000:]}")
-        return int(m.group(1))
+        return callgrind(python, handit_dir, WORKLOAD, [capture, str(calls)], tmp)
+
+
+def checkout_args(doc: str, argv: list[str] | None) -> argparse.Namespace:
+    """``--python`` and ``--handit`` (the checkout to measure) from ``argv``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--python", default=sys.executable)
+    parser.add_argument("--handit", default=ROOT, help="checkout to import handit from (extension built in place)")
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--python", default=sys.executable)
-    parser.add_argument("--handit", default=ROOT, help="checkout to import handit from (extension built in place)")
-    args = parser.parse_args(argv)
+    args = checkout_args(__doc__, argv)
     per_call = {}
     for capture in ("timing", "args"):
         low = instructions(args.python, args.handit, capture, 2000)

@@ -16,6 +16,7 @@ from time import perf_counter_ns
 from typing import Any, Callable
 
 from ._engine import claim_sysmon, release_sysmon
+from ._internal import is_internal_thread
 from ._policy import ARGS, EXIT_RETURN, EXIT_YIELD, CodeInfo, Policy, exit_kinds, first_yield_unit, module_of
 from .preview import _type_name as type_name
 from .records import (
@@ -97,15 +98,16 @@ class _ThreadBuffer:
 
     __slots__ = ("ident", "records", "limit", "take_lock", "busy", "last_exc", "last_exc_text", "pending", "gap", "gap_slot",
                  "exited", "idle_drains", "lost", "absorbing", "skip", "lost_calls", "lost_slot",
-                 "exc_trace_frame", "closing", "closing_call", "held_drains")
+                 "exc_trace_frame", "closing", "closing_call", "held_since", "resolving")
 
     def __init__(self) -> None:
         self.ident = threading.get_ident()
         self.records: list[tuple[int, int, int, int, Any, int]] = []
         self.limit = _CHECK_MIN  # at this many records the budget is looked at again (_past_limit)
         # held by the drain while it takes records, and by the thread while it rewrites one in
-        # place (a pending unwind): never both at once. Appends need no lock.
-        self.take_lock = threading.Lock()
+        # place (a pending unwind) or sets `resolving`: never both at once. Appends need no
+        # lock. Reentrant: a thread draining itself gets profile events holding it.
+        self.take_lock = threading.RLock()
         self.busy = False
         self.last_exc: Any = None
         self.last_exc_text: tuple[str, str] = ("", "")
@@ -123,7 +125,10 @@ class _ThreadBuffer:
         self.exc_trace_frame: Any = None  # PY310/PY311: the frame _exc_trace waits in
         self.closing = 0  # PY310/PY311: id of the frame of a generator being closed (see profile_callback)
         self.closing_call: Any = None  # the close method called
-        self.held_drains = 0  # drains that left this thread's last records for _exc_trace (see _collect)
+        self.held_since = 0.0  # when the periodic drain began to leave this thread's last records (see _collect)
+        # PY310/PY311: an unwind is being recorded, or pending ones given their text (Python
+        # code: the GIL can switch to a drain there); see _collect
+        self.resolving = False
 
 
 class _ExitSentinel:
@@ -713,11 +718,15 @@ def profile_callback(frame: Any, event: str, arg: Any) -> None:
             _guard_thread()
         buf = getattr(_tls, "buffer", None)
         if buf is not None and buf.pending and not buf.busy:
-            if buf.exc_trace_frame is not None and event[0] != "c":  # (a C call's end precedes the caller's exception event)
-                _disarm_exc_trace(buf)
-            exc = sys.exc_info()[1]
-            if exc is not None:
-                _resolve_unwinds(buf, exc, exc.__traceback__)
+            _resolving(buf)
+            try:
+                if buf.exc_trace_frame is not None and event[0] != "c":  # (a C call's end precedes the caller's exception event)
+                    _disarm_exc_trace(buf)
+                exc = sys.exc_info()[1]
+                if exc is not None:
+                    _resolve_unwinds(buf, exc, exc.__traceback__)
+            finally:
+                buf.resolving = False
         if event == "call":
             cur = _current(None)
             if cur is None:
@@ -763,11 +772,15 @@ def profile_callback(frame: Any, event: str, arg: Any) -> None:
                 thrown = None
                 if buf.closing == id(frame) and not PY312:
                     thrown, buf.closing = _GENERATOR_EXIT, 0
-                record = _on_unwind(buf, slot, info, thrown, id(frame) if info.suspendable else 0)
-                if record is not None and len(buf.pending) < 8:
-                    buf.pending.append((record, id(frame)))
-                    if not PY312:
-                        _arm_exc_trace(buf, frame)
+                _resolving(buf)  # the record is visible before it is pending and armed
+                try:
+                    record = _on_unwind(buf, slot, info, thrown, id(frame) if info.suspendable else 0)
+                    if record is not None and len(buf.pending) < 8:
+                        buf.pending.append((record, id(frame)))
+                        if not PY312:
+                            _arm_exc_trace(buf, frame)
+                finally:
+                    buf.resolving = False
         elif event == "c_call":
             if not PY312 and buf is not None and type(arg) is _BUILTIN and arg.__name__ == "close":
                 gen = arg.__self__
@@ -816,6 +829,13 @@ _SUSPENDED_FRAME: dict[type, Callable[[Any], Any]] = {
 }
 
 
+def _resolving(buf: _ThreadBuffer) -> None:
+    """The thread's unwinds are being recorded or given their text: drains leave its records
+    (set under the take lock, see ``_collect``; cleared by the caller when done)."""
+    with buf.take_lock:
+        buf.resolving = True
+
+
 def _arm_exc_trace(buf: _ThreadBuffer, frame: Any) -> None:
     """PY310/PY311: be the trace function until the next event, to be told the exception
     that unwound ``frame`` when it reaches the caller (``handit_arm_exc_trace`` in
@@ -845,9 +865,13 @@ def _exc_trace(frame: Any, event: str, arg: Any) -> None:
             if sys.gettrace() is _exc_trace:
                 sys.settrace(None)
             return
-        _disarm_exc_trace(buf)
-        if event == "exception" and buf.pending and not buf.busy:
-            _resolve_unwinds(buf, arg[1], arg[2])
+        _resolving(buf)  # (before the disarm: a drain keeps holding the records throughout)
+        try:
+            _disarm_exc_trace(buf)
+            if event == "exception" and buf.pending and not buf.busy:
+                _resolve_unwinds(buf, arg[1], arg[2])
+        finally:
+            buf.resolving = False
     except RecursionError:  # at the limit: the unwind stays <unknown>, the user's exception goes on
         pass
     except Exception as exc:
@@ -869,11 +893,12 @@ def _resolve_unwinds(buf: _ThreadBuffer, exc: BaseException, traceback: Any) -> 
             frames.add(id(tb.tb_frame))
             tb = tb.tb_next
         found = [record for record, frame_id in buf.pending if frame_id in frames]
-        buf.pending = [(record, frame_id) for record, frame_id in buf.pending if frame_id not in frames]
         if not found:
             return
-        # made before the lock: it runs Python code, during which the drain may take records
+        # made before the lock: it runs Python code, during which the GIL can switch to a
+        # drain; the callers' buf.resolving keeps the records for it (see _collect)
         text = (type_name(type(exc)), _policy.previewer.exception_message(exc) if _policy else "")
+        buf.pending = [(record, frame_id) for record, frame_id in buf.pending if frame_id not in frames]
         records = buf.records
         with buf.take_lock:  # the drain cannot shorten the list between finding a record and rewriting it
             for record in found:
@@ -1061,45 +1086,84 @@ def _fold_suspends(records: list[tuple[int, int, int, int, Any, int]]) -> list[A
     return out
 
 
+_MAX_HOLD_S = 0.1  # a thread stopped in C right after an unwind
+_RESOLVE_WAIT_S = 1.0  # what a session's drain waits at most for a message being made
+
+
+def _unwinds_unresolved(buf: _ThreadBuffer, periodic: bool) -> bool:
+    """PY310/PY311, another thread's records (its take lock held): whether they stay for the
+    next drain, because an unwind among them waits for its type and message (issue 11.4; the
+    compiled twin's ``_unwinds_unresolved`` does the same). Taken, it would keep
+    ``<unknown>`` or no message. The periodic drain leaves them while the unwind is recorded
+    or given its text (handit's and the standard library's code: it ends), and while
+    ``_exc_trace`` waits for the caller's exception event (for at most ``_MAX_HOLD_S``); any
+    other drain (a session's stop or read) waits while it is given its text (``_collect``),
+    then takes them."""
+    now = time.monotonic()
+    if periodic and buf.resolving:
+        return True
+    if periodic and buf.pending and buf.exc_trace_frame is not None:
+        if not buf.held_since:
+            buf.held_since = now
+        if now - buf.held_since < _MAX_HOLD_S:
+            return True
+    buf.held_since = 0.0
+    return False
+
+
+def _take(buf: _ThreadBuffer, hold: bool) -> list[tuple[int, int, int, int, Any, int]]:
+    """A thread's records (its take lock held): all, or with ``hold`` those before its first
+    pending unwind (none while the unwind is being recorded)."""
+    records = buf.records
+    n = len(records)
+    if hold:
+        n = 0  # the unwind being recorded now
+        if buf.pending:
+            wait_for = buf.pending[0][0]
+            n = len(records)
+            for i in range(n - 1, max(-1, n - 4097), -1):
+                if records[i] is wait_for:
+                    n = i
+                    break
+    else:
+        buf.pending = []  # their wait ends: taken, they keep what they have
+    batch = records[:n]
+    del records[:n]
+    buf.limit = len(records) + _CHECK_MIN  # (a thread dropping records keeps them now)
+    return batch
+
+
 def _collect() -> list[tuple[int, list[tuple[int, int, int, int, Any, int]]]]:
     """Take every thread's pending records, oldest first per thread."""
     out = []
-    background = getattr(_tls, "internal", False)  # handit's drain thread, not a session's stop
+    me = getattr(_tls, "buffer", None)
+    # handit's drain thread, or a thread handing over its backlog (as the compiled twin)
+    periodic = is_internal_thread() or (me is not None and me.busy)
     with _buffers_lock:
         buffers = list(_buffers)
     for buf in buffers:
         buf.last_exc = None  # the exception-text cache must not keep an exception alive
-        # PY310/PY311: a thread armed by _arm_exc_trace is one event away from being told its
-        # unwinds' exception: the periodic drain leaves those records for the next one (taken,
-        # they stayed <unknown>); a stop takes everything
-        wait_for = None
-        if background and buf.pending and buf.exc_trace_frame is not None and buf.held_drains < 10:
-            wait_for = buf.pending[0][0]
-            buf.held_drains += 1  # (at most ~100 ms: a thread that stops in C right there)
-        else:
-            buf.pending = []
-            buf.held_drains = 0
-        records = buf.records
         if buf.lost_calls:  # calls lost at the recursion limit (with their exits: no gap needed)
             _dropped[buf.lost_slot] = _dropped.get(buf.lost_slot, 0) + buf.lost_calls
             buf.lost_calls = 0
         if buf.gap and not buf.lost:  # records dropped after the last one kept: the gap ends the batch
-            records.append((GAP, buf.gap_slot, 0, perf_counter_ns(), None, buf.gap))
+            buf.records.append((GAP, buf.gap_slot, 0, perf_counter_ns(), None, buf.gap))
             buf.gap = 0
         # taken in place, never swapped: the thread may be between reading buf.records and
-        # appending to it (its GIL can switch to this thread there); an append lands after n
-        with buf.take_lock:
-            n = len(records)
-            if wait_for is not None:
-                for i in range(n - 1, max(-1, n - 64), -1):
-                    if records[i] is wait_for:
-                        n = i
-                        break
-            if n:
-                batch = records[:n]
-                del records[:n]
-            buf.limit = len(records) + _CHECK_MIN  # (a thread dropping records keeps them now)
-        if n:
+        # appending to it (its GIL can switch to this thread there); an append lands after
+        # the records taken. The thread sets buf.resolving holding the take lock, so what is
+        # decided here under it holds until the records are taken.
+        deadline = 0.0
+        while True:
+            with buf.take_lock:
+                hold = buf is not me and _unwinds_unresolved(buf, periodic)
+                waiting = not hold and buf is not me and buf.resolving
+                if not waiting or (deadline and time.monotonic() >= deadline):
+                    batch = _take(buf, hold)
+                    break
+            deadline = deadline or time.monotonic() + _RESOLVE_WAIT_S
+            time.sleep(0.0005)  # the GIL released: the thread gives them their text
+        if batch:
             out.append((buf.ident, batch))
             buf.idle_drains = 0
         elif buf.exited:

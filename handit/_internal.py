@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 _hooks: list[Callable[[], None]] = []
 _deferred: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()  # see defer()
+_marked = threading.local()
 
 
 def mark_internal_thread() -> None:
@@ -16,8 +17,14 @@ def mark_internal_thread() -> None:
 
     Call this first thing in the target of every thread handit starts.
     """
+    _marked.internal = True
     for hook in _hooks:
         hook()
+
+
+def is_internal_thread() -> bool:
+    """Whether the calling thread is handit's own (whichever engine was loaded when it was marked)."""
+    return getattr(_marked, "internal", False)
 
 
 def start_internal_thread(target: Callable[..., Any], name: str, *args: Any) -> threading.Thread:

@@ -22,6 +22,7 @@ import warnings
 from contextvars import ContextVar
 
 from ._engine import IncompatiblePython, claim_sysmon, release_sysmon
+from ._internal import is_internal_thread
 from ._policy import ARGS, CodeInfo, exit_kinds, first_yield_unit, module_of
 from .preview import _type_name as type_name
 from .records import TASK_MODULE, Rendered, task_name_ref as task_name_ref_in
@@ -96,6 +97,8 @@ cdef extern from "_compat.h":
     PyObject* handit_handled_exception()
     int handit_arm_exc_trace(handit_tracefunc)
     void* handit_closing_frame(PyObject*)
+    void handit_learn_gen_close(PyObject*)
+    bint handit_is_gen_close(PyObject*) nogil
     void handit_disarm_exc_trace(handit_tracefunc)
     handit_tracefunc handit_prev_profile(unsigned long, PyObject**)
     void* handit_code_extra_fast(PyObject*, Py_ssize_t)
@@ -998,8 +1001,9 @@ cdef int profile_call(PyObject* obj, PyFrameObject* frame, int what, PyObject* a
     if (what != PyTrace_CALL and what != PyTrace_RETURN) or ts.busy:
         if HANDIT_UNWIND_ARG_IS_NULL and not ts.busy:
             if what == PyTrace_C_CALL:
-                ts.closing_frame = handit_closing_frame(arg)
-                ts.closing_call = <void*>arg if ts.closing_frame != NULL else NULL
+                if handit_is_gen_close(arg):  # other C calls (the generator's finally's too) leave it
+                    ts.closing_frame = handit_closing_frame(arg)
+                    ts.closing_call = <void*>arg if ts.closing_frame != NULL else NULL
             elif ts.closing_call == <void*>arg:  # the close() returned or raised
                 ts.closing_frame = ts.closing_call = NULL
         return 0
@@ -1051,12 +1055,14 @@ cdef int profile_call(PyObject* obj, PyFrameObject* frame, int what, PyObject* a
         _on_yield(ts, slot, ci, <uint64_t>frame)
     else:
         _on_unwind(ts, slot, ci, <PyObject*>_GENERATOR_EXIT if how == 3 else NULL, <uint64_t>frame if ci.suspendable else 0)
-        if _remember_unwind(ts, frame):
-            handit_arm_exc_trace(exc_trace)
+        if _remember_unwind(ts, frame) and handit_arm_exc_trace(exc_trace):
+            ts.waiting_exc = 1  # the periodic drain leaves the thread's records until then
     return 0
 
 
 _GENERATOR_EXIT = GeneratorExit()
+_A_GEN_CLOSE = eval("(_ for _ in ())").close  # a Python generator's (Cython's have their own)
+handit_learn_gen_close(<PyObject*>_A_GEN_CLOSE)
 
 
 cdef int exc_trace(PyObject* obj, PyFrameObject* frame, int what, PyObject* arg) noexcept:
@@ -1065,12 +1071,14 @@ cdef int exc_trace(PyObject* obj, PyFrameObject* frame, int what, PyObject* arg)
     # exception. Never raises into user code; returns 0.
     cdef TState* ts
     handit_disarm_exc_trace(exc_trace)
-    if what != PyTrace_EXCEPTION or arg == NULL:
-        return 0
     ts = _tstate()
-    if ts == NULL or ts.busy or not ts.npending:
+    if ts == NULL:
         return 0
-    _match_unwinds(ts, PyTuple_GET_ITEM(arg, 1), PyTuple_GET_ITEM(arg, 2))
+    if what == PyTrace_EXCEPTION and arg != NULL and not ts.busy and ts.npending:
+        ts.resolving = 1  # (set before waiting_exc is cleared: a drain holds the records throughout)
+        ts.waiting_exc = 0
+        _match_unwinds(ts, PyTuple_GET_ITEM(arg, 1), PyTuple_GET_ITEM(arg, 2))
+    ts.waiting_exc = 0
     return 0
 
 
@@ -1078,7 +1086,9 @@ cdef bint _remember_unwind(TState* ts, PyFrameObject* frame) noexcept:
     # A profile function is not told which exception unwinds a frame (before 3.12 it is
     # fetched away first). The unwind is kept pending; when a later event of this thread
     # sees an exception being handled whose traceback holds the frame, the record gets its
-    # type and message (_resolve_unwinds). The drain ends the wait.
+    # type and message (_resolve_unwinds). Until then the periodic drain leaves the thread's
+    # records while exc_trace waits for the caller's exception (at most _MAX_HOLD_NS);
+    # any other drain ends the wait.
     cdef Chunk* c = ts.tail
     cdef int n
     if c == NULL or ts.npending >= 8:
@@ -1105,14 +1115,17 @@ cdef void _resolve_unwinds(TState* ts) noexcept:
 cdef void _match_unwinds(TState* ts, PyObject* exc, PyObject* traceback) noexcept:
     # never raises: the pending unwinds whose frame is in the traceback (exc's own when
     # NULL) get exc's type and message.
-    # Python code making the message (a standard-library __str__) may let another thread's
-    # drain take this thread's chunks, which ends the wait: npending is 0 then and the
-    # pointers are stale. So the type, read without running Python code, is written first;
-    # every write into a chunk follows a check that no drain has run since this started.
+    # The message can need Python code (a standard-library __str__, e.g. HTTPError's) that
+    # lets the GIL go. While it runs, ts.resolving keeps the records where they are: the
+    # periodic drain leaves the thread, any other drain waits for it (_unwinds_unresolved). Only
+    # a drain that waited in vain takes the records first (ts.drains moves): then nothing
+    # is written, as the pointers are stale; the type, read without running Python code, is
+    # written first for that case.
     cdef int k, n, kept = 0
     cdef uint32_t seen = ts.drains
     cdef list matched = []
     ts.busy = 1
+    ts.resolving = 1
     handit_headroom(1)
     try:
         frames = set()
@@ -1120,24 +1133,27 @@ cdef void _match_unwinds(TState* ts, PyObject* exc, PyObject* traceback) noexcep
         while tb is not None:
             frames.add(id(tb.tb_frame))
             tb = tb.tb_next
-        n = ts.npending
-        for k in range(n):
+        for k in range(ts.npending):
             if <size_t>ts.pending_frame[k] in frames:
                 matched.append(<size_t>ts.pending_ext[k])
-            else:
-                ts.pending_ext[kept] = ts.pending_ext[k]
-                ts.pending_frame[kept] = ts.pending_frame[k]
-                kept += 1
-        ts.npending = kept
         if matched:
             _write_texts(ts, seen, matched, (type(<object>exc).__qualname__, ""))
             _write_texts(ts, seen, matched, (type_name(type(<object>exc)), _previewer.exception_message(<object>exc)))
+        if ts.drains == seen:  # resolved: no longer pending (a drain since then ended every wait)
+            n = ts.npending
+            for k in range(n):
+                if <size_t>ts.pending_frame[k] not in frames:
+                    ts.pending_ext[kept] = ts.pending_ext[k]
+                    ts.pending_frame[kept] = ts.pending_frame[k]
+                    kept += 1
+            ts.npending = kept
     except KeyboardInterrupt:
         ts.npending = 0
         _interrupt_again()
     except BaseException:
         ts.npending = 0
     handit_headroom(0)
+    ts.resolving = 0
     ts.busy = 0
 
 
@@ -1924,6 +1940,37 @@ cdef int _encode_valued(OutBuf* b, Record* r, RecordExt* ext, int64_t t) except 
     return 0
 
 
+cdef uint64_t _MAX_HOLD_NS = 100000000  # 100 ms: a thread stopped in C right after an unwind
+cdef double _RESOLVE_WAIT_S = 1.0  # what a session's drain waits at most for a message being made
+
+
+cdef bint _unwinds_unresolved(TState* ts, bint periodic) noexcept:
+    # PY310/PY311, another thread's records in drain(): whether they stay for the next drain,
+    # because an unwind among them waits for its type and message (issue 11.4). Taken, it
+    # would keep <unknown>, or a type and no message. The periodic drain leaves them while
+    # the text is being made (standard-library code: it ends), and while exc_trace waits for
+    # the caller's exception event (for at most _MAX_HOLD_NS); any other drain (a session's
+    # stop or read) waits, the GIL released, for a text being made, then takes them.
+    # Never raises.
+    cdef uint64_t now = handit_mono_ns()
+    cdef uint64_t deadline
+    if periodic and ts.resolving:
+        return 1
+    if periodic and ts.npending and ts.waiting_exc:
+        if ts.held_since == 0:
+            ts.held_since = now
+        if now - ts.held_since < _MAX_HOLD_NS:
+            return 1
+    ts.held_since = 0
+    deadline = now + <uint64_t>(_RESOLVE_WAIT_S * 1e9)
+    while ts.resolving and handit_mono_ns() < deadline:  # (checked holding the GIL: the thread is stopped then)
+        with nogil:
+            handit_q_lock()
+            handit_q_wait(0.0005)
+            handit_q_unlock()
+    return 0
+
+
 cdef Chunk* _take_all(TState* ts) noexcept:
     # every chunk of the thread, oldest first: the queued ones, then the one being written
     # (its writer is stopped: drain() holds the GIL)
@@ -1942,7 +1989,8 @@ cdef Chunk* _take_all(TState* ts) noexcept:
     _set_tail(ts, NULL)
     ts.nchunks = 0
     handit_q_unlock()
-    ts.npending = 0  # pending unwinds point into the chunks taken here
+    ts.npending = 0  # pending unwinds point into the chunks taken here: their wait ends
+    ts.waiting_exc = 0
     ts.drains += 1
     return chunk
 
@@ -1972,6 +2020,8 @@ def drain(calibration, previewer, route=None):
     cdef uint64_t ticks0
     cdef list out = []
     cdef list states
+    cdef TState* me = <TState*>handit_get_tls()
+    cdef bint periodic = (me != NULL and me.busy) or is_internal_thread()  # handit's drain thread (or a thread handing over)
     global _enc_inv
     calibration.refine()
     inv = 1.0 / calibration.scale
@@ -1993,10 +2043,7 @@ def drain(calibration, previewer, route=None):
         handit_q_unlock()
         for state in reversed(states):
             ts = <TState*><uintptr_t>state
-            if ts.busy and ts.npending:
-                # PY310/PY311: the thread is giving its pending unwinds their exception, and the
-                # Python code making the message let the GIL go: taken now, its unwinds would
-                # keep a type and no message (issue 11.4). The next drain takes its records.
+            if ts != me and _unwinds_unresolved(ts, periodic):
                 continue
             if not _out_ready(ts):
                 raise MemoryError
