@@ -332,6 +332,8 @@ def test_async_tests(project: pytest.Pytester) -> None:
     result.assert_outcomes(failed=1)
     section = section_of(result.stdout.str(), "test_async.py::test_async_fails")
     assert "fetch(n=1) → 1" in section
+    # the gathered calls ran as tasks beside each other: each on a line of its own, marked
+    assert "fetch(n=2) → 2" in section and "[concurrent: task Task-" in section
     assert "check(discount=80) raised ValueError: discount 80% too large" in section
 
 

@@ -33,7 +33,8 @@ KEEP = 50
 class Call:
     """One call of the session: what it was given, what it gave back or raised, what it called."""
 
-    __slots__ = ("func", "module", "args", "ret", "exc", "raised", "dt_ns", "end", "children", "folded", "folded_calls")
+    __slots__ = ("func", "module", "args", "ret", "exc", "raised", "dt_ns", "end", "children", "folded", "folded_calls",
+                 "task")
 
     def __init__(self, func: str, module: str, args: dict[str, Any] | None) -> None:
         self.func, self.module, self.args = func, module, args or {}
@@ -45,6 +46,7 @@ class Call:
         self.children: list[Call] = []
         self.folded: dict[str, int] = {}  # function -> children dropped from ``children`` (only counted)
         self.folded_calls = 0  # calls in those children's subtrees
+        self.task: str | None = None  # the asyncio task it started when its caller ran in another
 
     def size(self) -> int:
         """Calls in this subtree, this one included."""
@@ -60,12 +62,17 @@ def build_calls(events: Iterable[dict[str, Any]], keep: int = KEEP) -> list[Call
     counted in the parent's ``folded``.
     """
     by_id: dict[Any, Call] = {}
+    tasks: dict[int, Any] = {}  # id(call) -> the task it ran in
     top = Call("", "", None)  # holds the roots
     for position, e in enumerate(events):
         kind = e.get("type")
         if kind == "call":
             call = Call(str(e.get("func") or "?"), str(e.get("module") or "?"), e.get("args_preview"))
             parent = by_id.get(e.get("parent_id"), top) if e.get("parent_id") is not None else top
+            task_id = e.get("task_id")
+            if task_id is not None and parent is not top and task_id != tasks.get(id(parent)):
+                call.task = str(e.get("task") or task_id)  # a task's first call, beside its caller
+            tasks[id(call)] = task_id
             parent.children.append(call)
             if len(parent.children) > 2 * keep:
                 _fold_early(parent, keep)
@@ -135,6 +142,8 @@ def _line(call: Call, width: int, count: int = 1, inside: bool = True, run_ns: i
         outcome += f"  [{fmt_ns(call.dt_ns)}]"
     n = call.size() - 1 if inside and count == 1 else 0
     outcome += f"  (+{n} calls inside)" if n else ""
+    if call.task is not None:
+        outcome += f"  [concurrent: task {call.task}]"
     room = max(width - len(call.func) - 2 - len(outcome), 24)
     return f"{call.func}({fmt_args(call.args, width=room)}){outcome}"
 
@@ -157,7 +166,8 @@ def _runs(calls: list[Call]) -> list[tuple[Call, int, int]]:
     out: list[tuple[Call, int, int]] = []
     for c in calls:
         last = out[-1][0] if out else None
-        if last is not None and last.func == c.func and last.module == c.module and not c.raised and not last.raised:
+        if (last is not None and last.func == c.func and last.module == c.module and not c.raised and not last.raised
+                and c.task is None and last.task is None):  # tasks ran beside each other: one line each
             out[-1] = (c, out[-1][1] + 1, out[-1][2] + (c.dt_ns or 0))
         else:
             out.append((c, 1, c.dt_ns or 0))
