@@ -225,14 +225,20 @@ def _buffer() -> _ThreadBuffer:
     # A thread's first record, or one made during its teardown after its thread-locals went
     # (the same buffer again, found by thread id; a later thread reusing the id takes it over).
     ident = threading.get_ident()
+    # made before the lock: _ThreadBuffer.__init__ is Python code, and outside a callback (a task
+    # marker from the asyncio hook) the engine sees it start and asks for this thread's buffer
+    # again, which would wait on the lock this thread holds (seen: to_thread workers deadlocked)
+    new = _ThreadBuffer()
     with _buffers_lock:
         buf = _by_ident.get(ident)
         if buf is None:
-            buf = _by_ident[ident] = _ThreadBuffer()
+            buf = _by_ident[ident] = new
             _buffers.append(buf)
             _record_lists.append(buf.records)
         buf.exited = False  # under the lock: the drain frees only buffers still exited
         buf.idle_drains = 0
+    if getattr(_tls, "buffer", None) is buf:
+        return buf  # attached while ours was made (by the engine seeing __init__): one sentinel
     _tls.buffer = buf
     sentinel = _tls.sentinel = _ExitSentinel()
     weakref.finalize(sentinel, setattr, buf, "exited", True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import subprocess
 import sys
 import textwrap
@@ -116,8 +115,6 @@ STRESS = textwrap.dedent("""
 
 
 @pytest.mark.engine_dependent  # a traced child process
-@pytest.mark.skipif(os.environ.get("HANDIT_ENGINE") == "fallback",
-                    reason="the pure engine deadlocked here once (to_thread workers waiting on one lock): under investigation")
 def test_many_tasks_while_the_drain_runs(tmp_path: Path) -> None:
     (tmp_path / "stress.py").write_text(STRESS)
     rounds = 8
