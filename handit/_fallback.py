@@ -16,10 +16,8 @@ from time import perf_counter_ns
 from typing import Any, Callable
 
 from ._engine import claim_sysmon, release_sysmon
-from ._internal import _on_collection, is_internal_thread
-
-_OWN_AT_LIMIT = _on_collection.__code__  # handit's gc callback: may run at the limit, in the window
-from ._policy import ARGS, EXIT_RETURN, EXIT_YIELD, CodeInfo, Policy, exit_kinds, first_yield_unit, module_of
+from ._internal import is_internal_thread
+from ._policy import _HANDIT_DIR, ARGS, EXIT_RETURN, EXIT_YIELD, CodeInfo, Policy, exit_kinds, first_yield_unit, module_of
 from .preview import _type_name as type_name
 from .records import (
     BLOCK_BYTES, CALL, ENTER, GAP, HANDOFF, LEAVE, NO_VALUE, PAUSE, RESUME, STEP, RETURN, TASK, TASK_MODULE, THROW, UNWIND,
@@ -390,7 +388,7 @@ def _limit_guard(frame: Any, event: str, arg: Any) -> None:
     the profile function."""
     if not _user_limit:  # the window closed (on another thread): this thread needs no guard
         sys.settrace(None)
-    elif event == "call" and frame.f_code is not _OWN_AT_LIMIT and _past_limit(2):
+    elif event == "call" and _past_limit(2) and not frame.f_code.co_filename.startswith(_HANDIT_DIR):
         if PY311:  # PY311+: the refused frame still gets a "return" event, not to be recorded
             buf = getattr(_tls, "buffer", None)
             if buf is not None and _traced(frame.f_code) is not None:
@@ -554,7 +552,7 @@ def _current(code: Any) -> tuple[_ThreadBuffer, int] | None:
 
 def sysmon_py_start(code: Any, offset: int) -> Any:
     """PY_START: decide the code once; record a call (DISABLE for excluded code)."""
-    if _user_limit and code is not _OWN_AT_LIMIT and _past_limit(2):  # the window is open (see _LIMIT_MARGIN)
+    if _user_limit and _past_limit(2) and not code.co_filename.startswith(_HANDIT_DIR):  # window open: _LIMIT_MARGIN
         _refuse(code)
         raise RecursionError(_LIMIT_MESSAGE)
     try:
