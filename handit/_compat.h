@@ -461,11 +461,12 @@ static inline PyObject *handit_handled_exception(void) {
    the unwind stayed <unknown> (issue 11.4). A trace function is told: ceval calls
    tstate->c_tracefunc with PyTrace_EXCEPTION (type, value, tb) when the exception reaches
    the caller's frame. After a traced unwind on a thread with no trace function, handit's
-   is set for that one next event (use_tracing is already on: the profile function is) and
-   takes itself out at it, whatever the event. The fields are set directly, as
+   is set until the exception reaches the caller (use_tracing is already on: the profile
+   function is); it takes itself out at the first event of that frame, whatever the event. The fields are set directly, as
    _PyEval_SetTrace does minus its audit event: an audit hook is the user's code. PY312+
    routes the trace function through sys.monitoring, whose PY_UNWIND gives the exception.
-   Returns 1 when handit's is the thread's trace function now (the next event reaches it). */
+   Returns 2 when handit's is the thread's trace function from now on, 1 when it already was
+   (an earlier unwind still waits), 0 when the thread has another. */
 static inline int handit_arm_exc_trace(Py_tracefunc func) {
 #if PY_VERSION_HEX < 0x030C0000
     PyThreadState *t = handit_tstate();
@@ -473,7 +474,7 @@ static inline int handit_arm_exc_trace(Py_tracefunc func) {
     if (t->c_tracefunc == func) return 1;  /* armed by an earlier unwind: still waiting */
     if (t->c_tracefunc != NULL) return 0;
     t->c_tracefunc = func;
-    return 1;
+    return 2;
 #else
     (void)func;
     return 0;

@@ -98,7 +98,7 @@ class _ThreadBuffer:
 
     __slots__ = ("ident", "records", "limit", "take_lock", "busy", "last_exc", "last_exc_text", "pending", "gap", "gap_slot",
                  "exited", "idle_drains", "lost", "absorbing", "skip", "lost_calls", "lost_slot",
-                 "exc_trace_frame", "closing", "closing_call", "held_since", "resolving")
+                 "exc_trace_frame", "exc_depth", "closing", "closing_call", "held_since", "resolving")
 
     def __init__(self) -> None:
         self.ident = threading.get_ident()
@@ -123,6 +123,7 @@ class _ThreadBuffer:
         self.lost_slot = 0
         self.absorbing = False  # PY310: _absorb_at_limit is this thread's trace function
         self.exc_trace_frame: Any = None  # PY310/PY311: the frame _exc_trace waits in
+        self.exc_depth = 0  # frames started since, not yet left (see _exc_trace)
         self.closing = 0  # PY310/PY311: id of the frame of a generator being closed (see profile_callback)
         self.closing_call: Any = None  # the close method called
         self.held_since = 0.0  # when the periodic drain began to leave this thread's last records (see _collect)
@@ -726,8 +727,13 @@ def profile_callback(frame: Any, event: str, arg: Any) -> None:
         if buf is not None and buf.pending and not buf.busy:
             _resolving(buf)
             try:
-                if buf.exc_trace_frame is not None and event[0] != "c":  # (a C call's end precedes the caller's exception event)
-                    _disarm_exc_trace(buf)
+                if buf.exc_trace_frame is not None and not event.startswith("c_"):  # (a C call's end precedes the caller's exception event)
+                    if calling:
+                        buf.exc_depth += 1  # a frame the interpreter runs meanwhile (see _exc_trace)
+                    elif buf.exc_depth:
+                        buf.exc_depth -= 1
+                    else:
+                        _disarm_exc_trace(buf)
                 exc = sys.exc_info()[1]
                 if exc is not None:
                     _resolve_unwinds(buf, exc, exc.__traceback__)
@@ -852,6 +858,7 @@ def _arm_exc_trace(buf: _ThreadBuffer, frame: Any) -> None:
         return
     caller.f_trace = _exc_trace
     buf.exc_trace_frame = caller
+    buf.exc_depth = 0
     sys.settrace(_exc_trace)
 
 
@@ -864,7 +871,12 @@ def _disarm_exc_trace(buf: _ThreadBuffer) -> None:
 
 
 def _exc_trace(frame: Any, event: str, arg: Any) -> None:
-    """PY310/PY311: the trace function for one event after a traced unwind."""
+    """PY310/PY311: the trace function after a traced unwind, until the caller's frame has an
+    event. A frame the interpreter runs meanwhile (a finalizer run by the collection that the
+    caller's new traceback entry starts) is stepped over, as ``_tracer.exc_trace`` does: its
+    "call" ended the wait, and the periodic drain took the unwind before its text came."""
+    if event == "call":
+        return None
     try:
         buf = getattr(_tls, "buffer", None)
         if buf is None:
@@ -1133,6 +1145,7 @@ def _take(buf: _ThreadBuffer, hold: bool) -> list[tuple[int, int, int, int, Any,
                     break
     else:
         buf.pending = []  # their wait ends: taken, they keep what they have
+        buf.held_since = 0.0  # (a drain of its own thread does not pass _unwinds_unresolved)
     batch = records[:n]
     del records[:n]
     buf.limit = len(records) + _CHECK_MIN  # (a thread dropping records keeps them now)

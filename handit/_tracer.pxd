@@ -88,6 +88,7 @@ ctypedef struct TState:
     void* pending_ext[8]   # their RecordExt (filled in when the exception is seen handled)
     void* pending_frame[8] # the frames they unwound
     int waiting_exc        # PY310/PY311: exc_trace is armed for them (their caller's exception event is next)
+    int exc_depth          # PY310/PY311: frames started since exc_trace was armed and not yet left
     int resolving          # their text is being made (Python code: the GIL can switch); see _match_unwinds
     uint64_t held_since    # when the periodic drain began to leave this thread's records for them (0: not)
     void* closing_frame    # PY310/PY311: the frame of the generator whose close() runs (not a reference)
