@@ -54,10 +54,21 @@ def _on_collection(phase: str, info: dict[str, Any]) -> None:
     _collecting = phase == "start"
 
 
+_watching = False
+
+
 def watch_collections() -> None:
-    """Follow garbage collections from now on (once per process; the first session calls it)."""
-    if _on_collection not in gc.callbacks:
-        gc.callbacks.append(_on_collection)
+    """Follow garbage collections from now on (once per process). Called where events made
+    outside the engine are first added (:meth:`handit.sessions.Session.add_events`: an HTTP
+    exchange's request comes before the finalizer that may finish it), not at the first
+    session: the callback is a Python frame run by every collection, and on the pure engine
+    one run at the program's recursion limit failed (reported as unraisable) and took a
+    frame from the program (test_recursion_limit_then_more_calls, 3.12)."""
+    global _watching
+    if not _watching:
+        _watching = True
+        if _on_collection not in gc.callbacks:
+            gc.callbacks.append(_on_collection)
 
 
 def collecting() -> bool:

@@ -63,7 +63,6 @@ def install() -> None:
     if not _installed:
         _installed = True
         atexit.register(_at_exit)
-        _internal.watch_collections()
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=_after_fork_in_child)
     if not _signals_installed:

@@ -221,6 +221,7 @@ class Session:
 
     def add_events(self, events: list[dict[str, Any]]) -> None:
         """Add events made outside the engine (HTTP calls, the low-level API)."""
+        _internal.watch_collections()
         if _internal.collecting():
             # from a finalizer (an HTTP response collected unread): this thread may hold the
             # writer's lock below, mid-frame; the events go at the next drain or stop

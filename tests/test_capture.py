@@ -665,6 +665,31 @@ def recurse():
 '''
 
 
+GC_CALLBACK_PROGRAM = """
+import gc, handit
+from handit import lowlevel
+before = list(gc.callbacks)
+with handit.session("plain"):
+    sum(range(10))
+plain = list(gc.callbacks)
+sid = lowlevel.start_session("low")
+lowlevel.on_call(sid, "f", "m", "m.py", 1, 1)
+print(plain == before, len(gc.callbacks) == len(before) + 1)
+"""
+
+
+def test_sessions_add_no_collection_callback_until_outside_events(engine, tmp_path):
+    """handit follows garbage collections (to defer events a finalizer adds) only once events
+    come from outside the engine (HTTP, the low-level API). Before, the first session added a
+    gc callback: a Python frame every collection runs, which on the pure engine failed at the
+    program's recursion limit and took one of its frames (test_recursion_limit_then_more_calls
+    below, once in a full 3.12 run)."""
+    out = subprocess.run([sys.executable, "-c", GC_CALLBACK_PROGRAM], capture_output=True, text=True, cwd=tmp_path,
+                         env=child_env(HANDIT_ENGINE=engine[0]), timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True"]
+
+
 def test_recursion_limit_then_more_calls(engine, tmp_path, monkeypatch):
     """Deep recursion to RecursionError, twice, then more calls: every call is recorded, the
     user's message and depth are what they are untraced (no frame of the user's taken), the

@@ -163,6 +163,9 @@ def test_a_finalizer_runs_before_the_exception_reaches_the_caller(engine, fail, 
         fail(Finalized())
 
     monkeypatch.setattr(importlib.import_module("handit.drain"), "DRAIN_INTERVAL_S", 0.0001)
+    # the wait's cap (for a thread stopped in C) is not what is tested: on a loaded machine the
+    # pure engine's finalizer and profile frames reached it (one <unknown> in 30, load 8)
+    monkeypatch.setattr(importlib.import_module("handit._fallback"), "_MAX_HOLD_S", 10.0)
     gc.collect()
     thresholds = gc.get_threshold()
     gc.set_threshold(1)

@@ -296,7 +296,8 @@ def test_clients_imported_after_the_first_session_are_instrumented(server: Serve
 
 
 COLLECTED_UNREAD = """
-import gc, sys, threading, time, weakref, handit
+import gc, sys, weakref, handit
+from handit.instrument import _record
 from handit.tracefile import iter_trace
 handit.configure(output_file=sys.argv[2])
 
@@ -304,10 +305,9 @@ class Response:  # what an HTTP client leaves unread: its exchange is finished b
     pass
 
 with handit.session("collected") as s:
+    call = _record.begin("GET", "http://127.0.0.1:9/unread")  # the request, as a client records it
     r = Response()
-    answer = {"type": "http_response", "session_id": s.id, "request_id": "r1", "status": 200,
-              "t1_ns": time.time_ns(), "dt_ns": 1, "thread": threading.get_ident()}
-    weakref.finalize(r, s.add_events, [answer])  # as handit.instrument's clients do
+    weakref.finalize(r, call.finish, 200, {})  # as handit.instrument's clients do
     cycle = [r]
     cycle.append(cycle)  # only the collector frees it
     del r, cycle
