@@ -14,9 +14,6 @@ from libc.string cimport memcpy, memset
 
 __all__ = ["Fold"]
 
-cdef enum:
-    DIRECT_KEYS = 1 << 17  # generator keys below this are looked up in an array; others in a dict
-
 ctypedef struct Entry:        # a call on a stack or suspended
     int64_t t0
     int64_t susp              # time suspended so far
@@ -196,31 +193,11 @@ cdef class Fold:
         self.nth += 1
         return <int32_t>(self.nth - 1)
 
-    cdef int _push(self, Thread* t, int32_t e) except -1:
-        cdef Py_ssize_t cap = t.cap
-        if t.n >= cap:
-            _grow(<void**>&t.stack, &cap, t.n + 1, sizeof(int32_t))
-            t.cap = <int32_t>cap
-        t.stack[t.n] = e
-        t.n += 1
-        return 0
-
     cdef int32_t _stash_pop(self, uint64_t key) except -2:
-        cdef int32_t e
-        if key < DIRECT_KEYS:
-            if <Py_ssize_t>key >= self.capstash:
-                return -1
-            e = self.stash[key] - 1
-            self.stash[key] = 0
-            return e
-        return <int32_t>self.big_stash.pop(key, -1)
+        return _stash_take(self.stash, self.capstash, self.big_stash, key)
 
     cdef int _stash_put(self, uint64_t key, int32_t e) except -1:
-        if key < DIRECT_KEYS:
-            _grow(<void**>&self.stash, &self.capstash, <Py_ssize_t>key + 1, sizeof(int32_t))
-            self.stash[key] = e + 1
-        else:
-            self.big_stash[key] = e
+        _stash_keep(&self.stash, &self.capstash, self.big_stash, key, e)
         self.pool[e].seq = self.seq
         self.seq += 1
         return 0
@@ -323,10 +300,9 @@ cdef class Fold:
         """Fold one encoded block (a damaged one up to the damage, counted in ``corrupt_blocks``)."""
         cdef bytes data = block if type(block) is bytes else bytes(block)
         cdef const unsigned char* d = data
-        cdef Py_ssize_t end = len(data), pos = 0, size
-        cdef uint64_t ident, base, v, z, key, n, i
-        cdef int64_t ts
-        cdef int tag, kind
+        cdef Py_ssize_t end = len(data), pos = 0
+        cdef uint64_t ident, base, key
+        cdef Rec r
         cdef int32_t ti, e, parent, code, stale, track
         cdef Thread* t
         cdef Entry* x
@@ -336,35 +312,18 @@ cdef class Fold:
         if _varint(d, &pos, end, &ident) < 0 or _varint(d, &pos, end, &base) < 0:
             self.corrupt_blocks += 1
             return
-        ts = <int64_t>base
+        r.ts = <int64_t>base
         if not self.first_ts:
-            self.first_ts = ts
+            self.first_ts = r.ts
         ti = self._thread(ident)
         t = &self.th[ti]
         try:
             while pos < end:
-                tag = d[pos]
-                pos += 1
-                kind = tag & 0x0F
-                code = 0
-                if kind == 1:
-                    if _varint(d, &pos, end, &v) < 0 or v > 0x7FFFFFFF:
-                        raise IndexError
-                    code = <int32_t>v
-                if _varint(d, &pos, end, &z) < 0:
+                if _next_record(d, &pos, end, &r) < 0:
                     raise IndexError
-                ts += <int64_t>((z >> 1) ^ (0 - (z & 1)))
-                if kind == 1:  # CALL
-                    key = 0
-                    if tag & 0x40 and _varint(d, &pos, end, &key) < 0:
-                        raise IndexError
-                    if tag & 0x80:  # argument previews: skipped
-                        if _varint(d, &pos, end, &n) < 0:
-                            raise IndexError
-                        for i in range(n):
-                            if _varint(d, &pos, end, &v) < 0 or v > <uint64_t>(end - pos):
-                                raise IndexError
-                            pos += <Py_ssize_t>v
+                key = r.key
+                if r.kind == 1:  # CALL (its argument previews are not folded)
+                    code = <int32_t>r.code
                     _grow(<void**>&self.rows, &self.caprows, code + 1, sizeof(Row))
                     self.rows[code].calls += 1
                     self.calls += 1
@@ -382,7 +341,7 @@ cdef class Fold:
                         track = self.pool[parent].thread
                     e = self._alloc()
                     x = &self.pool[e]
-                    x.t0, x.susp, x.child, x.tsusp, x.key = ts, 0, 0, 0, key
+                    x.t0, x.susp, x.child, x.tsusp, x.key = r.ts, 0, 0, 0, key
                     x.code, x.thread, x.parent = code, track, parent
                     x.parent_gen = self.pool[parent].gen if parent >= 0 else 0
                     x.task_root = track != ti and (parent < 0 or self.pool[parent].thread != track)
@@ -394,42 +353,30 @@ cdef class Fold:
                         running_here = depth.get(code, 0)
                         x.outer = running_here == 0
                         depth[code] = running_here + 1
-                    self._push(t, e)
-                elif kind == 2:  # RETURN
-                    if tag & 0x80:
-                        if _varint(d, &pos, end, &v) < 0 or v > <uint64_t>(end - pos):
-                            raise IndexError
-                        pos += <Py_ssize_t>v
+                    _push_index(&t.stack, &t.n, &t.cap, e)
+                elif r.kind == 2:  # RETURN
                     if t.n:
                         t.n -= 1
                         e = t.stack[t.n]
                         if self.pool[e].code >= 0:
-                            self._close(e, ts)
+                            self._close(e, r.ts)
                         self._free(e)
-                elif kind == 3:  # UNWIND
-                    if _varint(d, &pos, end, &v) < 0 or v > <uint64_t>(end - pos):
-                        raise IndexError
-                    type_name = data[pos : pos + <Py_ssize_t>v].decode("utf-8", "replace")
-                    pos += <Py_ssize_t>v
-                    if _varint(d, &pos, end, &v) < 0 or v > <uint64_t>(end - pos):
-                        raise IndexError
-                    message = data[pos : pos + <Py_ssize_t>v].decode("utf-8", "replace")
-                    pos += <Py_ssize_t>v
+                elif r.kind == 3:  # UNWIND
+                    type_name = _string_at(data, &r.vpos)
+                    message = _string_at(data, &r.vpos)
                     if t.n:
                         t.n -= 1
                         e = t.stack[t.n]
                         if self.pool[e].code >= 0:
                             self._raise(e, type_name, message)
-                            self._close(e, ts)
+                            self._close(e, r.ts)
                         self._free(e)
-                elif kind == 4:  # YIELD
-                    if _varint(d, &pos, end, &key) < 0:
-                        raise IndexError
+                elif r.kind == 4:  # YIELD
                     if t.n and self.pool[t.stack[t.n - 1]].key == key:
                         t.n -= 1
                         e = t.stack[t.n]
                         stale = self._stash_pop(key)
-                        self.pool[e].tsusp = ts
+                        self.pool[e].tsusp = r.ts
                         self._stash_put(key, e)
                         if stale >= 0:
                             self.pool[e].seq = self.pool[stale].seq  # the key keeps its place in the order
@@ -437,56 +384,42 @@ cdef class Fold:
                                 self._close(stale, self.pool[stale].tsusp)
                                 self.abandoned += 1
                             self._free(stale)
-                elif kind == 5 or kind == 6:  # RESUME, THROW: it may continue on another thread
-                    if _varint(d, &pos, end, &key) < 0:
-                        raise IndexError
+                elif r.kind == 5 or r.kind == 6:  # RESUME, THROW: it may continue on another thread
                     e = self._stash_pop(key)
                     if e < 0:
                         e = self._alloc()
                         x = &self.pool[e]
-                        x.t0, x.susp, x.child, x.tsusp, x.key = ts, 0, 0, 0, key
+                        x.t0, x.susp, x.child, x.tsusp, x.key = r.ts, 0, 0, 0, key
                         x.code, x.thread, x.parent, x.parent_gen, x.outer, x.task_root = -1, ti, -1, 0, 0, 0
                         if self.spawned:
                             self.spawned.pop(key, None)  # a task's coroutine thrown into before it started
                     else:
-                        self.pool[e].susp += ts - self.pool[e].tsusp
-                    self._push(t, e)
-                elif kind == 8:  # PAUSE: the generator on top was suspended this long, and runs again
-                    if _varint(d, &pos, end, &key) < 0 or _varint(d, &pos, end, &n) < 0:
-                        raise IndexError
+                        self.pool[e].susp += r.ts - self.pool[e].tsusp
+                    _push_index(&t.stack, &t.n, &t.cap, e)
+                elif r.kind == 8:  # PAUSE: the generator on top was suspended this long, and runs again
                     if t.n and self.pool[t.stack[t.n - 1]].key == key:
-                        self.pool[t.stack[t.n - 1]].susp += <int64_t>n
-                elif kind == 9:  # STEP: a suspended generator ran this long (to now), suspended again
-                    if _varint(d, &pos, end, &key) < 0 or _varint(d, &pos, end, &n) < 0:
-                        raise IndexError
+                        self.pool[t.stack[t.n - 1]].susp += <int64_t>r.n
+                elif r.kind == 9:  # STEP: a suspended generator ran this long (to now), suspended again
                     e = self._stash_pop(key)
                     if e >= 0:
-                        self.pool[e].susp += ts - <int64_t>n - self.pool[e].tsusp
-                        self.pool[e].tsusp = ts
+                        self.pool[e].susp += r.ts - <int64_t>r.n - self.pool[e].tsusp
+                        self.pool[e].tsusp = r.ts
                         self._stash_put(key, e)
-                elif kind == 7:  # GAP: records were dropped here; what was open cannot be matched
-                    if _varint(d, &pos, end, &n) < 0:
-                        raise IndexError
-                    self._close_all(t, ts)
-                    self.dropped += n
-                elif kind == 10:  # TASK: the coroutine with this key starts a task of its own
+                elif r.kind == 7:  # GAP: records were dropped here; what was open cannot be matched
+                    self._close_all(t, r.ts)
+                    self.dropped += r.n
+                elif r.kind == 10:  # TASK: the coroutine with this key starts a task of its own
                     self.markers += 1
-                    if _varint(d, &pos, end, &key) < 0 or _varint(d, &pos, end, &n) < 0:
-                        raise IndexError
                     if len(self.spawned) >= 65536:  # tasks that never ran (reader._MAX_PENDING)
                         self.spawned.clear()
                     self.spawned[key] = None
-                elif 11 <= kind <= 13:  # HANDOFF, ENTER, LEAVE: markers
+                else:  # HANDOFF, ENTER, LEAVE: markers
                     self.markers += 1
-                    if _varint(d, &pos, end, &n) < 0:
-                        raise IndexError
-                else:
-                    raise IndexError
         except IndexError:  # a cut or damaged block: what came before the damage stands
             self.corrupt_blocks += 1
         finally:
-            if ts > self.last_ts:
-                self.last_ts = ts
+            if r.ts > self.last_ts:
+                self.last_ts = r.ts
 
     def finish(self, int64_t end_ts):
         """Close every call still open: on a stack as incomplete at ``end_ts``, suspended as

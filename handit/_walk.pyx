@@ -9,15 +9,12 @@ from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memset
 
-from .reader import read_string
-
 __all__ = ["Walk"]
 
 cdef enum:
     PHANTOM = 0  # a generator resumed in the session but started before it
     SKIP = 1     # the consumer left it out (and what it calls)
     LIVE = 2
-    DIRECT_KEYS = 1 << 17  # generator keys below this are looked up in an array; others in a dict
 
 ctypedef struct Entry:
     int64_t t0
@@ -111,31 +108,11 @@ cdef class Walk:
             self.nst += 1
         return &self.st[<Py_ssize_t>i]
 
-    cdef int _push(self, Stack* s, int32_t e) except -1:
-        cdef Py_ssize_t cap = s.cap
-        if s.n >= cap:
-            _grow(<void**>&s.items, &cap, s.n + 1, sizeof(int32_t))
-            s.cap = <int32_t>cap
-        s.items[s.n] = e
-        s.n += 1
-        return 0
-
     cdef int32_t _stash_pop(self, uint64_t key) except -2:
-        cdef int32_t e
-        if key < DIRECT_KEYS:
-            if <Py_ssize_t>key >= self.capstash:
-                return -1
-            e = self.stash[key] - 1
-            self.stash[key] = 0
-            return e
-        return <int32_t>self.big_stash.pop(key, -1)
+        return _stash_take(self.stash, self.capstash, self.big_stash, key)
 
     cdef int _stash_put(self, uint64_t key, int32_t e) except -1:
-        if key < DIRECT_KEYS:
-            _grow(<void**>&self.stash, &self.capstash, <Py_ssize_t>key + 1, sizeof(int32_t))
-            self.stash[key] = e + 1
-        else:
-            self.big_stash[key] = e
+        _stash_keep(&self.stash, &self.capstash, self.big_stash, key, e)
         self.pool[e].seq = self.seq
         self.seq += 1
         return 0
@@ -144,123 +121,85 @@ cdef class Walk:
         """Walk one block (a damaged one up to the damage, counted in ``corrupt_blocks``)."""
         cdef bytes data = block if type(block) is bytes else bytes(block)
         cdef const unsigned char* d = data
-        cdef Py_ssize_t end = len(data), pos = 0, apos, rpos
-        cdef uint64_t ident, base, v, z, key, n, i, code
-        cdef int64_t ts
-        cdef int tag, kind
+        cdef Py_ssize_t end = len(data), pos = 0
+        cdef uint64_t ident, base, key
+        cdef Rec r
         cdef int32_t e, parent, stale
         cdef Stack* s
-        cdef Entry* x
         cdef object token, ptoken
         if not end:
             return
         if _varint(d, &pos, end, &ident) < 0 or _varint(d, &pos, end, &base) < 0:
             self.corrupt_blocks += 1
             return
-        ts = <int64_t>base
+        r.ts = <int64_t>base
         if not self.first_ts:
-            self.first_ts = ts
+            self.first_ts = r.ts
         s = self._stack(ident)
         try:
             while pos < end:
-                tag = d[pos]
-                pos += 1
-                kind = tag & 0x0F
-                code = 0
-                if kind == 1 and _varint(d, &pos, end, &code) < 0:
+                if _next_record(d, &pos, end, &r) < 0 or r.kind >= 10:  # (sessions with markers are read as events)
                     raise IndexError
-                if _varint(d, &pos, end, &z) < 0:
-                    raise IndexError
-                ts += <int64_t>((z >> 1) ^ (0 - (z & 1)))
-                if kind == 1:  # CALL
-                    key = 0
-                    if tag & 0x40 and _varint(d, &pos, end, &key) < 0:
-                        raise IndexError
-                    apos = -1
-                    if tag & 0x80:  # argument previews: skipped here, read by the consumer if it shows them
-                        apos = pos
-                        if _varint(d, &pos, end, &n) < 0 or n > <uint64_t>(end - pos):
-                            raise IndexError
-                        for i in range(n):
-                            if _varint(d, &pos, end, &v) < 0 or v > <uint64_t>(end - pos):
-                                raise IndexError
-                            pos += <Py_ssize_t>v
+                key = r.key
+                if r.kind == 1:  # CALL (its argument previews are read by the consumer if it shows them)
                     self.calls += 1
                     parent = s.items[s.n - 1] if s.n else -1
                     if parent >= 0 and self.pool[parent].state == SKIP:  # below a call the consumer left out
-                        e = self._alloc(SKIP, ts, key, None)
-                        self._push(s, e)
+                        e = self._alloc(SKIP, r.ts, key, None)
+                        _push_index(&s.items, &s.n, &s.cap, e)
                         continue
                     # a phantom's calls are roots, as the reader has them (parent_id None)
                     ptoken = self.tokens[parent] if parent >= 0 else None
-                    token = self.on_call(ptoken, self.calls, code, ts, ident, data, apos)
-                    e = self._alloc(LIVE if token is not None else SKIP, ts, key, token)
-                    self._push(s, e)
-                elif kind == 2:  # RETURN
-                    rpos = -1
-                    if tag & 0x80:
-                        rpos = pos
-                        if _varint(d, &pos, end, &v) < 0 or v > <uint64_t>(end - pos):
-                            raise IndexError
-                        pos += <Py_ssize_t>v
+                    token = self.on_call(ptoken, self.calls, r.code, r.ts, ident, data, r.vpos)
+                    e = self._alloc(LIVE if token is not None else SKIP, r.ts, key, token)
+                    _push_index(&s.items, &s.n, &s.cap, e)
+                elif r.kind == 2:  # RETURN
                     if s.n:
                         s.n -= 1
-                        self._end(s.items[s.n], ts, data, rpos, None, 0)
-                elif kind == 3:  # UNWIND
-                    type_name, pos = read_string(data, pos)
-                    message, pos = read_string(data, pos)
+                        self._end(s.items[s.n], r.ts, data, r.vpos, None, 0)
+                elif r.kind == 3:  # UNWIND
+                    type_name = _string_at(data, &r.vpos)
+                    message = _string_at(data, &r.vpos)
                     if s.n:
                         s.n -= 1
-                        self._end(s.items[s.n], ts, data, -1, (type_name, message), 0)
-                elif kind == 4:  # YIELD
-                    if _varint(d, &pos, end, &key) < 0:
-                        raise IndexError
+                        self._end(s.items[s.n], r.ts, data, -1, (type_name, message), 0)
+                elif r.kind == 4:  # YIELD
                     if s.n and self.pool[s.items[s.n - 1]].key == key:
                         s.n -= 1
                         e = s.items[s.n]
                         stale = self._stash_pop(key)
-                        self.pool[e].tsusp = ts
+                        self.pool[e].tsusp = r.ts
                         self._stash_put(key, e)
                         if stale >= 0:
                             self.pool[e].seq = self.pool[stale].seq  # the key keeps its place in the order
                             # its number went to a new generator: the old one is gone
                             self._end(stale, self.pool[stale].tsusp, data, -1, None, 2)
-                elif kind == 5 or kind == 6:  # RESUME, THROW: it may continue on another thread
-                    if _varint(d, &pos, end, &key) < 0:
-                        raise IndexError
+                elif r.kind == 5 or r.kind == 6:  # RESUME, THROW: it may continue on another thread
                     e = self._stash_pop(key)
                     if e < 0:
-                        e = self._alloc(PHANTOM, ts, key, None)
+                        e = self._alloc(PHANTOM, r.ts, key, None)
                     else:
-                        self.pool[e].susp += ts - self.pool[e].tsusp
-                    self._push(s, e)
-                elif kind == 8:  # PAUSE: the generator on top was suspended this long, and runs again
-                    if _varint(d, &pos, end, &key) < 0 or _varint(d, &pos, end, &n) < 0:
-                        raise IndexError
+                        self.pool[e].susp += r.ts - self.pool[e].tsusp
+                    _push_index(&s.items, &s.n, &s.cap, e)
+                elif r.kind == 8:  # PAUSE: the generator on top was suspended this long, and runs again
                     if s.n and self.pool[s.items[s.n - 1]].key == key:
-                        self.pool[s.items[s.n - 1]].susp += <int64_t>n
-                elif kind == 9:  # STEP: a suspended generator ran this long (to now), suspended again
-                    if _varint(d, &pos, end, &key) < 0 or _varint(d, &pos, end, &n) < 0:
-                        raise IndexError
+                        self.pool[s.items[s.n - 1]].susp += <int64_t>r.n
+                elif r.kind == 9:  # STEP: a suspended generator ran this long (to now), suspended again
                     e = self._stash_pop(key)
                     if e >= 0:
-                        self.pool[e].susp += ts - <int64_t>n - self.pool[e].tsusp
-                        self.pool[e].tsusp = ts
+                        self.pool[e].susp += r.ts - <int64_t>r.n - self.pool[e].tsusp
+                        self.pool[e].tsusp = r.ts
                         self._stash_put(key, e)
-                elif kind == 7:  # GAP: records were dropped here; what was open cannot be matched
-                    if _varint(d, &pos, end, &n) < 0:
-                        raise IndexError
+                else:  # GAP: records were dropped here; what was open cannot be matched
                     while s.n:
                         s.n -= 1
-                        self._end(s.items[s.n], ts, data, -1, None, 1)
-                    self.dropped += n
-                else:
-                    raise IndexError
+                        self._end(s.items[s.n], r.ts, data, -1, None, 1)
+                    self.dropped += r.n
         except (IndexError, ValueError):  # a cut or damaged block: what came before the damage stands
             self.corrupt_blocks += 1
         finally:
-            if ts > self.last_ts:
-                self.last_ts = ts
+            if r.ts > self.last_ts:
+                self.last_ts = r.ts
 
     def finish(self, int64_t end_ts):
         """Close every call still open: on a stack as incomplete at ``end_ts`` (innermost first),
