@@ -254,6 +254,53 @@ def test_new_thread_does_not_chain_to_a_dead_threads_profiler():
     assert s.stats["calls"] >= 1
 
 
+def test_profiler_started_inside_a_session_keeps_its_place(engine):
+    # cProfile enabled inside a session takes the thread's profile slot (PY310/PY311); the stop
+    # and the engine's release leave it there (PY312+: it uses sys.monitoring, the slot stays empty)
+    prof = cProfile.Profile()
+    with handit.session("a"):
+        prof.enable()
+        installed = None if PY312 else sys.getprofile()
+        f(1)
+    try:
+        assert sys.getprofile() is installed
+        f(2)
+        sessions.release_idle()
+        assert sys.getprofile() is installed
+        f(3)
+    finally:
+        prof.disable()
+    seen = {k[2]: v[1] for k, v in pstats.Stats(prof).stats.items() if k[0] == __file__}  # type: ignore[attr-defined]
+    assert seen.get("f") == 3
+
+
+def test_fork_while_the_engine_is_kept(engine):
+    # a forked child drops the parent's paused engine and installs its own; the parent keeps its
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork")
+    with handit.session("parent"):
+        f(1)
+    kept = sessions._state["drain"]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            fresh = sessions._state["drain"] is None
+            with handit.session("child") as s:
+                f(2)
+            os.write(write, f"{fresh} {s.stats['calls']}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    child = os.read(read, 100).decode().split()
+    os.close(read)
+    assert status == 0 and child == ["True", "1"]
+    with handit.session("again") as again:
+        f(3)
+    assert sessions._state["drain"] is kept and again.stats["calls"] == 1
+
+
 def test_kept_engine_released_at_exit(engine, tmp_path):
     script = tmp_path / "prog.py"
     script.write_text(textwrap.dedent(f"""
