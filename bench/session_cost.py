@@ -58,6 +58,8 @@ def main() -> None:
     gc.collect()
     if calls != 1_000 or handit.current() is not None:
         raise SystemExit(f"broken: {calls} calls recorded (expected 1000), current session {handit.current()!r}")
+    engine, source, _ = handit.sessions.engine_info() or ("", "", "")
+    print(f"Python {sys.version.split()[0]}, {engine} engine, {source}")
     print(f"start+stop: median {statistics.median(medians) / 1e3:.1f} us "
           f"(runs: {', '.join(f'{m / 1e3:.1f}' for m in medians)})")
     print(f"sessions/s on one thread: {rate:,.0f}")

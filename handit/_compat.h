@@ -561,40 +561,68 @@ typedef struct { unsigned long ident; Py_tracefunc func; PyObject *obj; } handit
 static handit_prev_entry handit_prev[HANDIT_MAX_PREV];
 static int handit_nprev = 0;
 
-static inline void handit_set_profile_all(Py_tracefunc func) {
+static inline void handit_set_profile_all(Py_tracefunc func, const unsigned long *skip, int nskip) {
 #if PY_VERSION_HEX >= 0x030C0000
-    if (func != NULL) { PyEval_SetProfileAllThreads(func, NULL); return; }
+    (void)skip; (void)nskip;  /* PY312+: handit's own threads are given it too (the busy path) */
+    PyEval_SetProfileAllThreads(func, NULL);
+#else
+    PyThreadState *me = PyThreadState_Get();
+    PyThreadState *t = PyInterpreterState_ThreadHead(me->interp);
+    for (; t != NULL; t = PyThreadState_Next(t)) {
+        if (t->c_profilefunc == func) continue;  /* still ours: its previous one is remembered */
+        int own = 0;  /* handit's own threads (skip): never profiled */
+        for (int i = 0; i < nskip; i++) own |= skip[i] == t->thread_id;
+        if (own) continue;
+        if (t->c_profilefunc != NULL && handit_nprev < HANDIT_MAX_PREV) {
+            handit_prev_entry *e = &handit_prev[handit_nprev++];
+            e->ident = t->thread_id;
+            e->func = t->c_profilefunc;
+            e->obj = t->c_profileobj;
+            Py_XINCREF(e->obj);
+        }
+        _PyEval_SetProfile(t, func, NULL);
+    }
+#endif
+}
+
+/* Undo handit_set_profile_all(ours): the threads that still have ours get back the profile
+   function they had before (PY310/PY311; none on 3.12+); a thread whose profile function
+   was replaced since keeps the new one (the program's profiler, set between or during
+   sessions). */
+static inline void handit_remove_profile_all(Py_tracefunc ours) {
+#if PY_VERSION_HEX >= 0x030C0000
+    (void)ours;
     PyEval_SetProfileAllThreads(NULL, NULL);
 #else
     PyThreadState *me = PyThreadState_Get();
     PyThreadState *t = PyInterpreterState_ThreadHead(me->interp);
     for (; t != NULL; t = PyThreadState_Next(t)) {
-        if (func != NULL) {
-            if (t->c_profilefunc != NULL && t->c_profilefunc != func && handit_nprev < HANDIT_MAX_PREV) {
-                handit_prev_entry *e = &handit_prev[handit_nprev++];
-                e->ident = t->thread_id;
-                e->func = t->c_profilefunc;
-                e->obj = t->c_profileobj;
-                Py_XINCREF(e->obj);
-            }
-            _PyEval_SetProfile(t, func, NULL);
-        } else {
-            Py_tracefunc restore = NULL;
-            PyObject *obj = NULL;
-            for (int i = 0; i < handit_nprev; i++) {
-                if (handit_prev[i].ident == t->thread_id) { restore = handit_prev[i].func; obj = handit_prev[i].obj; }
-            }
-            _PyEval_SetProfile(t, restore, obj);
+        if (t->c_profilefunc != ours) continue;
+        Py_tracefunc restore = NULL;
+        PyObject *obj = NULL;
+        for (int i = 0; i < handit_nprev; i++) {
+            if (handit_prev[i].ident == t->thread_id) { restore = handit_prev[i].func; obj = handit_prev[i].obj; }
         }
+        _PyEval_SetProfile(t, restore, obj);
     }
-    if (func == NULL) {
-        for (int i = 0; i < handit_nprev; i++) Py_XDECREF(handit_prev[i].obj);
-        handit_nprev = 0;
-    }
+    for (int i = 0; i < handit_nprev; i++) Py_XDECREF(handit_prev[i].obj);
+    handit_nprev = 0;
 #endif
 }
 
 /* The profile function this thread had before handit's (PY310/PY311), or NULL. */
+/* The ids of the threads whose profile function is `func` now (up to `cap` of them, into
+   `out`); returns how many (tests: which threads handit's profile function is on). */
+static inline int handit_profiled_threads(Py_tracefunc func, unsigned long *out, int cap) {
+    PyThreadState *me = PyThreadState_Get();
+    PyThreadState *t = PyInterpreterState_ThreadHead(me->interp);
+    int n = 0;
+    for (; t != NULL && n < cap; t = PyThreadState_Next(t)) {
+        if (t->c_profilefunc == func) out[n++] = t->thread_id;
+    }
+    return n;
+}
+
 static inline Py_tracefunc handit_prev_profile(unsigned long ident, PyObject **obj) {
     for (int i = 0; i < handit_nprev; i++) {
         if (handit_prev[i].ident == ident) { *obj = handit_prev[i].obj; return handit_prev[i].func; }

@@ -43,10 +43,12 @@ __all__ = [
     "mark_handoff",
     "mark_internal_thread",
     "mark_task",
+    "pause",
     "pending",
     "profile_callback",
     "read_ticks",
     "reset_slot",
+    "resume",
     "session_var",
     "set_backlog_hook",
     "set_policy",
@@ -87,6 +89,7 @@ _decided: dict[int, tuple[weakref.ref[Any], Any, CodeInfo | None]] = {}
 _policy: Policy | None = None
 _generation = 0
 _source: str | None = None
+_profiling = False  # the profile function delivers events: the setprofile source, installed and not paused
 _tool_id: int | None = None
 _local_codes: list[Any] = []
 _failed = False
@@ -291,7 +294,7 @@ def _rearm_after_limit(warn: bool) -> None:
     (PY312+, from any thread, the drain's), else on the calling one. With ``warn``, say
     that events were missed (called on the user's thread, when a session stops)."""
     global _limit_hit, _rearmed
-    if _limit_hit and _source == "setprofile":
+    if _limit_hit and _profiling:
         _limit_hit = False
         if PY312:
             threading.setprofile_all_threads(profile_callback)
@@ -717,8 +720,8 @@ def profile_callback(frame: Any, event: str, arg: Any) -> None:
     buf = cur = info = calling = t = None
     try:
         calling = event == "call"
-        if _source != "setprofile":
-            # left behind on a thread uninstall() could not reach (before 3.12): remove itself
+        if not _profiling:
+            # left behind on a thread uninstall() or pause() could not reach (before 3.12): remove itself
             sys.setprofile(None)
             return
         if _user_limit and sys.gettrace() is None:  # the recursion window is open: guard this thread
@@ -942,7 +945,7 @@ def install(source: str, policy: Policy) -> None:
     Raises:
         HanditError: no sys.monitoring tool id is free.
     """
-    global _source, _tool_id, _failed
+    global _source, _tool_id, _failed, _profiling
     set_policy(policy)
     _failed = False
     _told_busy.clear()
@@ -951,13 +954,57 @@ def install(source: str, policy: Policy) -> None:
         _tool_id = claim_sysmon(sys.modules[__name__])
     else:
         _source = source
-        if PY312:
-            threading.setprofile_all_threads(profile_callback)
-        else:
-            # The pure-Python engine can reach only the current thread and threads
-            # started from now on; the compiled engine reaches every thread.
-            threading.setprofile(profile_callback)
-            ensure_thread()
+        _profiling = True
+        _put_profile_function()
+
+
+def _put_profile_function() -> None:
+    if PY312:
+        threading.setprofile_all_threads(profile_callback)
+    else:
+        # The pure-Python engine can reach only the current thread and threads
+        # started from now on; the compiled engine reaches every thread.
+        threading.setprofile(profile_callback)
+        ensure_thread()
+
+
+def _take_profile_function() -> None:
+    # a profiler the program set since (on a thread, or for new threads) keeps its place
+    if PY312:
+        threading.setprofile_all_threads(None)
+        return
+    if threading.getprofile() is profile_callback:
+        threading.setprofile(None)  # type: ignore[arg-type]
+    if sys.getprofile() is profile_callback:
+        sys.setprofile(None)
+    buf = getattr(_tls, "buffer", None)
+    if buf is not None and buf.exc_trace_frame is not None:
+        _disarm_exc_trace(buf)  # other threads' take themselves out at their next event
+
+
+def pause() -> None:
+    """No session is open: deliver no event until :func:`resume`, keeping the installation
+    (decisions, the sys.monitoring tool) for the next session.
+
+    The profile-function source leaves the threads (before 3.12 the calling thread at once,
+    the others at their next event), so the program between sessions runs unprofiled and a
+    profiler it starts meanwhile has the slot to itself; sys.monitoring stays registered.
+    """
+    global _profiling
+    if _source == "setprofile" and _profiling:
+        _profiling = False
+        _close_window()
+        _take_profile_function()
+
+
+def resume() -> None:
+    """The first session after :func:`pause`: deliver events again (the calling thread and
+    threads started from now on; every thread on 3.12+)."""
+    global _profiling
+    if _source == "setprofile" and not _profiling:
+        _profiling = True
+        _told_busy.clear()
+        _put_profile_function()
 
 
 def ensure_thread() -> None:
@@ -981,22 +1028,15 @@ def ensure_thread() -> None:
 
 def uninstall() -> None:
     """Stop delivering events; leave no callback, local event or disabled location behind."""
-    global _source, _tool_id
+    global _source, _tool_id, _profiling
     _close_window()
     if _source == "sysmon" and _tool_id is not None:
         release_sysmon(_tool_id, _local_codes)
-    elif _source == "setprofile":
-        if PY312:
-            threading.setprofile_all_threads(None)
-        else:
-            threading.setprofile(None)  # type: ignore[arg-type]
-            if sys.getprofile() is profile_callback:
-                sys.setprofile(None)
-            buf = getattr(_tls, "buffer", None)
-            if buf is not None and buf.exc_trace_frame is not None:
-                _disarm_exc_trace(buf)  # other threads' take themselves out at their next event
+    elif _source == "setprofile" and _profiling:
+        _take_profile_function()
     _tool_id = None
     _source = None
+    _profiling = False
     _code_map.clear()
 
 

@@ -100,6 +100,7 @@ ctypedef struct TState:
     int nready
     int capready
     size_t pre_bytes          # bytes encoded ahead of drain(), in `ready` and `out` (enc lock)
+    int internal              # handit's own thread (mark_internal_thread): never given the profile function
 
 ctypedef struct CInfo:
     uint32_t index

@@ -93,7 +93,9 @@ cdef extern from "_compat.h":
     PyObject* handit_frame_arg(PyFrameObject*, void*, int)
     void* handit_current_iframe(PyThreadState*)
     void* handit_frame_iframe(PyFrameObject* f)
-    void handit_set_profile_all(handit_tracefunc)
+    void handit_set_profile_all(handit_tracefunc, const unsigned long*, int)
+    void handit_remove_profile_all(handit_tracefunc)
+    int handit_profiled_threads(handit_tracefunc, unsigned long*, int)
     PyObject* handit_handled_exception()
     int handit_arm_exc_trace(handit_tracefunc)
     void* handit_closing_frame(PyObject*)
@@ -1191,6 +1193,11 @@ cdef void _write_texts(TState* ts, uint32_t seen, list exts, tuple text) noexcep
 
 def profile_callback(frame, event, arg):
     """Installed through threading.setprofile: swaps the C profile function into a new thread."""
+    cdef TState* ts = _tstate()
+    if ts != NULL:  # it had no profile function before ours (a remembered one of an exited
+        ts.prev_generation = _install_generation  # thread with the same id is not its)
+        ts.prev_profile = NULL
+        ts.prev_profile_obj = NULL
     PyEval_SetProfile(profile_call, NULL)
     if event == "call":
         profile_call(NULL, <PyFrameObject*>frame, PyTrace_CALL, NULL)
@@ -1215,14 +1222,67 @@ def install(source, policy):
         _source_kind = 1
         _tool_id = claim_sysmon(sys.modules[__name__])
     else:
-        _install_generation += 1
         _source_kind = 2
-        threading.setprofile(profile_callback)
-        handit_set_profile_all(profile_call)
+        _put_profile_function()
+
+
+cdef _put_profile_function():
+    # every thread now (chaining to a profiler already there) but handit's own, which live
+    # on from an earlier period (the drain thread kept for LINGER_S), and threads started
+    # from now on
+    global _install_generation
+    cdef unsigned long internal[64]
+    cdef int n = 0
+    cdef TState* ts
+    _install_generation += 1  # each thread looks its previous profile function up again
+    threading.setprofile(profile_callback)
+    handit_q_lock()
+    ts = _all_states
+    while ts != NULL and n < 64:
+        if ts.internal and not ts.exited:
+            internal[n] = ts.ident
+            n += 1
+        ts = ts.next_all
+    handit_q_unlock()
+    handit_set_profile_all(profile_call, internal, n)
+
+
+cdef _take_profile_function():
+    # from the threads that still have it (a profiler set since keeps its place), the
+    # profilers it chained to put back; a threading hook set since is left to its owner
+    if threading.getprofile() is profile_callback:
+        threading.setprofile(None)
+    handit_remove_profile_all(profile_call)
+    handit_disarm_exc_trace(exc_trace)  # other threads' take themselves out at their next event
 
 
 def ensure_thread():
     """Make sure the calling thread delivers events (every thread already does here)."""
+
+
+def profiled_threads():
+    """The ids of the threads that have handit's profile function now (for tests)."""
+    cdef unsigned long idents[256]
+    cdef int n = handit_profiled_threads(profile_call, idents, 256)
+    return {idents[i] for i in range(n)}
+
+
+def pause():
+    """No session is open: deliver no event until :func:`resume`, keeping the installation
+    (decisions, the sys.monitoring tool, the drain's state) for the next session.
+
+    The profile-function source leaves every thread, so the program between sessions runs
+    unprofiled and a profiler the program starts meanwhile has the slot to itself; sys.monitoring
+    stays registered (its idle callbacks return at once; excluded code stays disabled).
+    """
+    if _source_kind == 2:
+        _take_profile_function()
+
+
+def resume():
+    """The first session after :func:`pause`: deliver events again, on every thread."""
+    if _source_kind == 2:
+        _put_profile_function()
 
 
 def uninstall():
@@ -1231,9 +1291,7 @@ def uninstall():
     if _source_kind == 1 and _tool_id is not None:
         release_sysmon(_tool_id, _local_codes)
     elif _source_kind == 2:
-        threading.setprofile(None)
-        handit_set_profile_all(NULL)
-        handit_disarm_exc_trace(exc_trace)  # other threads' take themselves out at their next event
+        _take_profile_function()
     _tool_id = None
     _source_kind = 0
 
@@ -1332,6 +1390,7 @@ def mark_internal_thread():
     cdef TState* ts = _tstate()
     if ts != NULL:
         ts.busy = 1
+        ts.internal = 1
     if _source_kind == 2:  # not even the profile function's call: this thread is never traced
         PyEval_SetProfile(NULL, NULL)
     set_slot(0)

@@ -29,16 +29,21 @@ _next_slot = 0
 _state: dict[str, Any] = {"choice": None, "drain": None, "policy": None, "patched": None, "idle_since": None}
 
 LINGER_S = 0.5
-"""After the last session stops, a sys.monitoring engine stays installed this long, idle.
+"""After the last session stops, the engine stays installed this long, idle (paused).
 
-Installing and releasing it bumps CPython's instrumentation version, and every function
-that runs after each bump is instrumented again (callgrind, 3.12: ~135,000 instructions
-for an empty session's start and stop, the largest share of it, and more for a program
-with more code). Back-to-back sessions — one per request or per test — reuse the
-installation instead. While idle, excluded code stays switched off (DISABLE) and a
-traced function's call costs about a no-op callback. The drain thread releases the
-engine after this many seconds without a session; so do :func:`release_idle`, exit and
-fork. 0: release at the last stop.
+Installing and releasing it costs more than the rest of a session's start and stop: with
+sys.monitoring it bumps CPython's instrumentation version, and every function that runs
+after each bump is instrumented again (callgrind, 3.12: ~135,000 instructions for an
+empty session's start and stop, the largest share of it, and more for a program with
+more code); with the profile function (3.10/3.11) the drain thread, the thread and task
+patches and the decisions were made again each time (~60 us of ~70 us on 3.10).
+Back-to-back sessions — one per request or per test — reuse the installation instead.
+While idle, sys.monitoring's excluded code stays switched off (DISABLE) and a traced
+function's call costs about a no-op callback; the profile function is taken off every
+thread (the engine's ``pause``: untraced code between sessions runs at full speed and a
+profiler the program starts meanwhile is left alone) and put back by the next start
+(``resume``). The drain thread releases the engine after this many seconds without a
+session; so do :func:`release_idle`, exit and fork. 0: release at the last stop.
 """
 
 
@@ -460,9 +465,9 @@ def _uninstall(drained: bool = False) -> None:
 
 
 def _last_stopped() -> None:
-    """No session is left: release the engine, or keep it installed for LINGER_S (see there)."""
+    """No session is left (the engine paused): release the engine, or keep it for LINGER_S (see there)."""
     drain = _state["drain"]
-    if LINGER_S > 0 and _state["choice"].source == "sysmon" and drain is not None and drain.background:
+    if LINGER_S > 0 and drain is not None and drain.background:
         _state["idle_since"] = time.monotonic()
         drain.on_idle = _release_if_idle
         return
@@ -604,7 +609,6 @@ def start(tag: str | None = None, *, attrs: dict[str, str] | None = None, tracep
     Raises:
         HanditError: the engine cannot start (e.g. no free sys.monitoring tool id).
     """
-    global _next_slot
     config = get_config()
     if traceparent is None and config.otel:
         traceparent = _otel_parent()
@@ -612,34 +616,48 @@ def start(tag: str | None = None, *, attrs: dict[str, str] | None = None, tracep
     session.remote_parent = parent_session_id
     fold = _fold_type(config)()
     with _lock:
+        kept = False  # an engine kept from an earlier period (paused: see LINGER_S)
         if not _by_slot:
             lifecycle.install()
             if _state["drain"] is not None and _state["config"] is not config:
                 _uninstall()  # idle under other settings
             if _state["drain"] is None:
                 _install(config)
+            else:
+                kept = True
             _state["idle_since"] = None
             lifecycle.sessions_opened(session)
         choice = _state["choice"]
-        var = choice.module.session_var
-        parent_slot = var.get()
-        session.parent = _by_slot.get(parent_slot)
-        _next_slot = _next_slot % 0xFFFF + 1
-        while _next_slot in _by_slot:
-            _next_slot = _next_slot % 0xFFFF + 1
-        session.slot = _next_slot
-        session.engine, session.source = choice.engine, choice.source
-        session._codes = choice.module
-        session._fold = fold
-        choice.module.take_counts(session.slot)  # a reused slot starts from zero
-        _by_slot[session.slot] = session
-        _by_id[session.id] = session
-        if _session_sampled(session, config):
-            _open_sinks(session, config)
-            choice.module.activate(session.slot)
-        session._token = choice.module.set_slot(session.slot)
+        try:
+            _register(session, config, choice, fold)
+        finally:
+            if kept:
+                # last: the profile function would see the rest of start (pure engine: ~1 us an event)
+                choice.module.resume()
         choice.module.ensure_thread()
     return session
+
+
+def _register(session: Session, config: Config, choice: _engine.EngineChoice, fold: Any) -> None:
+    """Give ``session`` its slot, sinks and place as the current session (``_lock`` held)."""
+    global _next_slot
+    var = choice.module.session_var
+    parent_slot = var.get()
+    session.parent = _by_slot.get(parent_slot)
+    _next_slot = _next_slot % 0xFFFF + 1
+    while _next_slot in _by_slot:
+        _next_slot = _next_slot % 0xFFFF + 1
+    session.slot = _next_slot
+    session.engine, session.source = choice.engine, choice.source
+    session._codes = choice.module
+    session._fold = fold
+    choice.module.take_counts(session.slot)  # a reused slot starts from zero
+    _by_slot[session.slot] = session
+    _by_id[session.id] = session
+    if _session_sampled(session, config):
+        _open_sinks(session, config)
+        choice.module.activate(session.slot)
+    session._token = choice.module.set_slot(session.slot)
 
 
 _fold_types: dict[tuple[bool, bool], Any] = {}  # (fallback, require_compiled) -> the Fold class
@@ -729,6 +747,10 @@ def stop(session: Session | None = None) -> Session | None:
             except ValueError:  # stopped from another context
                 choice.module.set_slot(session.parent.slot if session.parent else 0)
         choice.module.deactivate(session.slot)
+        if len(_by_slot) == 1:
+            # the last: nothing is recorded from here on, and the rest of stop (the last drain
+            # most) runs unprofiled (pure engine: ~1 us an event); see LINGER_S
+            choice.module.pause()
         session.t1_ns = time.time_ns()
         try:
             _state["drain"].run_once(if_pending=True)

@@ -341,9 +341,9 @@ def test_process_wrappers_are_installed_once_and_removed_with_the_engine(engine)
             seen.append({n: getattr(os, n) for n in names})
             assert all(getattr(os, n) is not originals[n] and getattr(os, n).__wrapped__ is originals[n] for n in names)
             assert _posixsubprocess.fork_exec.__wrapped__ is fork_exec
-    if engine[1] == "sysmon":  # the engine lingers for the next session: so do its wrappers, unchanged
-        assert seen[0] == seen[1] == seen[2]
-        assert lifecycle._patched and os.execv is seen[0]["execv"]
+    # the engine lingers for the next session (every source): so do its wrappers, unchanged
+    assert seen[0] == seen[1] == seen[2]
+    assert lifecycle._patched and os.execv is seen[0]["execv"]
     sessions.release_idle()
     assert {n: getattr(os, n) for n in names} == originals and _posixsubprocess.fork_exec is fork_exec
     assert not lifecycle._patched and not propagation._wrapped

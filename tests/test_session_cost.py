@@ -1,14 +1,19 @@
 """Sessions are cheap and leave nothing behind: ids, the engine kept between sessions, flat memory."""
 from __future__ import annotations
 
+import contextvars
+import cProfile
 import gc
 import importlib
 import os
+import pstats
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
+import warnings
 
 import pytest
 
@@ -103,15 +108,197 @@ def test_kept_engine_released_when_settings_change():
     assert not _engine_installed()
 
 
-def test_no_engine_kept_without_sysmon_or_background_drain(engine, monkeypatch):
+def test_no_engine_kept_without_background_drain(engine, monkeypatch):
     with handit.session("a"):
         pass
-    assert _engine_installed() == (engine[1] == "sysmon")
+    assert _engine_installed()  # kept for the next session, on every source
     sessions.release_idle()
     monkeypatch.setattr(importlib.import_module("handit.drain"), "BACKGROUND", False)
     with handit.session("b"):
         pass
     assert not _engine_installed()  # nobody would release it later
+
+
+def _profiled(engine: tuple[str, str]) -> set[int]:
+    """The threads handit's profile function is on now (the pure engine's: the calling thread's alone)."""
+    module = sessions._state["choice"].module
+    if engine[0] == "compiled":
+        return module.profiled_threads()  # type: ignore[no-any-return]
+    return {threading.get_ident()} if sys.getprofile() is module.profile_callback else set()
+
+
+def test_profile_function_paused_between_sessions(engine):
+    # the profile-function source keeps its engine (drain, patches, decisions) between
+    # sessions, but not its profile function: the program between sessions runs unprofiled
+    if engine[1] != "setprofile":
+        pytest.skip("the profile-function source")
+    with handit.session("a") as a:
+        assert threading.get_ident() in _profiled(engine)
+        f(1)
+    kept = sessions._state["drain"]
+    assert kept is not None and _profiled(engine) == set() and threading.getprofile() is None
+    for _ in range(20):  # no session, no profile function: nothing recorded
+        f(2)
+    with handit.session("b") as b:  # the kept engine resumed
+        assert threading.get_ident() in _profiled(engine)
+        f(3)
+    assert sessions._state["drain"] is kept
+    assert [c["func"] for c in a.calls()] == [c["func"] for c in b.calls()] == ["_profiled", "f"]
+    assert _profiled(engine) == set()
+
+
+def test_thread_started_between_sessions_is_reached(engine):
+    # a thread started while the engine is paused has no profile function; the next session
+    # gives it one (the pure engine before 3.12 reaches only the starting thread and new ones)
+    with handit.session("a"):
+        pass
+    go, done = threading.Event(), threading.Event()
+    box: dict[str, contextvars.Context] = {}
+
+    def worker() -> None:
+        go.wait(10)
+        box["ctx"].run(f, 7)  # in session b's context: its calls are b's
+        done.set()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    with handit.session("b") as b:
+        box["ctx"] = contextvars.copy_context()
+        go.set()
+        assert done.wait(10)
+    thread.join()
+    reached = not (engine == ("fallback", "setprofile") and not PY312)
+    assert [c["func"] for c in b.calls()] == (["f"] if reached else [])
+
+
+@pytest.mark.skipif(PY312, reason="PY310/PY311: PyEval_SetProfileAllThreads (3.12+) reaches every thread")
+def test_kept_drain_thread_not_profiled_again(tmp_path):
+    # the drain thread lives on between sessions: the next session's profile function skips
+    # it (a program of its own: in this process the drain thread may be another engine's)
+    script = tmp_path / "prog.py"
+    script.write_text(textwrap.dedent("""
+        import threading
+        import handit
+        from handit import drain, sessions
+        handit.configure(engine="compiled", source="setprofile")
+        with handit.session("a"):
+            pass
+        with handit.session("b"):
+            worker = drain._worker._thread
+            profiled = sessions._state["choice"].module.profiled_threads()
+        print(worker.is_alive(), threading.get_ident() in profiled, worker.ident in profiled)
+        """))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=child_env(), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "True", "False"], r.stdout
+
+
+def test_other_profiler_between_sessions_left_alone(engine, monkeypatch):
+    # cProfile started while the engine is kept: handit's next session chains to it (compiled,
+    # PY310/PY311; 3.12+ cProfile uses sys.monitoring), puts it back at the stop, and the
+    # engine's release later does not take it away
+    if engine[0] == "fallback" and not PY312:
+        # a Python profile function cannot chain: the pure engine warns and records nothing on this thread
+        monkeypatch.setattr(warnings, "filters", [("ignore", None, RuntimeWarning, None, 0), *warnings.filters])
+    with handit.session("a"):
+        pass
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        installed = sys.getprofile()
+        f(1)
+        with handit.session("b") as b:
+            f(2)
+        assert sys.getprofile() is installed
+        f(3)
+        sessions.release_idle()  # the kept engine goes: cProfile stays
+        assert sys.getprofile() is installed
+        f(4)
+    finally:
+        prof.disable()
+    seen = {k[2]: v[1] for k, v in pstats.Stats(prof).stats.items() if k[0] == __file__}  # type: ignore[attr-defined]
+    assert seen.get("f") == 4
+    assert b.stats["calls"] == (0 if engine[0] == "fallback" and not PY312 else 1)
+
+
+@pytest.mark.skipif(PY312, reason="PY310/PY311: handit's profile function chains to a profiler installed before it")
+def test_new_thread_does_not_chain_to_a_dead_threads_profiler():
+    # thread ids are reused: a thread started in a session with the id of an exited thread
+    # that had cProfile (chained to by handit) must not feed that profiler
+    handit.configure(engine="compiled", source="setprofile")
+    box: dict[str, cProfile.Profile] = {}
+    go = threading.Event()
+
+    def profiled() -> None:
+        box["prof"] = prof = cProfile.Profile()
+        prof.enable()  # and exits with it still installed
+        go.wait(10)
+
+    first = threading.Thread(target=profiled)
+    first.start()
+    while "prof" not in box:
+        time.sleep(0.001)
+    with handit.session("s") as s:
+        go.set()
+        first.join()
+        for _ in range(20):  # glibc gives the next thread the exited one's id (its stack, reused)
+            second = threading.Thread(target=f, args=(1,))
+            second.start()
+            second.join()
+            if second.ident == first.ident:
+                break
+        else:
+            pytest.skip("no thread id was reused")
+    fed = {k[2]: v[1] for k, v in pstats.Stats(box["prof"]).stats.items()}  # type: ignore[attr-defined]
+    assert "f" not in fed
+    assert s.stats["calls"] >= 1
+
+
+def test_profiler_started_inside_a_session_keeps_its_place(engine):
+    # cProfile enabled inside a session takes the thread's profile slot (PY310/PY311); the stop
+    # and the engine's release leave it there (PY312+: it uses sys.monitoring, the slot stays empty)
+    prof = cProfile.Profile()
+    with handit.session("a"):
+        prof.enable()
+        installed = None if PY312 else sys.getprofile()
+        f(1)
+    try:
+        assert sys.getprofile() is installed
+        f(2)
+        sessions.release_idle()
+        assert sys.getprofile() is installed
+        f(3)
+    finally:
+        prof.disable()
+    seen = {k[2]: v[1] for k, v in pstats.Stats(prof).stats.items() if k[0] == __file__}  # type: ignore[attr-defined]
+    assert seen.get("f") == 3
+
+
+def test_fork_while_the_engine_is_kept(engine):
+    # a forked child drops the parent's paused engine and installs its own; the parent keeps its
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork")
+    with handit.session("parent"):
+        f(1)
+    kept = sessions._state["drain"]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            fresh = sessions._state["drain"] is None
+            with handit.session("child") as s:
+                f(2)
+            os.write(write, f"{fresh} {s.stats['calls']}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    child = os.read(read, 100).decode().split()
+    os.close(read)
+    assert status == 0 and child == ["True", "1"]
+    with handit.session("again") as again:
+        f(3)
+    assert sessions._state["drain"] is kept and again.stats["calls"] == 1
 
 
 def test_kept_engine_released_at_exit(engine, tmp_path):
