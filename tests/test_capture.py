@@ -382,6 +382,39 @@ def test_a_thread_going_on_after_its_session_stops_writes_nothing(engine, tmp_pa
     assert r.stdout.split() == ["['worker',", "'rec',", "'rec',", "'rec']", "False", "False"]
 
 
+def test_another_tool_took_the_first_code_extra_index(engine, tmp_path):
+    # The compiled engine's fast paths read its co_extra slot without a bounds check when its
+    # index is 0, the usual case; here another tool (a debugger, a JIT) asked for one first,
+    # and the checked lookup runs: every call still arrives, a code another tool gave an
+    # extra of its own included.
+    r = _run_file(
+        tmp_path,
+        f"""
+        import ctypes, sys
+        api = ctypes.pythonapi
+        request = api.PyUnstable_Eval_RequestCodeExtraIndex if sys.version_info >= (3, 12) else api._PyEval_RequestCodeExtraIndex
+        request.restype = ctypes.c_ssize_t
+        request.argtypes = [ctypes.c_void_p]
+        first = request(None)
+        import handit
+        handit.configure(engine={engine[0]!r}, source={engine[1]!r}, include="__main__")
+        def rec(n): return rec(n - 1) if n else 0
+        def other(n): return n
+        set_extra = api.PyUnstable_Code_SetExtra if sys.version_info >= (3, 12) else api._PyCode_SetExtra
+        set_extra.argtypes = [ctypes.py_object, ctypes.c_ssize_t, ctypes.c_void_p]
+        assert set_extra(other.__code__, first, 12345) == 0
+        with handit.session("s") as s:
+            for _ in range(3):
+                rec(4)
+                other(1)
+        print(first, sorted(e["func"] for e in s.events if e["type"] == "call").count("rec"),
+              [e["func"] for e in s.events if e["type"] == "call"].count("other"))
+        """,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["0", "15", "3"]
+
+
 def test_internal_failure_warns_once_and_stops(engine, monkeypatch):
     from handit import _policy
 
