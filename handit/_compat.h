@@ -5,6 +5,7 @@
 #include <Python.h>
 #include <frameobject.h>
 #include <stdint.h>
+#include <string.h>
 #if defined(__x86_64__) || defined(_M_X64)
 #include <x86intrin.h>
 #endif
@@ -23,6 +24,20 @@ static inline uint64_t handit_ticks(void) {
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 #endif
 }
+
+/* A record's second half (code, kind, ext, slot: handit/_tracer.pxd Record after `ts`) as
+   one 64-bit word, in the record's own byte order. The fast paths keep it precomputed in
+   two parts whose fields do not overlap (the code's and kind's per code object, the slot's
+   per thread), OR them and store the word with one 8-byte store after the clock's: a
+   timing-only record is two stores, not five. */
+typedef struct { uint32_t code; uint8_t kind; uint8_t ext; uint16_t slot; } handit_tail_fields;
+static inline uint64_t handit_tail(uint32_t code, uint8_t kind, uint16_t slot) {
+    handit_tail_fields f = {code, kind, 0, slot};
+    uint64_t w;
+    memcpy(&w, &f, sizeof w);
+    return w;
+}
+static inline void handit_put_tail(void *at, uint64_t tail) { memcpy(at, &tail, sizeof tail); }
 
 static inline int handit_ticks_are_ns(void) {
 #if defined(__x86_64__) || defined(_M_X64)
@@ -141,6 +156,12 @@ static inline void *handit_code_extra_fast(PyObject *code, Py_ssize_t index) {
     handit_code_extra *e = (handit_code_extra *)((PyCodeObject *)code)->co_extra;
     if (e == NULL || index >= e->ce_size) return NULL;
     return e->ce_extras[index];
+}
+/* The same for index 0 (handit's when no other tool took a co_extra index before it): a
+   code object's co_extra, when it has one, holds that index (its size is at least 1). */
+static inline void *handit_code_extra_first(PyObject *code) {
+    handit_code_extra *e = (handit_code_extra *)((PyCodeObject *)code)->co_extra;
+    return e == NULL ? NULL : e->ce_extras[0];
 }
 
 /* None as a callback's result: 3.12+ None is immortal, so no reference is taken (what

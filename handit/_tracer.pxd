@@ -66,6 +66,7 @@ ctypedef struct TState:
     void* ctx              # the context the cached slot was read in
     uint64_t ctx_ver
     int ctx_slot           # the session slot read from handit's ContextVar there
+    uint64_t slot_tail     # that slot as a record's tail (handit_tail), 0 if no session is active in it
     Record* wp        # where the next record goes in `tail` (NULL without one); tail.n is
     Record* wend      # brought up to date from it when the chunk is handed on (_sync_tail)
     Chunk* tail       # chunk being written (its thread only, or a drain holding the GIL)
@@ -111,6 +112,8 @@ ctypedef struct CInfo:
     uint8_t plain          # a call records time only (not suspendable, no arguments kept)
     uint32_t call_gen      # `generation` if a call takes the sysmon fast path (traced and plain), else 0
     uint32_t return_gen    # `generation` if a return does (traced, plain and timing-only capture), else 0
+    uint64_t call_tail     # a call record's tail but its slot (code, kind; handit_tail): ORed with TState.slot_tail
+    uint64_t return_tail   # and a return record's
     uint32_t first_yield   # code unit of the first yield (profile source)
     uint32_t key_id        # the decision rules it was decided under
     PyObject* info         # the CodeInfo tuple (owned)

@@ -104,6 +104,9 @@ cdef extern from "_compat.h":
     void handit_disarm_exc_trace(handit_tracefunc)
     handit_tracefunc handit_prev_profile(unsigned long, PyObject**)
     void* handit_code_extra_fast(PyObject*, Py_ssize_t)
+    void* handit_code_extra_first(PyObject*)
+    uint64_t handit_tail(uint32_t code, uint8_t kind, uint16_t slot) nogil
+    void handit_put_tail(void* at, uint64_t tail) nogil
     ctypedef struct PyThreadState:
         pass
     void handit_q_lock() nogil
@@ -339,6 +342,11 @@ cdef inline bint _room_for(TState* ts, int need) noexcept nogil:
     return <size_t>ts.wend - <size_t>ts.wp >= <size_t>need * sizeof(Record)
 
 
+cdef inline bint _room_for_one(TState* ts) noexcept nogil:
+    # _room_for(ts, 1) in one comparison: wend is always a whole number of records past wp
+    return ts.wp < ts.wend
+
+
 cdef inline void _sync_tail(TState* ts) noexcept nogil:
     # the chunk being written learns how many records it holds (they are counted by ts.wp)
     if ts.tail != NULL:
@@ -417,20 +425,19 @@ cdef inline void _record_plain(TState* ts, uint8_t kind, int slot, uint32_t code
     # position is read from the thread's state itself (not through its chunk), and the clock
     # reading is stored with nothing computed from it.
     cdef Record* r = ts.wp
-    if not _room_for(ts, 1):  # (a pending gap implies this: records drop only when full)
+    if not _room_for_one(ts):  # (a pending gap implies this: records drop only when full)
         r = _make_room(ts, slot, 1)
         if r == NULL:
             return
-    _write_plain(r, kind, slot, code)
+    _write_plain(r, handit_tail(code, kind, <uint16_t>slot))
     ts.wp = r + 1
 
 
-cdef inline void _write_plain(Record* r, uint8_t kind, int slot, uint32_t code) noexcept:
+cdef inline void _write_plain(Record* r, uint64_t tail) noexcept:
+    # the clock's reading and the record's tail (handit_tail: code, kind, slot), each stored
+    # as it is: nothing waits on the fresh reading
     r.ts = handit_ticks()
-    r.code = code
-    r.kind = kind
-    r.ext = 0
-    r.slot = <uint16_t>slot
+    handit_put_tail(&r.code, tail)
 
 
 cdef inline void _keep_blob(TState* ts, Record* r) noexcept:
@@ -506,7 +513,9 @@ cdef inline int _current_slot(TState* ts, PyThreadState* t) noexcept:
     else:
         slot = ts.ctx_slot
     if slot == 0 or not _active[slot]:
+        ts.slot_tail = 0
         return 0
+    ts.slot_tail = handit_tail(0, 0, <uint16_t>slot)
     return slot
 
 
@@ -527,6 +536,11 @@ cdef int _read_slot() noexcept:
 
 cdef inline CInfo* _cinfo(PyObject* code) noexcept:
     return <CInfo*>handit_code_extra_fast(code, _extra_index)
+
+
+cdef inline CInfo* _cinfo_at(PyObject* code, bint first) noexcept:
+    # _cinfo; `first` (a constant): handit's co_extra index is 0, no bounds to check
+    return <CInfo*>handit_code_extra_first(code) if first else _cinfo(code)
 
 
 # ---- slow paths: decisions and previews (Python allowed, errors contained) -----------------
@@ -568,6 +582,8 @@ cdef inline void _set_generation(CInfo* ci) noexcept:
     ci.generation = _generation
     ci.call_gen = _generation if ci.traced and ci.plain else 0
     ci.return_gen = _generation if ci.traced and ci.plain and not _capture else 0
+    ci.call_tail = handit_tail(ci.index, K_CALL, 0)
+    ci.return_tail = handit_tail(ci.index, K_RETURN, 0)
 
 
 cdef CInfo* _decide(PyObject* code, PyFrameObject* frame) noexcept:
@@ -792,27 +808,39 @@ cdef inline PyThreadState* _cached_context(TState* ts) noexcept:
     return t
 
 
-cdef PyObject* _c_py_start(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
+cdef inline PyObject* _py_start_fast(PyObject* self, PyObject** args, Py_ssize_t nargs, bint first) noexcept:
     # PY_START(code, offset): decide the code once; record a call (DISABLE for excluded code).
     # A timing-only call of decided code, in a context seen before, is written here and calls
     # nothing (so no register is saved and restored); everything else takes _py_start_full.
     # One comparison per question (CInfo.call_gen: decided under these rules, traced, time
-    # only; _active[0] is never set: slot 0, no session). 3.12 callgrind, instructions an event:
-    # PY_START 65 -> 56, PY_RETURN 67 -> 54.
+    # only; TState.slot_tail: the cached slot's session is active, activate() and deactivate()
+    # make every thread read it again), the record's second half ORed from two precomputed
+    # words (CInfo.call_tail, TState.slot_tail) and stored at once, and no bounds check on
+    # co_extra where handit's index is 0 (`first`, a constant: _c_py_start_first). 3.12
+    # callgrind, instructions an event: PY_START 65 -> 56 -> 51 -> 39, PY_RETURN 67 -> 54 ->
+    # 49 -> 40 (bench/hot_path_instructions.py).
     cdef TState* ts = <TState*>handit_get_tls_raw()
     cdef CInfo* ci
     cdef Record* r
     if _cached_context(ts) != NULL:
-        ci = _cinfo(args[0])
+        ci = _cinfo_at(args[0], first)
         if ci != NULL and ci.call_gen == _generation:
-            if not _active[ts.ctx_slot]:
+            if ts.slot_tail == 0:
                 return _none()
             r = ts.wp
-            if _room_for(ts, 1):
-                _write_plain(r, K_CALL, ts.ctx_slot, ci.index)
+            if _room_for_one(ts):
+                _write_plain(r, ci.call_tail | ts.slot_tail)
                 ts.wp = r + 1
                 return _none()
     return _start_full(self, args, nargs)
+
+
+cdef PyObject* _c_py_start(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
+    return _py_start_fast(self, args, nargs, False)
+
+
+cdef PyObject* _c_py_start_first(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
+    return _py_start_fast(self, args, nargs, True)
 
 
 cdef PyObject* _py_start_full(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
@@ -861,7 +889,7 @@ cdef inline CInfo* _traced_event(PyObject* code, TState** ts_out, PyThreadState*
     return ci
 
 
-cdef PyObject* _c_py_return(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
+cdef inline PyObject* _py_return_fast(PyObject* self, PyObject** args, Py_ssize_t nargs, bint first) noexcept:
     # PY_RETURN(code, offset, retval): the call ends with a value. Fast path as PY_START's
     # (CInfo.return_gen: also timing-only capture; a generator's return takes the full path,
     # which frees its key).
@@ -869,16 +897,24 @@ cdef PyObject* _c_py_return(PyObject* self, PyObject** args, Py_ssize_t nargs) n
     cdef CInfo* ci
     cdef Record* r
     if _cached_context(ts) != NULL:
-        if not _active[ts.ctx_slot]:
+        if ts.slot_tail == 0:
             return _none()
-        ci = _cinfo(args[0])
+        ci = _cinfo_at(args[0], first)
         if ci != NULL and ci.return_gen == _generation:
             r = ts.wp
-            if _room_for(ts, 1):
-                _write_plain(r, K_RETURN, ts.ctx_slot, ci.index)
+            if _room_for_one(ts):
+                _write_plain(r, ci.return_tail | ts.slot_tail)
                 ts.wp = r + 1
                 return _none()
     return _return_full(self, args, nargs)
+
+
+cdef PyObject* _c_py_return(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
+    return _py_return_fast(self, args, nargs, False)
+
+
+cdef PyObject* _c_py_return_first(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
+    return _py_return_fast(self, args, nargs, True)
 
 
 cdef PyObject* _py_return_full(PyObject* self, PyObject** args, Py_ssize_t nargs) noexcept:
@@ -970,8 +1006,11 @@ def tsc_floor_last():
 
 
 cdef PyMethodDef _defs[8]
-sysmon_py_start = handit_make_fastcall(&_defs[0], _c_py_start, "sysmon_py_start", "PY_START callback")
-sysmon_py_return = handit_make_fastcall(&_defs[1], _c_py_return, "sysmon_py_return", "PY_RETURN callback")
+# (index 0: the usual case, no other tool asked for a co_extra index before handit)
+sysmon_py_start = handit_make_fastcall(&_defs[0], _c_py_start_first if _extra_index == 0 else _c_py_start,
+                                       "sysmon_py_start", "PY_START callback")
+sysmon_py_return = handit_make_fastcall(&_defs[1], _c_py_return_first if _extra_index == 0 else _c_py_return,
+                                        "sysmon_py_return", "PY_RETURN callback")
 sysmon_py_yield = handit_make_fastcall(&_defs[2], _c_py_yield, "sysmon_py_yield", "PY_YIELD callback")
 sysmon_py_resume = handit_make_fastcall(&_defs[3], _c_py_resume, "sysmon_py_resume", "PY_RESUME callback")
 sysmon_py_throw = handit_make_fastcall(&_defs[4], _c_py_throw, "sysmon_py_throw", "PY_THROW callback")
@@ -1336,6 +1375,7 @@ def set_backlog_hook(hook):
 def activate(int slot):
     """Let records for ``slot`` through."""
     _active[slot] = 1
+    _invalidate_all()
 
 
 cdef inline void _enc_lock_holding_gil() noexcept:
@@ -1361,6 +1401,7 @@ def take_counts(int slot):
 def deactivate(int slot):
     """Drop records for ``slot`` from now on (work outliving its session)."""
     _active[slot] = 0
+    _invalidate_all()
 
 
 cdef void _invalidate() noexcept:
@@ -1368,6 +1409,18 @@ cdef void _invalidate() noexcept:
     cdef TState* ts = <TState*>handit_get_tls()
     if ts != NULL:
         ts.ctx = _NO_CTX
+
+
+cdef void _invalidate_all() noexcept:
+    # a session slot was switched on or off: every thread reads its slot again on its next
+    # event (the fast paths trust TState.slot_tail, which says whether it is active)
+    cdef TState* ts
+    handit_q_lock()  # (the list, not the fields: those are read and written with the GIL)
+    ts = _all_states
+    while ts != NULL:
+        ts.ctx = _NO_CTX
+        ts = ts.next_all
+    handit_q_unlock()
 
 
 def set_slot(int slot):
@@ -1461,6 +1514,7 @@ def after_fork_in_child():
     for i in range(65536):
         _active[i] = 0
     while ts != NULL:
+        ts.ctx = _NO_CTX  # no session is active here (the slot is read again)
         ts.head = NULL  # the parent's records (and their references) stay the parent's
         ts.qlast = NULL
         _set_tail(ts, NULL)

@@ -335,6 +335,86 @@ def test_work_outliving_its_session_is_not_attributed(engine):
     assert calls_of(s.events, "rec") == []
 
 
+def test_a_thread_going_on_after_its_session_stops_writes_nothing(engine, tmp_path):
+    # The thread's calls were recorded while the session ran (the compiled engine's fast path
+    # caches the thread's session slot); it goes on calling after the stop, the engine kept
+    # installed by another thread's session: no record is written for the stopped slot. In a
+    # child with the drain thread held off, so records left waiting show in pending().
+    r = _run_file(
+        tmp_path,
+        f"""
+        import threading
+        import handit
+        from handit import drain, sessions
+        drain.BACKGROUND = False
+        handit.configure(engine={engine[0]!r}, source={engine[1]!r}, include="__main__")
+        def rec(n): return rec(n - 1) if n else 0
+        kept, recorded, stopped, called, finish = (threading.Event() for _ in range(5))
+        def keeper():
+            with handit.session("kept"):
+                kept.set()
+                finish.wait(5)
+        def worker():
+            rec(2)
+            recorded.set()
+            stopped.wait(5)
+            rec(3)
+            called.set()
+            finish.wait(5)
+        threads = [threading.Thread(target=keeper), threading.Thread(target=worker)]
+        threads[0].start()
+        assert kept.wait(5)
+        with handit.session("short") as s:
+            threads[1].start()
+            assert recorded.wait(5)
+        engine = sessions._state["choice"].module
+        before = engine.pending()
+        stopped.set()
+        assert called.wait(5)
+        after = engine.pending()
+        finish.set()
+        for t in threads:
+            t.join()
+        print([e["func"] for e in s.events if e["type"] == "call"], before, after)
+        """,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["['worker',", "'rec',", "'rec',", "'rec']", "False", "False"]
+
+
+def test_another_tool_took_the_first_code_extra_index(engine, tmp_path):
+    # The compiled engine's fast paths read its co_extra slot without a bounds check when its
+    # index is 0, the usual case; here another tool (a debugger, a JIT) asked for one first,
+    # and the checked lookup runs: every call still arrives, a code another tool gave an
+    # extra of its own included.
+    r = _run_file(
+        tmp_path,
+        f"""
+        import ctypes, sys
+        api = ctypes.pythonapi
+        request = api.PyUnstable_Eval_RequestCodeExtraIndex if sys.version_info >= (3, 12) else api._PyEval_RequestCodeExtraIndex
+        request.restype = ctypes.c_ssize_t
+        request.argtypes = [ctypes.c_void_p]
+        first = request(None)
+        import handit
+        handit.configure(engine={engine[0]!r}, source={engine[1]!r}, include="__main__")
+        def rec(n): return rec(n - 1) if n else 0
+        def other(n): return n
+        set_extra = api.PyUnstable_Code_SetExtra if sys.version_info >= (3, 12) else api._PyCode_SetExtra
+        set_extra.argtypes = [ctypes.py_object, ctypes.c_ssize_t, ctypes.c_void_p]
+        assert set_extra(other.__code__, first, 12345) == 0
+        with handit.session("s") as s:
+            for _ in range(3):
+                rec(4)
+                other(1)
+        print(first, sorted(e["func"] for e in s.events if e["type"] == "call").count("rec"),
+              [e["func"] for e in s.events if e["type"] == "call"].count("other"))
+        """,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["0", "15", "3"]
+
+
 def test_internal_failure_warns_once_and_stops(engine, monkeypatch):
     from handit import _policy
 
