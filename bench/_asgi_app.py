@@ -1,4 +1,5 @@
-"""A trivial Starlette app for the middleware benchmark; BENCH_HANDIT_MIDDLEWARE=1 wraps it."""
+"""A trivial Starlette app for the middleware benchmark; BENCH_HANDIT_MIDDLEWARE=1 wraps it
+(``sync``: with ``background_stop=False``, each session finished on the request's thread)."""
 from __future__ import annotations
 
 import os
@@ -13,7 +14,7 @@ async def hello(request: object) -> PlainTextResponse:
 
 
 app = Starlette(routes=[Route("/hello", hello)])
-if os.environ.get("BENCH_HANDIT_MIDDLEWARE") == "1":
+if os.environ.get("BENCH_HANDIT_MIDDLEWARE") in ("1", "sync"):
     from handit.middleware import HanditASGIMiddleware
 
-    app.add_middleware(HanditASGIMiddleware)
+    app.add_middleware(HanditASGIMiddleware, background_stop=os.environ["BENCH_HANDIT_MIDDLEWARE"] == "1")

@@ -6,9 +6,10 @@ in a session without instrumentation, and in a session with it (each round check
 exchanges were recorded, or none); ``extra_info["cpu_us_per_request"]`` is the process's CPU
 time per request (client and the in-process server), steadier than wall time.
 
-Group ``asgi``: three uvicorn child processes (no middleware; the middleware; the middleware
-with ``HANDIT_CAPTURE=timing``, which leaves out the preview of the handler's ``Request``
-argument and so shows what the session per request costs by itself),
+Group ``asgi``: four uvicorn child processes (no middleware; the middleware; the middleware
+with ``background_stop=False``, each request's session drained and finished on its own
+thread as before; the middleware with ``HANDIT_CAPTURE=timing``, which leaves out the
+preview of the handler's ``Request`` argument),
 loaded in turn each round by ``wrk`` (a second process: 1 thread, 4 keep-alive connections,
 3 s; Python client threads where wrk is not installed); medians of requests/s and of the
 server's CPU per request in ``extra_info``.
@@ -139,10 +140,10 @@ def test_asgi_throughput_with_and_without_middleware(benchmark: Any) -> None:
 
     Load comes from wrk (a second process) when installed, else from Python client threads.
     """
-    names = ("without", "with", "timing")
+    names = ("without", "with", "sync", "timing")
+    middleware = {"without": "0", "with": "1", "sync": "sync", "timing": "1"}
     ports = {name: refused_port() for name in names}
-    procs = [_uvicorn(ports[name], "0" if name == "without" else "1", "timing" if name == "timing" else "args")
-             for name in names]
+    procs = [_uvicorn(ports[name], middleware[name], "timing" if name == "timing" else "args") for name in names]
     pids = dict(zip(names, (p.pid for p in procs)))
     rates: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
@@ -175,11 +176,13 @@ def test_asgi_throughput_with_and_without_middleware(benchmark: Any) -> None:
     cpu_us = {name: round(sorted(cs)[len(cs) // 2] * 1e6, 1) for name, cs in cpu.items()}
     benchmark.extra_info.update({f"server_cpu_us_per_request_{name}": v for name, v in cpu_us.items()})
     benchmark.extra_info.update(load="wrk" if use_wrk else "python", rps_without=rps["without"], rps_with=rps["with"],
-                                rps_with_timing_capture=rps["timing"],
+                                rps_with_sync_stop=rps["sync"], rps_with_timing_capture=rps["timing"],
                                 cost_percent=round(100 * (1 - median["with"] / median["without"]), 1),
+                                sync_cost_percent=round(100 * (1 - median["sync"] / median["without"]), 1),
                                 timing_cost_percent=round(100 * (1 - median["timing"] / median["without"]), 1),
                                 cpu_cost_percent=round(100 * (cpu_us["with"] / cpu_us["without"] - 1), 1))
     print(f"\nASGI ({benchmark.extra_info['load']} load) requests/s: without middleware {rps['without']}, with {rps['with']} "
-          f"(cost {benchmark.extra_info['cost_percent']}%), with HANDIT_CAPTURE=timing {rps['timing']} "
+          f"(cost {benchmark.extra_info['cost_percent']}%), with background_stop=False {rps['sync']} "
+          f"(cost {benchmark.extra_info['sync_cost_percent']}%), with HANDIT_CAPTURE=timing {rps['timing']} "
           f"(cost {benchmark.extra_info['timing_cost_percent']}%); "
           f"server CPU per request (us): {cpu_us} (cost {benchmark.extra_info['cpu_cost_percent']}%)")
