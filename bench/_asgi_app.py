@@ -17,4 +17,7 @@ app = Starlette(routes=[Route("/hello", hello)])
 if os.environ.get("BENCH_HANDIT_MIDDLEWARE") in ("1", "sync"):
     from handit.middleware import HanditASGIMiddleware
 
-    app.add_middleware(HanditASGIMiddleware, background_stop=os.environ["BENCH_HANDIT_MIDDLEWARE"] == "1")
+    if os.environ["BENCH_HANDIT_MIDDLEWARE"] == "sync":
+        app.add_middleware(HanditASGIMiddleware, background_stop=False)
+    else:
+        app.add_middleware(HanditASGIMiddleware)

@@ -132,6 +132,7 @@ class Session:
     """The W3C trace flags of the ``traceparent`` sent on its HTTP calls when HANDIT_OTEL exports it (:mod:`handit.otel`)."""
     _ending = False  # stopped with stop(wait=False), not finished yet
     _on_finished: Callable[[Session], None] | None = None
+    _stopper: tuple[int, str] | None = None  # the thread that stopped it with wait=False
 
     def __init__(self, tag: str | None, attrs: dict[str, str] | None, traceparent: str | None, config: Config) -> None:
         self.id, self.trace_id, self.span_id = _new_ids()
@@ -499,16 +500,19 @@ _thread_names: dict[int, str] = {}
 _MAX_THREAD_NAMES = 10_000
 
 
-def _names_of_threads(idents: Any) -> dict[str, str]:
-    """``{ident: name}`` (idents as strings, as JSON keys) of the threads a session saw."""
+def _names_of_threads(idents: Any, live: dict[Any, str] | None = None, stopper: tuple[int, str] | None = None) -> dict[str, str]:
+    """``{ident: name}`` (idents as strings, as JSON keys) of the threads a session saw
+    (``live``: the live threads' names, when the caller has them; ``stopper``: the ident and
+    name of the thread that stopped it, when not this one)."""
     names: dict[str, str] = {}
     if not idents:
         return names
-    here = threading.current_thread()
-    live: dict[Any, str] | None = None
+    if stopper is None:
+        here = threading.current_thread()
+        stopper = (here.ident, here.name)  # type: ignore[assignment]
     for ident in idents:
-        if ident == here.ident:  # most sessions: the stopping thread's alone (no enumerate())
-            name = here.name
+        if ident == stopper[0]:  # most sessions: the stopping thread's alone (no enumerate())
+            name = stopper[1]
         else:
             if live is None:
                 live = {t.ident: t.name for t in threading.enumerate()}
@@ -757,6 +761,8 @@ def stop(session: Session | None = None, *, wait: bool = True,
                 # (the profile-function source's periodic drain may hold a thread's records
                 # back, PY310/PY311 unwinds: only a session's own stop is sure to take them)
                 session._ending = True
+                here = threading.current_thread()
+                session._stopper = (here.ident, here.name)  # (a thread per request may be gone when it is finished)
                 if session.end_reason is None:
                     session.end_reason = "stop"  # not the reason of an exit that finishes it
                 _ending.append(session)
@@ -773,10 +779,11 @@ def stop(session: Session | None = None, *, wait: bool = True,
 _ending: list[Session] = []
 
 
-def _finish(session: Session, choice: Any) -> None:
-    """A stopped session's records are drained: its counts, its end written (``_lock`` held)."""
+def _finish(session: Session, choice: Any, live: dict[Any, str] | None = None) -> None:
+    """A stopped session's records are drained: its counts, its end written (``_lock`` held;
+    ``live``: the live threads' names, see _names_of_threads)."""
     session._fold.finish(session.t1_ns)
-    session.thread_names = _names_of_threads(session._fold.threads)
+    session.thread_names = _names_of_threads(session._fold.threads, live, session._stopper)
     calls, exceptions, dropped = choice.module.take_counts(session.slot)
     session.stats["calls"] += calls
     session.stats["exceptions"] += exceptions
@@ -817,13 +824,14 @@ def _after_drain() -> None:
         if drain is not None:
             drain.run_once(if_pending=True)
         finished = []
+        live = {t.ident: t.name for t in threading.enumerate()}  # once for the batch: not this thread's sessions
         with _lock:
             choice = _state["choice"]
             for session in batch:
                 if session._ending:  # (not finished by a stop() meanwhile)
                     _ending.remove(session)
                     session._ending = False
-                    _finish(session, choice)
+                    _finish(session, choice, live)
                     finished.append(session)
         for session in finished:
             _call_on_finished(session)

@@ -169,6 +169,7 @@ def test_wsgi_session_per_request_under_werkzeug(server: Server, engine: Any) ->
         i = int(computes[0]["args_preview"]["i"])
         assert len(computes) == 2 and urls == [f"{server.base}/json?i={i}"]
         assert s.trace_id == TRACEPARENT.split("-")[1]
+        assert len(s.thread_names) == 1  # the request's thread, named though it may be gone when the session is finished
 
 
 async def _one_request(app: Any, path: str = "/items/7") -> list:
