@@ -152,6 +152,7 @@ def test_asgi_throughput_with_and_without_middleware(benchmark: Any) -> None:
     rates: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
     counts: list[int] = []
+    served = {name: 0 for name in names}
     use_wrk = shutil.which("wrk") is not None
 
     def rounds() -> None:
@@ -165,10 +166,18 @@ def test_asgi_throughput_with_and_without_middleware(benchmark: Any) -> None:
                 seconds = time.perf_counter() - t0
                 counts.append(n)
             rates[name].append(n / seconds)
+            served[name] += n
             cpu[name].append((_cpu_seconds(pids[name]) - c0) / n)
 
     try:
         benchmark.pedantic(rounds, rounds=5, warmup_rounds=0)
+        time.sleep(0.2)  # the last sessions are finished by the servers' drain threads
+        for name in names:
+            if name != "without":  # every request the load made was a session, finished
+                conn = http.client.HTTPConnection("127.0.0.1", ports[name])
+                conn.request("GET", "/sessions")
+                assert int(conn.getresponse().read()) >= served[name], name
+                conn.close()
     finally:
         for proc in procs:
             proc.terminate()
