@@ -132,7 +132,7 @@ class Session:
     """The W3C trace flags of the ``traceparent`` sent on its HTTP calls when HANDIT_OTEL exports it (:mod:`handit.otel`)."""
     _ending = False  # stopped with stop(wait=False), not finished yet
     _on_finished: Callable[[Session], None] | None = None
-    _stopper: tuple[int, str] | None = None  # the thread that stopped it with wait=False
+    _stopper: tuple[Any, str] | None = None  # the thread that stopped it with wait=False
 
     def __init__(self, tag: str | None, attrs: dict[str, str] | None, traceparent: str | None, config: Config) -> None:
         self.id, self.trace_id, self.span_id = _new_ids()
@@ -500,7 +500,7 @@ _thread_names: dict[int, str] = {}
 _MAX_THREAD_NAMES = 10_000
 
 
-def _names_of_threads(idents: Any, live: dict[Any, str] | None = None, stopper: tuple[int, str] | None = None) -> dict[str, str]:
+def _names_of_threads(idents: Any, live: dict[Any, str] | None = None, stopper: tuple[Any, str] | None = None) -> dict[str, str]:
     """``{ident: name}`` (idents as strings, as JSON keys) of the threads a session saw
     (``live``: the live threads' names, when the caller has them; ``stopper``: the ident and
     name of the thread that stopped it, when not this one)."""
@@ -509,7 +509,7 @@ def _names_of_threads(idents: Any, live: dict[Any, str] | None = None, stopper: 
         return names
     if stopper is None:
         here = threading.current_thread()
-        stopper = (here.ident, here.name)  # type: ignore[assignment]
+        stopper = (here.ident, here.name)
     for ident in idents:
         if ident == stopper[0]:  # most sessions: the stopping thread's alone (no enumerate())
             name = stopper[1]
