@@ -6,9 +6,11 @@ in a session without instrumentation, and in a session with it (each round check
 exchanges were recorded, or none); ``extra_info["cpu_us_per_request"]`` is the process's CPU
 time per request (client and the in-process server), steadier than wall time.
 
-Group ``asgi``: three uvicorn child processes (no middleware; the middleware; the middleware
-with ``HANDIT_CAPTURE=timing``, which leaves out the preview of the handler's ``Request``
-argument and so shows what the session per request costs by itself),
+Group ``asgi``: four uvicorn child processes (no middleware; the middleware; the middleware
+with ``background_stop=False``, each request's session drained and finished on its own
+thread as before; the middleware with ``HANDIT_CAPTURE=timing``, which leaves out the
+preview of the handler's ``Request`` argument; with ``BENCH_BASELINE_HANDIT=DIR``, a fifth
+with the middleware of the handit checkout in DIR, built: before and after side by side),
 loaded in turn each round by ``wrk`` (a second process: 1 thread, 4 keep-alive connections,
 3 s; Python client threads where wrk is not installed); medians of requests/s and of the
 server's CPU per request in ``extra_info``.
@@ -118,9 +120,10 @@ def _wrk(port: int) -> tuple[int, float]:
     return int(m.group(1)), float(m.group(2)) / (1000 if m.group(3) == "ms" else 1)
 
 
-def _uvicorn(port: int, middleware: str, capture: str = "args") -> subprocess.Popen:
+def _uvicorn(port: int, middleware: str, capture: str = "args", home: str | None = None) -> subprocess.Popen:
+    home = home or str(Path(handit.__file__).resolve().parent.parent)
     env = dict(os.environ, BENCH_HANDIT_MIDDLEWARE=middleware, HANDIT_CAPTURE=capture,
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent), str(Path(handit.__file__).resolve().parent.parent)]))
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent), home]))
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "_asgi_app:app", "--port", str(port), "--log-level", "warning",
                              "--no-access-log"], env=env)
     for _ in range(500):
@@ -139,14 +142,17 @@ def test_asgi_throughput_with_and_without_middleware(benchmark: Any) -> None:
 
     Load comes from wrk (a second process) when installed, else from Python client threads.
     """
-    names = ("without", "with", "timing")
+    baseline = os.environ.get("BENCH_BASELINE_HANDIT")
+    names: tuple[str, ...] = ("without", "with", "sync", "timing") + (("baseline",) if baseline else ())
+    middleware = {"without": "0", "with": "1", "sync": "sync", "timing": "1", "baseline": "1"}
     ports = {name: refused_port() for name in names}
-    procs = [_uvicorn(ports[name], "0" if name == "without" else "1", "timing" if name == "timing" else "args")
-             for name in names]
+    procs = [_uvicorn(ports[name], middleware[name], "timing" if name == "timing" else "args",
+                      baseline if name == "baseline" else None) for name in names]
     pids = dict(zip(names, (p.pid for p in procs)))
     rates: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
     counts: list[int] = []
+    served = {name: 0 for name in names}
     use_wrk = shutil.which("wrk") is not None
 
     def rounds() -> None:
@@ -160,10 +166,18 @@ def test_asgi_throughput_with_and_without_middleware(benchmark: Any) -> None:
                 seconds = time.perf_counter() - t0
                 counts.append(n)
             rates[name].append(n / seconds)
+            served[name] += n
             cpu[name].append((_cpu_seconds(pids[name]) - c0) / n)
 
     try:
         benchmark.pedantic(rounds, rounds=5, warmup_rounds=0)
+        time.sleep(0.2)  # the last sessions are finished by the servers' drain threads
+        for name in names:
+            if name != "without":  # every request the load made was a session, finished
+                conn = http.client.HTTPConnection("127.0.0.1", ports[name])
+                conn.request("GET", "/sessions")
+                assert int(conn.getresponse().read()) >= served[name], name
+                conn.close()
     finally:
         for proc in procs:
             proc.terminate()
@@ -175,11 +189,16 @@ def test_asgi_throughput_with_and_without_middleware(benchmark: Any) -> None:
     cpu_us = {name: round(sorted(cs)[len(cs) // 2] * 1e6, 1) for name, cs in cpu.items()}
     benchmark.extra_info.update({f"server_cpu_us_per_request_{name}": v for name, v in cpu_us.items()})
     benchmark.extra_info.update(load="wrk" if use_wrk else "python", rps_without=rps["without"], rps_with=rps["with"],
-                                rps_with_timing_capture=rps["timing"],
+                                rps_with_sync_stop=rps["sync"], rps_with_timing_capture=rps["timing"],
                                 cost_percent=round(100 * (1 - median["with"] / median["without"]), 1),
+                                sync_cost_percent=round(100 * (1 - median["sync"] / median["without"]), 1),
                                 timing_cost_percent=round(100 * (1 - median["timing"] / median["without"]), 1),
                                 cpu_cost_percent=round(100 * (cpu_us["with"] / cpu_us["without"] - 1), 1))
+    if baseline:
+        benchmark.extra_info.update(rps_baseline=rps["baseline"], baseline_cost_percent=round(100 * (1 - median["baseline"] / median["without"]), 1))
     print(f"\nASGI ({benchmark.extra_info['load']} load) requests/s: without middleware {rps['without']}, with {rps['with']} "
-          f"(cost {benchmark.extra_info['cost_percent']}%), with HANDIT_CAPTURE=timing {rps['timing']} "
+          f"(cost {benchmark.extra_info['cost_percent']}%), with background_stop=False {rps['sync']} "
+          f"(cost {benchmark.extra_info['sync_cost_percent']}%), with HANDIT_CAPTURE=timing {rps['timing']} "
           f"(cost {benchmark.extra_info['timing_cost_percent']}%); "
-          f"server CPU per request (us): {cpu_us} (cost {benchmark.extra_info['cpu_cost_percent']}%)")
+          f"server CPU per request (us): {cpu_us} (cost {benchmark.extra_info['cpu_cost_percent']}%)"
+          + (f"; baseline {baseline}: {rps['baseline']} requests/s (cost {benchmark.extra_info['baseline_cost_percent']}%)" if baseline else ""))

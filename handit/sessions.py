@@ -11,7 +11,7 @@ import time
 import warnings
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from . import _engine, _internal, lifecycle, propagation, sinks
 from ._policy import Policy
@@ -135,6 +135,9 @@ class Session:
     http_status: int | None = None
     otel_flags: str | None = None
     """The W3C trace flags of the ``traceparent`` sent on its HTTP calls when HANDIT_OTEL exports it (:mod:`handit.otel`)."""
+    _ending = False  # stopped with stop(wait=False), not finished yet
+    _on_finished: Callable[[Session], None] | None = None
+    _stopper: tuple[Any, str] | None = None  # the thread that stopped it with wait=False
 
     def __init__(self, tag: str | None, attrs: dict[str, str] | None, traceparent: str | None, config: Config) -> None:
         self.id, self.trace_id, self.span_id = _new_ids()
@@ -262,6 +265,8 @@ class Session:
         """
         if self._events is not None:
             return self._events
+        if self._ending:
+            stop(self)
         from .reader import TraceBuilder
 
         running = self.t1_ns is None
@@ -318,6 +323,8 @@ class Session:
         if self._events is not None:
             yield from (e for e in self._events if e["type"] in ("call", "return", "exception"))
             return
+        if self._ending:
+            stop(self)
         from .reader import TraceBuilder
 
         if self.t1_ns is None:
@@ -333,6 +340,8 @@ class Session:
         While the session runs, pending records are drained first and calls still open are
         counted as ended now (``incomplete``), in a copy.
         """
+        if self._ending:
+            stop(self)
         if self.t1_ns is not None:
             return self._fold.to_json()  # type: ignore[no-any-return]
         _drain_now()
@@ -428,6 +437,7 @@ def _install(config: Config) -> None:
     policy = _policy_for(config)
     drain = Drain(choice.module, _route)
     drain.previewer = policy.previewer
+    drain.on_idle = _after_drain
     choice.module.install(choice.source, policy)
     _state.update(choice=choice, drain=drain, policy=policy, config=config)
     _internal._hooks[:] = [choice.module.mark_internal_thread]
@@ -469,13 +479,14 @@ def _last_stopped() -> None:
     drain = _state["drain"]
     if LINGER_S > 0 and drain is not None and drain.background:
         _state["idle_since"] = time.monotonic()
-        drain.on_idle = _release_if_idle
         return
     _uninstall(drained=True)
 
 
 def _release_if_idle() -> None:
     # the drain thread, after each drain while the engine lingers
+    if _state["idle_since"] is None:
+        return
     with _lock:
         since = _state["idle_since"]
         if since is not None and not _by_slot and time.monotonic() - since >= LINGER_S:
@@ -495,16 +506,19 @@ _thread_names: dict[int, str] = {}
 _MAX_THREAD_NAMES = 10_000
 
 
-def _names_of_threads(idents: Any) -> dict[str, str]:
-    """``{ident: name}`` (idents as strings, as JSON keys) of the threads a session saw."""
+def _names_of_threads(idents: Any, live: dict[Any, str] | None = None, stopper: tuple[Any, str] | None = None) -> dict[str, str]:
+    """``{ident: name}`` (idents as strings, as JSON keys) of the threads a session saw
+    (``live``: the live threads' names, when the caller has them; ``stopper``: the ident and
+    name of the thread that stopped it, when not this one)."""
     names: dict[str, str] = {}
     if not idents:
         return names
-    here = threading.current_thread()
-    live: dict[Any, str] | None = None
+    if stopper is None:
+        here = threading.current_thread()
+        stopper = (here.ident, here.name)
     for ident in idents:
-        if ident == here.ident:  # most sessions: the stopping thread's alone (no enumerate())
-            name = here.name
+        if ident == stopper[0]:  # most sessions: the stopping thread's alone (no enumerate())
+            name = stopper[1]
         else:
             if live is None:
                 live = {t.ident: t.name for t in threading.enumerate()}
@@ -719,11 +733,19 @@ def _open_sinks(session: Session, config: Config) -> None:
         session._sinks.append(sink)
 
 
-def stop(session: Session | None = None) -> Session | None:
+def stop(session: Session | None = None, *, wait: bool = True,
+         on_finished: Callable[[Session], None] | None = None) -> Session | None:
     """End a session: drain its records, write its end, release the engine if it was the last.
 
     Args:
         session: the session to stop (default: the current one).
+        wait: False: record nothing more for it and return; the background drain finishes it
+            (drains its records, writes its end) at its next pass, ~10 ms later, so a server
+            with a session per request does not drain at each request's end (reading its
+            events, :func:`stop` or exit finish it at once). Only on the sys.monitoring source
+            with a background drain; elsewhere it is finished here.
+        on_finished: called with the session once it is finished (on the drain thread when
+            ``wait`` is False); what it raises is warned about once, never raised.
     Returns:
         the stopped session, or None if there was none.
     """
@@ -738,43 +760,105 @@ def stop(session: Session | None = None) -> Session | None:
             if session is None:
                 return None
         if session.t1_ns is not None:
-            return session
-        if _by_slot.get(session.slot) is not session:
-            return propagation.stop_inherited(session)  # the parent's, seen in a forked child
-        if var.get() == session.slot and session._token is not None:
-            try:
-                choice.module.reset_slot(session._token)
-            except ValueError:  # stopped from another context
-                choice.module.set_slot(session.parent.slot if session.parent else 0)
-        choice.module.deactivate(session.slot)
-        if len(_by_slot) == 1:
-            # the last: nothing is recorded from here on, and the rest of stop (the last drain
-            # most) runs unprofiled (pure engine: ~1 us an event); see LINGER_S
-            choice.module.pause()
-        session.t1_ns = time.time_ns()
+            if not session._ending:
+                return session
+            _ending.remove(session)  # stopped with wait=False, finished now
+            session._ending = False
+        else:
+            if _by_slot.get(session.slot) is not session:
+                return propagation.stop_inherited(session)  # the parent's, seen in a forked child
+            if var.get() == session.slot and session._token is not None:
+                try:
+                    choice.module.reset_slot(session._token)
+                except ValueError:  # stopped from another context
+                    choice.module.set_slot(session.parent.slot if session.parent else 0)
+            choice.module.deactivate(session.slot)
+            if len(_by_slot) == 1:
+                # the last: nothing is recorded from here on, and the rest of stop (the last drain
+                # most) runs unprofiled (pure engine: ~1 us an event); see LINGER_S
+                choice.module.pause()
+            session.t1_ns = time.time_ns()
+            if on_finished is not None:
+                session._on_finished = on_finished
+            if not wait and choice.source == "sysmon" and _state["drain"].background:
+                # (the profile-function source's periodic drain may hold a thread's records
+                # back, PY310/PY311 unwinds: only a session's own stop is sure to take them)
+                session._ending = True
+                here = threading.current_thread()
+                session._stopper = (here.ident, here.name)  # (a thread per request may be gone when it is finished)
+                if session.end_reason is None:
+                    session.end_reason = "stop"  # not the reason of an exit that finishes it
+                _ending.append(session)
+                return session
         try:
             _state["drain"].run_once(if_pending=True)
         finally:
-            session._fold.finish(session.t1_ns)
-            session.thread_names = _names_of_threads(session._fold.threads)
-            calls, exceptions, dropped = choice.module.take_counts(session.slot)
-            session.stats["calls"] += calls
-            session.stats["exceptions"] += exceptions
-            session.stats["dropped"] += dropped
-            if dropped:
-                _warn_once(f"handit dropped {dropped} records of session {session.id} (HANDIT_BOUNDED_MEMORY, the recursion limit, or out of memory); gaps are marked")
-            del _by_slot[session.slot]
-            _by_id.pop(session.id, None)
-            for sink in session._sinks:
-                try:
-                    sink.end(session)
-                except Exception as exc:
-                    _warn_once(f"handit could not finish writing session {session.id}: {exc!r}", key=f"sink-end:{exc!r}")
-            _tell_ancestors(session)
-            if not _by_slot:
-                lifecycle.sessions_closed()
-                _last_stopped()
+            _finish(session, choice)
+    _call_on_finished(session)
     return session
+
+
+# Sessions stopped with wait=False, in stop order: the drain thread finishes them (_after_drain).
+_ending: list[Session] = []
+
+
+def _finish(session: Session, choice: Any, live: dict[Any, str] | None = None) -> None:
+    """A stopped session's records are drained: its counts, its end written (``_lock`` held;
+    ``live``: the live threads' names, see _names_of_threads)."""
+    session._fold.finish(session.t1_ns)
+    session.thread_names = _names_of_threads(session._fold.threads, live, session._stopper)
+    calls, exceptions, dropped = choice.module.take_counts(session.slot)
+    session.stats["calls"] += calls
+    session.stats["exceptions"] += exceptions
+    session.stats["dropped"] += dropped
+    if dropped:
+        _warn_once(f"handit dropped {dropped} records of session {session.id} (HANDIT_BOUNDED_MEMORY, the recursion limit, or out of memory); gaps are marked")
+    del _by_slot[session.slot]
+    _by_id.pop(session.id, None)
+    for sink in session._sinks:
+        try:
+            sink.end(session)
+        except Exception as exc:
+            _warn_once(f"handit could not finish writing session {session.id}: {exc!r}", key=f"sink-end:{exc!r}")
+    _tell_ancestors(session)
+    if not _by_slot:
+        lifecycle.sessions_closed()
+        _last_stopped()
+
+
+def _call_on_finished(session: Session) -> None:
+    fn = session._on_finished
+    if fn is None:
+        return
+    session._on_finished = None
+    try:
+        fn(session)
+    except Exception as exc:
+        _warn_once(f"handit: a finished session's callback {fn!r} raised {exc!r} (said once)", key=f"on-finished:{exc!r}")
+
+
+def _after_drain() -> None:
+    """The drain thread, after each periodic drain: finish the sessions stopped with
+    ``wait=False`` (drained once more first: one may have stopped during that drain), then
+    release an engine left idle (see LINGER_S)."""
+    if _ending:
+        batch = _ending[:]
+        drain = _state["drain"]
+        if drain is not None:
+            drain.run_once(if_pending=True)
+        finished = []
+        live = {t.ident: t.name for t in threading.enumerate()}  # once for the batch: not this thread's sessions
+        with _lock:
+            choice = _state["choice"]
+            for session in batch:
+                if session._ending:  # (not finished by a stop() meanwhile)
+                    _ending.remove(session)
+                    session._ending = False
+                    _finish(session, choice, live)
+                    finished.append(session)
+        for session in finished:
+            _call_on_finished(session)
+    _release_if_idle()
 
 
 def _drain_now() -> None:
@@ -831,6 +915,7 @@ def after_fork_in_child() -> None:
     _lock = threading.RLock()  # another thread of the parent may have held it at fork()
     _by_slot.clear()
     _by_id.clear()
+    _ending.clear()
     propagation.after_fork_in_child()
     sinks.forget_all()
 

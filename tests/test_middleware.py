@@ -3,6 +3,10 @@ a real werkzeug server: concurrent requests, each request's calls and HTTP calls
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import json
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -21,6 +25,7 @@ from werkzeug.serving import make_server
 import handit
 from handit.middleware import HanditASGIMiddleware, HanditWSGIMiddleware
 
+from conftest import child_env
 from http_servers import Server, instrumented, server  # noqa: F401 (fixtures)
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -164,3 +169,110 @@ def test_wsgi_session_per_request_under_werkzeug(server: Server, engine: Any) ->
         i = int(computes[0]["args_preview"]["i"])
         assert len(computes) == 2 and urls == [f"{server.base}/json?i={i}"]
         assert s.trace_id == TRACEPARENT.split("-")[1]
+        assert len(s.thread_names) == 1  # the request's thread, named though it may be gone when the session is finished
+
+
+async def _one_request(app: Any, path: str = "/items/7") -> list:
+    sent: list = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await app({"type": "http", "method": "GET", "path": path, "headers": []}, receive, send)
+    return sent
+
+
+async def _compute_app(scope: dict, receive: Any, send: Any) -> None:
+    compute(7)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def _finished_in(ended: list, timeout: float = 10) -> list:
+    deadline = time.monotonic() + timeout
+    while not ended and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return ended
+
+
+def test_request_session_is_finished_by_the_drain_thread(engine: Any) -> None:
+    """By default the request's thread does not drain nor write the session's end: handit's
+    drain thread does, after the records are drained (the call is in it, counted)."""
+    ended: list = []
+
+    def on_end(s: Any) -> None:
+        ended.append((s, threading.current_thread() is threading.main_thread(), s.stats["calls"]))
+
+    asyncio.run(_one_request(HanditASGIMiddleware(_compute_app, on_end=on_end)))
+    ((s, on_request_thread, calls),) = _finished_in(ended)
+    background = handit.sessions.engine_info()[1] == "sysmon"  # the profile-function source stops at the request's end
+    assert on_request_thread is not background
+    funcs = [e["func"] for e in s.events if e["type"] == "call"]
+    assert "compute" in funcs and calls == len(funcs) and s.http_status == 200 and s.end_event()["reason"] == "stop"
+
+
+def test_request_session_stopped_before_the_middleware_returns(engine: Any) -> None:
+    ended: list = []
+    app = HanditASGIMiddleware(_compute_app, on_end=ended.append, background_stop=False)
+    asyncio.run(_one_request(app))
+    (s,) = ended  # called before the request ended, on its thread
+    funcs = [e["func"] for e in s.events if e["type"] == "call"]
+    assert "compute" in funcs and s.stats["calls"] == len(funcs)
+
+
+def test_session_ending_in_the_background_is_finished_when_read(engine: Any) -> None:
+    """Reading a session the drain thread has not finished yet finishes it there and then."""
+    called: list = []
+    with handit.sessions._lock:  # the drain thread cannot finish it meanwhile
+        s = handit.start("req")
+        compute(1)
+        handit.sessions.stop(s, wait=False, on_finished=called.append)
+        assert s.t1_ns is not None
+        events = s.events
+    assert [e["func"] for e in events if e["type"] == "call"] == ["compute"]
+    assert events[-1]["type"] == "session_end" and events[-1]["stats"]["calls"] == 1
+    assert called == [s] and handit.sessions.active_sessions() == []
+    handit.sessions.stop(s)  # finished: nothing happens again
+    assert called == [s]
+
+
+def test_session_ending_in_the_background_is_written_at_exit(engine: Any, tmp_path: Any) -> None:
+    out = tmp_path / "trace.jsonl"
+    program = tmp_path / "prog.py"
+    program.write_text(
+        "import handit\n"
+        "from handit import sessions\n"
+        "def compute(i):\n"
+        "    return i * 2\n"
+        "s = handit.start('req')\n"
+        "compute(1)\n"
+        "sessions.stop(s, wait=False)\n"
+    )
+    env = child_env(HANDIT_ENGINE=engine[0], HANDIT_SOURCE=engine[1], HANDIT_OUTPUT_FILE=str(out))
+    done = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [e["func"] for e in events if e["type"] == "call"] == ["compute"]
+    (end,) = [e for e in events if e["type"] == "session_end"]
+    assert end["reason"] == "stop" and end["stats"]["calls"] == 1
+
+
+def test_server_tasks_made_outside_any_session_are_not_named(engine: Any, monkeypatch: Any) -> None:
+    """A server makes a task per request before the request's session starts: no task marker
+    can be written there, so no Task-N name is kept for it (one per request, for ever)."""
+    named: list = []
+
+    async def tasks() -> None:
+        await asyncio.gather(*(asyncio.get_running_loop().create_task(asyncio.sleep(0)) for _ in range(20)))
+
+    with handit.session("beside"):
+        module = handit.sessions._state["choice"].module
+        name_ref = module.task_name_ref
+        monkeypatch.setattr(module, "task_name_ref", lambda name: named.append(name) or name_ref(name))
+        contextvars.Context().run(asyncio.run, tasks())  # a context without a session
+        assert named == []
+        asyncio.run(tasks())  # in the session: named
+        assert len(named) >= 20

@@ -18,15 +18,14 @@ def start(tag: str, attrs: dict[str, str], traceparent: str | None) -> Any:
         return None
 
 
-def stop(session: Any, on_end: Callable[[Any], None] | None, status: int | None = None) -> None:
-    """Stop the request's session (``status``: the response's) and hand it to ``on_end``; nothing
-    raised reaches the server."""
+def stop(session: Any, on_end: Callable[[Any], None] | None, status: int | None, background: bool) -> None:
+    """Stop the request's session (``status``: the response's); ``on_end`` is called with it once
+    it is finished: by the background drain when ``background`` (``sessions.stop(wait=False)``),
+    else before this returns. Nothing raised reaches the server."""
     if session is None:
         return
     try:
         session.http_status = status
-        _sessions.stop(session)
-        if on_end is not None:
-            on_end(session)
+        _sessions.stop(session, wait=not background, on_finished=on_end)
     except Exception as exc:
         warnings.warn(f"handit: ending a request's session failed: {exc!r}", _sessions.SessionWarning, stacklevel=2)

@@ -40,10 +40,16 @@ class HanditASGIMiddleware:
         app: the ASGI application.
         attrs: extra string attributes for every request's session.
         on_end: called with each finished session (e.g. to log its summary).
+        background_stop: each request's session is finished (its records drained, its end
+            written to the sinks, ``on_end`` called) by handit's background drain, ~10 ms
+            after the request, not by the request's own thread (docs/http.md#cost); False:
+            before the middleware returns.
     """
 
-    def __init__(self, app: Any, *, attrs: dict[str, str] | None = None, on_end: Callable[[Any], None] | None = None) -> None:
+    def __init__(self, app: Any, *, attrs: dict[str, str] | None = None, on_end: Callable[[Any], None] | None = None,
+                 background_stop: bool = True) -> None:
         self.app = app
+        self.background_stop = background_stop
         self.attrs = dict(attrs or {})
         self.on_end = on_end
         self._routes: dict[tuple[Any, Any], str] = {}
@@ -80,4 +86,4 @@ class HanditASGIMiddleware:
         try:
             await self.app(scope, receive, send_noting_status if session is not None else send)
         finally:
-            _common.stop(session, self.on_end, status[0] if status else None)
+            _common.stop(session, self.on_end, status[0] if status else None, self.background_stop)

@@ -47,10 +47,16 @@ class HanditWSGIMiddleware:
         app: the WSGI application (for Flask: ``app.wsgi_app = HanditWSGIMiddleware(app.wsgi_app)``).
         attrs: extra string attributes for every request's session.
         on_end: called with each finished session.
+        background_stop: each request's session is finished (its records drained, its end
+            written to the sinks, ``on_end`` called) by handit's background drain, ~10 ms
+            after the request, not by the request's own thread (docs/http.md#cost); False:
+            before the server closes the body.
     """
 
-    def __init__(self, app: Any, *, attrs: dict[str, str] | None = None, on_end: Callable[[Any], None] | None = None) -> None:
+    def __init__(self, app: Any, *, attrs: dict[str, str] | None = None, on_end: Callable[[Any], None] | None = None,
+                 background_stop: bool = True) -> None:
         self.app = app
+        self.background_stop = background_stop
         self.attrs = dict(attrs or {})
         self.on_end = on_end
 
@@ -70,6 +76,6 @@ class HanditWSGIMiddleware:
         try:
             result = self.app(environ, start_response_noting_status)
         except BaseException:
-            _common.stop(session, self.on_end, 500)
+            _common.stop(session, self.on_end, 500, self.background_stop)
             raise
-        return _Body(result, lambda: _common.stop(session, self.on_end, status[0] if status else None))
+        return _Body(result, lambda: _common.stop(session, self.on_end, status[0] if status else None, self.background_stop))
