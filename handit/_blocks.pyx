@@ -480,6 +480,10 @@ cdef class Fold:
                     self.markers += 1
                     if _varint(d, &pos, end, &n) < 0:
                         raise IndexError
+                elif kind == 14:  # RENAME: a task's new name (views only)
+                    self.markers += 1
+                    if _varint(d, &pos, end, &key) < 0 or _varint(d, &pos, end, &n) < 0:
+                        raise IndexError
                 else:
                     raise IndexError
         except IndexError:  # a cut or damaged block: what came before the damage stands

@@ -20,7 +20,7 @@ from ._internal import is_internal_thread
 from ._policy import _HANDIT_DIR, ARGS, EXIT_RETURN, EXIT_YIELD, CodeInfo, Policy, exit_kinds, first_yield_unit, module_of
 from .preview import _type_name as type_name
 from .records import (
-    BLOCK_BYTES, CALL, ENTER, GAP, HANDOFF, LEAVE, NO_VALUE, PAUSE, RESUME, STEP, RETURN, TASK, TASK_MODULE, THROW, UNWIND,
+    BLOCK_BYTES, CALL, ENTER, GAP, HANDOFF, LEAVE, NO_VALUE, PAUSE, RENAME, RESUME, STEP, RETURN, TASK, TASK_MODULE, THROW, UNWIND,
     YIELD, GenKeys, Rendered, put_string, put_varint,
 )
 from .records import task_name_ref as _task_name_ref
@@ -46,6 +46,7 @@ __all__ = [
     "pending",
     "profile_callback",
     "read_ticks",
+    "rename_task",
     "reset_slot",
     "session_var",
     "set_backlog_hook",
@@ -1339,7 +1340,7 @@ def _drain_blocks(calibration: Any, previewer: Any) -> list[tuple[int, bytes]]:
                 put_varint(buf, key)
                 if kind == PAUSE or kind == STEP:
                     put_varint(buf, aux)
-                elif kind == TASK:  # then its name (records.task_name_ref)
+                elif kind == TASK or kind == RENAME:  # then its name (records.task_name_ref)
                     put_varint(buf, code)
             if len(buf) >= BLOCK_BYTES:  # cut: the next record of this slot starts a new block
                 out.append((slot, bytes(buf)))
@@ -1396,5 +1397,20 @@ def mark_handoff(kind: int, token: int) -> None:
         target = _current(None)
         if target is not None and token and kind in (HANDOFF, ENTER, LEAVE):
             _put(target[0], (kind, target[1], 0, perf_counter_ns(), None, token))
+    except Exception as exc:  # never reaches user code
+        _fail(exc)
+
+
+def rename_task(old_ref: int, new_ref: int) -> None:
+    """Record that the asyncio task created with name ``old_ref`` is now named ``new_ref`` (``Task.set_name``).
+
+    Args:
+        old_ref: the name its TASK record gave it (:func:`task_name_ref`; not 0).
+        new_ref: its name now (:func:`task_name_ref`; not 0).
+    """
+    try:
+        target = _current(None)
+        if target is not None and old_ref and new_ref and old_ref != new_ref:
+            _put(target[0], (RENAME, target[1], new_ref, perf_counter_ns(), None, old_ref))
     except Exception as exc:  # never reaches user code
         _fail(exc)

@@ -16,6 +16,7 @@ cdef enum:
     K_HANDOFF = 11  # work handed to another thread: key = a token
     K_ENTER = 12    # handed-over work starts on this thread: key = its token
     K_LEAVE = 13    # handed-over work ends on this thread: key = its token
+    K_RENAME = 14   # an asyncio task renamed: key = the name it was created with, code = its new name (records.RENAME)
 
 cdef enum:
     CHUNK_RECORDS = 16384       # a chunk while the records waiting are well within the budget (256 KiB)

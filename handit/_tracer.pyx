@@ -1925,7 +1925,7 @@ cdef void _encode_keyed(OutBuf* b, Record* r, RecordExt* ext, int64_t t, double 
         _put_varint(b, rkey)
         if r.kind == K_PAUSE or r.kind == K_STEP:  # then the time suspended or running, in ns
             _put_varint(b, <uint64_t>(<double>(<uintptr_t>raux) * inv))
-        elif r.kind == K_TASK:  # then its name (records.task_name_ref)
+        elif r.kind == K_TASK or r.kind == K_RENAME:  # then its name (records.task_name_ref)
             _put_varint(b, r.code)
 
 
@@ -2346,3 +2346,19 @@ def mark_handoff(int kind, uint64_t token):
     slot = _marker_slot(&ts)
     if slot != 0:
         _record(ts, <uint8_t>kind, slot, 0, NULL, token)
+
+
+def rename_task(uint32_t old_ref, uint32_t new_ref):
+    """Record that the asyncio task created with name ``old_ref`` is now named ``new_ref`` (``Task.set_name``).
+
+    Args:
+        old_ref: the name its TASK record gave it (:func:`task_name_ref`; not 0).
+        new_ref: its name now (:func:`task_name_ref`; not 0).
+    """
+    cdef TState* ts = NULL
+    cdef int slot
+    if old_ref == 0 or new_ref == 0 or old_ref == new_ref:
+        return
+    slot = _marker_slot(&ts)
+    if slot != 0:
+        _record(ts, K_RENAME, slot, new_ref, NULL, old_ref)

@@ -17,6 +17,7 @@ the previous event's time (the first event's from ``base_ts``):
     STEP    dts, varint key, varint ns (a RESUME and the YIELD right after it)
     TASK    dts, varint key, varint name  (an asyncio task was created: records.task_name_ref)
     HANDOFF / ENTER / LEAVE  dts, varint token  (work handed to another thread)
+    RENAME  dts, varint old name, varint new name  (a task renamed: records.RENAME)
 
 :class:`TraceBuilder` turns blocks into ``call`` / ``return`` / ``exception``
 events, keeping call stacks and suspended generators across blocks. Parents follow
@@ -24,6 +25,11 @@ OpenTelemetry's context rule: a task's first call has as parent the call open wh
 the task was created (its TASK marker, keyed by the task's coroutine), and so does
 the first call of work handed to another thread (HANDOFF, then ENTER on that
 thread); calls in a task carry its ``task`` name and per-session ``task_id``.
+
+A task renamed after it was created (``Task.set_name``; the engine sees the name a task
+has when it is done: a RENAME record) gets a ``task_name`` event (``task_id``, ``task``,
+``ts_ns``); later calls carry the new name, and :attr:`TraceBuilder.task_names` holds
+every renamed task's last name, for views that rename what they already hold.
 """
 from __future__ import annotations
 
@@ -31,15 +37,15 @@ from collections import deque
 from typing import Any, Callable, Iterator
 
 from .records import (
-    CALL, ENTER, GAP, HANDOFF, LEAVE, PAUSE, RESUME, STEP, RETURN, TASK, THROW, UNWIND, YIELD, put_string, put_varint, task_name,
+    CALL, ENTER, GAP, HANDOFF, LEAVE, PAUSE, RENAME, RESUME, STEP, RETURN, TASK, THROW, UNWIND, YIELD, put_string, put_varint, task_name,
 )
 
-__all__ = ["BlockEncoder", "CorruptBlockError", "TraceBuilder", "read_string", "read_uvarint"]
+__all__ = ["BlockEncoder", "CorruptBlockError", "TraceBuilder", "read_string", "read_uvarint", "rename_tasks"]
 
 # A stack entry is a list: [call_id, func, t0_ns, key, suspended_ns, task].
 # call_id None marks a phantom: a generator resumed in the session but started
 # before it; it emits nothing and only keeps later pops balanced. task is
-# (name, task_id) for a call in an asyncio task, else None.
+# [name, task_id] for a call in an asyncio task (one list per task: a rename changes it), else None.
 _ID, _FUNC, _T0, _KEY, _SUSP, _TASK = range(6)
 _MAX_PENDING = 65536  # tasks created but not started, hand-overs not entered: kept at most (records.MAX_GEN_KEYS)
 _NEVER = 1 << 63  # no HTTP request waits for its link on this thread
@@ -129,6 +135,7 @@ class TraceBuilder:
     Attributes:
         stats: ``calls``, ``returns``, ``exceptions``, ``max_depth``, and the
             ``incomplete``, ``abandoned`` and ``corrupt_blocks`` counts.
+        task_names: task id -> its last name, for the tasks renamed after they were created.
         first_ts: base time of the first block fed (0 before any).
         last_ts: latest event time seen (0 before any).
     """
@@ -143,6 +150,8 @@ class TraceBuilder:
         self._handoffs: dict[int, Any] = {}  # token -> parent id
         self._links: dict[int, list[list[Any]]] = {}  # thread -> [token, parent id, stack depth] of entered work
         self._n_tasks = 0
+        self._task_refs: dict[int, list[Any]] = {}  # name reference -> the latest task created with it
+        self.task_names: dict[int, str] = {}
         self._next_id = 1
         # HTTP requests waiting for their parent, per thread in time order: [request, held responses]
         self._waiting: dict[int, list[list[Any]]] = {}
@@ -420,7 +429,13 @@ class TraceBuilder:
                     key, pos = read_uvarint(data, pos)
                     ref, pos = read_uvarint(data, pos)
                     self._n_tasks += 1
-                    task = (task_name(ref, self._lookup) or f"task {self._n_tasks}", self._n_tasks)
+                    task = [task_name(ref, self._lookup) or f"task {self._n_tasks}", self._n_tasks]
+                    if ref:
+                        refs = self._task_refs
+                        if len(refs) >= _MAX_PENDING:  # renames come as tasks end: the oldest are done with
+                            del refs[next(iter(refs))]
+                        refs.pop(ref, None)
+                        refs[ref] = task
                     started = stash.get(key)
                     if started is not None:  # an eager task: it ran to its first await, and is its task from now on
                         started[0][5] = task
@@ -444,6 +459,14 @@ class TraceBuilder:
                             if links[i][0] == token:
                                 del links[i:]
                                 break
+                elif kind == RENAME:  # a task has a new name
+                    ref, pos = read_uvarint(data, pos)
+                    new_ref, pos = read_uvarint(data, pos)
+                    task = self._task_refs.get(ref)
+                    name = task_name(new_ref, self._lookup)
+                    if task is not None and name is not None and name != task[0]:
+                        task[0] = self.task_names[task[1]] = name
+                        yield {"type": "task_name", "session_id": sid, "ts_ns": ts, "task_id": task[1], "task": name}
                 else:
                     raise CorruptBlockError(f"unknown event kind {kind} at offset {pos}")
         except (IndexError, CorruptBlockError):
@@ -664,6 +687,12 @@ class BlockEncoder:
         put_varint(self._out, name_ref)
         return self
 
+    def rename(self, ts: int, old_ref: int, new_ref: int) -> BlockEncoder:
+        """A RENAME: the task created with name ``old_ref`` is named ``new_ref`` now (records.task_name_ref)."""
+        self._keyed(RENAME, ts, old_ref)
+        put_varint(self._out, new_ref)
+        return self
+
     def handoff(self, kind: int, ts: int, token: int) -> BlockEncoder:
         """A HANDOFF, ENTER or LEAVE (``kind``) of the work with ``token``."""
         return self._keyed(kind, ts, token)
@@ -671,6 +700,20 @@ class BlockEncoder:
     def to_bytes(self) -> bytes:
         """The encoded block."""
         return bytes(self._out)
+
+
+def rename_tasks(events: list[dict[str, Any]], names: dict[int, str]) -> None:
+    """Give the call events of renamed tasks their last name, in place (a list of one session's events).
+
+    Args:
+        events: the events, as a :class:`TraceBuilder` made them.
+        names: its :attr:`TraceBuilder.task_names`.
+    """
+    for e in events:
+        if e.get("type") == "call":
+            name = names.get(e.get("task_id"))  # type: ignore[arg-type]
+            if name is not None:
+                e["task"] = name
 
 
 def _running(stack: list[list[Any]]) -> Any:
