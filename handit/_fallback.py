@@ -1371,19 +1371,23 @@ def task_name_ref(name: str) -> int:
     return _task_name_ref(name, _task_names, _codes, _task_entry)
 
 
-def mark_task(frame: Any, name_ref: int) -> None:
+def mark_task(frame: Any, name_ref: int) -> bool:
     """Record that an asyncio task whose coroutine runs ``frame`` is created here.
 
     Args:
         frame: the coroutine's frame (``coro.cr_frame``); only its identity is kept.
         name_ref: the task's name, from :func:`task_name_ref` (0: not known).
+    Returns:
+        whether it was recorded (the calling thread or task is in a session).
     """
     try:
         target = _current(None)
         if target is not None and frame is not None:
             _put(target[0], (TASK, target[1], name_ref, perf_counter_ns(), None, id(frame)))
+            return True
     except Exception as exc:  # never reaches user code
         _fail(exc)
+    return False
 
 
 def mark_handoff(kind: int, token: int) -> None:

@@ -2321,15 +2321,18 @@ def mark_task(frame, uint32_t name_ref):
     Args:
         frame: the coroutine's frame (``coro.cr_frame``); only its identity is kept.
         name_ref: the task's name, from :func:`task_name_ref` (0: not known).
+    Returns:
+        whether it was recorded (the calling thread or task is in a session).
     """
     cdef TState* ts = NULL
     cdef int slot = _marker_slot(&ts)
     cdef uint64_t key
     if slot == 0 or frame is None:
-        return
+        return False
     # keyed as the coroutine's own records are: its interpreter frame under sys.monitoring (PY312+)
     key = <uint64_t>handit_frame_iframe(<PyFrameObject*>frame) if _source_kind == 1 else <uint64_t><PyObject*>frame
     _record(ts, K_TASK, slot, name_ref, NULL, key)
+    return True
 
 
 def mark_handoff(int kind, uint64_t token):

@@ -48,6 +48,7 @@ __all__ = ["BlockEncoder", "CorruptBlockError", "TraceBuilder", "read_string", "
 # [name, task_id] for a call in an asyncio task (one list per task: a rename changes it), else None.
 _ID, _FUNC, _T0, _KEY, _SUSP, _TASK = range(6)
 _MAX_PENDING = 65536  # tasks created but not started, hand-overs not entered: kept at most (records.MAX_GEN_KEYS)
+_MAX_HELD = 256  # blocks of a thread held for a HANDOFF (it comes in the next drain's blocks at the latest)
 _NEVER = 1 << 63  # no HTTP request waits for its link on this thread
 
 
@@ -116,6 +117,8 @@ class TraceBuilder:
     Per thread a call stack; per session a stash of suspended generator and
     coroutine calls keyed by their key (the frame's identity). Events come out
     in block order; ``call_id`` counts from 1 per session.
+    A thread whose ENTER comes before its work's HANDOFF (a drain raced the
+    hand-over) has its records held until the block with the HANDOFF is fed.
 
     HTTP events made outside the engine (:meth:`extra`) get the ``parent_id`` of the
     call running on their thread at their request's ``t0_ns``: the innermost call on
@@ -148,6 +151,11 @@ class TraceBuilder:
         self._stash: dict[int, tuple[list[Any], int]] = {}
         self._spawned: dict[int, tuple[Any, tuple[str, int]]] = {}  # coroutine key -> (parent id, task)
         self._handoffs: dict[int, Any] = {}  # token -> parent id
+        # threads whose records wait for a HANDOFF not read yet: ident -> [(block, pos, ts, ENTER token)]
+        self._held: dict[int, list[tuple[bytes, int, int, int]]] = {}
+        self._awaited: dict[int, int] = {}  # token -> the thread held for its HANDOFF
+        self._ready: list[int] = []  # held threads whose HANDOFF was read
+        self._giving_up = False
         self._links: dict[int, list[list[Any]]] = {}  # thread -> [token, parent id, stack depth] of entered work
         self._n_tasks = 0
         self._task_refs: dict[int, list[Any]] = {}  # name reference -> the latest task created with it
@@ -210,22 +218,51 @@ class TraceBuilder:
         if self._inbox:
             yield from self._take_inbox()
         data = bytes(block) if not isinstance(block, bytes) else block
-        end = len(data)
-        if not end:
+        if not data:
             return
+        try:
+            ident, pos = read_uvarint(data, 0)
+            ts, pos = read_uvarint(data, pos)
+        except (IndexError, CorruptBlockError):
+            self.stats["corrupt_blocks"] += 1
+            return
+        if not self.first_ts:
+            self.first_ts = ts
+        held = self._held.get(ident)
+        if held is not None:  # this thread waits for a hand-over's HANDOFF: its blocks queue behind
+            held.append((data, pos, ts, 0))
+            if len(held) > _MAX_HELD:  # the HANDOFF is not coming (another session's, or dropped)
+                yield from self._resume(ident, give_up=True)
+            return
+        yield from self._decode(ident, data, pos, ts, 0)
+        while self._ready:
+            yield from self._resume(self._ready.pop())
+
+    def _resume(self, ident: int, give_up: bool = False) -> Iterator[dict[str, Any]]:
+        """Decode a thread's blocks held since an ENTER whose HANDOFF was not read yet (now read, or given up)."""
+        queue = self._held.pop(ident, None)
+        if not queue:
+            return
+        self._awaited.pop(queue[0][3], None)
+        self._giving_up = give_up
+        try:
+            for n, (data, pos, ts, enter) in enumerate(queue):
+                yield from self._decode(ident, data, pos, ts, enter)
+                held = self._held.get(ident)
+                if held is not None:  # held again at a later ENTER: the rest waits behind it
+                    held.extend(queue[n + 1:])
+                    return
+        finally:
+            self._giving_up = False
+
+    def _decode(self, ident: int, data: bytes, pos: int, ts: int, enter: int) -> Iterator[dict[str, Any]]:
+        """Decode a thread's block from ``pos`` (time ``ts`` there); ``enter``: the token of an ENTER just before it."""
+        end = len(data)
         sid = self.session_id
         codes = self._codes
         code_of = self._code
         stash = self._stash
         stats = self.stats
-        try:
-            ident, pos = read_uvarint(data, 0)
-            ts, pos = read_uvarint(data, pos)
-        except (IndexError, CorruptBlockError):
-            stats["corrupt_blocks"] += 1
-            return
-        if not self.first_ts:
-            self.first_ts = ts
         stack = self._stacks.get(ident)
         if stack is None:
             stack = self._stacks[ident] = []
@@ -233,6 +270,9 @@ class TraceBuilder:
         pop = stack.pop
         spawned = self._spawned
         links = self._links.get(ident)
+        if enter:  # resumed after the ENTER that held this thread
+            links = self._links.setdefault(ident, [])
+            links.append([enter, self._handoffs.pop(enter, None), len(stack)])
         waiting = self._waiting.get(ident)
         next_link = waiting[0][0]["t0_ns"] if waiting else _NEVER
         next_id = self._next_id
@@ -449,9 +489,15 @@ class TraceBuilder:
                         if len(self._handoffs) >= _MAX_PENDING:
                             self._handoffs.clear()
                         self._handoffs[token] = self._innermost(stack, links)
+                        if token in self._awaited:  # a thread held at its ENTER goes on after this block
+                            self._ready.append(self._awaited.pop(token))
                     elif kind == ENTER:
-                        # handed over by a thread whose blocks were not read yet (a drain racing the
-                        # hand-over): the work's calls are roots
+                        if token not in self._handoffs and not self._giving_up:
+                            # handed over by a thread whose blocks are not read yet (a drain raced the
+                            # hand-over): this thread's records wait for the HANDOFF, in a later block
+                            self._held[ident] = [(data, pos, ts, token)]
+                            self._awaited[token] = ident
+                            return
                         links = self._links.setdefault(ident, [])
                         links.append([token, self._handoffs.pop(token, None), len(stack)])
                     elif links:
@@ -502,6 +548,9 @@ class TraceBuilder:
             the closing events.
         """
         out = self._take_inbox()
+        for ident in list(self._held):  # threads still waiting for a HANDOFF: their work's calls are roots
+            out.extend(self._resume(ident, give_up=True))
+        self._ready.clear()
         for ident in list(self._waiting):
             out.extend(self._link_until(ident, self._stacks.get(ident, []), _NEVER))
         for stack in self._stacks.values():

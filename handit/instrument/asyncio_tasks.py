@@ -167,8 +167,7 @@ def _marked_before(coro: Any, name: Any) -> tuple[Any, tuple[str, int] | None]:
             return frame, None
         name = str(name)
         ref = _engine.task_name_ref(name)
-        _engine.mark_task(frame, ref)
-        return None, (name, ref)
+        return None, (name, ref) if _engine.mark_task(frame, ref) else None
     except Exception:  # never reaches the program: the task's first call stays a root
         return None, None
 
@@ -179,8 +178,8 @@ def _mark_after(frame: Any, task: Any) -> tuple[str, int] | None:
         if not task.done():  # an eager task that finished inside create_task ran as a plain call
             name = str(task.get_name())
             ref = _engine.task_name_ref(name)
-            _engine.mark_task(frame, ref)
-            return name, ref
+            if _engine.mark_task(frame, ref):  # in a session: the name is watched
+                return name, ref
     except Exception:  # never reaches the program
         pass
     return None
