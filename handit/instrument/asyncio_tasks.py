@@ -187,11 +187,11 @@ def _mark_after(frame: Any, task: Any) -> tuple[str, int] | None:
 
 def _watch_name(task: Any, name: str, ref: int) -> None:
     """Have the task say, when done, the name it was given since it was marked as ``name`` (``ref``)."""
-    if ref and not task.done():
-        try:
+    try:
+        if ref and not task.done():
             task.add_done_callback(functools.partial(_renamed, name, ref))
-        except Exception:  # a task type without callbacks: its first name stays
-            pass
+    except Exception:  # a task type of a factory's without callbacks: its first name stays
+        pass
 
 
 def _renamed(name: str, ref: int, task: Any) -> None:
