@@ -10,8 +10,8 @@ ctypedef struct Rec:          # one record of a block, as _next_record read it (
     int kind
     int64_t ts                # absolute: the block's base plus every delta so far
     uint64_t code             # CALL
-    uint64_t key              # CALL (0: none), YIELD .. THROW, PAUSE, STEP, TASK
-    uint64_t n                # PAUSE, STEP: nanoseconds; GAP: records dropped; TASK, HANDOFF .. LEAVE
+    uint64_t key              # CALL (0: none), YIELD .. THROW, PAUSE, STEP, TASK, RENAME
+    uint64_t n                # PAUSE, STEP: nanoseconds; GAP: records dropped; TASK, HANDOFF .. RENAME
     Py_ssize_t vpos           # CALL: its argument previews; RETURN: its value; UNWIND: its type
                               # name then message; -1 when it has none
 
@@ -97,7 +97,7 @@ cdef inline int _next_record(const unsigned char* d, Py_ssize_t* pos, Py_ssize_t
         return _varint(d, pos, end, &r.key)
     if kind == 7 or 11 <= kind <= 13:  # GAP; HANDOFF, ENTER, LEAVE
         return _varint(d, pos, end, &r.n)
-    if 8 <= kind <= 10:  # PAUSE, STEP, TASK
+    if 8 <= kind <= 10 or kind == 14:  # PAUSE, STEP, TASK, RENAME
         if _varint(d, pos, end, &r.key) < 0:
             return -1
         return _varint(d, pos, end, &r.n)

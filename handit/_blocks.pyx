@@ -413,7 +413,7 @@ cdef class Fold:
                     if len(self.spawned) >= 65536:  # tasks that never ran (reader._MAX_PENDING)
                         self.spawned.clear()
                     self.spawned[key] = None
-                else:  # HANDOFF, ENTER, LEAVE: markers
+                else:  # HANDOFF, ENTER, LEAVE, RENAME (a task's new name, for views): markers
                     self.markers += 1
         except IndexError:  # a cut or damaged block: what came before the damage stands
             self.corrupt_blocks += 1

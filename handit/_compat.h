@@ -514,28 +514,57 @@ static inline void handit_disarm_exc_trace(Py_tracefunc func) {
 #endif
 }
 
-/* PY310/PY311: the C function behind generators' and coroutines' close() (gen_close: both
+/* Profile source: the C function behind generators' and coroutines' close() (gen_close: both
    types' method tables name it), learnt once from a generator's bound close. A C call is
    told to be a close by one type and one pointer compared (issue 11.7: the name compared
    with strcmp cost the profile function ~14 instructions a C call, callgrind, 3.10). */
 static PyCFunction handit_gen_close_meth = NULL;
 static inline void handit_learn_gen_close(PyObject *bound) {
-#if PY_VERSION_HEX < 0x030C0000
     if (bound != NULL && PyCFunction_Check(bound))
         handit_gen_close_meth = ((PyCFunctionObject *)bound)->m_ml->ml_meth;
-#else
-    (void)bound;
-#endif
-}
-static inline int handit_is_gen_close(PyObject *callable) {
-    return Py_IS_TYPE(callable, &PyCFunction_Type)
-        && ((PyCFunctionObject *)callable)->m_ml->ml_meth == handit_gen_close_meth;
 }
 
-/* PY310/PY311: the generator or coroutine frame a close() (handit_is_gen_close) is about
-   to throw GeneratorExit into, or NULL (not a reference). */
+/* Profile source: the same for throw() (gen_throw). */
+static PyCFunction handit_gen_throw_meth = NULL;
+static inline void handit_learn_gen_throw(PyObject *bound) {
+    if (bound != NULL && PyCFunction_Check(bound))
+        handit_gen_throw_meth = ((PyCFunctionObject *)bound)->m_ml->ml_meth;
+}
+
+/* 1 if a C call is a generator's or coroutine's close(), 2 if its throw(), else 0. */
+static inline int handit_gen_method(PyObject *callable) {
+    PyCFunction m;
+    if (!Py_IS_TYPE(callable, &PyCFunction_Type)) return 0;
+    m = ((PyCFunctionObject *)callable)->m_ml->ml_meth;
+    return m == handit_gen_close_meth ? 1 : m == handit_gen_throw_meth ? 2 : 0;
+}
+
+/* Profile source: whether frame f is a plain generator's (not a coroutine's, nor a
+   generator-based coroutine's) being closed by its finalizer: collected while suspended,
+   its close() is called from C (no C_CALL event) while the generator is held by nothing but
+   the deallocation (a reference count of 1, Objects/object.c PyObject_CallFinalizerFromDealloc)
+   or by the cyclic collector that marked it finalized first (Modules/gcmodule.c
+   finalize_garbage). Asked only when an exception leaves a generator at a yield. */
+static inline int handit_gen_finalizing(PyFrameObject *f, PyObject *code) {
+#if PY_VERSION_HEX >= 0x030B0000
+    PyObject *gen;
+    int out;
+    if (((PyCodeObject *)code)->co_flags & CO_ITERABLE_COROUTINE) return 0;
+    gen = PyFrame_GetGenerator(f);  /* a new reference */
+    if (gen == NULL) return 0;
+    out = PyGen_CheckExact(gen) && (Py_REFCNT(gen) == 2 || PyObject_GC_IsFinalized(gen));
+    Py_DECREF(gen);
+    return out;
+#else
+    PyObject *gen = (PyObject *)f->f_gen;  /* borrowed */
+    if (((PyCodeObject *)code)->co_flags & CO_ITERABLE_COROUTINE) return 0;
+    return gen != NULL && PyGen_CheckExact(gen) && (Py_REFCNT(gen) == 1 || PyObject_GC_IsFinalized(gen));
+#endif
+}
+
+/* Profile source: the generator or coroutine frame a close() or throw() (handit_gen_method)
+   is about to throw into, or NULL (not a reference). */
 static inline void *handit_closing_frame(PyObject *callable) {
-#if PY_VERSION_HEX < 0x030C0000
     PyObject *self, *frame;
     void *out;
     self = PyCFunction_GET_SELF(callable);
@@ -545,10 +574,6 @@ static inline void *handit_closing_frame(PyObject *callable) {
     out = frame == Py_None ? NULL : (void *)frame;
     Py_DECREF(frame);  /* the generator holds it while close() runs */
     return out;
-#else
-    (void)callable;
-    return NULL;
-#endif
 }
 
 /* handit's own Python work inside a callback (a code object's decision, a preview, the text

@@ -20,7 +20,7 @@ from ._internal import is_internal_thread
 from ._policy import _HANDIT_DIR, ARGS, EXIT_RETURN, EXIT_YIELD, CodeInfo, Policy, exit_kinds, first_yield_unit, module_of
 from .preview import _type_name as type_name
 from .records import (
-    BLOCK_BYTES, CALL, ENTER, GAP, HANDOFF, LEAVE, NO_VALUE, PAUSE, RESUME, STEP, RETURN, TASK, TASK_MODULE, THROW, UNWIND,
+    BLOCK_BYTES, CALL, ENTER, GAP, HANDOFF, LEAVE, NO_VALUE, PAUSE, RENAME, RESUME, STEP, RETURN, TASK, TASK_MODULE, THROW, UNWIND,
     YIELD, GenKeys, Rendered, put_string, put_varint,
 )
 from .records import task_name_ref as _task_name_ref
@@ -47,6 +47,7 @@ __all__ = [
     "pending",
     "profile_callback",
     "read_ticks",
+    "rename_task",
     "reset_slot",
     "resume",
     "session_var",
@@ -101,7 +102,8 @@ class _ThreadBuffer:
 
     __slots__ = ("ident", "records", "limit", "take_lock", "busy", "last_exc", "last_exc_text", "pending", "gap", "gap_slot",
                  "exited", "idle_drains", "lost", "absorbing", "skip", "lost_calls", "lost_slot",
-                 "exc_trace_frame", "exc_depth", "closing", "closing_call", "held_since", "resolving")
+                 "exc_trace_frame", "exc_depth", "closing", "closing_call", "throwing", "throwing_call",
+                 "held_since", "resolving")
 
     def __init__(self) -> None:
         self.ident = threading.get_ident()
@@ -127,8 +129,10 @@ class _ThreadBuffer:
         self.absorbing = False  # PY310: _absorb_at_limit is this thread's trace function
         self.exc_trace_frame: Any = None  # PY310/PY311: the frame _exc_trace waits in
         self.exc_depth = 0  # frames started since, not yet left (see _exc_trace)
-        self.closing = 0  # PY310/PY311: id of the frame of a generator being closed (see profile_callback)
+        self.closing = 0  # id of the frame of a generator being closed (see profile_callback)
         self.closing_call: Any = None  # the close method called
+        self.throwing = 0  # id of the frame of a generator or coroutine a throw() called from Python runs in
+        self.throwing_call: Any = None  # that throw method
         self.held_since = 0.0  # when the periodic drain began to leave this thread's last records (see _collect)
         # PY310/PY311: an unwind is being recorded, or pending ones given their text (Python
         # code: the GIL can switch to a drain there); see _collect
@@ -778,15 +782,21 @@ def profile_callback(frame: Any, event: str, arg: Any) -> None:
             how = kinds[unit] if 0 <= unit < len(kinds) else 0
             if how == EXIT_RETURN:
                 _on_return(buf, slot, info, RETURN, arg, id(frame) if info.suspendable else 0)
-            elif how == EXIT_YIELD and (arg is not None or buf.closing != id(frame)):
+            elif how == EXIT_YIELD and (arg is not None or (buf.closing != id(frame) and buf.throwing != id(frame))):
+                # None here is also an exception thrown in at the yield and not caught (a
+                # Python frame gives no other sign): told apart for the generator a close() or
+                # throw() called from Python runs in, not when called from C (asyncio
+                # cancelling a task, a generator's finalizer), see docs/capture.md
                 _on_return(buf, slot, info, YIELD, None, id(frame))
             else:
-                # PY310/PY311: g.close() throws GeneratorExit in at the yield; it leaves from
-                # there (with None, as a `yield None` would) or from a finally, and close()
-                # swallows it: the compiled twin's profile_call says more
+                # g.close() throws GeneratorExit in at the yield; it leaves from there (with
+                # None, as a `yield None` would) or from a finally, and close() swallows it:
+                # the compiled twin's profile_call says more
                 thrown = None
-                if buf.closing == id(frame) and not PY312:
+                if buf.closing == id(frame):
                     thrown, buf.closing = _GENERATOR_EXIT, 0
+                elif buf.throwing == id(frame):  # its type is found where it is caught (exc_trace)
+                    buf.throwing = 0
                 _resolving(buf)  # the record is visible before it is pending and armed
                 try:
                     record = _on_unwind(buf, slot, info, thrown, id(frame) if info.suspendable else 0)
@@ -797,14 +807,21 @@ def profile_callback(frame: Any, event: str, arg: Any) -> None:
                 finally:
                     buf.resolving = False
         elif event == "c_call":
-            if not PY312 and buf is not None and type(arg) is _BUILTIN and arg.__name__ == "close":
+            if buf is not None and type(arg) is _BUILTIN and arg.__name__ in ("close", "throw"):
                 gen = arg.__self__
                 frame_of = _SUSPENDED_FRAME.get(type(gen))
                 if frame_of is not None:
                     running = frame_of(gen)
-                    buf.closing, buf.closing_call = (id(running), arg) if running is not None else (0, None)
-        elif buf is not None and buf.closing_call is arg and arg is not None:  # the close returned or raised
-            buf.closing, buf.closing_call = 0, None
+                    got = (id(running), arg) if running is not None else (0, None)
+                    if arg.__name__ == "close":
+                        buf.closing, buf.closing_call = got
+                    else:
+                        buf.throwing, buf.throwing_call = got
+        elif buf is not None and arg is not None:
+            if buf.closing_call is arg:  # the close returned or raised
+                buf.closing, buf.closing_call = 0, None
+            elif buf.throwing_call is arg:  # the throw returned or raised
+                buf.throwing, buf.throwing_call = 0, None
         if buf is not None and buf.absorbing:
             try:
                 _disarm_absorber(buf)  # PY310: away from the limit again (or not yet)
@@ -1379,7 +1396,7 @@ def _drain_blocks(calibration: Any, previewer: Any) -> list[tuple[int, bytes]]:
                 put_varint(buf, key)
                 if kind == PAUSE or kind == STEP:
                     put_varint(buf, aux)
-                elif kind == TASK:  # then its name (records.task_name_ref)
+                elif kind == TASK or kind == RENAME:  # then its name (records.task_name_ref)
                     put_varint(buf, code)
             if len(buf) >= BLOCK_BYTES:  # cut: the next record of this slot starts a new block
                 out.append((slot, bytes(buf)))
@@ -1410,19 +1427,23 @@ def task_name_ref(name: str) -> int:
     return _task_name_ref(name, _task_names, _codes, _task_entry)
 
 
-def mark_task(frame: Any, name_ref: int) -> None:
+def mark_task(frame: Any, name_ref: int) -> bool:
     """Record that an asyncio task whose coroutine runs ``frame`` is created here.
 
     Args:
         frame: the coroutine's frame (``coro.cr_frame``); only its identity is kept.
         name_ref: the task's name, from :func:`task_name_ref` (0: not known).
+    Returns:
+        whether it was recorded (the calling thread or task is in a session).
     """
     try:
         target = _current(None)
         if target is not None and frame is not None:
             _put(target[0], (TASK, target[1], name_ref, perf_counter_ns(), None, id(frame)))
+            return True
     except Exception as exc:  # never reaches user code
         _fail(exc)
+    return False
 
 
 def mark_handoff(kind: int, token: int) -> None:
@@ -1436,5 +1457,20 @@ def mark_handoff(kind: int, token: int) -> None:
         target = _current(None)
         if target is not None and token and kind in (HANDOFF, ENTER, LEAVE):
             _put(target[0], (kind, target[1], 0, perf_counter_ns(), None, token))
+    except Exception as exc:  # never reaches user code
+        _fail(exc)
+
+
+def rename_task(old_ref: int, new_ref: int) -> None:
+    """Record that the asyncio task created with name ``old_ref`` is now named ``new_ref`` (``Task.set_name``).
+
+    Args:
+        old_ref: the name its TASK record gave it (:func:`task_name_ref`; not 0).
+        new_ref: its name now (:func:`task_name_ref`; not 0).
+    """
+    try:
+        target = _current(None)
+        if target is not None and old_ref and new_ref and old_ref != new_ref:
+            _put(target[0], (RENAME, target[1], new_ref, perf_counter_ns(), None, old_ref))
     except Exception as exc:  # never reaches user code
         _fail(exc)

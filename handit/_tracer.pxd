@@ -16,6 +16,7 @@ cdef enum:
     K_HANDOFF = 11  # work handed to another thread: key = a token
     K_ENTER = 12    # handed-over work starts on this thread: key = its token
     K_LEAVE = 13    # handed-over work ends on this thread: key = its token
+    K_RENAME = 14   # an asyncio task renamed: key = the name it was created with, code = its new name (records.RENAME)
 
 cdef enum:
     CHUNK_RECORDS = 16384       # a chunk while the records waiting are well within the budget (256 KiB)
@@ -92,8 +93,9 @@ ctypedef struct TState:
     int exc_depth          # PY310/PY311: frames started since exc_trace was armed and not yet left
     int resolving          # their text is being made (Python code: the GIL can switch); see _match_unwinds
     uint64_t held_since    # when the periodic drain began to leave this thread's records for them (0: not)
-    void* closing_frame    # PY310/PY311: the frame of the generator whose close() runs (not a reference)
-    void* closing_call     # that close method (not a reference)
+    void* closing_frame    # profile source: the frame of the generator whose close() runs (not a reference)
+    void* throwing_frame   # profile source: the frame of the generator or coroutine whose throw() runs (not a reference)
+    void* gen_call         # that close or throw method, called from Python (not a reference)
     uint32_t prev_generation  # install generation prev_profile was looked up for
     void* prev_profile        # the profile function this thread had before ours (PY310/PY311)
     PyObject* prev_profile_obj

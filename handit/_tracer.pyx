@@ -100,7 +100,9 @@ cdef extern from "_compat.h":
     int handit_arm_exc_trace(handit_tracefunc)
     void* handit_closing_frame(PyObject*)
     void handit_learn_gen_close(PyObject*)
-    bint handit_is_gen_close(PyObject*) nogil
+    void handit_learn_gen_throw(PyObject*)
+    int handit_gen_method(PyObject*) nogil
+    bint handit_gen_finalizing(PyFrameObject*, PyObject*)
     void handit_disarm_exc_trace(handit_tracefunc)
     handit_tracefunc handit_prev_profile(unsigned long, PyObject**)
     void* handit_code_extra_fast(PyObject*, Py_ssize_t)
@@ -1025,7 +1027,7 @@ tsc_floor_callback = handit_make_fastcall(&_defs[7], _c_tsc_floor, "tsc_floor_ca
 cdef int profile_call(PyObject* obj, PyFrameObject* frame, int what, PyObject* arg) noexcept:
     # the C profile function; never raises into user code; always returns 0
     cdef TState* ts
-    cdef int slot, unit
+    cdef int slot, unit, gen_method
     cdef CInfo* ci
     cdef PyObject* code
     cdef unsigned char how
@@ -1041,13 +1043,17 @@ cdef int profile_call(PyObject* obj, PyFrameObject* frame, int what, PyObject* a
     if ts.npending and not ts.busy:
         _resolve_unwinds(ts)
     if (what != PyTrace_CALL and what != PyTrace_RETURN) or ts.busy:
-        if HANDIT_UNWIND_ARG_IS_NULL and not ts.busy:
+        if not ts.busy:
             if what == PyTrace_C_CALL:
-                if handit_is_gen_close(arg):  # other C calls (the generator's finally's too) leave it
+                gen_method = handit_gen_method(arg)
+                if gen_method == 1:  # close(); other C calls (the generator's finally's too) leave it
                     ts.closing_frame = handit_closing_frame(arg)
-                    ts.closing_call = <void*>arg if ts.closing_frame != NULL else NULL
-            elif ts.closing_call == <void*>arg:  # the close() returned or raised
-                ts.closing_frame = ts.closing_call = NULL
+                    ts.gen_call = <void*>arg if ts.closing_frame != NULL else NULL
+                elif gen_method == 2:  # throw()
+                    ts.throwing_frame = handit_closing_frame(arg)
+                    ts.gen_call = <void*>arg if ts.throwing_frame != NULL else NULL
+            elif ts.gen_call == <void*>arg:  # the close() or throw() returned or raised
+                ts.closing_frame = ts.throwing_frame = ts.gen_call = NULL
         return 0
     slot = _current_slot(ts, handit_tstate_for(ts.fast_tstate))
     if slot == 0:
@@ -1079,16 +1085,33 @@ cdef int profile_call(PyObject* obj, PyFrameObject* frame, int what, PyObject* a
             # same. An exception other than GeneratorExit reaching the caller replaces it.
             how = 3
             ts.closing_frame = NULL
-        elif arg == NULL and ci.suspendable and ci.exit_kinds != NULL:
-            # any other exception thrown in at a yield (an asyncio task cancelled from C) is
-            # not told apart from a `yield None` by the pure engine: both engines keep it a yield
+        elif arg == NULL and ci.suspendable and ci.exit_kinds != NULL and ts.throwing_frame == NULL:
+            # PY310/PY311: an exception thrown in at a yield and not caught (a yield passes its
+            # value, never NULL): from throw() called in C (asyncio cancelling a task) it stays an
+            # exception of unknown type; a plain generator's finalizer closing it (collected while
+            # suspended: close() called from C) is the close it is (issue 11 item 3)
             unit = handit_frame_lasti_units(frame)
-            if 0 <= unit < PyBytes_GET_SIZE(ci.exit_kinds) and PyBytes_AS_STRING(ci.exit_kinds)[unit] == 2:
-                how = 2
+            if (0 <= unit < PyBytes_GET_SIZE(ci.exit_kinds) and PyBytes_AS_STRING(ci.exit_kinds)[unit] == 2
+                    and handit_gen_finalizing(frame, code)):
+                how = 3
     elif ci.exit_kinds != NULL:
         unit = handit_frame_lasti_units(frame)
         if 0 <= unit < PyBytes_GET_SIZE(ci.exit_kinds):
             how = <unsigned char>PyBytes_AS_STRING(ci.exit_kinds)[unit]
+        if not HANDIT_UNWIND_ARG_IS_NULL and how != 1 and (arg == <PyObject*>None or arg == NULL):
+            # PY312+: the profile function is given None (3.12) or NULL (3.13) for an exception
+            # leaving, and the pure engine None as for a `yield None`: told apart for a close()
+            # (it leaves at the yield or from a finally) or throw() called from Python and a
+            # finalizer's close, as the pure engine does (bar the finalizer's), not for a
+            # throw() called from C (docs/capture.md)
+            if <void*>frame == ts.closing_frame:
+                how = 3
+                ts.closing_frame = NULL
+            elif how == 2 and <void*>frame == ts.throwing_frame:
+                how = 0
+                ts.throwing_frame = NULL
+            elif how == 2 and ts.throwing_frame == NULL and handit_gen_finalizing(frame, code):
+                how = 3
     else:
         return 0
     if how == 1:
@@ -1109,6 +1132,8 @@ cdef int profile_call(PyObject* obj, PyFrameObject* frame, int what, PyObject* a
 _GENERATOR_EXIT = GeneratorExit()
 _A_GEN_CLOSE = eval("(_ for _ in ())").close  # a Python generator's (Cython's have their own)
 handit_learn_gen_close(<PyObject*>_A_GEN_CLOSE)
+_A_GEN_THROW = eval("(_ for _ in ())").throw
+handit_learn_gen_throw(<PyObject*>_A_GEN_THROW)
 
 
 cdef int exc_trace(PyObject* obj, PyFrameObject* frame, int what, PyObject* arg) noexcept:
@@ -2038,7 +2063,7 @@ cdef void _encode_keyed(OutBuf* b, Record* r, RecordExt* ext, int64_t t, double 
         _put_varint(b, rkey)
         if r.kind == K_PAUSE or r.kind == K_STEP:  # then the time suspended or running, in ns
             _put_varint(b, <uint64_t>(<double>(<uintptr_t>raux) * inv))
-        elif r.kind == K_TASK:  # then its name (records.task_name_ref)
+        elif r.kind == K_TASK or r.kind == K_RENAME:  # then its name (records.task_name_ref)
             _put_varint(b, r.code)
 
 
@@ -2434,15 +2459,18 @@ def mark_task(frame, uint32_t name_ref):
     Args:
         frame: the coroutine's frame (``coro.cr_frame``); only its identity is kept.
         name_ref: the task's name, from :func:`task_name_ref` (0: not known).
+    Returns:
+        whether it was recorded (the calling thread or task is in a session).
     """
     cdef TState* ts = NULL
     cdef int slot = _marker_slot(&ts)
     cdef uint64_t key
     if slot == 0 or frame is None:
-        return
+        return False
     # keyed as the coroutine's own records are: its interpreter frame under sys.monitoring (PY312+)
     key = <uint64_t>handit_frame_iframe(<PyFrameObject*>frame) if _source_kind == 1 else <uint64_t><PyObject*>frame
     _record(ts, K_TASK, slot, name_ref, NULL, key)
+    return True
 
 
 def mark_handoff(int kind, uint64_t token):
@@ -2459,3 +2487,19 @@ def mark_handoff(int kind, uint64_t token):
     slot = _marker_slot(&ts)
     if slot != 0:
         _record(ts, <uint8_t>kind, slot, 0, NULL, token)
+
+
+def rename_task(uint32_t old_ref, uint32_t new_ref):
+    """Record that the asyncio task created with name ``old_ref`` is now named ``new_ref`` (``Task.set_name``).
+
+    Args:
+        old_ref: the name its TASK record gave it (:func:`task_name_ref`; not 0).
+        new_ref: its name now (:func:`task_name_ref`; not 0).
+    """
+    cdef TState* ts = NULL
+    cdef int slot
+    if old_ref == 0 or new_ref == 0 or old_ref == new_ref:
+        return
+    slot = _marker_slot(&ts)
+    if slot != 0:
+        _record(ts, K_RENAME, slot, new_ref, NULL, old_ref)

@@ -253,6 +253,10 @@ class Fold:
                 elif 11 <= kind <= 13:  # HANDOFF, ENTER, LEAVE: markers
                     self.markers += 1
                     _, pos = read_uvarint(data, pos)
+                elif kind == 14:  # RENAME: a task's new name (views only)
+                    self.markers += 1
+                    _, pos = read_uvarint(data, pos)
+                    _, pos = read_uvarint(data, pos)
                 else:
                     raise IndexError(f"unknown event kind {kind} at offset {pos}")
         except IndexError:  # a cut or damaged block: what came before the damage stands

@@ -13,7 +13,8 @@ time (own excludes time suspended in ``await`` and the active time of its childr
 on its own track) and whether it *nests*: a call nests when no call started after
 it on its track is still open when it ends. Calls that nest form proper slices on
 their track (never a partial overlap); the others (interleaved generators) are
-drawn as async slices or closed and reopened by the renderers.
+drawn as async slices or closed and reopened by the renderers. A ``task_name`` event
+(a task renamed, see :mod:`handit.reader`) renames the task's track (:meth:`CallTree.rename`).
 
 Typical use::
 
@@ -145,6 +146,7 @@ class CallTree:
         self.tracks: dict[tuple[Any, str, Any], Track] = {}
         self._open: dict[tuple[Any, Any], Call] = {}
         self._per_session: dict[Any, int] = {}
+        self._task_names: dict[tuple[Any, str, Any], str] = {}  # tasks renamed before their track was made
         self.last_ns = 0
 
     def track_of(self, e: dict[str, Any]) -> Track:
@@ -157,10 +159,27 @@ class CallTree:
         if track is None:
             index = self._per_session[sid] = self._per_session.get(sid, 0) + 1
             if task_id is not None:
-                name = str(e.get("task") or f"task {task_id}")
+                name = self._task_names.pop(key, None) or str(e.get("task") or f"task {task_id}")
             else:
                 name = str(e.get("thread_name") or f"thread {thread}")
             track = self.tracks[key] = Track(key, thread, name, index)
+        return track
+
+    def rename(self, e: dict[str, Any]) -> Track | None:
+        """Take a ``task_name`` event: the task's track gets its new name.
+
+        Args:
+            e: the event (``session_id``, ``task_id``, ``task``).
+        Returns:
+            the track renamed, or None when the task has no track yet (it gets the name when made).
+        """
+        key: tuple[Any, str, Any] = (e.get("session_id"), "task", e.get("task_id"))
+        name = str(e.get("task") or f"task {e.get('task_id')}")
+        track = self.tracks.get(key)
+        if track is None:
+            self._task_names[key] = name
+            return None
+        track.name = name
         return track
 
     def has_open(self, session_id: Any) -> bool:
@@ -211,6 +230,8 @@ class CallTree:
             call = self._open.get((e.get("session_id"), e.get("call_id")))
             if call is not None:
                 call.exception = (str(e.get("type_name") or "?"), str(e.get("message") or ""))
+        elif kind == "task_name":
+            self.rename(e)
         return []
 
     def _end(self, call: Call) -> None:

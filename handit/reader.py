@@ -17,6 +17,7 @@ the previous event's time (the first event's from ``base_ts``):
     STEP    dts, varint key, varint ns (a RESUME and the YIELD right after it)
     TASK    dts, varint key, varint name  (an asyncio task was created: records.task_name_ref)
     HANDOFF / ENTER / LEAVE  dts, varint token  (work handed to another thread)
+    RENAME  dts, varint old name, varint new name  (a task renamed: records.RENAME)
 
 :class:`TraceBuilder` turns blocks into ``call`` / ``return`` / ``exception``
 events, keeping call stacks and suspended generators across blocks. Parents follow
@@ -24,6 +25,11 @@ OpenTelemetry's context rule: a task's first call has as parent the call open wh
 the task was created (its TASK marker, keyed by the task's coroutine), and so does
 the first call of work handed to another thread (HANDOFF, then ENTER on that
 thread); calls in a task carry its ``task`` name and per-session ``task_id``.
+
+A task renamed after it was created (``Task.set_name``; the engine sees the name a task
+has when it is done: a RENAME record) gets a ``task_name`` event (``task_id``, ``task``,
+``ts_ns``); later calls carry the new name, and :attr:`TraceBuilder.task_names` holds
+every renamed task's last name, for views that rename what they already hold.
 """
 from __future__ import annotations
 
@@ -31,17 +37,18 @@ from collections import deque
 from typing import Any, Callable, Iterator
 
 from .records import (
-    CALL, ENTER, GAP, HANDOFF, LEAVE, PAUSE, RESUME, STEP, RETURN, TASK, THROW, UNWIND, YIELD, put_string, put_varint, task_name,
+    CALL, ENTER, GAP, HANDOFF, LEAVE, PAUSE, RENAME, RESUME, STEP, RETURN, TASK, THROW, UNWIND, YIELD, put_string, put_varint, task_name,
 )
 
-__all__ = ["BlockEncoder", "CorruptBlockError", "TraceBuilder", "read_string", "read_uvarint"]
+__all__ = ["BlockEncoder", "CorruptBlockError", "TraceBuilder", "read_string", "read_uvarint", "rename_tasks"]
 
 # A stack entry is a list: [call_id, func, t0_ns, key, suspended_ns, task].
 # call_id None marks a phantom: a generator resumed in the session but started
 # before it; it emits nothing and only keeps later pops balanced. task is
-# (name, task_id) for a call in an asyncio task, else None.
+# [name, task_id] for a call in an asyncio task (one list per task: a rename changes it), else None.
 _ID, _FUNC, _T0, _KEY, _SUSP, _TASK = range(6)
 _MAX_PENDING = 65536  # tasks created but not started, hand-overs not entered: kept at most (records.MAX_GEN_KEYS)
+_MAX_HELD = 256  # blocks of a thread held for a HANDOFF (it comes in the next drain's blocks at the latest)
 _NEVER = 1 << 63  # no HTTP request waits for its link on this thread
 
 
@@ -110,6 +117,8 @@ class TraceBuilder:
     Per thread a call stack; per session a stash of suspended generator and
     coroutine calls keyed by their key (the frame's identity). Events come out
     in block order; ``call_id`` counts from 1 per session.
+    A thread whose ENTER comes before its work's HANDOFF (a drain raced the
+    hand-over) has its records held until the block with the HANDOFF is fed.
 
     HTTP events made outside the engine (:meth:`extra`) get the ``parent_id`` of the
     call running on their thread at their request's ``t0_ns``: the innermost call on
@@ -129,6 +138,7 @@ class TraceBuilder:
     Attributes:
         stats: ``calls``, ``returns``, ``exceptions``, ``max_depth``, and the
             ``incomplete``, ``abandoned`` and ``corrupt_blocks`` counts.
+        task_names: task id -> its last name, for the tasks renamed after they were created.
         first_ts: base time of the first block fed (0 before any).
         last_ts: latest event time seen (0 before any).
     """
@@ -141,8 +151,15 @@ class TraceBuilder:
         self._stash: dict[int, tuple[list[Any], int]] = {}
         self._spawned: dict[int, tuple[Any, tuple[str, int]]] = {}  # coroutine key -> (parent id, task)
         self._handoffs: dict[int, Any] = {}  # token -> parent id
+        # threads whose records wait for a HANDOFF not read yet: ident -> [(block, pos, ts, ENTER token)]
+        self._held: dict[int, list[tuple[bytes, int, int, int]]] = {}
+        self._awaited: dict[int, int] = {}  # token -> the thread held for its HANDOFF
+        self._ready: list[int] = []  # held threads whose HANDOFF was read
+        self._giving_up = False
         self._links: dict[int, list[list[Any]]] = {}  # thread -> [token, parent id, stack depth] of entered work
         self._n_tasks = 0
+        self._task_refs: dict[int, list[Any]] = {}  # name reference -> the latest task created with it
+        self.task_names: dict[int, str] = {}
         self._next_id = 1
         # HTTP requests waiting for their parent, per thread in time order: [request, held responses]
         self._waiting: dict[int, list[list[Any]]] = {}
@@ -201,22 +218,51 @@ class TraceBuilder:
         if self._inbox:
             yield from self._take_inbox()
         data = bytes(block) if not isinstance(block, bytes) else block
-        end = len(data)
-        if not end:
+        if not data:
             return
+        try:
+            ident, pos = read_uvarint(data, 0)
+            ts, pos = read_uvarint(data, pos)
+        except (IndexError, CorruptBlockError):
+            self.stats["corrupt_blocks"] += 1
+            return
+        if not self.first_ts:
+            self.first_ts = ts
+        held = self._held.get(ident)
+        if held is not None:  # this thread waits for a hand-over's HANDOFF: its blocks queue behind
+            held.append((data, pos, ts, 0))
+            if len(held) > _MAX_HELD:  # the HANDOFF is not coming (another session's, or dropped)
+                yield from self._resume(ident, give_up=True)
+            return
+        yield from self._decode(ident, data, pos, ts, 0)
+        while self._ready:
+            yield from self._resume(self._ready.pop())
+
+    def _resume(self, ident: int, give_up: bool = False) -> Iterator[dict[str, Any]]:
+        """Decode a thread's blocks held since an ENTER whose HANDOFF was not read yet (now read, or given up)."""
+        queue = self._held.pop(ident, None)
+        if not queue:
+            return
+        self._awaited.pop(queue[0][3], None)
+        self._giving_up = give_up
+        try:
+            for n, (data, pos, ts, enter) in enumerate(queue):
+                yield from self._decode(ident, data, pos, ts, enter)
+                held = self._held.get(ident)
+                if held is not None:  # held again at a later ENTER: the rest waits behind it
+                    held.extend(queue[n + 1:])
+                    return
+        finally:
+            self._giving_up = False
+
+    def _decode(self, ident: int, data: bytes, pos: int, ts: int, enter: int) -> Iterator[dict[str, Any]]:
+        """Decode a thread's block from ``pos`` (time ``ts`` there); ``enter``: the token of an ENTER just before it."""
+        end = len(data)
         sid = self.session_id
         codes = self._codes
         code_of = self._code
         stash = self._stash
         stats = self.stats
-        try:
-            ident, pos = read_uvarint(data, 0)
-            ts, pos = read_uvarint(data, pos)
-        except (IndexError, CorruptBlockError):
-            stats["corrupt_blocks"] += 1
-            return
-        if not self.first_ts:
-            self.first_ts = ts
         stack = self._stacks.get(ident)
         if stack is None:
             stack = self._stacks[ident] = []
@@ -224,6 +270,9 @@ class TraceBuilder:
         pop = stack.pop
         spawned = self._spawned
         links = self._links.get(ident)
+        if enter:  # resumed after the ENTER that held this thread
+            links = self._links.setdefault(ident, [])
+            links.append([enter, self._handoffs.pop(enter, None), len(stack)])
         waiting = self._waiting.get(ident)
         next_link = waiting[0][0]["t0_ns"] if waiting else _NEVER
         next_id = self._next_id
@@ -420,7 +469,13 @@ class TraceBuilder:
                     key, pos = read_uvarint(data, pos)
                     ref, pos = read_uvarint(data, pos)
                     self._n_tasks += 1
-                    task = (task_name(ref, self._lookup) or f"task {self._n_tasks}", self._n_tasks)
+                    task = [task_name(ref, self._lookup) or f"task {self._n_tasks}", self._n_tasks]
+                    if ref:
+                        refs = self._task_refs
+                        if len(refs) >= _MAX_PENDING:  # renames come as tasks end: the oldest are done with
+                            del refs[next(iter(refs))]
+                        refs.pop(ref, None)
+                        refs[ref] = task
                     started = stash.get(key)
                     if started is not None:  # an eager task: it ran to its first await, and is its task from now on
                         started[0][5] = task
@@ -434,9 +489,15 @@ class TraceBuilder:
                         if len(self._handoffs) >= _MAX_PENDING:
                             self._handoffs.clear()
                         self._handoffs[token] = self._innermost(stack, links)
+                        if token in self._awaited:  # a thread held at its ENTER goes on after this block
+                            self._ready.append(self._awaited.pop(token))
                     elif kind == ENTER:
-                        # handed over by a thread whose blocks were not read yet (a drain racing the
-                        # hand-over): the work's calls are roots
+                        if token not in self._handoffs and not self._giving_up:
+                            # handed over by a thread whose blocks are not read yet (a drain raced the
+                            # hand-over): this thread's records wait for the HANDOFF, in a later block
+                            self._held[ident] = [(data, pos, ts, token)]
+                            self._awaited[token] = ident
+                            return
                         links = self._links.setdefault(ident, [])
                         links.append([token, self._handoffs.pop(token, None), len(stack)])
                     elif links:
@@ -444,6 +505,14 @@ class TraceBuilder:
                             if links[i][0] == token:
                                 del links[i:]
                                 break
+                elif kind == RENAME:  # a task has a new name
+                    ref, pos = read_uvarint(data, pos)
+                    new_ref, pos = read_uvarint(data, pos)
+                    task = self._task_refs.get(ref)
+                    name = task_name(new_ref, self._lookup)
+                    if task is not None and name is not None and name != task[0]:
+                        task[0] = self.task_names[task[1]] = name
+                        yield {"type": "task_name", "session_id": sid, "ts_ns": ts, "task_id": task[1], "task": name}
                 else:
                     raise CorruptBlockError(f"unknown event kind {kind} at offset {pos}")
         except (IndexError, CorruptBlockError):
@@ -479,6 +548,9 @@ class TraceBuilder:
             the closing events.
         """
         out = self._take_inbox()
+        for ident in list(self._held):  # threads still waiting for a HANDOFF: their work's calls are roots
+            out.extend(self._resume(ident, give_up=True))
+        self._ready.clear()
         for ident in list(self._waiting):
             out.extend(self._link_until(ident, self._stacks.get(ident, []), _NEVER))
         for stack in self._stacks.values():
@@ -664,6 +736,12 @@ class BlockEncoder:
         put_varint(self._out, name_ref)
         return self
 
+    def rename(self, ts: int, old_ref: int, new_ref: int) -> BlockEncoder:
+        """A RENAME: the task created with name ``old_ref`` is named ``new_ref`` now (records.task_name_ref)."""
+        self._keyed(RENAME, ts, old_ref)
+        put_varint(self._out, new_ref)
+        return self
+
     def handoff(self, kind: int, ts: int, token: int) -> BlockEncoder:
         """A HANDOFF, ENTER or LEAVE (``kind``) of the work with ``token``."""
         return self._keyed(kind, ts, token)
@@ -671,6 +749,20 @@ class BlockEncoder:
     def to_bytes(self) -> bytes:
         """The encoded block."""
         return bytes(self._out)
+
+
+def rename_tasks(events: list[dict[str, Any]], names: dict[int, str]) -> None:
+    """Give the call events of renamed tasks their last name, in place (a list of one session's events).
+
+    Args:
+        events: the events, as a :class:`TraceBuilder` made them.
+        names: its :attr:`TraceBuilder.task_names`.
+    """
+    for e in events:
+        if e.get("type") == "call":
+            name = names.get(e.get("task_id"))  # type: ignore[arg-type]
+            if name is not None:
+                e["task"] = name
 
 
 def _running(stack: list[list[Any]]) -> Any:

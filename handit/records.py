@@ -44,6 +44,7 @@ TASK = 10  # an asyncio task is created: key = its coroutine's frame, code = its
 HANDOFF = 11  # work handed to another thread: key = a token
 ENTER = 12  # handed-over work starts on this thread: key = its token
 LEAVE = 13  # handed-over work ends on this thread: key = its token
+RENAME = 14  # an asyncio task renamed (Task.set_name): key = the name it was created with, code = its new name
 HANDOFF_KINDS = (HANDOFF, ENTER, LEAVE)
 
 KIND_NAMES = {
@@ -60,6 +61,7 @@ KIND_NAMES = {
     HANDOFF: "handoff",
     ENTER: "enter",
     LEAVE: "leave",
+    RENAME: "rename",
 }
 
 # code-object flags (CPython's CO_* values) that make a call suspendable

@@ -267,7 +267,7 @@ class Session:
             return self._events
         if self._ending:
             stop(self)
-        from .reader import TraceBuilder
+        from .reader import TraceBuilder, rename_tasks
 
         running = self.t1_ns is None
         if running:
@@ -277,6 +277,8 @@ class Session:
         for block in self._iter_blocks():
             out.extend(builder.feed(block))
         out.extend(builder.finish(self.t1_ns or time.time_ns()))
+        if builder.task_names:
+            rename_tasks(out, builder.task_names)
         if not running:
             out.append(self.end_event())
             self._events = out

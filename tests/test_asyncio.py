@@ -109,8 +109,8 @@ def test_cancelled_and_failing_tasks_end_and_keep_their_parent(engine: Any) -> N
     ends = {e["call_id"]: e for e in events if e["type"] == "return"}
     exc = [e for e in events if e["type"] == "exception" and e["call_id"] == forever["call_id"]]
     if sys.version_info < (3, 11) and ends[forever["call_id"]].get("abandoned"):
-        # PY310: the profile function cannot tell a coroutine left by a thrown CancelledError from
-        # one suspended at the same instruction (issue 11.7, a close read as abandonment): it ends once
+        # PY310: the pure engine's profile function cannot tell a coroutine left by a CancelledError
+        # thrown in from C from one suspended at the same instruction (docs/capture.md): it ends once
         assert not exc
     else:
         assert ends[forever["call_id"]].get("raised") is True

@@ -80,12 +80,30 @@ def test_engines_agree(program, source):
     runs = []
     for eng in ("compiled", "fallback"):
         s, result = run_traced(PROGRAMS[program], engine=eng, source=source)
-        runs.append((normalized(s.events), result))
+        events = s.events
+        if source == "setprofile":
+            events = _apart(events, program, eng)
+        runs.append((normalized(events), result))
     if program == "threads":  # threads interleave: compare what was called from where
         assert shape(runs[0][0]) == shape(runs[1][0])
     else:
         assert runs[0][0] == runs[1][0]
     assert runs[0][1] == runs[1][1]
+
+
+def _apart(events: list[dict], program: str, engine: str) -> list[dict]:
+    """The events without the calls the engines read apart on the setprofile source, each checked
+    to end as docs/capture.md says: a throw or close made from C (asyncio cancelling ``slow``;
+    ``gen(5)``'s finalizer) is an exception to the compiled engine, a yield to the pure one."""
+    ids = {e["call_id"] for e in events if e["type"] == "call" and (
+        (program == "coroutines" and e["func"] == "slow") or (program == "generators" and e["args_preview"] == {"n": "5"}))}
+    ends = [e for e in events if e["type"] == "return" and e["call_id"] in ids]
+    raised = [bool(e.get("raised")) for e in ends]
+    if engine == "compiled":
+        assert raised == [True] * len(ids) or (program == "generators" and sys.version_info >= (3, 13))  # PY313+ does not run it
+    elif program == "generators" or sys.version_info < (3, 11):
+        assert raised == [False] * len(ids)
+    return [e for e in events if e.get("call_id") not in ids]
 
 
 def test_recursion_result_unchanged(engine):

@@ -14,7 +14,10 @@ While an engine is installed (:mod:`handit.sessions` calls :func:`install` and
   task from its first call. Otherwise (asyncio's ``Task-N``) it follows the task's
   creation; an eager task then starts as a plain call of its creator and is its task
   from its first resumption on. A task factory of the program's stays in place
-  (``create_task`` calls it).
+  (``create_task`` calls it). A done callback compares the task's name when it is done
+  with the name marked: a task renamed since (``Task.set_name``, a C method that cannot
+  be wrapped) gets a RENAME marker, and every view shows the name it ended with. A task
+  still running when its session stops keeps the name it had when it was made.
 - ``run_in_executor``, behind ``asyncio.to_thread``: a HANDOFF marker here, and ENTER /
   LEAVE around the function on the worker thread, so its first call gets as parent the
   call that handed it over.
@@ -109,10 +112,12 @@ def _patch(base_events: Any) -> None:
             # no session here: no marker to write (mark_task drops it), no Task-N name to keep
             # (a server's task per request outside any session: ~13 us and a name each)
             return create_original(self, coro, *args, **kwargs)
-        frame = _marked_before(coro, kwargs.get("name"))
+        frame, marked = _marked_before(coro, kwargs.get("name"))
         task = create_original(self, coro, *args, **kwargs)
         if frame is not None:
-            _mark_after(frame, task)
+            marked = _mark_after(frame, task)
+        if marked is not None:
+            _watch_name(task, *marked)
         return task
 
     @functools.wraps(executor_original)
@@ -146,31 +151,60 @@ def _naming_code() -> frozenset[Any]:
     return _naming
 
 
-def _marked_before(coro: Any, name: Any) -> Any:
-    """Write the TASK marker now if the task's name is known; returns the frame to mark after creation, else None."""
+def _marked_before(coro: Any, name: Any) -> tuple[Any, tuple[str, int] | None]:
+    """Write the TASK marker now if the task's name is known.
+
+    Returns:
+        ``(frame to mark after creation or None, (name, reference) marked now or None)``.
+    """
     try:
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
         if frame is None:
-            return None
+            return None, None
         if name is None:
             caller = sys._getframe(2)  # past create_task (this module's): who called loop.create_task
             code = caller.f_code  # (by identity: a code object's hash reads all of it, ~10,000 instructions on 3.12)
             if any(code is c for c in _naming_code()):
                 name = caller.f_locals.get("name")
         if name is None:
-            return frame
-        _engine.mark_task(frame, _engine.task_name_ref(str(name)))
-        return None
+            return frame, None
+        name = str(name)
+        ref = _engine.task_name_ref(name)
+        return None, (name, ref) if _engine.mark_task(frame, ref) else None
     except Exception:  # never reaches the program: the task's first call stays a root
-        return None
+        return None, None
 
 
-def _mark_after(frame: Any, task: Any) -> None:
-    """The TASK marker of a task named by asyncio (``Task-N``), once it is made."""
+def _mark_after(frame: Any, task: Any) -> tuple[str, int] | None:
+    """The TASK marker of a task named by asyncio (``Task-N``), once it is made; returns (name, reference) marked."""
     try:
         if not task.done():  # an eager task that finished inside create_task ran as a plain call
-            _engine.mark_task(frame, _engine.task_name_ref(str(task.get_name())))
+            name = str(task.get_name())
+            ref = _engine.task_name_ref(name)
+            if _engine.mark_task(frame, ref):  # in a session: the name is watched
+                return name, ref
     except Exception:  # never reaches the program
+        pass
+    return None
+
+
+def _watch_name(task: Any, name: str, ref: int) -> None:
+    """Have the task say, when done, the name it was given since it was marked as ``name`` (``ref``)."""
+    try:
+        if ref and not task.done():
+            task.add_done_callback(functools.partial(_renamed, name, ref))
+    except Exception:  # a task type of a factory's without callbacks: its first name stays
+        pass
+
+
+def _renamed(name: str, ref: int, task: Any) -> None:
+    # a done callback: runs on the loop, never raises into it
+    try:
+        now = task.get_name()
+        engine = _engine
+        if now != name and engine is not None:
+            engine.rename_task(ref, engine.task_name_ref(str(now)))
+    except Exception:
         pass
 
 

@@ -128,6 +128,12 @@ class ChromeTraceWriter:
         elif kind == "return":
             for call in self._tree.add(e):
                 self._call(call)
+        elif kind == "task_name":  # a task renamed: its track says the name it ended with
+            track = self._tree.rename(e)
+            pid = self._pids.get(sid) if track is not None else None
+            if track is not None and pid is not None and track.task_id in self._threads.get(pid, ()):
+                self._threads[pid].discard(track.task_id)
+                self._track_tid(pid, track)
         elif kind == "exception":
             call = self._tree.open_call(sid, e.get("call_id"))
             pid = self._pid(sid)

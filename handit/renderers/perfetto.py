@@ -144,9 +144,9 @@ class PerfettoTraceWriter:
             self._packet(_HEAD + _bytes(_P_DESCRIPTOR, _int(_D_UUID, uuid) + _bytes(_D_PROCESS, process)))
         return got[1]
 
-    def _track(self, track: Track) -> int:
+    def _track(self, track: Track, again: bool = False) -> int:
         uuid = self._tracks.get(track.key)
-        if uuid is not None:
+        if uuid is not None and not again:
             return uuid
         parent = self._process(track.session_id)
         if track.task_id is None:
@@ -158,7 +158,8 @@ class PerfettoTraceWriter:
             host = self._tree.tracks.get((track.session_id, "thread", track.thread))
             if host is not None:
                 parent = self._track(host)
-            uuid = self._tracks[track.key] = self._uuid()
+            if uuid is None:
+                uuid = self._tracks[track.key] = self._uuid()
             body = _int(_D_UUID, uuid) + _int(_D_PARENT, parent) + _str(_D_NAME, track.name)
         self._packet(_HEAD + _bytes(_P_DESCRIPTOR, body))
         return uuid
@@ -225,6 +226,10 @@ class PerfettoTraceWriter:
                      + _bytes(_E_ANNOTATION, _int(_A_NAME_IID, note) + _str(_A_STRING, str(e.get("message") or ""))))
             interned = _bytes(_P_INTERNED, b"".join(new)) if new else b""
             self._packet(_int(_P_TIMESTAMP, ts) + _HEAD + interned + _bytes(_P_TRACK_EVENT, event))
+        elif kind == "task_name":  # a task renamed: its track's descriptor again, with the name it ended with
+            track = self._tree.rename(e)
+            if track is not None and track.key in self._tracks:
+                self._track(track, again=True)
         elif kind == "session_start":
             self._tags[sid] = e.get("tag")
             self._process(sid)

@@ -113,13 +113,7 @@ class SpeedscopeWriter:
             track = self._tree.track_of(e)
             profile = self._profiles.get(track.key)
             if profile is None:
-                tag = self._tags.get(sid)
-                where = track.name
-                if track.task_id is not None:
-                    thread = self._tree.tracks.get((sid, "thread", track.thread))
-                    where = f"{track.name} · {thread.name if thread is not None else f'thread {track.thread}'}"
-                label = f"{tag if tag is not None else 'session'} {str(sid)[:8]} · {where}"
-                profile = self._profiles[track.key] = _Profile(label)
+                profile = self._profiles[track.key] = _Profile(self._label(track))
             frame = self._frame(e)
             self._event(profile, "O", frame, self._at(profile, e.get("t0_ns")))
             profile.stack.append((e.get("call_id"), frame))
@@ -129,6 +123,11 @@ class SpeedscopeWriter:
             profile = self._open.pop((sid, e.get("call_id")), None)
             if profile is not None:
                 self._close_call(profile, e.get("call_id"), e.get("t1_ns"))
+        elif kind == "task_name":  # a task renamed: its profile says the name it ended with
+            track = self._tree.rename(e)
+            profile = self._profiles.get(track.key) if track is not None else None
+            if profile is not None:
+                profile.name = self._label(track)
         elif kind == "session_start":
             self._tags[sid] = e.get("tag")
         elif kind == "session_end":
@@ -137,6 +136,15 @@ class SpeedscopeWriter:
                 profile = self._profiles.get((sid, "thread", int(ident))) if str(ident).isdigit() else None
                 if profile is not None:
                     profile.name = profile.name.rsplit(" · ", 1)[0] + f" · {name}"
+
+    def _label(self, track: Any) -> str:
+        sid = track.session_id
+        tag = self._tags.get(sid)
+        where = track.name
+        if track.task_id is not None:
+            thread = self._tree.tracks.get((sid, "thread", track.thread))
+            where = f"{track.name} · {thread.name if thread is not None else f'thread {track.thread}'}"
+        return f"{tag if tag is not None else 'session'} {str(sid)[:8]} · {where}"
 
     def _close_call(self, profile: _Profile, call_id: Any, t1: Any) -> None:
         stack = profile.stack

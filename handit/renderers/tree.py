@@ -146,6 +146,7 @@ class TreeBuilder:
         # (session, call_id) -> (node or None, depth, container, mode, func counted in container.others)
         self._open: dict[tuple[Any, Any], _Entry] = {}
         self._http: dict[tuple[Any, Any], Node] = {}  # (session, request id) -> its node, until its response
+        self._tasks: dict[tuple[Any, Any], list[Node]] = {}  # (session, task id) -> nodes marked with its name
 
     def feed(self, events: Any) -> TreeBuilder:
         """Add every event of an iterable; returns ``self``."""
@@ -164,6 +165,9 @@ class TreeBuilder:
             entry = self._open.get((event.get("session_id"), event.get("call_id")))
             if entry is not None and entry[0] is not None:
                 entry[0].exc = (str(event.get("type_name") or "?"), str(event.get("message") or ""))
+        elif kind == "task_name":  # a task renamed: its marks say the name it ended with
+            for node in self._tasks.get((event.get("session_id"), event.get("task_id")), ()):
+                node.concurrent = f"task {event.get('task') or event.get('task_id')}"
         elif kind == "http_request":
             self._http_request(event)
         elif kind == "http_response":
@@ -230,6 +234,7 @@ class TreeBuilder:
         if isinstance(container, Node):  # a task's first call or handed-over work runs beside its caller
             if task_id is not None and task_id != container.task_id:
                 node.concurrent = f"task {task or task_id}"
+                self._tasks.setdefault((sid, task_id), []).append(node)
             elif thread != container.ident:
                 node.concurrent = "another thread"
         if isinstance(container, SessionRoot):

@@ -108,6 +108,11 @@ class PageData:
             for call in self._tree.add(event):
                 self._take(call)
             self._folded.add(event)
+        elif kind == "task_name":  # a task renamed: its track says the name it ended with
+            track = self._tree.rename(event)
+            index = self._tracks.get(track.key) if track is not None else None
+            if index is not None:
+                self._track_info[index]["name"] = track.name
         elif kind == "session_start":
             self._session(event)
             self._folded.add(event)
