@@ -117,7 +117,7 @@ class _ThreadBuffer:
         self.last_exc: Any = None
         self.last_exc_text: tuple[str, str] = ("", "")
         # profile source: unwinds whose exception is not known yet (see _resolve_unwinds)
-        self.pending: list[tuple[tuple[Any, ...], int]] = []  # (unwind record, frame id)
+        self.pending: list[tuple[tuple[Any, ...], tuple[int, int]]] = []  # (unwind record, (frame id, its f_lasti))
         self.gap = 0  # records dropped since the last one written (bounded-memory mode)
         self.gap_slot = 0
         self.exited = False  # the thread is gone (its thread-local storage was released)
@@ -801,7 +801,7 @@ def profile_callback(frame: Any, event: str, arg: Any) -> None:
                 try:
                     record = _on_unwind(buf, slot, info, thrown, id(frame) if info.suspendable else 0)
                     if record is not None and len(buf.pending) < 8:
-                        buf.pending.append((record, id(frame)))
+                        buf.pending.append((record, (id(frame), frame.f_lasti)))
                         if not PY312:
                             _arm_exc_trace(buf, frame)
                 finally:
@@ -925,18 +925,20 @@ def _resolve_unwinds(buf: _ThreadBuffer, exc: BaseException, traceback: Any) -> 
     """
     buf.busy = True
     try:
+        # a frame and where it stopped: a freed frame's address is taken by the next frame (see
+        # _tracer._match_unwinds)
         frames = set()
         tb = traceback
         while tb is not None:
-            frames.add(id(tb.tb_frame))
+            frames.add((id(tb.tb_frame), tb.tb_lasti))
             tb = tb.tb_next
-        found = [record for record, frame_id in buf.pending if frame_id in frames]
+        found = [record for record, frame_at in buf.pending if frame_at in frames]
         if not found:
             return
         # made before the lock: it runs Python code, during which the GIL can switch to a
         # drain; the callers' buf.resolving keeps the records for it (see _collect)
         text = (type_name(type(exc)), _policy.previewer.exception_message(exc) if _policy else "")
-        buf.pending = [(record, frame_id) for record, frame_id in buf.pending if frame_id not in frames]
+        buf.pending = [(record, frame_at) for record, frame_at in buf.pending if frame_at not in frames]
         records = buf.records
         with buf.take_lock:  # the drain cannot shorten the list between finding a record and rewriting it
             for record in found:

@@ -89,6 +89,7 @@ ctypedef struct TState:
     int npending           # profile source: unwinds whose exception is not known yet
     void* pending_ext[8]   # their RecordExt (filled in when the exception is seen handled)
     void* pending_frame[8] # the frames they unwound
+    int pending_lasti[8]   # where each stopped (code units): a frame's address alone is reused
     int waiting_exc        # PY310/PY311: exc_trace is armed for them (their caller's exception event is next)
     int exc_depth          # PY310/PY311: frames started since exc_trace was armed and not yet left
     int resolving          # their text is being made (Python code: the GIL can switch); see _match_unwinds

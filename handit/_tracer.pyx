@@ -1184,6 +1184,7 @@ cdef bint _remember_unwind(TState* ts, PyFrameObject* frame) noexcept:
         return 0
     ts.pending_ext[ts.npending] = <void*>&c.recs[n - 1]
     ts.pending_frame[ts.npending] = <void*>frame
+    ts.pending_lasti[ts.npending] = handit_frame_lasti_units(frame)
     ts.npending += 1
     return 1
 
@@ -1214,13 +1215,16 @@ cdef void _match_unwinds(TState* ts, PyObject* exc, PyObject* traceback) noexcep
     ts.resolving = 1
     handit_headroom(1)
     try:
+        # a frame and where it stopped: once a frame is freed (its exception swallowed in C:
+        # getattr's default, asyncio ending a task) the next frame can take its address, and
+        # that one's exception gave a wrong type to the unwind still pending for it
         frames = set()
         tb = (<object>exc).__traceback__ if traceback == NULL else <object>traceback
         while tb is not None:
-            frames.add(id(tb.tb_frame))
+            frames.add((id(tb.tb_frame), tb.tb_lasti // 2))
             tb = tb.tb_next
         for k in range(ts.npending):
-            if <size_t>ts.pending_frame[k] in frames:
+            if (<size_t>ts.pending_frame[k], ts.pending_lasti[k]) in frames:
                 matched.append(<size_t>ts.pending_ext[k])
         if matched:
             _write_texts(ts, seen, matched, (type(<object>exc).__qualname__, ""))
@@ -1228,9 +1232,10 @@ cdef void _match_unwinds(TState* ts, PyObject* exc, PyObject* traceback) noexcep
         if ts.drains == seen:  # resolved: no longer pending (a drain since then ended every wait)
             n = ts.npending
             for k in range(n):
-                if <size_t>ts.pending_frame[k] not in frames:
+                if (<size_t>ts.pending_frame[k], ts.pending_lasti[k]) not in frames:
                     ts.pending_ext[kept] = ts.pending_ext[k]
                     ts.pending_frame[kept] = ts.pending_frame[k]
+                    ts.pending_lasti[kept] = ts.pending_lasti[k]
                     kept += 1
             ts.npending = kept
     except KeyboardInterrupt:

@@ -185,6 +185,46 @@ def test_a_finalizer_runs_before_the_exception_reaches_the_caller(engine, fail, 
         (fail.__name__, "ValueError", "bad value"): 30, ("attempt", "ValueError", "bad value"): 30}
 
 
+class Prop:
+    """An attribute whose getter raises what ``mode`` says."""
+
+    mode = "attr"
+
+    @property
+    def value(self) -> None:
+        if Prop.mode == "attr":
+            raise AttributeError("hidden")
+        raise ValueError("shown")
+
+
+def test_an_exception_a_c_caller_swallowed_never_takes_a_later_ones_type(engine) -> None:
+    """``getattr(o, "value", None)`` swallows the getter's AttributeError in C: no frame is told of
+    it (PY310/PY311 profile source: the unwind waits for its type in vain). Its frame is freed,
+    and the next getter's frame takes its address: that getter's ValueError, reaching a frame,
+    gave both unwinds its type. The first keeps its own type, or <unknown> where the source
+    cannot say; never ValueError."""
+
+    def probe(o):
+        return getattr(o, "value", None)
+
+    def fail(o):
+        return o.value
+
+    Prop.mode = "attr"
+    with handit.session("t") as s:
+        o = Prop()
+        probe(o)
+        Prop.mode = "value"
+        try:
+            fail(o)
+        except ValueError:
+            pass
+    getters = [e["type_name"] for e in s.events if e["type"] == "exception" and e["func"].endswith("value")]
+    assert getters[0] in ({"AttributeError"} if engine[1] == "sysmon" else {"AttributeError", "<unknown>"})
+    if not (PY312 and engine[1] == "setprofile"):  # (PY312+: fed by sys.monitoring, which drops it)
+        assert getters[1] == "ValueError"
+
+
 @pytest.mark.parametrize("raised", [ValueError("bad value"), http_error()], ids=["ValueError", "HTTPError"])
 def test_handled_in_a_loop(engine, raised, monkeypatch) -> None:
     """Every unwind gets its type and message while drains run beside it (issue 11.4).
