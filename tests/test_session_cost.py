@@ -30,6 +30,12 @@ def f(n):
     return n + 1
 
 
+def _calls_of_f(prof: cProfile.Profile) -> int | None:
+    """How many calls of f the profiler saw."""
+    seen = {k[2]: v[1] for k, v in pstats.Stats(prof).stats.items() if k[0] == __file__}  # type: ignore[attr-defined]
+    return seen.get("f")
+
+
 def _engine_installed() -> bool:
     return sessions._state["drain"] is not None
 
@@ -218,8 +224,7 @@ def test_other_profiler_between_sessions_left_alone(engine, monkeypatch):
         f(4)
     finally:
         prof.disable()
-    seen = {k[2]: v[1] for k, v in pstats.Stats(prof).stats.items() if k[0] == __file__}  # type: ignore[attr-defined]
-    assert seen.get("f") == 4
+    assert _calls_of_f(prof) == 4
     assert b.stats["calls"] == (0 if engine[0] == "fallback" and not PY312 else 1)
 
 
@@ -274,8 +279,7 @@ def test_profiler_started_inside_a_session_keeps_its_place(engine):
         f(3)
     finally:
         prof.disable()
-    seen = {k[2]: v[1] for k, v in pstats.Stats(prof).stats.items() if k[0] == __file__}  # type: ignore[attr-defined]
-    assert seen.get("f") == 3
+    assert _calls_of_f(prof) == 3
 
 
 def test_fork_while_the_engine_is_kept(engine):
